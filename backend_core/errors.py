@@ -1,0 +1,100 @@
+"""The exception hierarchy of backend_core, drawn once::
+
+    BackendCoreError
+    ├── ConfigError                  a bad environment variable (one line, no traceback)
+    ├── CircuitOpenError             a call rejected by an open breaker (name, retry_after_s)
+    └── UpstreamError                anything about the Deriv link
+        ├── UpstreamUnavailable      no link right now (connecting, reconnecting, circuit open)
+        ├── ConnectionLost           the link dropped while a request was in flight
+        ├── RequestTimeout           no reply to a request within its deadline
+        ├── TooManyPendingRequests   the bounded pending-request map is full
+        ├── ProtocolError            a frame that is not JSON, not an object, or has no msg_type
+        └── DerivAPIError            a Deriv error reply (code, message, details)
+
+Every error carries a stable machine-readable ``code`` and a plain-language message
+suitable for an end user; none carries a secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BackendCoreError(Exception):
+    """Base of every error raised by backend_core."""
+
+    code: str = "Error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(BackendCoreError):
+    """An environment variable has a value that cannot be accepted."""
+
+    code = "ConfigError"
+
+    def __init__(self, variable: str, value: str, accepted: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"Invalid configuration: {variable}={value!r} is not accepted; expected {accepted}.")
+
+
+class CircuitOpenError(BackendCoreError):
+    """A call was rejected because its circuit breaker is open (or half-open and full)."""
+
+    code = "CircuitOpen"
+
+    def __init__(self, name: str, retry_after_s: float) -> None:
+        self.name = name
+        self.retry_after_s = retry_after_s
+        super().__init__(f"circuit '{name}' is open; retry after {retry_after_s:.1f}s")
+
+
+class UpstreamError(BackendCoreError):
+    """Base of errors about the upstream (Deriv) link."""
+
+    code = "UpstreamError"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "UpstreamUnavailable"
+
+
+class ConnectionLost(UpstreamError):
+    code = "ConnectionLost"
+
+
+class RequestTimeout(UpstreamError):
+    code = "RequestTimeout"
+
+
+class TooManyPendingRequests(UpstreamError):
+    code = "TooManyPendingRequests"
+
+
+class ProtocolError(UpstreamError):
+    """An upstream frame that cannot be understood. ``raw`` is truncated for logs."""
+
+    code = "ProtocolError"
+
+    def __init__(self, message: str, raw: str | bytes | None = None) -> None:
+        super().__init__(message)
+        if raw is None:
+            self.raw = ""
+        else:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            self.raw = text[:200]
+
+
+class DerivAPIError(UpstreamError):
+    """An error reply from the Deriv API (``{"error": {"code", "message", "details"}}``)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, msg_type: str = "error") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.msg_type = msg_type

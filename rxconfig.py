@@ -1,0 +1,27 @@
+"""Reflex configuration. Secrets come only from the environment (backend_core.config).
+
+The environment is validated here first, so a bad variable stops `reflex run` with one
+line naming it (and no traceback) before anything is built or started.
+"""
+
+import os
+import sys
+
+import reflex as rx
+
+from backend_core.config import load_settings
+from backend_core.errors import ConfigError
+
+try:
+    load_settings()
+except ConfigError as exc:
+    print(exc.message, file=sys.stderr)
+    raise SystemExit(2) from None
+
+config = rx.Config(
+    app_name="rxapp",
+    telemetry_enabled=False,
+    show_built_with_reflex=False,
+    frontend_port=int(os.environ.get("FRONTEND_PORT", "3000")),
+    backend_port=int(os.environ.get("BACKEND_PORT", "8000")),
+)
