@@ -1,0 +1,360 @@
+"""DerivManager against the simulator over real sockets on 127.0.0.1, one test per fault.
+
+Every test asserts the recovered state and the tick sequence: each symbol's epochs are
+exactly the simulator's own history between the first and last delivered tick (no gap),
+strictly increasing (no duplicate, in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from backend_core.breakers import BreakerRegistry
+from backend_core.config import Settings, load_settings
+from backend_core.deriv import protocol
+from backend_core.deriv.manager import DerivManager
+from backend_core.deriv.simulator import DerivSimulator
+from backend_core.errors import ConnectionLost, UpstreamUnavailable
+from backend_core.events import LinkState, Tick, UpstreamSnapshot
+
+SYMBOLS = ("1HZ100V", "R_50")
+# 20x simulated time: 1HZ ticks every 50 ms, R_ every 100 ms; the 120 s idle timeout is 6 s.
+TIME_SCALE = 20.0
+WAIT_S = 15.0
+
+
+class Recorder:
+    """A FeedSink that remembers everything and lets tests wait for a condition."""
+
+    def __init__(self) -> None:
+        self.ticks: list[Tick] = []
+        self.statuses: list[UpstreamSnapshot] = []
+        self._changed = asyncio.Event()
+
+    def publish_tick(self, tick: Tick) -> None:
+        self.ticks.append(tick)
+        self._changed.set()
+
+    def publish_status(self, snapshot: UpstreamSnapshot) -> None:
+        self.statuses.append(snapshot)
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def states(self) -> list[str]:
+        out: list[str] = []
+        for s in self.statuses:
+            if not out or out[-1] != s.state.value:
+                out.append(s.state.value)
+        return out
+
+    def count(self, symbol: str) -> int:
+        return sum(1 for t in self.ticks if t.symbol == symbol)
+
+
+def settings_for(**overrides: str) -> Settings:
+    env = {
+        "DERIV_SYMBOLS": ",".join(SYMBOLS),
+        "DERIV_PING_INTERVAL": "0.3",
+        "WEBSOCKET_CONNECTION_TIMEOUT": "1",
+        "WEBSOCKET_MAX_RETRY_ATTEMPTS": "3",
+        "WEBSOCKET_CB_FAILURE_THRESHOLD": "3",
+        "WEBSOCKET_CB_RECOVERY_TIMEOUT": "1",
+    }
+    env.update(overrides)
+    return load_settings(env)
+
+
+def assert_no_gap_no_duplicate(recorder: Recorder, sim: DerivSimulator) -> None:
+    for symbol in SYMBOLS:
+        epochs = [t.epoch for t in recorder.ticks if t.symbol == symbol]
+        assert epochs, f"no ticks for {symbol}"
+        assert epochs == sorted(set(epochs)), f"{symbol}: duplicate or out-of-order epochs"
+        expected, _ = sim.market.history(symbol).window(epochs[0], epochs[-1], 1_000_000)
+        missing = sorted(set(expected) - set(epochs))
+        assert not missing, f"{symbol}: gap, missing epochs {missing[:10]}"
+        assert epochs == expected
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings | None = None, *, url_suffix: str = "", **manager_kwargs: Any
+) -> AsyncIterator[tuple[DerivManager, DerivSimulator, Recorder, BreakerRegistry]]:
+    settings = settings or settings_for()
+    sim = DerivSimulator(time_scale=TIME_SCALE, seed=7, accepted_tokens=("good-token-123",))
+    await sim.start()
+    recorder = Recorder()
+    breakers = BreakerRegistry.from_settings(settings)
+    kwargs: dict[str, Any] = {
+        "rng": random.Random(1),
+        "backoff_base_s": 0.05,
+        "backoff_cap_s": 0.3,
+        "manual_retry_min_interval_s": 0.5,
+        "stable_session_s": 0.5,
+    }
+    kwargs.update(manager_kwargs)
+    manager = DerivManager(settings, recorder, breakers.websocket, url=sim.url + url_suffix, **kwargs)
+    await manager.start()
+    try:
+        yield manager, sim, recorder, breakers
+    finally:
+        await manager.stop()
+        await sim.stop()
+
+
+def connected(manager: DerivManager) -> Callable[[], bool]:
+    return lambda: manager.snapshot().state == LinkState.CONNECTED
+
+
+async def wait_live(recorder: Recorder, manager: DerivManager, extra: int = 5) -> None:
+    """Connected, and every symbol has `extra` more ticks than now."""
+    await recorder.wait_for(connected(manager))
+    base = {s: recorder.count(s) for s in SYMBOLS}
+    await recorder.wait_for(lambda: all(recorder.count(s) >= base[s] + extra for s in SYMBOLS))
+
+
+async def test_connects_subscribes_and_streams_every_symbol_in_order() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        snap = manager.snapshot()
+        assert snap.state == LinkState.CONNECTED
+        assert snap.simulated is False
+        assert {s.symbol for s in snap.symbols if s.subscribed} == set(SYMBOLS)
+        assert all(s.last_epoch is not None for s in snap.symbols)
+        assert recorder.states()[:2] == ["connecting", "connected"]
+        assert not any(t.backfill for t in recorder.ticks)
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_abrupt_drop_reconnects_and_backfills_without_gap_or_duplicate() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        await sim.drop_all()  # no close frame: clients see 1006
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        assert "reconnecting" in recorder.states()
+        assert manager.snapshot().last_error is None  # cleared once live again
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_drop_with_close_code_while_feed_keeps_moving_is_backfilled() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        # Refuse reconnects for a while so ticks are missed, then let it back in.
+        sim.refuse_connections(0.4)
+        await sim.drop_all(1011, "internal error")
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        backfilled = [t for t in recorder.ticks if t.backfill]
+        assert backfilled, "ticks missed during the outage were not backfilled"
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_refused_connections_open_the_breaker_then_a_probe_recovers() -> None:
+    async with running() as (manager, sim, recorder, breakers):
+        await wait_live(recorder, manager)
+        sim.refuse_connections(2.0)
+        await sim.drop_all()
+        await recorder.wait_for(lambda: manager.snapshot().state == LinkState.CIRCUIT_OPEN)
+        snap = manager.snapshot()
+        assert snap.last_error is not None and snap.last_error.code == "HandshakeRefused"
+        assert snap.next_attempt_at is not None
+        assert breakers.websocket.snapshot().state == "open"
+        attempts = [s.attempt for s in recorder.statuses if s.state == LinkState.RECONNECTING and s.attempt]
+        assert max(attempts) == 3, "a retry cycle makes WEBSOCKET_MAX_RETRY_ATTEMPTS attempts"
+        await wait_live(recorder, manager)
+        assert breakers.websocket.snapshot().state == "closed"
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_handshake_that_never_completes_times_out_and_recovers() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.blackhole_handshakes(True)
+        await sim.drop_all()
+        await recorder.wait_for(lambda: (e := manager.snapshot().last_error) is not None and e.code == "ConnectTimeout")
+        sim.blackhole_handshakes(False)
+        await wait_live(recorder, manager)
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_unanswered_pings_mean_a_dead_link_and_a_reconnect() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.ignore_pings(True)
+        await recorder.wait_for(
+            lambda: (e := manager.snapshot().last_error) is not None and e.code == "HeartbeatTimeout"
+        )
+        sim.ignore_pings(False)
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_paused_feed_keeps_the_link_and_resumes_without_reconnecting() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.pause_feed(True)
+        before = len(recorder.ticks)
+        await asyncio.sleep(1.0)  # several ping intervals of silence
+        assert manager.snapshot().state == LinkState.CONNECTED
+        assert manager.snapshot().last_pong_latency_s is not None
+        sim.pause_feed(False)
+        await recorder.wait_for(lambda: len(recorder.ticks) > before + 5)
+        assert manager.snapshot().reconnect_count == 0
+        # The pause is a gap in the simulator's own history too, so the sequence still matches it.
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_rate_limited_subscription_backs_off_and_subscribes() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.inject_error("RateLimit", count=2)
+        await sim.drop_all()
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        assert all(s.subscribed for s in manager.snapshot().symbols)
+        assert manager.stats()["errors_by_code"].get("RateLimit", 0) >= 1
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_malformed_frame_is_counted_and_the_link_survives() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        await sim.send_malformed_frame()
+        await recorder.wait_for(lambda: manager.stats()["protocol_errors"] >= 1)
+        await wait_live(recorder, manager)
+        assert manager.snapshot().reconnect_count == 0
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_deploy_is_a_planned_drop_with_prompt_reconnect() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        await sim.deploy(close_after_s=0.2)
+        await recorder.wait_for(lambda: any(s.planned_reconnect for s in recorder.statuses))
+        planned = [s for s in recorder.statuses if s.planned_reconnect]
+        assert planned[0].last_error is not None and planned[0].last_error.code == "SiteUpdating"
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_invalid_symbol_is_marked_failed_without_looping() -> None:
+    settings = settings_for(DERIV_SYMBOLS="1HZ100V,R_50,NOPE_1")
+    async with running(settings) as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        bad = next(s for s in manager.snapshot().symbols if s.symbol == "NOPE_1")
+        assert bad.failed_code == "InvalidSymbol" and not bad.subscribed
+        assert "NOPE_1" in (bad.failed_reason or "")
+        requests_before = sim.stats().requests_by_type.get("ticks", 0)
+        await wait_live(recorder, manager, extra=10)
+        assert sim.stats().requests_by_type.get("ticks", 0) == requests_before, "InvalidSymbol was retried"
+
+
+async def test_invalid_app_id_is_reported_by_code() -> None:
+    settings = settings_for()
+    sim = DerivSimulator(time_scale=TIME_SCALE, blocked_app_ids=(settings.DERIV_APP_ID,))
+    await sim.start()
+    recorder = Recorder()
+    breakers = BreakerRegistry.from_settings(settings)
+    manager = DerivManager(settings, recorder, breakers.websocket, url=sim.url, backoff_base_s=0.05, backoff_cap_s=0.1)
+    await manager.start()
+    try:
+        await recorder.wait_for(lambda: manager.snapshot().last_error is not None)
+        error = manager.snapshot().last_error
+        assert error is not None and error.code == "AccessRestricted"
+    finally:
+        await manager.stop()
+        await sim.stop()
+
+
+async def test_authorize_is_sent_again_after_every_reconnect() -> None:
+    settings = settings_for(DERIV_API_TOKEN="good-token-123")
+    async with running(settings) as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        assert sim.stats().requests_by_type.get("authorize") == 1
+        await sim.drop_all()
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        assert sim.stats().requests_by_type.get("authorize") == 2
+        assert manager.snapshot().last_error is None
+
+
+async def test_invalid_token_is_reported_and_ticks_still_flow() -> None:
+    settings = settings_for(DERIV_API_TOKEN="wrong-token-456")
+    async with running(settings) as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        error = manager.snapshot().last_error
+        assert error is not None and error.code == "InvalidToken"
+
+
+async def test_requests_in_flight_fail_at_once_when_the_link_drops() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.drop_replies(True)
+        pending = [asyncio.create_task(manager.request(protocol.time(10_000 + i))) for i in range(5)]
+        await asyncio.sleep(0.1)
+        assert not any(t.done() for t in pending)
+        await sim.drop_all()
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 2.0)
+        assert all(isinstance(r, ConnectionLost) for r in results)
+        sim.drop_replies(False)
+        await wait_live(recorder, manager)
+
+
+async def test_request_without_a_link_fails_fast() -> None:
+    settings = settings_for()
+    recorder = Recorder()
+    breakers = BreakerRegistry.from_settings(settings)
+    manager = DerivManager(settings, recorder, breakers.websocket, url="ws://127.0.0.1:9/websockets/v3")
+    with pytest.raises(UpstreamUnavailable):
+        await manager.request(protocol.ping(1))
+
+
+async def test_manual_retries_coalesce_into_one_attempt() -> None:
+    settings = settings_for(WEBSOCKET_CB_RECOVERY_TIMEOUT="60")
+    async with running(settings, manual_retry_min_interval_s=0.2) as (manager, sim, recorder, breakers):
+        await wait_live(recorder, manager)
+        sim.refuse_connections(60)
+        await sim.drop_all()
+        await recorder.wait_for(lambda: manager.snapshot().state == LinkState.CIRCUIT_OPEN)
+        attempts_before = sim.stats().handshake_attempts
+        sim.refuse_connections(0)
+        outcomes = [manager.retry_now() for _ in range(20)]
+        assert [o.status for o in outcomes].count("started") == 1
+        assert {o.status for o in outcomes[1:]} == {"in_progress"}
+        await wait_live(recorder, manager)
+        assert sim.stats().handshake_attempts == attempts_before + 1
+        assert manager.retry_now().status == "already_connected"
+
+
+async def test_stop_leaves_no_task_behind() -> None:
+    before = set(asyncio.all_tasks())
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+    await asyncio.sleep(0)
+    leftover = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert not leftover, [t.get_name() for t in leftover]
+    assert manager.snapshot().state == LinkState.STOPPED
+
+
+async def test_streams_ended_without_a_disconnect_are_resubscribed_and_backfilled() -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        await sim.restart(disconnect=False)  # every subscription silently invalidated
+        subscribes_before = sim.stats().requests_by_type.get("ticks_history", 0)
+        await recorder.wait_for(lambda: sim.stats().requests_by_type.get("ticks_history", 0) >= subscribes_before + 2)
+        await wait_live(recorder, manager)
+        assert manager.snapshot().reconnect_count == 0
+        assert_no_gap_no_duplicate(recorder, sim)
