@@ -4,13 +4,13 @@ The environment is validated here first, so a bad variable stops `reflex run` wi
 line naming it (and no traceback) before anything is built or started.
 """
 
-import os
 import sys
 
 import reflex as rx
 
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
+from rxapp.styles import THEME
 
 try:
     load_settings()
@@ -22,6 +22,8 @@ config = rx.Config(
     app_name="rxapp",
     telemetry_enabled=False,
     show_built_with_reflex=False,
-    frontend_port=int(os.environ.get("FRONTEND_PORT", "3000")),
-    backend_port=int(os.environ.get("BACKEND_PORT", "8000")),
+    # Radix Themes styles the status page (theme in rxapp/styles.py); a status page has no
+    # use for a sitemap.
+    plugins=[rx.plugins.RadixThemesPlugin(theme=rx.theme(**THEME))],
+    disable_plugins=[rx.plugins.SitemapPlugin],
 )

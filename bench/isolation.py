@@ -1,0 +1,218 @@
+"""Isolation: does a failing upstream slow or break the HTTP routes? (It must not.)
+
+The app's API (Runtime + create_api, embedded simulator) is served by uvicorn in a child
+process on 127.0.0.1; this process drives a bounded load on ``/api/v1/ticks/latest`` and
+``/health`` through four phases, using the simulator's control interface for faults:
+
+* ``healthy``:  the upstream is live;
+* ``flapping``: the link is dropped every 0.3 s;
+* ``stalled``:  the feed is paused and pings go unanswered (a dead link being detected);
+* ``down``:     new connections are refused and the link dropped, so the "websocket"
+                breaker opens.
+
+Per phase: requests, 5xx count, p50/p99 latency. Goal: p99 with the upstream failing
+within 1.1x of the healthy run, and zero 5xx on these non-WebSocket routes.
+
+Run: ``python bench/isolation.py [--requests 3000] [--concurrency 16] [--quick]``.
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ROUTES = ("/api/v1/ticks/latest", "/health")
+PHASE_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(port: int) -> None:
+    """Child process: the API with its Runtime, under uvicorn, until SIGTERM."""
+    import uvicorn
+
+    from backend_core.api import create_api
+    from backend_core.config import load_settings
+    from backend_core.runtime import Runtime
+
+    runtime = Runtime(load_settings(), configure_logs=False)
+    api = create_api(runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: object):  # type: ignore[no-untyped-def]
+        async with runtime.lifespan():
+            yield
+
+    api.router.lifespan_context = lifespan
+    uvicorn.run(api, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def load(base: str, requests: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors_5xx = 0
+    failures = 0
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal errors_5xx, failures
+            for i in counter:
+                route = ROUTES[i % len(ROUTES)]
+                started = time.perf_counter()
+                try:
+                    response = await client.get(route)
+                except httpx.HTTPError:
+                    failures += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if response.status_code >= 500:
+                    errors_5xx += 1
+
+        async with asyncio.timeout(PHASE_TIMEOUT_S):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "requests": len(latencies) + failures,
+        "errors_5xx": errors_5xx,
+        "failures": failures,
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
+    }
+
+
+async def control(sim: str, action: str, **body: object) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        (await client.post(f"{sim}/control/{action}", json=body)).raise_for_status()
+
+
+async def state(base: str) -> str:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return str((await client.get(f"{base}/api/v1/status")).json()["upstream"]["state"])
+
+
+async def wait_state(base: str, wanted: set[str], timeout: float = 60) -> None:
+    async with asyncio.timeout(timeout):
+        while await state(base) not in wanted:  # noqa: ASYNC110 - polling the server under test is the point
+            await asyncio.sleep(0.1)
+
+
+async def run(requests: int, concurrency: int) -> dict[str, object]:
+    port, sim_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DERIV_SIMULATOR_PORT": str(sim_port),
+        "DERIV_SIMULATOR_TIME_SCALE": "10",
+        "DERIV_PING_INTERVAL": "1",
+        "WEBSOCKET_CONNECTION_TIMEOUT": "1",
+        "WEBSOCKET_CB_RECOVERY_TIMEOUT": "60",
+        "LOG_LEVEL": "ERROR",
+    }
+    # Popen returns at once; the child is waited for (bounded) in the finally block.
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env, cwd=ROOT)  # noqa: ASYNC220
+    base, sim = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}"
+    results: dict[str, dict[str, float]] = {}
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if await state(base) == "connected":
+                        break
+                await asyncio.sleep(0.2)
+        await load(base, min(300, requests), concurrency)  # warm-up, not reported
+        results["healthy"] = await load(base, requests, concurrency)
+
+        async def flap() -> None:
+            while True:
+                await control(sim, "drop_all", code=None)
+                await asyncio.sleep(0.3)
+
+        flapper = asyncio.create_task(flap())
+        try:
+            results["flapping"] = await load(base, requests, concurrency)
+        finally:
+            flapper.cancel()
+            await asyncio.gather(flapper, return_exceptions=True)
+        await wait_state(base, {"connected"})
+
+        await control(sim, "pause_feed", enabled=True)
+        await control(sim, "ignore_pings", enabled=True)
+        results["stalled"] = await load(base, requests, concurrency)
+        await control(sim, "reset")
+        await wait_state(base, {"connected"})
+
+        await control(sim, "refuse_connections", seconds=600)
+        await control(sim, "drop_all", code=None)
+        await wait_state(base, {"circuit_open"})
+        results["down"] = await load(base, requests, concurrency)
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+    healthy_p99 = results["healthy"]["p99_ms"]
+    failing = ("flapping", "stalled", "down")
+    worst_p99 = max(results[p]["p99_ms"] for p in failing)
+    return {
+        "bench": "isolation",
+        "requests_per_phase": requests,
+        "concurrency": concurrency,
+        **{f"{phase}_{key}": value for phase, r in results.items() for key, value in r.items()},
+        "worst_failing_p99_ms": worst_p99,
+        "p99_ratio_failing_to_healthy": round(worst_p99 / healthy_p99, 3),
+        "errors_5xx_total": sum(int(r["errors_5xx"]) for r in results.values()),
+        "goal_p99_within_1_1x": worst_p99 <= 1.1 * healthy_p99,
+        "goal_zero_5xx": all(r["errors_5xx"] == 0 for r in results.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--quick", action="store_true", help="600 requests per phase")
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    requests = 600 if args.quick else args.requests
+    runner: Callable[[], Awaitable[dict[str, object]]] = lambda: run(requests, args.concurrency)  # noqa: E731
+    result = asyncio.run(runner())
+    print(f"{'phase':<10} {'requests':>9} {'5xx':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    for phase in ("healthy", "flapping", "stalled", "down"):
+        print(
+            f"{phase:<10} {result[f'{phase}_requests']:>9} {result[f'{phase}_errors_5xx']:>5} "
+            f"{result[f'{phase}_p50_ms']:>8} {result[f'{phase}_p99_ms']:>8}"
+        )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The overall banner, the polled-status region, the live announcer and the browser settings."""
+
+from __future__ import annotations
+
+import reflex as rx
+from reflex.config import get_config
+
+from rxapp import styles, ui_logic
+from rxapp.components.browser_link import browser_link_down
+from rxapp.components.common import state_icon
+from rxapp.runtime_ref import get_runtime
+from rxapp.state import StatusState
+
+PAGE_TITLE_OFFLINE = f"◌ Reconnecting… — {ui_logic.PRODUCT}"
+
+
+def page_title() -> rx.Var:
+    """The document title: the server's verdict, or the browser's own link trouble."""
+    return rx.cond(browser_link_down(), PAGE_TITLE_OFFLINE, StatusState.page_title)
+
+
+def _server_banner() -> rx.Component:
+    return rx.hstack(
+        state_icon(StatusState.banner_icon, size=28, color=f"var(--{StatusState.banner_tone}-11)", flex_shrink="0"),
+        rx.vstack(
+            rx.heading(StatusState.banner_title, as_="h2", size={"initial": "4", "sm": "5"}, id="banner-title"),
+            rx.text(StatusState.banner_detail, size="2", color="var(--gray-12)", id="banner-detail"),
+            spacing="1",
+        ),
+        **styles.banner(StatusState.banner_tone),
+        id="status-banner",
+        custom_attrs={"data-level": StatusState.banner_level},
+    )
+
+
+def _offline_banner() -> rx.Component:
+    return rx.hstack(
+        rx.icon("wifi-off", size=28, color="var(--amber-11)", flex_shrink="0", aria_hidden="true"),
+        rx.vstack(
+            rx.heading(
+                "Lost the live link to this server", as_="h2", size={"initial": "4", "sm": "5"}, id="banner-title"
+            ),
+            rx.text(
+                "Dimmed sections may be out of date. The page keeps reconnecting by itself.",
+                size="2",
+                color="var(--gray-12)",
+                id="banner-detail",
+            ),
+            spacing="1",
+        ),
+        **styles.banner("amber"),
+        id="status-banner",
+        custom_attrs={"data-level": "offline"},
+    )
+
+
+def status_banner() -> rx.Component:
+    return rx.cond(browser_link_down(), _offline_banner(), _server_banner())
+
+
+def fallback_region() -> rx.Component:
+    """Written only by assets/fallback.js (React renders it empty and never touches it)."""
+    return rx.el.div(id="fallback-region")
+
+
+def live_announcer() -> rx.Component:
+    """Screen readers hear state changes here, not every countdown second."""
+    return rx.el.div(
+        rx.cond(browser_link_down(), "Live updates paused: the connection to this server was lost. ", ""),
+        StatusState.announcement,
+        id="live-announcer",
+        role="status",
+        custom_attrs={"aria-live": "polite", "aria-atomic": "true"},
+        class_name="visually-hidden",
+    )
+
+
+def browser_settings() -> rx.Component:
+    """The frontend settings, rendered into the page at build time for assets/fallback.js."""
+    settings = get_runtime().settings
+    return rx.el.div(
+        id="status-settings",
+        hidden=True,
+        custom_attrs={
+            "data-api-url": get_config().api_url,
+            "data-status-path": "/api/v1/status",
+            "data-fallback-enabled": str(settings.VITE_WEBSOCKET_FALLBACK_ENABLED).lower(),
+            "data-real-time": str(settings.VITE_ENABLE_REAL_TIME_UPDATES).lower(),
+            "data-poll-interval-ms": str(settings.VITE_WS_RECONNECT_INTERVAL),
+            "data-reconnect-attempts": str(settings.VITE_WS_RECONNECT_ATTEMPTS),
+        },
+    )

@@ -1,0 +1,85 @@
+"""``websocket_status``: the two links a reader depends on, side by side.
+
+* the browser's live link to this server (client-side state, :mod:`.browser_link`);
+* this server's market feed link to Deriv (from ``Runtime.status()`` via the state).
+
+Each shows a state word, an icon and a colour, how long it has been in that state, and
+the last error in plain language.
+"""
+
+from __future__ import annotations
+
+import reflex as rx
+
+from rxapp import styles
+from rxapp.components.browser_link import browser_link_card
+from rxapp.components.common import card, section_heading, state_badge, state_icon
+from rxapp.components.retry import retry_button
+from rxapp.state import StatusState
+
+
+def feed_link_card() -> rx.Component:
+    feed = StatusState.feed
+    return card(
+        rx.vstack(
+            rx.hstack(
+                rx.vstack(
+                    rx.text("This server → Deriv market feed", weight="medium", size="3"),
+                    rx.text(
+                        rx.cond(StatusState.simulated, "Simulated Deriv API (no internet needed)", "Deriv API v3"),
+                        **styles.small_muted,
+                    ),
+                    spacing="0",
+                ),
+                rx.vstack(
+                    state_badge(feed["word"], feed["icon"], feed["tone"], id="feed-badge"),
+                    rx.text(feed["since"], id="feed-since", **styles.small_muted),
+                    **styles.link_card_state,
+                ),
+                **styles.link_card_head,
+            ),
+            rx.text(feed["detail"], id="feed-detail", **styles.muted),
+            rx.cond(
+                feed["error"] != "",
+                rx.hstack(
+                    state_icon("circle-x", size=16, flex_shrink="0", margin_top="2px"),
+                    rx.vstack(
+                        rx.text(feed["error"], size="2", id="feed-error"),
+                        rx.text("Error code ", rx.code(feed["error_code"], variant="ghost"), size="1"),
+                        spacing="0",
+                        flex="1",
+                    ),
+                    rx.icon_button(
+                        rx.icon("x", size=14),
+                        on_click=StatusState.reset_error,
+                        variant="ghost",
+                        color_scheme="red",
+                        size="1",
+                        aria_label="Dismiss this error",
+                        title="Dismiss",
+                        type="button",
+                    ),
+                    **styles.error_box,
+                ),
+            ),
+            retry_button(),
+            spacing="3",
+            width="100%",
+        ),
+        id="feed-link",
+        class_name="live-data",
+        custom_attrs={"data-state": feed["state"]},
+    )
+
+
+def websocket_status() -> rx.Component:
+    return rx.el.section(
+        rx.vstack(
+            section_heading("Connections", "cable", heading_id="connections-heading"),
+            rx.grid(browser_link_card(), feed_link_card(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+            spacing="2",
+            width="100%",
+        ),
+        aria_labelledby="connections-heading",
+        width="100%",
+    )

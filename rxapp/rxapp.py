@@ -1,0 +1,42 @@
+"""The Reflex app: the status page, with backend_core's API mounted on the same server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import reflex as rx
+
+from backend_core.api import create_api
+from rxapp.components import page_title
+from rxapp.pages.index import index
+from rxapp.runtime_ref import get_runtime
+from rxapp.state import StatusState
+
+runtime = get_runtime()
+
+
+@contextlib.asynccontextmanager
+async def runtime_lifespan() -> AsyncIterator[None]:
+    """Start the runtime with the server and stop it (gracefully) on shutdown.
+
+    SIGTERM/SIGINT first close relay clients with 1001 (the server would otherwise drop
+    them before the lifespan's exit runs); ``Runtime.stop`` restores the handlers.
+    """
+    async with runtime.lifespan():
+        runtime.install_signal_handlers()
+        yield
+
+
+app = rx.App(api_transformer=create_api(runtime))
+# The page explains a lost link itself (banner, browser link card, polled status), so
+# Reflex's default connection toast and pulsing icon would only say it twice, louder.
+app.app_wraps.pop((5, "Overlay"), None)
+app.register_lifespan_task(runtime_lifespan)
+app.add_page(
+    index,
+    route="/",
+    title=page_title(),
+    description="Live status of the Deriv market data feed: connections, prices, circuit breakers and health.",
+    on_load=StatusState.on_load,
+)

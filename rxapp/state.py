@@ -1,0 +1,259 @@
+"""Reflex state: a thin mirror of Runtime snapshots, pushed to every open page.
+
+It mirrors the frontend hook of the system this replaces (``is_connected``,
+``is_connecting``, ``connection_status``, ``error``, ``retry_count``, ``max_retries``,
+``retry_connection``, ``reset_error``) and adds the display strings the page places. Every
+word is decided by the pure functions of :mod:`rxapp.ui_logic`; this module only reads
+snapshots and stores what they return.
+
+One producer, many pages: each open page runs one background loop (:meth:`stream`) that
+waits on the runtime's change signal (nothing polls the upstream) and, at most once a
+second, refreshes ages and countdowns. The loop stops when the page's socket is gone;
+a reconnecting page runs ``on_load`` again, which starts a new one. With
+``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
+``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes.
+
+It holds no secrets: it reads only the public status the REST API also serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import reflex as rx
+
+from rxapp import ui_logic
+from rxapp.runtime_ref import get_runtime
+
+log = logging.getLogger("rxapp.state")
+
+# Ages and countdowns on the page tick once a second even when nothing changes.
+REFRESH_S = 1.0
+# A burst of status changes (one failed attempt sets several fields) becomes one update.
+COALESCE_S = 0.05
+# The health checks are cheap, but 20 pages need not run them every second each.
+HEALTH_REFRESH_S = 5.0
+# A Retry outcome stays on the page this long (then the badge and detail say it all).
+RETRY_MESSAGE_S = 12.0
+# The sparkline shows the last minute (at most this many ticks).
+SPARK_WINDOW_S = 60
+SPARK_MAX_POINTS = 120
+
+
+@dataclass
+class TipCard:
+    """One group of troubleshooting tips, as the page renders it."""
+
+    key: str = ""
+    title: str = ""
+    tips: list[str] = field(default_factory=list)
+
+
+class StatusState(rx.State):
+    # The hook of the replaced frontend.
+    is_connected: bool = False
+    is_connecting: bool = True
+    connection_status: str = "connecting"
+    error: str = ""
+    retry_count: int = 0
+    max_retries: int = 0
+
+    # What the page shows (strings decided by rxapp.ui_logic).
+    error_code: str = ""
+    banner_level: str = "degraded"
+    banner_title: str = "Checking the market feed…"
+    banner_detail: str = "Loading the latest status."
+    banner_icon: str = "loader"
+    banner_tone: str = "gray"
+    page_title: str = ui_logic.PRODUCT
+    feed: dict[str, str] = {
+        "state": "connecting",
+        "word": "Checking",
+        "icon": "loader",
+        "tone": "gray",
+        "since": "",
+        "detail": "",
+        "error": "",
+        "error_code": "",
+    }
+    retry_busy: bool = False
+    retry_message: str = ""
+    tips: list[TipCard] = []
+    ticks: list[dict[str, str]] = []
+    breakers: list[dict[str, str]] = []
+    health_word: str = "Checking"
+    health_icon: str = "loader"
+    health_tone: str = "gray"
+    health_rows: list[dict[str, str]] = []
+    announcement: str = ""
+    updated_at: str = ""
+    feed_url: str = ""
+    simulated: bool = False
+    version: str = ""
+
+    _streaming: bool = False
+    _dismissed_error_at: str = ""
+    _retry_message_until: float = 0.0
+    _health_results: list[tuple[str, str, str]] = []
+    _health_overall: str = ""
+
+    # ------------------------------------------------------------------ applying a snapshot
+
+    def _set(self, **values: Any) -> None:
+        """Assign only what changed, so an unchanged var is not sent to the browser again."""
+        for name, value in values.items():
+            if getattr(self, name) != value:
+                setattr(self, name, value)
+
+    def _apply(self, status: dict[str, Any], history: dict[str, list[float]], now: float) -> None:
+        runtime = get_runtime()
+        upstream = status["upstream"]
+        state = str(upstream.get("state", "stopped"))
+        feed = ui_logic.feed_link_view(upstream, now)
+        last_error = upstream.get("last_error") or {}
+        dismissed = bool(self._dismissed_error_at) and last_error.get("at") == self._dismissed_error_at
+        error = "" if dismissed else feed.error
+        error_code = "" if dismissed else feed.error_code
+        banner = ui_logic.banner_for(status, now)
+        breaker_open = state == "circuit_open"
+        failed_codes = [s.get("failed_code") for s in upstream.get("symbols") or []]
+        tips = ui_logic.tips_for([error_code, *failed_codes], breaker_open=breaker_open)
+        if self.retry_message and runtime.clock.monotonic() >= self._retry_message_until:
+            self._set(retry_message="")
+        self._set(
+            is_connected=state == "connected",
+            is_connecting=state in ("connecting", "reconnecting"),
+            connection_status=state,
+            error=error,
+            error_code=error_code,
+            retry_count=int(upstream.get("attempt") or 0),
+            max_retries=int(upstream.get("max_attempts") or 0),
+            banner_level=banner.level,
+            banner_title=banner.title,
+            banner_detail=banner.detail,
+            banner_icon=banner.icon,
+            banner_tone=banner.tone,
+            page_title=banner.page_title,
+            feed={**feed.to_dict(), "error": error, "error_code": error_code},
+            retry_busy=bool(upstream.get("retry_in_progress")),
+            tips=[TipCard(g.key, g.title, list(g.tips)) for g in tips],
+            ticks=ui_logic.tick_rows(status["ticks"], history, runtime.settings.DERIV_SYMBOLS),
+            breakers=ui_logic.breaker_rows(status["circuit_breakers"]),
+            announcement=ui_logic.announcement(banner, feed),
+            updated_at=ui_logic.clock_time_utc(now),
+            feed_url=str(upstream.get("url") or ""),
+            simulated=bool(upstream.get("simulated")),
+            version=str(status["service"]["version"]),
+        )
+        if self._health_overall:
+            health = ui_logic.health_view(self._health_overall, self._health_results)
+            self._set(
+                health_word=health.word, health_icon=health.icon, health_tone=health.tone, health_rows=health.rows
+            )
+
+    async def _refresh(self, *, with_health: bool) -> None:
+        """Read everything (outside the state lock where it awaits) and apply it."""
+        snapshot = _read_snapshot()
+        if with_health:
+            self._set_health(await get_runtime().health_report())
+        self._apply(*snapshot)
+
+    def _set_health(self, report: Any) -> None:
+        self._health_overall = report.status
+        self._health_results = [(r.component_id, r.status, r.output) for r in report.results]
+
+    # ------------------------------------------------------------------ events
+
+    @rx.event
+    async def on_load(self) -> Any:
+        await self._refresh(with_health=True)
+        return StatusState.stream
+
+    @rx.event(background=True)
+    async def stream(self) -> None:
+        """Push fresh status to this page until its socket goes away (bounded waits only)."""
+        async with self:
+            if self._streaming:
+                return
+            self._streaming = True
+            token = self.router.session.client_token
+        runtime = get_runtime()
+        settings = runtime.settings
+        real_time = settings.VITE_ENABLE_REAL_TIME_UPDATES
+        period_s = REFRESH_S if real_time else settings.VITE_WS_RECONNECT_INTERVAL / 1000.0
+        sockets = _socket_registry()
+        clock = runtime.clock
+        seen = runtime.status_version
+        health_at = clock.monotonic()
+        stopped = False
+        try:
+            while not stopped:
+                if real_time:
+                    version = await runtime.wait_for_change(seen, period_s)
+                    if version != seen:
+                        await asyncio.sleep(COALESCE_S)
+                        version = runtime.status_version
+                    changed, seen = version != seen, version
+                else:
+                    await asyncio.sleep(period_s)
+                    changed = True
+                report = None
+                if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
+                    report = await runtime.health_report()
+                    health_at = clock.monotonic()
+                snapshot = _read_snapshot()
+                async with self:
+                    if runtime.shutting_down or (sockets is not None and token not in sockets):
+                        self._streaming = False
+                        stopped = True
+                        continue
+                    if report is not None:
+                        self._set_health(report)
+                    self._apply(*snapshot)
+        finally:
+            if not stopped:
+                async with self:
+                    self._streaming = False
+
+    @rx.event
+    def retry_connection(self) -> None:
+        """A manual retry: the manager coalesces it with every other page's and its own."""
+        runtime = get_runtime()
+        outcome = runtime.retry_now()
+        self.retry_message = outcome.message
+        self._retry_message_until = runtime.clock.monotonic() + RETRY_MESSAGE_S
+        self._apply(*_read_snapshot())
+
+    @rx.event
+    def reset_error(self) -> None:
+        """Hide the current error until a new one happens."""
+        last_error = get_runtime().status()["upstream"].get("last_error") or {}
+        self._dismissed_error_at = str(last_error.get("at") or "")
+        self.retry_message = ""
+        self._apply(*_read_snapshot())
+
+
+def _read_snapshot() -> tuple[dict[str, Any], dict[str, list[float]], float]:
+    """The status JSON, the last minute of quotes per symbol, and the wall time."""
+    runtime = get_runtime()
+    status = runtime.status()
+    history: dict[str, list[float]] = {}
+    for tick in status["ticks"]:
+        since = int(tick["epoch"]) - SPARK_WINDOW_S
+        history[tick["symbol"]] = [t.quote for t in runtime.hub.ticks_since(tick["symbol"], since, SPARK_MAX_POINTS)]
+    return status, history, runtime.clock.wall()
+
+
+def _socket_registry() -> Any:
+    """The live token -> socket mapping of this process (None outside a running app)."""
+    from reflex.utils import prerequisites
+
+    try:
+        namespace = prerequisites.get_and_validate_app().app.event_namespace
+    except Exception:  # pragma: no cover - only outside a running app
+        log.warning("no Reflex event namespace: page refresh loops cannot see disconnects")
+        return None
+    return None if namespace is None else namespace.token_to_sid

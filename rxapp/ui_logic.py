@@ -1,0 +1,621 @@
+"""What the status page says, decided by pure functions (no Reflex, no clock, no I/O).
+
+The Reflex state (:mod:`rxapp.state`) hands these functions the JSON of
+``Runtime.status()`` and the current wall time, and stores what they return; components
+only place the strings. So every word, colour and icon on the page is unit-tested in
+``tests/unit/test_ui_logic.py`` without a browser.
+
+Tones are Radix colour names (``grass``, ``amber``, ``red``, ``gray``, ``blue``); icons are
+lucide names. Every state has a word and an icon as well as a colour (never colour alone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PRODUCT = "Market feed status"
+# Ticks whose age passes this are shown as stale (the runtime's STALE_TICK_S says the same).
+STALE_AFTER_S = 10.0
+# The sparkline's drawing box, in SVG user units (the component scales it with CSS).
+SPARK_WIDTH = 120
+SPARK_HEIGHT = 32
+SPARK_PAD = 2.0
+
+TONE_LIVE = "grass"
+TONE_DEGRADED = "amber"
+TONE_DOWN = "red"
+TONE_NEUTRAL = "gray"
+
+
+# ---------------------------------------------------------------------------- time words
+
+
+def format_duration(seconds: float | None) -> str:
+    """A calm, short duration: ``"8 s"``, ``"3 min 5 s"``, ``"2 h 4 min"``, ``"3 d 1 h"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def format_countdown(seconds: float | None) -> str:
+    """Time until something happens, rounded up: ``"in 5 s"``, ``"now"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    if seconds <= 0.05:
+        return "now"
+    return f"in {format_duration(math.ceil(seconds))}"
+
+
+def format_age(seconds: float | None) -> str:
+    """How old something is: ``"just now"``, ``"4 s ago"``, ``"2 min ago"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "never"
+    if seconds < 1:
+        return "just now"
+    return f"{format_duration(seconds)} ago"
+
+
+def parse_iso(text: str | None) -> float | None:
+    """Unix seconds from the API's UTC ISO 8601 strings (``None`` stays ``None``)."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def clock_time_utc(wall: float) -> str:
+    """``"14:03:07 UTC"``: the server cannot know the reader's time zone, so it says UTC."""
+    return datetime.fromtimestamp(wall, tz=UTC).strftime("%H:%M:%S UTC")
+
+
+# ---------------------------------------------------------------------------- prices
+
+
+def format_price(quote: float, pip_size: int) -> str:
+    """The quote with exactly ``pip_size`` decimals and thousands separators."""
+    decimals = max(0, min(int(pip_size), 10))
+    return f"{quote:,.{decimals}f}"
+
+
+def format_change(previous: float | None, current: float, pip_size: int) -> tuple[str, str]:
+    """``(direction, text)``: direction is ``up``, ``down``, ``flat`` or ``none`` (no previous)."""
+    if previous is None:
+        return "none", "–"
+    decimals = max(0, min(int(pip_size), 10))
+    delta = round(current - previous, decimals)
+    if delta > 0:
+        return "up", f"+{delta:,.{decimals}f}"
+    if delta < 0:
+        return "down", f"−{-delta:,.{decimals}f}"
+    return "flat", f"{0:.{decimals}f}"
+
+
+def sparkline_points(
+    quotes: Sequence[float], width: float = SPARK_WIDTH, height: float = SPARK_HEIGHT, pad: float = SPARK_PAD
+) -> str:
+    """SVG ``polyline`` points for ``quotes`` (oldest first), scaled into the box.
+
+    Fewer than two quotes draw nothing; a flat series draws a line through the middle.
+    """
+    if len(quotes) < 2:
+        return ""
+    low, high = min(quotes), max(quotes)
+    span = high - low
+    step = (width - 2 * pad) / (len(quotes) - 1)
+    points = []
+    for i, quote in enumerate(quotes):
+        x = pad + i * step
+        y = height / 2 if span == 0 else pad + (high - quote) / span * (height - 2 * pad)
+        points.append(f"{x:.1f},{y:.1f}")
+    return " ".join(points)
+
+
+# ---------------------------------------------------------------------------- tips
+
+
+@dataclass(frozen=True, slots=True)
+class TipGroup:
+    """Troubleshooting advice for one cause: a plain title and short, actionable steps."""
+
+    key: str
+    title: str
+    tips: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "title": self.title, "tips": list(self.tips)}
+
+
+# Keyed by the ``last_error.code`` values DerivManager produces (and a symbol's failed_code).
+TIPS: Mapping[str, TipGroup] = {
+    group.key: group
+    for group in (
+        TipGroup(
+            "ConnectTimeout",
+            "The market data server did not answer in time",
+            (
+                "Usually a slow or congested network; the service keeps retrying by itself.",
+                "Operators: check that this server can reach the Deriv API host (firewall, proxy, DNS).",
+                "On a slow link, raise WEBSOCKET_CONNECTION_TIMEOUT.",
+            ),
+        ),
+        TipGroup(
+            "HandshakeRefused",
+            "The market data server refused the connection",
+            (
+                "Deriv may be busy or under maintenance; automatic retries continue.",
+                "Wait a minute, then press Retry.",
+                "Operators: check DERIV_WS_URL points at the Deriv API v3 endpoint.",
+            ),
+        ),
+        TipGroup(
+            "HandshakeFailed",
+            "The server did not speak WebSocket as expected",
+            (
+                "A proxy or firewall may be rewriting the connection; automatic retries continue.",
+                "Operators: check DERIV_WS_URL and any proxy between this server and Deriv.",
+            ),
+        ),
+        TipGroup(
+            "InvalidURL",
+            "The market data address is not a valid WebSocket URL",
+            (
+                "Operators: set DERIV_WS_URL to a ws:// or wss:// URL, e.g. wss://ws.derivws.com/websockets/v3.",
+                "Retrying will not help until the setting is fixed.",
+            ),
+        ),
+        TipGroup(
+            "ConnectionRefused",
+            "Nothing is accepting connections at the market data address",
+            (
+                "Operators: check the host and port in DERIV_WS_URL.",
+                "If you run the simulator separately, make sure it is started.",
+            ),
+        ),
+        TipGroup(
+            "NetworkError",
+            "A network error stopped the connection",
+            (
+                "Check this server's internet connection and DNS.",
+                "The service retries by itself once the network is back.",
+            ),
+        ),
+        TipGroup(
+            "InvalidAppID",
+            "Deriv does not recognise this app_id",
+            (
+                "Operators: set DERIV_APP_ID to the app_id registered for this service.",
+                "Retrying will not help until the app_id is fixed.",
+            ),
+        ),
+        TipGroup(
+            "AccessRestricted",
+            "Deriv refused access for this app",
+            (
+                "The app_id or the origin is blocked; check the app's settings with Deriv.",
+                "Retrying will not help until access is granted.",
+            ),
+        ),
+        TipGroup(
+            "InvalidToken",
+            "The API token was rejected",
+            (
+                "Operators: create a new token and set DERIV_API_TOKEN.",
+                "Check that the token has not expired or been revoked.",
+            ),
+        ),
+        TipGroup(
+            "RateLimit",
+            "Deriv is limiting how fast we may ask",
+            (
+                "The service slows down by itself; it recovers within a minute.",
+                "Pressing Retry repeatedly does not help.",
+            ),
+        ),
+        TipGroup(
+            "HeartbeatTimeout",
+            "The link stopped answering pings",
+            (
+                "Often a silent network drop; the service has already started reconnecting.",
+                "Operators: if it recurs, check proxies or NAT that cut idle connections.",
+            ),
+        ),
+        TipGroup(
+            "ConnectionLost",
+            "The link to the market data server dropped",
+            (
+                "Brief drops are normal: the feed reconnects and fills in missed prices.",
+                "If drops keep happening, check the network between this server and Deriv.",
+            ),
+        ),
+        TipGroup(
+            "SiteUpdating",
+            "Deriv is deploying an update",
+            (
+                "No action needed: the feed reconnects when the update is over.",
+                "Updates usually take a minute or two.",
+            ),
+        ),
+        TipGroup(
+            "ProtocolError",
+            "The server sent data we could not read",
+            (
+                "The service dropped the bad message and reconnected.",
+                "Operators: if it repeats, check DERIV_WS_URL points at the Deriv API v3.",
+            ),
+        ),
+        TipGroup(
+            "InvalidSymbol",
+            "A configured symbol does not exist",
+            (
+                "Operators: check the names in DERIV_SYMBOLS.",
+                "The other symbols keep streaming.",
+            ),
+        ),
+        TipGroup(
+            "MarketIsClosed",
+            "A market is closed right now",
+            (
+                "Prices resume when the market opens; it is checked again every few minutes.",
+                "Synthetic indices such as R_50 trade around the clock.",
+            ),
+        ),
+    )
+}
+
+BREAKER_OPEN_TIPS = TipGroup(
+    "CircuitOpen",
+    "Automatic retries are paused",
+    (
+        "Repeated failures opened the circuit breaker, giving the server time to recover.",
+        "It tries again by itself when the countdown ends.",
+        "Press Retry to try once now.",
+    ),
+)
+
+BROWSER_OFFLINE_TIPS = TipGroup(
+    "BrowserOffline",
+    "Your browser lost its live link to this page",
+    (
+        "Check your internet connection, Wi-Fi or VPN.",
+        "The page reconnects by itself; reload it if nothing changes within a minute.",
+        "Meanwhile the status below is fetched every few seconds.",
+    ),
+)
+
+UNKNOWN_ERROR_TIPS = TipGroup(
+    "Unknown",
+    "The market feed reported a problem",
+    (
+        "The service keeps retrying by itself.",
+        "If it does not recover within a few minutes, press Retry or tell the operators.",
+    ),
+)
+
+GENERAL_TIPS: tuple[str, ...] = (
+    "This page updates by itself: there is no need to reload it.",
+    "Retry starts one connection attempt now. Attempts are shared by everyone viewing "
+    "this page, so pressing it again does not speed things up.",
+    "A circuit breaker pauses retries after repeated failures so a struggling server can "
+    "recover; its countdown shows when the next attempt happens.",
+    "Prices marked Stale are more than 10 s old: do not rely on them.",
+    "Machines can read the same status as JSON at /api/v1/status, and health at /health.",
+)
+
+
+def tips_for(codes: Iterable[str | None], *, breaker_open: bool) -> list[TipGroup]:
+    """The advice for what is wrong now: breaker first, then each distinct error code."""
+    groups: list[TipGroup] = []
+    if breaker_open:
+        groups.append(BREAKER_OPEN_TIPS)
+    seen: set[str] = set()
+    for code in codes:
+        if not code or code in seen:
+            continue
+        seen.add(code)
+        groups.append(TIPS.get(code, UNKNOWN_ERROR_TIPS))
+    return groups
+
+
+# ---------------------------------------------------------------------------- the feed link
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    """One link as the page shows it."""
+
+    state: str  # machine word, also on the DOM as data-state
+    word: str  # what a person reads
+    icon: str
+    tone: str
+    since: str  # "for 3 min 5 s"
+    detail: str  # attempt n of max, countdown, ...
+    error: str  # the last error in plain words ("" when there is none to show)
+    error_code: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def feed_link_view(upstream: Mapping[str, Any], now: float, *, real_time: bool = True) -> LinkView:
+    """The server's market feed link to Deriv, from ``status()["upstream"]``."""
+    state = str(upstream.get("state", "stopped"))
+    since_at = parse_iso(upstream.get("since"))
+    since = f"for {format_duration(now - since_at)}" if since_at is not None else ""
+    attempt = int(upstream.get("attempt") or 0)
+    max_attempts = int(upstream.get("max_attempts") or 0)
+    retry_after = upstream.get("retry_after_s")
+    in_progress = bool(upstream.get("retry_in_progress"))
+    last_error = upstream.get("last_error") or {}
+    error = str(last_error.get("message") or "")
+    code = str(last_error.get("code") or "")
+    attempt_text = f"attempt {attempt} of {max_attempts}" if attempt and max_attempts else ""
+
+    if state == "connected":
+        symbols = upstream.get("symbols") or []
+        live = sum(1 for s in symbols if s.get("subscribed"))
+        detail = f"{live} of {len(symbols)} symbols streaming" if symbols else "streaming"
+        if upstream.get("planned_reconnect"):
+            detail += " · reconnected after a planned update"
+        return LinkView("connected", "Connected", "circle-check", TONE_LIVE, since, detail, "", "")
+    if state == "connecting":
+        detail = _attempt_detail(attempt_text, in_progress, retry_after) or "opening the link"
+        return LinkView("connecting", "Connecting", "loader", TONE_DEGRADED, since, detail, error, code)
+    if state == "reconnecting":
+        detail = _attempt_detail(attempt_text, in_progress, retry_after)
+        if upstream.get("planned_reconnect"):
+            detail = f"planned update · {detail}" if detail else "planned update"
+        return LinkView("reconnecting", "Reconnecting", "refresh-cw", TONE_DEGRADED, since, detail, error, code)
+    if state == "circuit_open":
+        if in_progress:
+            detail = "trying once now"
+        else:
+            countdown = format_countdown(retry_after)
+            detail = f"retries paused · next attempt {countdown}" if countdown else "retries paused"
+        return LinkView("circuit_open", "Circuit open", "circle-pause", TONE_DOWN, since, detail, error, code)
+    return LinkView("stopped", "Stopped", "circle-stop", TONE_NEUTRAL, since, "the service is not running", error, code)
+
+
+def _attempt_detail(attempt_text: str, in_progress: bool, retry_after: float | None) -> str:
+    if in_progress:
+        return f"{attempt_text} in progress" if attempt_text else "attempt in progress"
+    countdown = format_countdown(retry_after)
+    if attempt_text and countdown:
+        return f"{attempt_text} failed · next attempt {countdown}"
+    return attempt_text or (f"next attempt {countdown}" if countdown else "")
+
+
+# ---------------------------------------------------------------------------- overall banner
+
+
+@dataclass(frozen=True, slots=True)
+class Banner:
+    level: str  # live | degraded | down
+    title: str
+    detail: str
+    icon: str
+    tone: str
+    page_title: str
+    short: str  # the word in the page title
+
+
+def banner_for(status: Mapping[str, Any], now: float) -> Banner:
+    """The overall verdict: all systems live, degraded, or down."""
+    upstream = status.get("upstream") or {}
+    state = str(upstream.get("state", "stopped"))
+    if state == "circuit_open":
+        countdown = format_countdown(upstream.get("retry_after_s"))
+        detail = "Live prices are unavailable. Retries are paused after repeated failures"
+        detail += f"; the next attempt is {countdown}." if countdown and countdown != "now" else "."
+        return _banner("down", "Market feed is down", detail, "Down")
+    if state == "stopped":
+        return _banner("down", "The service is not running", "Live prices are unavailable.", "Down")
+    if state in ("connecting", "reconnecting"):
+        title = "Connecting to the market feed" if state == "connecting" else "Reconnecting to the market feed"
+        detail = "Prices shown may be out of date until the link is back."
+        return _banner("degraded", title, detail, "Connecting…" if state == "connecting" else "Reconnecting…")
+    problems = degraded_reasons(status)
+    if problems:
+        return _banner("degraded", "Partially degraded", " ".join(problems), "Degraded")
+    return _banner("live", "All systems live", "Prices are streaming in real time.", "Live")
+
+
+def _banner(level: str, title: str, detail: str, short: str) -> Banner:
+    icon, tone, dot = {
+        "live": ("circle-check", TONE_LIVE, "●"),
+        "degraded": ("triangle-alert", TONE_DEGRADED, "◐"),
+        "down": ("circle-x", TONE_DOWN, "○"),
+    }[level]
+    return Banner(level, title, detail, icon, tone, f"{dot} {short} — {PRODUCT}", short)
+
+
+def degraded_reasons(status: Mapping[str, Any]) -> list[str]:
+    """Why a connected feed is not fully healthy (failed symbols, stale prices, open API breakers)."""
+    reasons = []
+    upstream = status.get("upstream") or {}
+    failed = [s["symbol"] for s in upstream.get("symbols") or [] if s.get("failed_code")]
+    if failed:
+        reasons.append(f"Not streaming: {', '.join(failed)}.")
+    stale = [t["symbol"] for t in status.get("ticks") or [] if t.get("stale")]
+    if stale:
+        reasons.append(f"Stale prices: {', '.join(stale)}.")
+    open_api = [
+        b["name"].removeprefix("api:")
+        for b in status.get("circuit_breakers") or []
+        if b.get("name", "").startswith("api:") and b.get("state") in ("open", "half_open")
+    ]
+    if open_api:
+        reasons.append(f"Paused API routes: {', '.join(open_api)}.")
+    return reasons
+
+
+def announcement(banner: Banner, feed: LinkView) -> str:
+    """The sentence the aria-live region reads: changes only when the state does."""
+    parts = [f"{banner.title}.", f"Market feed: {feed.word.lower()}"]
+    if feed.state in ("connecting", "reconnecting") and "attempt" in feed.detail:
+        parts[-1] += f", {feed.detail.split(' · ')[0].removesuffix(' in progress').removesuffix(' failed')}"
+    parts[-1] += "."
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------- ticks
+
+
+def tick_rows(
+    ticks: Sequence[Mapping[str, Any]], history: Mapping[str, Sequence[float]], symbols: Sequence[str]
+) -> list[dict[str, str]]:
+    """One row a configured symbol: price, change, age, stale mark and sparkline points."""
+    by_symbol = {t["symbol"]: t for t in ticks}
+    rows = []
+    for symbol in symbols:
+        tick = by_symbol.get(symbol)
+        quotes = list(history.get(symbol, ()))
+        if tick is None:
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "price": "—",
+                    "direction": "none",
+                    "change": "–",
+                    "age": "no price yet",
+                    "stale": "true",
+                    "points": "",
+                }
+            )
+            continue
+        pip = int(tick.get("pip_size") or 0)
+        quote = float(tick["quote"])
+        # The history ends with this very tick, so the one before it is the previous price.
+        previous = quotes[-2] if len(quotes) >= 2 else None
+        direction, change = format_change(previous, quote, pip)
+        rows.append(
+            {
+                "symbol": symbol,
+                "price": format_price(quote, pip),
+                "direction": direction,
+                "change": change,
+                "age": format_age(float(tick.get("age_s") or 0.0)),
+                "stale": "true" if tick.get("stale") else "",
+                "points": sparkline_points(quotes),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------- breakers and health
+
+
+def breaker_name(name: str) -> str:
+    if name == "websocket":
+        return "Market feed link"
+    if name.startswith("api:"):
+        return f"API {name.removeprefix('api:')}"
+    return name
+
+
+def breaker_rows(breakers: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The circuit breakers panel: the market feed's breaker first, then the API routes."""
+    ordered = sorted(breakers, key=lambda b: (b.get("name") != "websocket", str(b.get("name"))))
+    rows = []
+    for b in ordered:
+        state = str(b.get("state", "closed"))
+        threshold = (b.get("config") or {}).get("failure_threshold")
+        failures = int(b.get("failure_count") or 0)
+        failures_text = f"{failures} of {threshold} failures" if threshold else f"{failures} failures"
+        if state == "open":
+            word, icon, tone = "Open", "circle-pause", TONE_DOWN
+            countdown = (
+                "held open by an admin" if b.get("forced") else f"retry {format_countdown(b.get('retry_after_s'))}"
+            )
+        elif state == "half_open":
+            word, icon, tone, countdown = "Half-open", "flask-conical", TONE_DEGRADED, "testing one call"
+        elif state == "disabled":
+            word, icon, tone, countdown = "Disabled", "circle-minus", TONE_NEUTRAL, "passes everything"
+        else:
+            word, icon, tone, countdown = "Closed", "circle-check", TONE_LIVE, "passing calls"
+        rows.append(
+            {
+                "name": breaker_name(str(b.get("name", ""))),
+                "key": str(b.get("name", "")),
+                "state": state,
+                "word": word,
+                "icon": icon,
+                "tone": tone,
+                "failures": failures_text,
+                "countdown": countdown,
+                # A closed breaker with no failures counted has nothing left to explain.
+                "last_failure": "" if state == "closed" and not failures else str(b.get("last_failure") or ""),
+            }
+        )
+    return rows
+
+
+HEALTH_NAMES: Mapping[str, str] = {
+    "upstream": "Market feed link",
+    "relay": "Streaming API (/api/v1/ws)",
+    "hub": "Price fan-out",
+    "circuitBreakers": "Circuit breakers",
+    "eventLoop": "Server responsiveness",
+}
+_STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    status: str
+    word: str
+    icon: str
+    tone: str
+    rows: list[dict[str, str]] = field(default_factory=list)
+
+
+def health_view(overall: str, results: Iterable[tuple[str, str, str]]) -> HealthView:
+    """The health summary from ``(component_id, status, output)`` check results."""
+    grouped: dict[str, tuple[str, str]] = {}
+    for component_id, status, output in results:
+        key = "circuitBreakers" if component_id.startswith("circuitBreaker.") else component_id
+        current, note = grouped.get(key, ("pass", ""))
+        if _STATUS_RANK.get(status, 2) > _STATUS_RANK.get(current, 2):
+            current, note = status, output
+        elif status == current and not note:
+            note = output
+        grouped[key] = (current, note)
+    rows = []
+    for key, (status, note) in grouped.items():
+        word, icon, tone = _health_look(status)
+        rows.append(
+            {
+                "key": key,
+                "name": HEALTH_NAMES.get(key, key),
+                "status": status,
+                "word": word,
+                "icon": icon,
+                "tone": tone,
+                "note": note if status != "pass" else "",
+            }
+        )
+    word, icon, tone = _health_look(overall)
+    return HealthView(overall, word, icon, tone, rows)
+
+
+def _health_look(status: str) -> tuple[str, str, str]:
+    if status == "pass":
+        return "Operational", "circle-check", TONE_LIVE
+    if status == "warn":
+        return "Warning", "triangle-alert", TONE_DEGRADED
+    return "Failing", "circle-x", TONE_DOWN

@@ -1,0 +1,242 @@
+"""The mounted API over a real socket: the whole Runtime (embedded simulator) under uvicorn.
+
+Health, readiness, metrics, REST fallback and the admin rules, as an orchestrator, an
+operator or an API client sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from backend_core.api import create_api
+from backend_core.config import load_settings
+from backend_core.events import LinkState
+from backend_core.runtime import Runtime
+from tests.integration.conftest import ServedApp
+
+ADMIN = "admin-token-0123456789"
+WAIT_S = 15.0
+
+
+@contextlib.asynccontextmanager
+async def serve_runtime(
+    asgi_server: Callable[..., Awaitable[ServedApp]], **env: str
+) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    settings = load_settings(
+        {
+            "DERIV_SYMBOLS": "1HZ100V,R_50",
+            "DERIV_SIMULATOR_TIME_SCALE": "20",
+            "DERIV_PING_INTERVAL": "0.5",
+            "WEBSOCKET_CONNECTION_TIMEOUT": "1",
+            "WEBSOCKET_CB_RECOVERY_TIMEOUT": "30",
+            "ADMIN_TOKEN": ADMIN,
+            **env,
+        }
+    )
+    runtime = Runtime(settings, configure_logs=False)
+    async with runtime.lifespan():
+        served = await asgi_server(create_api(runtime))
+        async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
+            yield runtime, client
+
+
+async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
+    """Wait until ``predicate()`` holds, checking every 20 ms; bounded by ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - the runtime offers no event for arbitrary predicates
+            await asyncio.sleep(0.02)
+
+
+def live(runtime: Runtime) -> Callable[[], bool]:
+    def check() -> bool:
+        snap = runtime.upstream_snapshot()
+        return (
+            snap is not None
+            and snap.state == LinkState.CONNECTED
+            and all(runtime.hub.latest(s) is not None for s in runtime.settings.DERIV_SYMBOLS)
+        )
+
+    return check
+
+
+async def test_health_routes_tell_the_truth_while_live(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        response = await client.get("/health")
+        assert response.status_code == 200
+        assert response.json()["status"] == "pass"
+
+        detailed = await client.get("/health/detailed")
+        assert detailed.status_code == 200
+        assert detailed.headers["content-type"].startswith("application/health+json")
+        body = detailed.json()
+        assert body["status"] == "pass" and body["serviceId"] == "deriv-status"
+        assert {"upstream:state", "relay:connections", "eventLoop:lag", "circuitBreaker.websocket:state"} <= set(
+            body["checks"]
+        )
+        for entries in body["checks"].values():
+            for entry in entries:
+                assert {"componentType", "observedValue", "status", "time"} <= set(entry)
+
+        ws = (await client.get("/health/websocket")).json()
+        assert ws["upstream"]["state"] == "connected"
+        assert {s["symbol"] for s in ws["upstream"]["symbols"]} == {"1HZ100V", "R_50"}
+        assert all(s["tick_age_s"] is not None for s in ws["upstream"]["symbols"])
+        assert ws["relay"]["active"] == 0
+
+        breakers = (await client.get("/health/circuit-breakers")).json()
+        assert breakers["enabled"] is True
+        assert {b["name"] for b in breakers["breakers"]} >= {"websocket"}
+
+        assert (await client.get("/livez")).status_code == 200
+        assert (await client.get("/readyz")).json()["ready"] is True
+
+
+async def test_upstream_outage_is_warn_and_the_service_stays_ready(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        sim = runtime.simulator
+        assert sim is not None
+        sim.refuse_connections(60)
+        await sim.drop_all()
+        await until(lambda: runtime.upstream_status()["state"] == "circuit_open")
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "warn"
+        assert health.json()["components"]["upstream"] == "warn"
+        assert (await client.get("/readyz")).status_code == 200
+        latest = (await client.get("/api/v1/ticks/latest")).json()
+        assert latest["upstream_state"] == "circuit_open"
+        assert all(t is not None and t["stale"] for t in latest["ticks"].values())
+        status = (await client.get("/api/v1/status")).json()
+        assert status["upstream"]["breaker_state"] == "open"
+        assert status["upstream"]["retry_after_s"] is not None
+        assert status["upstream"]["last_error"]["code"] == "HandshakeRefused"
+
+
+async def test_rest_fallback_serves_ticks_from_the_ring_buffer(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        await until(lambda: len(runtime.hub.ticks_since("1HZ100V", 0, 1000)) >= 5)
+        latest = (await client.get("/api/v1/ticks/latest", params={"symbols": "1HZ100V"})).json()
+        tick = latest["ticks"]["1HZ100V"]
+        assert tick["symbol"] == "1HZ100V" and isinstance(tick["epoch"], int) and tick["stale"] is False
+        all_ticks = (await client.get("/api/v1/ticks/1HZ100V")).json()["ticks"]
+        epochs = [t["epoch"] for t in all_ticks]
+        assert epochs == sorted(set(epochs)) and len(epochs) >= 5
+        since = (await client.get("/api/v1/ticks/1HZ100V", params={"since": epochs[2]})).json()["ticks"]
+        assert [t["epoch"] for t in since][: len(epochs) - 3] == epochs[3:]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/api/v1/ticks/latest?symbols=NOPE", 404, "unknown_symbol"),
+        ("/api/v1/ticks/latest?symbols=,", 400, "invalid_symbols"),
+        ("/api/v1/ticks/NOPE", 404, "unknown_symbol"),
+        ("/api/v1/ticks/R_50?since=yesterday", 400, "invalid_since"),
+        ("/api/v1/ticks/R_50?since=-1", 400, "invalid_since"),
+        ("/api/v1/ticks/R_50?limit=0", 400, "invalid_limit"),
+        ("/api/v1/ticks/R_50?limit=99999", 400, "invalid_limit"),
+    ],
+)
+async def test_bad_rest_input_gets_a_specific_4xx(
+    asgi_server: Callable[..., Awaitable[ServedApp]], path: str, status: int, code: str
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        response = await client.get(path)
+        assert response.status_code == status
+        assert response.json()["error"] == code
+        assert response.json()["message"]
+
+
+async def test_admin_reset_rules_and_audit(
+    asgi_server: Callable[..., Awaitable[ServedApp]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="backend_core")
+    async with serve_runtime(asgi_server) as (runtime, client):
+        url = "/health/circuit-breakers/websocket/reset"
+        none = await client.post(url)
+        assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
+        wrong = await client.post(url, headers={"Authorization": "Bearer not-the-token-at-all"})
+        assert wrong.status_code == 401
+        basic = await client.post(url, headers={"Authorization": f"Basic {ADMIN}"})
+        assert basic.status_code == 401
+        unknown = await client.post("/health/circuit-breakers/nope/reset", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert unknown.status_code == 404
+        runtime.breakers.websocket.force_open()
+        ok = await client.post(url, headers={"Authorization": f"Bearer {ADMIN}"})
+        assert ok.status_code == 200
+        assert ok.json()["breaker"]["state"] == "closed"
+        assert ADMIN not in ok.text
+        assert any("breaker reset by admin" in r.getMessage() for r in caplog.records)
+        assert all(ADMIN not in r.getMessage() for r in caplog.records)
+
+
+async def test_admin_reset_is_refused_without_admin_token(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
+        response = await client.post(
+            "/health/circuit-breakers/websocket/reset", headers={"Authorization": "Bearer anything-at-all-here"}
+        )
+        assert response.status_code == 403
+        assert "ADMIN_TOKEN" in response.json()["message"]
+
+
+async def test_metrics_are_prometheus_text_with_the_promised_series(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        await client.get("/health")
+        text = (await client.get("/metrics")).text
+        for series in (
+            "deriv_status_relay_connections ",
+            'deriv_status_upstream_state{state="connected"} 1.0',
+            'deriv_status_circuit_breaker_state{breaker="websocket",state="closed"} 1.0',
+            "deriv_status_circuit_breaker_transitions_total",
+            "deriv_status_upstream_reconnects_total",
+            "deriv_status_ticks_received_total",
+            "deriv_status_ticks_relayed_total",
+            "deriv_status_ticks_dropped_total",
+            "deriv_status_upstream_outage_seconds_bucket",
+            "deriv_status_health_check_duration_seconds_bucket",
+        ):
+            assert series in text, series
+
+
+async def test_manual_retry_endpoint_coalesces(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        already = await client.post("/api/v1/retry")
+        assert already.json()["status"] == "already_connected"
+        sim = runtime.simulator
+        assert sim is not None
+        sim.refuse_connections(60)
+        await sim.drop_all()
+        await until(lambda: runtime.upstream_status()["state"] == "circuit_open")
+        sim.refuse_connections(0)
+        responses = await asyncio.gather(*(client.post("/api/v1/retry") for _ in range(10)))
+        statuses = sorted(r.json()["status"] for r in responses)
+        assert statuses.count("started") == 1
+        await until(live(runtime))
+
+
+async def test_no_output_leaks_secrets(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    async with serve_runtime(asgi_server, DERIV_API_TOKEN="simulator-demo-token") as (runtime, client):
+        await until(live(runtime))
+        for path in ("/health", "/health/detailed", "/health/websocket", "/health/circuit-breakers", "/api/v1/status"):
+            text = (await client.get(path)).text
+            assert "simulator-demo-token" not in text and ADMIN not in text, path
+            assert "Traceback" not in text

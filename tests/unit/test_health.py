@@ -1,0 +1,87 @@
+"""Health aggregation and verdicts: pure functions, a fake clock, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from backend_core.clock import FakeClock
+from backend_core.health import (
+    CheckResult,
+    HealthService,
+    aggregate,
+    breaker_verdict,
+    loop_lag_verdict,
+    relay_verdict,
+    upstream_verdict,
+    worst,
+)
+
+
+def test_worst_status_wins_and_nothing_is_pass() -> None:
+    assert worst([]) == "pass"
+    assert worst(["pass", "warn"]) == "warn"
+    assert worst(["warn", "fail", "pass"]) == "fail"
+
+
+def test_an_upstream_outage_degrades_but_never_fails_the_service() -> None:
+    for state in ("connecting", "reconnecting", "circuit_open", "stopped"):
+        status, output = upstream_verdict(state, None, 90)
+        assert status == "warn" and output
+    assert upstream_verdict("connected", 1.0, 90) == ("pass", "connected")
+    assert upstream_verdict("connected", 200.0, 90)[0] == "warn"
+
+
+def test_breaker_relay_and_loop_verdicts() -> None:
+    assert breaker_verdict("websocket", "closed")[0] == "pass"
+    assert breaker_verdict("websocket", "disabled")[0] == "pass"
+    assert breaker_verdict("websocket", "open")[0] == "warn"
+    assert breaker_verdict("websocket", "half_open")[0] == "warn"
+    assert relay_verdict(True, 10, 100)[0] == "pass"
+    assert relay_verdict(True, 95, 100)[0] == "warn"
+    assert relay_verdict(False, 0, 100) == ("pass", "relay disabled by WEBSOCKET_ENABLED=false")
+    assert loop_lag_verdict(0.01)[0] == "pass"
+    assert loop_lag_verdict(0.5)[0] == "warn"
+    assert loop_lag_verdict(3.0)[0] == "fail"
+
+
+def result(component: str, status: str) -> CheckResult:
+    return CheckResult(component, "component", "state", status, 1, None, f"{component} is {status}")  # type: ignore[arg-type]
+
+
+async def test_checks_run_concurrently_each_under_its_own_timeout() -> None:
+    clock = FakeClock()
+
+    async def hangs() -> list[CheckResult]:
+        await asyncio.Event().wait()
+        return []
+
+    def raises() -> list[CheckResult]:
+        raise RuntimeError("secret detail that must not leak")
+
+    observed: list[str] = []
+    service = HealthService(
+        {"ok": lambda: [result("ok", "pass")], "slow": hangs, "broken": raises},  # type: ignore[dict-item]
+        clock,
+        timeout_s=0.05,
+        observe=lambda name, seconds: observed.append(name),
+    )
+    report = await service.run()
+    by_key = {r.component_id: r for r in report.results}
+    assert by_key["ok"].status == "pass"
+    assert by_key["slow"].status == "fail" and "timed out" in by_key["slow"].output
+    assert by_key["broken"].status == "fail" and "secret" not in by_key["broken"].output
+    assert report.status == "fail"
+    assert sorted(observed) == ["broken", "ok", "slow"]
+
+
+async def test_detailed_report_follows_the_health_json_draft() -> None:
+    clock = FakeClock()
+    service = HealthService({"a": lambda: [result("upstream", "warn"), result("relay", "pass")]}, clock)
+    report = await service.run()
+    body = report.detailed(version="0", release_id="0.1.0", service_id="svc", description="d")
+    assert body["status"] == "warn" == aggregate(report.results)
+    assert set(body) >= {"status", "version", "releaseId", "serviceId", "checks", "output"}
+    entry = body["checks"]["upstream:state"][0]
+    assert set(entry) >= {"componentType", "observedValue", "status", "time", "output"}
+    assert entry["time"].endswith("Z")
+    assert report.summary()["components"] == {"upstream": "warn", "relay": "pass"}
