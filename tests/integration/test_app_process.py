@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.app_process import free_port, running_app, start_app, stop_app
+from tests.app_process import START_TIMEOUT_S, free_port, running_app, start_app, stop_app
+
+# A fresh clone's first start installs the frontend's npm packages and builds it.
+pytestmark = pytest.mark.timeout(START_TIMEOUT_S + 120)
 
 
 def test_make_run_serves_page_and_api_on_one_port_and_stops_without_orphans(tmp_path: Path) -> None:
