@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from backend_core import __version__
+from backend_core.history_api import history_routes
 from backend_core.middleware import BreakerMiddleware
 from backend_core.runtime import Runtime, vars_of
 
@@ -224,6 +225,7 @@ def create_api(runtime: Runtime) -> Starlette:
         Route("/api/v1/retry", retry, methods=["POST"]),
         Route("/api/v1/ticks/latest", ticks_latest, methods=["GET"]),
         Route("/api/v1/ticks/{symbol}", ticks_since, methods=["GET"]),
+        *history_routes(runtime.store),
         WebSocketRoute("/api/v1/ws", runtime.relay.endpoint),
     ]
     app = Starlette(

@@ -26,6 +26,8 @@ _APP_ID = re.compile(r"^(?!0)[0-9]{1,19}$")
 _SYMBOL = re.compile(r"^\w{2,30}$")
 # Deriv's rule for an API token (section 3.8).
 _TOKEN = re.compile(r"^[\w\-]{1,128}$")
+# An alert webhook: http(s), a host (optionally with port), an optional path, no whitespace.
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+([/?#]\S*)?$")
 
 # What each kind of field accepts, in words for the one-line error.
 _ACCEPTED: dict[str, str] = {
@@ -56,6 +58,9 @@ _ACCEPTED: dict[str, str] = {
     "DB_URL": "a SQLAlchemy URL such as sqlite:///data/status.db or postgresql+psycopg://...",
     "LOG_FORMAT": "text or json",
     "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "HISTORY_RETENTION_DAYS": "a whole number of days from 1 to 3650",
+    "ALERT_WEBHOOK_URL": "an http:// or https:// URL of at most 2048 characters, or unset for no alerts",
+    "ALERT_AFTER_SECONDS": "a number of seconds from 0 to 86400",
 }
 
 
@@ -103,9 +108,15 @@ class Settings(BaseSettings):
     DB_URL: str = "sqlite:///data/status.db"
     LOG_FORMAT: Literal["text", "json"] = "text"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    HISTORY_RETENTION_DAYS: int = Field(90, ge=1, le=3650)
+    # A webhook URL often carries its own credential (a Slack or Teams hook): kept secret.
+    ALERT_WEBHOOK_URL: SecretStr | None = None
+    ALERT_AFTER_SECONDS: float = Field(60.0, ge=0, le=86_400)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    def settings_customise_sources(
+        cls, settings_cls: Any, init_settings: Any, *args: Any, **kwargs: Any
+    ) -> tuple[Any, ...]:
         # load_settings() reads the environment exactly once and passes it in; no other
         # source (dotenv files, secrets dirs) may add values behind its back.
         return (init_settings,)
@@ -157,7 +168,21 @@ class Settings(BaseSettings):
     def _case(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        return value.strip().upper() if value.strip().upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"} else value.strip().lower()
+        return (
+            value.strip().upper()
+            if value.strip().upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+            else value.strip().lower()
+        )
+
+    @field_validator("ALERT_WEBHOOK_URL", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            return None
+        text = (value.get_secret_value() if isinstance(value, SecretStr) else str(value)).strip()
+        if len(text) > 2048 or not _HTTP_URL.match(text):
+            raise ValueError("bad webhook url")
+        return text
 
     @field_validator("DB_URL", mode="before")
     @classmethod
@@ -176,7 +201,7 @@ class Settings(BaseSettings):
         """The settings with secrets reduced to whether they are set (for health and the UI)."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
-            if name in {"DERIV_API_TOKEN", "ADMIN_TOKEN"}:
+            if name in {"DERIV_API_TOKEN", "ADMIN_TOKEN", "ALERT_WEBHOOK_URL"}:
                 out[name] = "<set>" if value is not None else None
             elif name == "DB_URL":
                 out[name] = re.sub(r"//[^@/]*@", "//<credentials>@", str(value))

@@ -110,6 +110,32 @@ class _SnapshotCollector(Collector):
         yield transitions
         yield rejections
 
+        history = rt.store.snapshot()
+        g = GaugeMetricFamily(f"{PREFIX}_history_db_up", "1 when the history database answered the last call.")
+        g.add_metric([], 1.0 if history["reachable"] else 0.0)
+        yield g
+        g = GaugeMetricFamily(f"{PREFIX}_history_pending_events", "History events waiting for the database.")
+        g.add_metric([], float(history["pending_events"]))
+        yield g
+        c = CounterMetricFamily(f"{PREFIX}_history_written_events", "History rows written.", labels=["kind"])
+        for kind, count in history["written_by_kind"].items():
+            c.add_metric([kind], float(count))
+        yield c
+        c = CounterMetricFamily(
+            f"{PREFIX}_history_dropped_events", "History events lost (queue full, shutdown).", labels=["reason"]
+        )
+        for reason, count in history["dropped_by_kind"].items():
+            c.add_metric([reason], float(count))
+        yield c
+        alerts = rt.alerts.snapshot()
+        for name, key, text in (
+            ("alerts_sent", "sent_total", "Alerts delivered to ALERT_WEBHOOK_URL."),
+            ("alerts_failed", "failed_total", "Alerts given up (refused, or undelivered for an hour)."),
+            ("alerts_dropped", "dropped_total", "Alerts dropped from the full queue or at shutdown."),
+        ):
+            c = CounterMetricFamily(f"{PREFIX}_{name}", text)
+            c.add_metric([], float(alerts[key]))
+            yield c
         g = GaugeMetricFamily(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop last ran a timer.")
         g.add_metric([], rt.loop_lag.lag_s)
         yield g

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend_core import __version__
+from backend_core.alerts import AlertService
 from backend_core.breakers import BreakerRegistry, Transition
 from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.config import Settings
@@ -35,10 +36,11 @@ from backend_core.health import (
     relay_verdict,
     upstream_verdict,
 )
-from backend_core.hub import Closed, InMemoryHub
+from backend_core.hub import Closed, Dropped, InMemoryHub
 from backend_core.logs import configure_logging
 from backend_core.metrics import Metrics
 from backend_core.relay import Relay
+from backend_core.store import Store
 
 log = logging.getLogger("backend_core.runtime")
 
@@ -89,6 +91,9 @@ class Runtime:
         self.manager: DerivManager | None = None
         self.relay = Relay(settings, self.hub, self.upstream_status, clock=self.clock)
         self.loop_lag = LoopLagProbe(self.clock)
+        # History and alerts: their record_* calls never wait (bounded queues, own tasks).
+        self.store = Store(settings, self.clock)
+        self.alerts = AlertService(settings, self.clock)
         self.metrics = Metrics(self)
         self.health = HealthService(
             {
@@ -97,6 +102,8 @@ class Runtime:
                 "hub": self._check_hub,
                 "circuitBreakers": self._check_breakers,
                 "eventLoop": self._check_loop,
+                "database": self.store.health_check,
+                "alerts": self.alerts.health_check,
             },
             self.clock,
             observe=self.metrics.observe_health_check,
@@ -111,6 +118,8 @@ class Runtime:
         self._forward_task: asyncio.Future[None] | None = None
         self._changed = asyncio.Event()
         self.breakers.add_listener(self._on_transition)
+        self.breakers.add_listener(self.store.record_transition)
+        self.breakers.add_listener(self.alerts.record_transition)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,6 +148,12 @@ class Runtime:
             simulated=self.simulator is not None,
         )
         await self.loop_lag.start()
+        # Bounded: waits for the schema at most START_SCHEMA_TIMEOUT_S; a database that is
+        # down does not stop the start (health shows it as warn, events wait in the queue).
+        await self.store.start()
+        await self.alerts.start()
+        for breaker in self.breakers.snapshots():
+            self.store.record_breaker_state(breaker.name, breaker.state)
         # Status only (no symbols): a small queue is plenty, status events are rare.
         self._status_sub = self.hub.subscribe((), name="runtime-status", queue_size=64)
         self._status_task = asyncio.create_task(self._watch_status(), name="runtime-status")
@@ -209,6 +224,12 @@ class Runtime:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        final = self.manager.snapshot() if self.manager is not None else None
+        if final is not None:  # the STOPPED snapshot may still sit in the status queue
+            self.store.record_status(final)
+            self.alerts.record_status(final)
+        await self.alerts.stop()  # bounded: ALERT_STOP_TIMEOUT_S
+        await self.store.stop()  # bounded: STOP_FLUSH_TIMEOUT_S
         self.hub.close()
         await self.loop_lag.stop()
         if self.simulator is not None:
@@ -221,7 +242,15 @@ class Runtime:
             event = await self._status_sub.get()
             if isinstance(event, Closed):
                 return
+            if isinstance(event, Dropped):
+                # A status change may be among the dropped events: record the current one.
+                current = self.hub.status()
+                if current is not None:
+                    self.store.record_status(current)
+                    self.alerts.record_status(current)
             if isinstance(event, UpstreamSnapshot):
+                self.store.record_status(event)
+                self.alerts.record_status(event)
                 self._track_outage(event)
                 self._signal_change()
 
@@ -364,7 +393,11 @@ class Runtime:
     def retry_now(self) -> RetryOutcome:
         if self.manager is None:
             return RetryOutcome("stopped", "The service is not running.")
-        return self.manager.retry_now()
+        outcome = self.manager.retry_now()
+        if outcome.status == "started":
+            self.store.record_manual_retry()
+            self.alerts.record_manual_retry()
+        return outcome
 
     async def health_report(self) -> HealthReport:
         return await self.health.run()

@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -131,6 +132,7 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
         "WEBSOCKET_CONNECTION_TIMEOUT": "1",
         "WEBSOCKET_CB_RECOVERY_TIMEOUT": "60",
         "LOG_LEVEL": "ERROR",
+        "DB_URL": f"sqlite:///{tempfile.mkdtemp(prefix='isolation-bench-')}/status.db",
     }
     # Popen returns at once; the child is waited for (bounded) in the finally block.
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env, cwd=ROOT)  # noqa: ASYNC220

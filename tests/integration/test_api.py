@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ async def serve_runtime(
             "WEBSOCKET_CONNECTION_TIMEOUT": "1",
             "WEBSOCKET_CB_RECOVERY_TIMEOUT": "30",
             "ADMIN_TOKEN": ADMIN,
+            "DB_URL": f"sqlite:///{tempfile.mkdtemp(prefix='deriv-status-test-')}/status.db",
             **env,
         }
     )

@@ -43,6 +43,9 @@ DEFAULTS = {
     "DB_URL": "sqlite:///data/status.db",
     "LOG_FORMAT": "text",
     "LOG_LEVEL": "INFO",
+    "HISTORY_RETENTION_DAYS": 90,
+    "ALERT_WEBHOOK_URL": None,
+    "ALERT_AFTER_SECONDS": 60.0,
 }
 
 
@@ -99,6 +102,15 @@ def test_every_variable_is_documented_in_env_example() -> None:
         ("DB_URL", "not a url", "SQLAlchemy URL"),
         ("LOG_FORMAT", "xml", "text or json"),
         ("LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+        ("HISTORY_RETENTION_DAYS", "0", "whole number of days from 1 to 3650"),
+        ("HISTORY_RETENTION_DAYS", "3651", "whole number of days from 1 to 3650"),
+        ("HISTORY_RETENTION_DAYS", "30.5", "whole number of days"),
+        ("ALERT_WEBHOOK_URL", "ftp://hooks.example.com/x", "http:// or https://"),
+        ("ALERT_WEBHOOK_URL", "https://exa mple.com/hook", "http:// or https://"),
+        ("ALERT_WEBHOOK_URL", "https://example.com/" + "a" * 2100, "at most 2048"),
+        ("ALERT_AFTER_SECONDS", "-1", "number of seconds from 0 to 86400"),
+        ("ALERT_AFTER_SECONDS", "nan", "number of seconds from 0 to 86400"),
+        ("ALERT_AFTER_SECONDS", "86401", "number of seconds from 0 to 86400"),
     ],
 )
 def test_bad_value_names_variable_value_and_what_is_accepted(variable: str, value: str, accepted: str) -> None:
@@ -136,10 +148,12 @@ def test_public_view_never_shows_secrets() -> None:
             "DERIV_API_TOKEN": "tok123secret",
             "ADMIN_TOKEN": "a" * 20,
             "DB_URL": "postgresql+psycopg://user:hunter2@db/x",
+            "ALERT_WEBHOOK_URL": "https://hooks.example.com/services/T0/B0/sekrit",
         }
     )
     view = str(settings.public_view())
     assert "tok123secret" not in view and "a" * 20 not in view and "hunter2" not in view
+    assert "sekrit" not in view
     assert "<set>" in view
 
 
@@ -155,4 +169,23 @@ def test_check_command_prints_one_line_and_exits_2_without_traceback() -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["Invalid configuration: WEBSOCKET_MAX_CONNECTIONS='-1' is not accepted; expected a whole number from 1 to 100000."]
+    expected = (
+        "Invalid configuration: WEBSOCKET_MAX_CONNECTIONS='-1' is not accepted; "
+        "expected a whole number from 1 to 100000."
+    )
+    assert lines == [expected]
+
+
+def test_alert_and_history_values_are_accepted() -> None:
+    settings = load_settings(
+        {
+            "HISTORY_RETENTION_DAYS": "7",
+            "ALERT_WEBHOOK_URL": " http://127.0.0.1:9000/hook?team=ops ",
+            "ALERT_AFTER_SECONDS": "0",
+        }
+    )
+    assert settings.HISTORY_RETENTION_DAYS == 7
+    assert settings.ALERT_WEBHOOK_URL is not None
+    assert settings.ALERT_WEBHOOK_URL.get_secret_value() == "http://127.0.0.1:9000/hook?team=ops"
+    assert settings.ALERT_AFTER_SECONDS == 0.0
+    assert load_settings({"ALERT_WEBHOOK_URL": ""}).ALERT_WEBHOOK_URL is None

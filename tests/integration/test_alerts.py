@@ -1,0 +1,196 @@
+"""Alerts against a real webhook receiver: a small Starlette app under uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backend_core.alerts import AlertService
+from backend_core.breakers import BreakerState, Transition
+from backend_core.clock import SystemClock
+from backend_core.config import load_settings
+from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+
+# Every wait here is bounded by this.
+DELIVERY_TIMEOUT_S = 10.0
+
+
+class Receiver:
+    """Records every POST; the first ``fail_first`` get ``fail_status``, or hang for ``hang_s``."""
+
+    def __init__(self, fail_first: int = 0, fail_status: int = 503, hang_s: float = 0.0) -> None:
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.hang_s = hang_s
+        self.attempts: list[tuple[str, dict[str, Any]]] = []
+        self.accepted: list[dict[str, Any]] = []
+
+    async def hook(self, request: Request) -> Response:
+        body = await request.json()
+        self.attempts.append((request.headers.get("idempotency-key", ""), body))
+        if len(self.attempts) <= self.fail_first:
+            if self.hang_s:
+                await asyncio.sleep(self.hang_s)
+            return JSONResponse({"error": "not now"}, status_code=self.fail_status)
+        self.accepted.append(body)
+        return JSONResponse({"ok": True})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/hook", self.hook, methods=["POST"])])
+
+
+def snap(state: LinkState, error: str | None = None, attempt: int = 0) -> UpstreamSnapshot:
+    return UpstreamSnapshot(
+        state=state,
+        since=time.time(),
+        url="wss://example/websockets/v3",
+        simulated=True,
+        attempt=attempt,
+        last_error=ErrorInfo(error, f"{error} happened", time.time()) if error else None,
+    )
+
+
+def breaker(to_state: BreakerState, reason: str, from_state: BreakerState) -> Transition:
+    return Transition("websocket", from_state, to_state, reason, time.monotonic(), time.time())
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def start_service(
+    asgi_server: Callable[..., Awaitable[Any]], receiver: Receiver, after_s: str = "0.3", **kwargs: Any
+) -> AlertService:
+    served = await asgi_server(receiver.app())
+    settings = load_settings({"ALERT_WEBHOOK_URL": f"{served.http_url}/hook", "ALERT_AFTER_SECONDS": after_s})
+    options: dict[str, Any] = {"retry_initial_s": 0.05, "retry_max_s": 0.2, "timeout_s": 2.0}
+    options.update(kwargs)
+    service = AlertService(settings, SystemClock(), **options)
+    await service.start()
+    return service
+
+
+async def stop_service(service: AlertService) -> None:
+    await service.stop()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("alerts-")], "an alerts task was left"
+
+
+async def test_breaker_alerts_are_delivered_once_each(asgi_server: Callable[..., Awaitable[Any]]) -> None:
+    receiver = Receiver()
+    service = await start_service(asgi_server, receiver)
+    try:
+        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        service.record_transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
+        service.record_transition(breaker(BreakerState.OPEN, "probe_failed", BreakerState.HALF_OPEN))
+        service.record_transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
+        service.record_transition(breaker(BreakerState.CLOSED, "probe_succeeded", BreakerState.HALF_OPEN))
+        assert await service.wait_idle(DELIVERY_TIMEOUT_S)
+        assert [(b["event"], b["status"], b["component"]) for b in receiver.accepted] == [
+            ("breaker_opened", "firing", "breaker:websocket"),
+            ("breaker_closed", "resolved", "breaker:websocket"),
+        ]
+        assert receiver.accepted[1]["recovery"] == "breaker probe" and receiver.accepted[1]["recovered"] is True
+    finally:
+        await stop_service(service)
+
+
+async def test_a_failing_receiver_gets_the_alert_after_retries(asgi_server: Callable[..., Awaitable[Any]]) -> None:
+    receiver = Receiver(fail_first=3)
+    service = await start_service(asgi_server, receiver)
+    try:
+        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        assert await service.wait_idle(DELIVERY_TIMEOUT_S)
+        assert len(receiver.attempts) == 4 and len(receiver.accepted) == 1
+        assert len({key for key, _ in receiver.attempts}) == 1, "retries repeat the idempotency key"
+        snapshot = service.snapshot()
+        assert (snapshot["sent_total"], snapshot["attempts_total"], snapshot["failed_total"]) == (1, 4, 0)
+        assert service.health_check()[0].status == "pass"
+    finally:
+        await stop_service(service)
+
+
+async def test_a_hanging_receiver_times_out_and_is_retried(asgi_server: Callable[..., Awaitable[Any]]) -> None:
+    receiver = Receiver(fail_first=1, hang_s=1.5)
+    service = await start_service(asgi_server, receiver, timeout_s=0.3)
+    try:
+        started = time.perf_counter()
+        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        assert time.perf_counter() - started < 0.05, "recording never waits for the receiver"
+        assert await service.wait_idle(DELIVERY_TIMEOUT_S)
+        assert len(receiver.accepted) == 1 and time.perf_counter() - started < 1.5, "the hung POST was abandoned"
+        assert service.snapshot()["attempts_total"] == 2
+    finally:
+        await stop_service(service)
+
+
+async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
+    asgi_server: Callable[..., Awaitable[Any]],
+) -> None:
+    receiver = Receiver()
+    service = await start_service(asgi_server, receiver, after_s="0.3")
+    try:
+        service.record_status(snap(LinkState.CONNECTED))
+        # A short outage: nothing is sent, ever.
+        service.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
+        await asyncio.sleep(0.1)
+        service.record_status(snap(LinkState.CONNECTED))
+        await asyncio.sleep(0.5)
+        assert receiver.attempts == []
+        # A long one: one alert when the delay passes, one when it is back.
+        service.record_status(snap(LinkState.RECONNECTING, "HeartbeatTimeout"))
+        for attempt in (1, 2, 3):
+            service.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused", attempt))
+        await until(lambda: bool(receiver.accepted), "the upstream_down alert")
+        service.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused", 1))
+        service.record_status(snap(LinkState.CONNECTED))
+        assert await service.wait_idle(DELIVERY_TIMEOUT_S)
+        firing, resolved = receiver.accepted
+        assert (firing["event"], firing["error_code"], firing["cause"]) == (
+            "upstream_down",
+            "HeartbeatTimeout",
+            "connection lost",
+        )
+        assert firing["duration_s"] >= 0.3
+        assert (resolved["event"], resolved["incident_id"]) == ("upstream_recovered", firing["incident_id"])
+        assert resolved["recovery"] == "reconnected after 4 attempts" and resolved["attempts"] == 4
+        assert resolved["ended_at"] is not None and firing["ended_at"] is None
+    finally:
+        await stop_service(service)
+
+
+@pytest.mark.parametrize("status", [400, 404, 410])
+async def test_a_refusing_receiver_is_not_retried(asgi_server: Callable[..., Awaitable[Any]], status: int) -> None:
+    receiver = Receiver(fail_first=100, fail_status=status)
+    service = await start_service(asgi_server, receiver)
+    try:
+        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        assert await service.wait_idle(DELIVERY_TIMEOUT_S)
+        await asyncio.sleep(0.3)
+        assert len(receiver.attempts) == 1
+        check = service.health_check()[0]
+        assert check.status == "warn" and f"HTTP {status}" in check.output
+    finally:
+        await stop_service(service)
+
+
+async def test_stop_is_bounded_while_the_receiver_is_down(asgi_server: Callable[..., Awaitable[Any]]) -> None:
+    receiver = Receiver(fail_first=10_000)
+    service = await start_service(asgi_server, receiver)
+    service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+    await until(lambda: len(receiver.attempts) >= 2, "two failed deliveries")
+    started = time.perf_counter()
+    await stop_service(service)
+    assert time.perf_counter() - started < 5.0
+    assert service.snapshot()["pending"] == 0

@@ -1,0 +1,367 @@
+"""Alerts: the pure decision (fake time), and the service driven by a fake clock over a mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from backend_core.alerts import (
+    Alert,
+    AlertDecider,
+    AlertService,
+    delivery_verdict,
+    retry_after_seconds,
+)
+from backend_core.breakers import BreakerState, Transition
+from backend_core.clock import FakeClock
+from backend_core.config import load_settings
+from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+from backend_core.store import IncidentClosed, IncidentOpened
+
+WALL = 1_700_000_000.0
+URL = "https://hooks.example.test/services/T000/B000/sekrit"
+
+
+def upstream_incident(key: str = "u1", planned: bool = False) -> IncidentOpened:
+    return IncidentOpened(key, "upstream", "upstream", WALL, "connection lost", "ConnectionLost", "dropped", planned)
+
+
+def breaker_incident(key: str = "b1") -> IncidentOpened:
+    return IncidentOpened(
+        key, "breaker:websocket", "breaker", WALL, "circuit breaker opened", "failure_threshold", "Circuit opened."
+    )
+
+
+# ---------------------------------------------------------------------------- the decision
+
+
+def test_a_breaker_alerts_at_once_and_resolves_once() -> None:
+    decider = AlertDecider(60)
+    [firing] = decider.on_incident(breaker_incident(), 0.0, WALL)
+    assert (firing.event, firing.status, firing.idempotency_key) == ("breaker_opened", "firing", "b1:firing")
+    assert decider.on_incident(breaker_incident(), 1.0, WALL) == []  # a repeat
+    [resolved] = decider.on_incident(IncidentClosed(breaker_incident(), WALL + 30, "breaker probe"), 30.0, WALL + 30)
+    assert (resolved.event, resolved.status, resolved.recovery) == ("breaker_closed", "resolved", "breaker probe")
+    assert decider.on_incident(IncidentClosed(breaker_incident(), WALL + 31, "x"), 31.0, WALL + 31) == []
+    assert decider.on_incident(breaker_incident(), 32.0, WALL + 32) == []  # resolved ids are remembered
+
+
+def test_the_upstream_alerts_only_after_the_delay_and_only_once() -> None:
+    decider = AlertDecider(60)
+    assert decider.on_incident(upstream_incident(), 100.0, WALL) == []
+    assert decider.next_due() == 160.0
+    assert decider.due(159.9, WALL + 59.9) == []
+    [firing] = decider.due(160.0, WALL + 60)
+    assert (firing.event, firing.at) == ("upstream_down", WALL + 60)
+    assert decider.due(500.0, WALL + 400) == [] and decider.next_due() is None
+    closed = IncidentClosed(upstream_incident(), WALL + 90, "reconnected after 4 attempts", 4)
+    [resolved] = decider.on_incident(closed, 190.0, WALL + 90)
+    assert (resolved.event, resolved.attempts, resolved.ended_at) == ("upstream_recovered", 4, WALL + 90)
+
+
+def test_a_short_upstream_outage_sends_nothing() -> None:
+    decider = AlertDecider(60)
+    decider.on_incident(upstream_incident(), 100.0, WALL)
+    assert decider.on_incident(IncidentClosed(upstream_incident(), WALL + 59, "reconnected"), 159.0, WALL + 59) == []
+    assert decider.due(1000.0, WALL + 900) == [] and decider.next_due() is None
+
+
+def test_a_zero_delay_alerts_at_once() -> None:
+    [firing] = AlertDecider(0).on_incident(upstream_incident(), 0.0, WALL)
+    assert firing.event == "upstream_down"
+
+
+def test_tracked_incidents_are_bounded() -> None:
+    decider = AlertDecider(60, max_tracked=2)
+    for key in ("a", "b", "c"):
+        decider.on_incident(breaker_incident(key), 0.0, WALL)
+    assert len(decider.firing) == 2 and decider.ignored == 1
+
+
+def test_negative_delay_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 0"):
+        AlertDecider(-1)
+
+
+def test_payload_and_summary() -> None:
+    firing = Alert("upstream_down", "firing", upstream_incident(), WALL + 75)
+    body = firing.payload(instance="host-1", sent_at=WALL + 76)
+    assert body | {"version": None} == {
+        "source": "deriv-status",
+        "version": None,
+        "instance": "host-1",
+        "event": "upstream_down",
+        "status": "firing",
+        "component": "upstream",
+        "incident_id": "u1",
+        "summary": "Market data feed down for 75 s (ConnectionLost: dropped)",
+        "cause": "connection lost",
+        "error_code": "ConnectionLost",
+        "message": "dropped",
+        "planned": False,
+        "started_at": "2023-11-14T22:13:20.000Z",
+        "ended_at": None,
+        "duration_s": 75.0,
+        "recovery": None,
+        "recovered": None,
+        "attempts": None,
+        "sent_at": "2023-11-14T22:14:36.000Z",
+    }
+    resolved = Alert("upstream_recovered", "resolved", upstream_incident(), WALL + 600, WALL + 600, "manual retry")
+    assert resolved.summary() == "Market data feed back after 10 min (manual retry)"
+    assert resolved.payload(instance="h", sent_at=WALL)["recovered"] is True
+    stopped = Alert("upstream_recovered", "resolved", upstream_incident(), WALL, WALL + 9000, "not recovered: x")
+    assert stopped.payload(instance="h", sent_at=WALL)["recovered"] is False
+    assert "2.5 h" in stopped.summary()
+    opened = Alert("breaker_opened", "firing", breaker_incident(), WALL)
+    assert opened.summary() == "Circuit breaker 'websocket' opened (Circuit opened.)"
+    planned = Alert("upstream_down", "firing", upstream_incident(planned=True), WALL + 5)
+    assert planned.summary() == "Market data feed down for 5 s (dropped)"
+
+
+def test_delivery_verdicts() -> None:
+    assert [delivery_verdict(c) for c in (200, 202, 204)] == ["delivered"] * 3
+    assert [delivery_verdict(c) for c in (408, 425, 429, 500, 502, 503, 504, 599)] == ["retry"] * 8
+    assert [delivery_verdict(c) for c in (301, 400, 401, 403, 404, 410, 413)] == ["refused"] * 7
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after_seconds(None, WALL) is None
+    assert retry_after_seconds("7", WALL) == 7.0
+    assert retry_after_seconds(" 12 ", WALL) == 12.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:13:50 GMT", WALL) == 30.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:00:00 GMT", WALL) == 0.0
+    assert retry_after_seconds("soon", WALL) is None
+    assert retry_after_seconds("１２", WALL) is None
+    assert retry_after_seconds("9" * 50, WALL) is None
+
+
+# ---------------------------------------------------------------------------- the service, fake time
+
+
+def snap(state: LinkState, error: str | None = None) -> UpstreamSnapshot:
+    return UpstreamSnapshot(
+        state=state,
+        since=WALL,
+        url="x",
+        simulated=True,
+        last_error=ErrorInfo(error, f"{error} happened", WALL) if error else None,
+    )
+
+
+class Hook:
+    """A mock webhook: answers with the queued statuses, then 200."""
+
+    def __init__(self, *statuses: int, headers: dict[str, str] | None = None) -> None:
+        self.statuses = list(statuses)
+        self.headers = headers or {}
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        status = self.statuses.pop(0) if self.statuses else 200
+        return httpx.Response(status, headers=self.headers if status != 200 else {})
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(r.content) for r in self.requests]
+
+
+def service(clock: FakeClock, hook: Hook, after_s: str = "60", **kwargs: Any) -> AlertService:
+    settings = load_settings({"ALERT_WEBHOOK_URL": URL, "ALERT_AFTER_SECONDS": after_s})
+    return AlertService(settings, clock, transport=httpx.MockTransport(hook), instance="test", **kwargs)
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook()
+    alerts = service(clock, hook)
+    await alerts.start()
+    try:
+        alerts.record_status(snap(LinkState.CONNECTED))
+        alerts.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
+        await settle()
+        clock.advance(59)
+        await settle()
+        assert hook.requests == []
+        alerts.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused"))
+        clock.advance(1)
+        await settle()
+        assert await alerts.wait_idle(5)
+        assert [b["event"] for b in hook.bodies()] == ["upstream_down"]
+        clock.advance(600)
+        alerts.record_status(snap(LinkState.CIRCUIT_OPEN, "ConnectionRefused"))
+        await settle()
+        alerts.record_status(snap(LinkState.CONNECTED))
+        assert await alerts.wait_idle(5)
+        bodies = hook.bodies()
+        assert [(b["event"], b["status"]) for b in bodies] == [
+            ("upstream_down", "firing"),
+            ("upstream_recovered", "resolved"),
+        ]
+        assert bodies[0]["incident_id"] == bodies[1]["incident_id"]
+        assert bodies[1]["duration_s"] == 660.0 and bodies[1]["recovery"] == "breaker probe"
+        request = hook.requests[0]
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["idempotency-key"] == f"{bodies[0]['incident_id']}:firing"
+        assert request.headers["user-agent"].startswith("deriv-status-alerts/")
+        assert alerts.snapshot()["sent_total"] == 2 and alerts.health_check()[0].status == "pass"
+    finally:
+        await alerts.stop()
+
+
+async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook()
+    alerts = service(clock, hook)
+    await alerts.start()
+    try:
+        for previous, state, reason in [
+            (BreakerState.CLOSED, BreakerState.OPEN, "failure_threshold"),
+            (BreakerState.OPEN, BreakerState.HALF_OPEN, "recovery_timeout"),
+            (BreakerState.HALF_OPEN, BreakerState.OPEN, "probe_failed"),
+            (BreakerState.OPEN, BreakerState.HALF_OPEN, "recovery_timeout"),
+            (BreakerState.HALF_OPEN, BreakerState.CLOSED, "probe_succeeded"),
+        ]:
+            alerts.record_transition(Transition("websocket", previous, state, reason, 0.0, WALL))
+        assert await alerts.wait_idle(5)
+        assert [(b["event"], b["recovery"]) for b in hook.bodies()] == [
+            ("breaker_opened", None),
+            ("breaker_closed", "breaker probe"),
+        ]
+    finally:
+        await alerts.stop()
+
+
+async def test_failed_deliveries_are_retried_with_backoff_and_retry_after() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook(503, 429, headers={"retry-after": "30"})
+    alerts = service(clock, hook, retry_initial_s=1.0, retry_max_s=60.0)
+    await alerts.start()
+    try:
+        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        await settle()
+        assert len(hook.requests) == 1
+        clock.advance(29.9)  # Retry-After: 30 is honoured over the 1-2 s backoff
+        await settle()
+        assert len(hook.requests) == 1
+        clock.advance(0.1)
+        await settle()
+        assert len(hook.requests) == 2
+        clock.advance(30)
+        assert await alerts.wait_idle(5)
+        assert len(hook.requests) == 3
+        keys = {r.headers["idempotency-key"] for r in hook.requests}
+        assert len(keys) == 1, "a retry repeats the same idempotency key"
+        snapshot = alerts.snapshot()
+        assert (snapshot["sent_total"], snapshot["attempts_total"], snapshot["failed_total"]) == (1, 3, 0)
+    finally:
+        await alerts.stop()
+
+
+async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook(404)
+    alerts = service(clock, hook)
+    await alerts.start()
+    try:
+        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        assert await alerts.wait_idle(5)
+        clock.advance(3600)
+        await settle()
+        assert len(hook.requests) == 1
+        check = alerts.health_check()[0]
+        assert check.status == "warn" and "HTTP 404" in check.output and "sekrit" not in check.output
+        assert alerts.snapshot()["failed_total"] == 1
+    finally:
+        await alerts.stop()
+
+
+async def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook(*([503] * 1000))
+    alerts = service(clock, hook, queue_size=3)
+    await alerts.start()
+    try:
+        for i in range(6):
+            alerts.record_transition(Transition(f"api:/r{i}", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        await settle()
+        snapshot = alerts.snapshot()
+        assert snapshot["pending"] == 3 and snapshot["dropped_total"] == 3
+    finally:
+        await alerts.stop(timeout_s=0.1)
+    assert alerts.snapshot()["pending"] == 0
+
+
+async def test_a_disabled_service_does_nothing() -> None:
+    alerts = AlertService(load_settings({}), FakeClock())
+    await alerts.start()
+    alerts.record_status(snap(LinkState.RECONNECTING, "X"))
+    alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+    assert alerts.snapshot()["pending"] == 0 and not alerts.enabled
+    assert alerts.health_check()[0].status == "pass"
+    await alerts.stop()
+
+
+async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
+    clock = FakeClock(start_wall=WALL)
+    calls: list[int] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) < 3:
+            raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+        return httpx.Response(204)
+
+    settings = load_settings({"ALERT_WEBHOOK_URL": URL})
+    alerts = AlertService(settings, clock, transport=httpx.MockTransport(failing), retry_initial_s=1.0)
+    await alerts.start()
+    try:
+        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        await settle()
+        assert alerts.last_error is not None and "sekrit" not in alerts.last_error
+        for _ in range(10):
+            clock.advance(5)
+            await settle()
+        assert await alerts.wait_idle(5)
+        assert len(calls) == 3 and alerts.snapshot()["sent_total"] == 1
+    finally:
+        await alerts.stop()
+
+
+def test_a_bug_in_recording_never_reaches_the_caller() -> None:
+    alerts = service(FakeClock(start_wall=WALL), Hook())
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    alerts._tracker.upstream = broken  # type: ignore[method-assign]
+    alerts._tracker.transition = broken  # type: ignore[method-assign]
+    alerts._tracker.manual_retry = broken  # type: ignore[method-assign]
+    alerts.record_status(snap(LinkState.CONNECTED))
+    alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+    alerts.record_manual_retry()
+    assert alerts.snapshot()["faults_total"] == 3
+
+
+async def test_the_service_can_be_started_again_after_a_stop() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook()
+    alerts = service(clock, hook)
+    await alerts.start()
+    await alerts.stop()
+    await alerts.start()
+    try:
+        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        assert await alerts.wait_idle(5)
+        assert [b["event"] for b in hook.bodies()] == ["breaker_opened"]
+    finally:
+        await alerts.stop()

@@ -1,0 +1,627 @@
+"""The store's pure parts: incident tracking, minute sampling, verdicts, URL helpers, queue bounds."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import exc as sa_exc
+from starlette.applications import Starlette
+
+from backend_core.breakers import BreakerState, Transition
+from backend_core.clock import FakeClock
+from backend_core.config import load_settings
+from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+from backend_core.history_api import history_routes
+from backend_core.store import (
+    CAUSE_PLANNED,
+    MESSAGE_CHARS,
+    RECOVERY_MANUAL,
+    RECOVERY_PROBE,
+    RECOVERY_STOPPED,
+    IncidentClosed,
+    IncidentOpened,
+    IncidentTracker,
+    MinuteSample,
+    MinuteSampler,
+    Store,
+    StoreUnavailable,
+    breaker_sample_status,
+    is_transient,
+    normalize_db_url,
+    redact_db_url,
+    sqlite_file,
+    store_verdict,
+    upstream_sample_status,
+    uptime_pct,
+)
+
+T0 = 1_700_000_040.0  # a whole minute (28,333,334 * 60)
+
+
+def snap(
+    state: LinkState,
+    *,
+    error: str | None = None,
+    attempt: int = 0,
+    in_progress: bool = False,
+    next_at: float | None = None,
+    planned: bool = False,
+) -> UpstreamSnapshot:
+    return UpstreamSnapshot(
+        state=state,
+        since=T0,
+        url="wss://example/websockets/v3",
+        simulated=True,
+        attempt=attempt,
+        max_attempts=3,
+        retry_in_progress=in_progress,
+        next_attempt_at=next_at,
+        planned_reconnect=planned,
+        last_error=ErrorInfo(error, f"{error} happened", T0) if error else None,
+    )
+
+
+def keys() -> Any:
+    counter = itertools.count(1)
+    return lambda: f"k{next(counter)}"
+
+
+def tracker() -> IncidentTracker:
+    return IncidentTracker(new_key=keys())
+
+
+# ---------------------------------------------------------------------------- upstream incidents
+
+
+def test_a_fresh_start_is_not_an_incident() -> None:
+    t = tracker()
+    assert t.upstream(snap(LinkState.STOPPED), T0) == []
+    assert t.upstream(snap(LinkState.CONNECTING, attempt=1, in_progress=True), T0) == []
+    assert t.upstream(snap(LinkState.CONNECTED), T0 + 1) == []
+    assert t.open_incidents == []
+
+
+def test_a_dropped_link_opens_an_incident_that_closes_with_the_attempt_count() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0 + 10)
+    assert isinstance(opened, IncidentOpened)
+    assert (opened.component, opened.kind, opened.cause) == ("upstream", "upstream", "connection lost")
+    assert (opened.error_code, opened.message, opened.started_at) == (
+        "ConnectionLost",
+        "ConnectionLost happened",
+        T0 + 10,
+    )
+    for attempt in (1, 1, 2, 2):
+        assert t.upstream(snap(LinkState.RECONNECTING, error="ConnectionRefused", attempt=attempt), T0 + 11) == []
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 20)
+    assert isinstance(closed, IncidentClosed)
+    assert closed.key == opened.key and closed.ended_at == T0 + 20
+    assert closed.recovery == "reconnected after 2 attempts" and closed.attempts == 2
+    assert t.open_incidents == []
+
+
+def test_attempts_are_summed_over_retry_cycles() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
+    for attempt in (1, 2, 3, 1, 2):
+        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt, in_progress=True), T0)
+        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt), T0)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 5)
+    assert isinstance(closed, IncidentClosed)
+    assert closed.recovery == "reconnected after 5 attempts"
+
+
+def test_one_attempt_is_singular() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 1)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == "reconnected after 1 attempt"
+
+
+def test_a_failed_start_is_an_incident_too() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTING, attempt=1, in_progress=True), T0)
+    [opened] = t.upstream(snap(LinkState.CONNECTING, error="ConnectionRefused", attempt=1), T0 + 1)
+    assert isinstance(opened, IncidentOpened) and opened.cause == "could not connect"
+
+
+def test_recovery_through_the_open_breaker_is_a_breaker_probe() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
+    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionRefused", next_at=T0 + 30), T0 + 3)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionRefused", attempt=1, in_progress=True), T0 + 33)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 34)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_PROBE
+
+
+def test_the_websocket_breaker_opening_during_an_outage_means_a_probe_recovery() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
+    t.transition("websocket", "closed", "open", "failure_threshold", T0 + 1)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 40)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_PROBE
+
+
+def test_a_manual_retry_that_connects_is_credited() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0)
+    t.manual_retry(T0 + 2)
+    # An older event still queued before the retry's own snapshot must not cancel it.
+    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0 + 2)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 2)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 3)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_MANUAL
+
+
+def test_a_manual_retry_is_recognised_from_the_snapshots_alone() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
+    # The manager marks a manual retry: in progress while the automatic countdown is still set.
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9, in_progress=True), T0 + 1)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 1)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 2)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_MANUAL
+
+
+def test_a_failed_manual_retry_is_not_credited_with_a_later_recovery() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
+    t.manual_retry(T0 + 1)
+    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1, in_progress=True), T0 + 1)
+    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1), T0 + 2)  # it failed
+    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=2, in_progress=True), T0 + 5)
+    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 6)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == "reconnected after 2 attempts"
+
+
+def test_announced_maintenance_is_planned() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.CONNECTED, error="SiteUpdating", planned=True), T0 + 1)
+    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="SiteUpdating", planned=True), T0 + 2)
+    assert isinstance(opened, IncidentOpened)
+    assert opened.planned and opened.cause == CAUSE_PLANNED and opened.error_code == "SiteUpdating"
+
+
+def test_maintenance_announced_only_while_connected_still_counts_as_planned() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED, error="SiteUpdating", planned=True), T0)
+    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0 + 1)
+    assert isinstance(opened, IncidentOpened) and opened.planned
+
+
+def test_stopping_closes_the_open_incident_as_not_recovered() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
+    [closed] = t.upstream(snap(LinkState.STOPPED), T0 + 4)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_STOPPED
+    assert t.upstream(snap(LinkState.STOPPED), T0 + 5) == []
+
+
+def test_long_upstream_text_is_clipped_to_the_column() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    snapshot = UpstreamSnapshot(
+        state=LinkState.RECONNECTING,
+        since=T0,
+        url="x",
+        simulated=True,
+        last_error=ErrorInfo("E" * 300, "m" * 5000, T0),
+    )
+    [opened] = t.upstream(snapshot, T0)
+    assert isinstance(opened, IncidentOpened)
+    assert len(opened.message) == MESSAGE_CHARS and opened.message.endswith("…")
+    assert opened.error_code is not None and len(opened.error_code) == 100
+
+
+# ---------------------------------------------------------------------------- breaker incidents
+
+
+def test_a_breaker_incident_spans_open_to_closed_including_half_open_flaps() -> None:
+    t = tracker()
+    [opened] = t.transition("websocket", "closed", "open", "failure_threshold", T0)
+    assert isinstance(opened, IncidentOpened)
+    assert (opened.component, opened.kind, opened.error_code) == ("breaker:websocket", "breaker", "failure_threshold")
+    assert "too many consecutive failures" in opened.message
+    assert t.transition("websocket", "open", "half_open", "recovery_timeout", T0 + 30) == []
+    assert t.transition("websocket", "half_open", "open", "probe_failed", T0 + 31) == []
+    assert t.transition("websocket", "open", "half_open", "recovery_timeout", T0 + 90) == []
+    [closed] = t.transition("websocket", "half_open", "closed", "probe_succeeded", T0 + 91)
+    assert isinstance(closed, IncidentClosed)
+    assert closed.key == opened.key and closed.recovery == RECOVERY_PROBE and closed.ended_at == T0 + 91
+
+
+def test_an_admin_reset_closes_a_breaker_incident() -> None:
+    t = tracker()
+    t.transition("api:/api/v1/status", "closed", "open", "failure_threshold", T0)
+    [closed] = t.transition("api:/api/v1/status", "open", "closed", "reset", T0 + 5)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == "reset by an admin"
+    assert closed.component == "breaker:api:/api/v1/status"
+
+
+def test_closing_a_breaker_that_never_opened_is_nothing() -> None:
+    assert tracker().transition("websocket", "half_open", "closed", "probe_succeeded", T0) == []
+
+
+def test_open_breaker_incidents_are_bounded() -> None:
+    t = IncidentTracker(new_key=keys(), max_open=2)
+    for name in ("a", "b", "c"):
+        t.transition(name, "closed", "open", "failure_threshold", T0)
+    assert len(t.open_incidents) == 2 and t.ignored_breaker_incidents == 1
+
+
+def test_close_all_closes_every_open_incident() -> None:
+    t = tracker()
+    t.upstream(snap(LinkState.CONNECTED), T0)
+    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
+    t.transition("websocket", "closed", "open", "failure_threshold", T0)
+    closed = t.close_all(T0 + 9, RECOVERY_STOPPED)
+    assert {c.component for c in closed} == {"upstream", "breaker:websocket"}
+    assert all(c.recovery == RECOVERY_STOPPED and c.ended_at == T0 + 9 for c in closed)
+    assert t.open_incidents == []
+
+
+_states = st.sampled_from(list(LinkState))
+_step = st.one_of(
+    st.tuples(
+        st.just("up"),
+        _states,
+        st.sampled_from([None, "ConnectionLost"]),
+        st.integers(0, 3),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.tuples(
+        st.just("br"),
+        st.sampled_from(["websocket", "api:/x"]),
+        st.sampled_from(["closed", "open", "half_open", "disabled"]),
+        st.sampled_from(["failure_threshold", "probe_succeeded", "reset", "recovery_timeout"]),
+        st.booleans(),
+        st.booleans(),
+    ),
+    st.tuples(st.just("manual"), st.none(), st.none(), st.none(), st.booleans(), st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_step, max_size=60))
+def test_incident_events_are_well_formed_for_any_event_order(steps: list[tuple[Any, ...]]) -> None:
+    t = tracker()
+    opened: dict[str, IncidentOpened] = {}
+    closed: set[str] = set()
+    now = T0
+    for kind, a, b, c, d, e in steps:
+        now += 1
+        if kind == "up":
+            events = t.upstream(snap(a, error=b, attempt=c, in_progress=d, planned=e), now)
+        elif kind == "br":
+            events = t.transition(a, "closed", b, c, now)
+        else:
+            t.manual_retry(now)
+            events = []
+        for event in events:
+            if isinstance(event, IncidentOpened):
+                assert event.key not in opened
+                open_same = [o for k, o in opened.items() if k not in closed and o.component == event.component]
+                assert not open_same, "one open incident per component"
+                opened[event.key] = event
+            else:
+                assert event.key in opened and event.key not in closed
+                assert event.ended_at >= event.opened.started_at and event.recovery
+                closed.add(event.key)
+    assert {o.key for o in t.open_incidents} == set(opened) - closed
+
+
+# ---------------------------------------------------------------------------- minute samples
+
+
+def test_status_mapping() -> None:
+    assert upstream_sample_status(snap(LinkState.CONNECTED)) == ("connected", "up")
+    assert upstream_sample_status(snap(LinkState.STOPPED)) is None
+    assert upstream_sample_status(snap(LinkState.CONNECTING)) == ("connecting", "degraded")
+    assert upstream_sample_status(snap(LinkState.CONNECTING, error="X")) == ("connecting", "down")
+    assert upstream_sample_status(snap(LinkState.RECONNECTING, error="X")) == ("reconnecting", "down")
+    assert upstream_sample_status(snap(LinkState.CIRCUIT_OPEN, error="X")) == ("circuit_open", "down")
+    assert upstream_sample_status(snap(LinkState.RECONNECTING, planned=True)) == ("reconnecting", "maintenance")
+    assert breaker_sample_status("closed") == ("closed", "up")
+    assert breaker_sample_status("disabled") == ("disabled", "up")
+    assert breaker_sample_status("half_open") == ("half_open", "degraded")
+    assert breaker_sample_status("open") == ("open", "down")
+
+
+def test_a_minute_records_worst_status_observed_and_down_seconds() -> None:
+    s = MinuteSampler()
+    m0 = int(T0 // 60)
+    assert s.observe("upstream", "connected", "up", T0 + 30) == []
+    assert s.observe("upstream", "reconnecting", "down", T0 + 40) == []
+    assert s.observe("upstream", "connected", "up", T0 + 50) == []
+    [first] = s.roll(T0 + 60)
+    assert first == MinuteSample("upstream", m0, "reconnecting", "down", 30.0, 10.0)
+    assert first.day == m0 // 1440 and first.severity == 3
+    assert s.roll(T0 + 61) == []
+    [second] = s.roll(T0 + 120)
+    assert second == MinuteSample("upstream", m0 + 1, "connected", "up", 60.0, 0.0)
+
+
+def test_a_zero_length_blip_still_marks_the_minute() -> None:
+    s = MinuteSampler()
+    s.observe("upstream", "connected", "up", T0)
+    s.observe("upstream", "reconnecting", "down", T0 + 5)
+    s.observe("upstream", "connected", "up", T0 + 5)
+    [sample] = s.roll(T0 + 60)
+    assert (sample.status, sample.state, sample.down_s, sample.observed_s) == ("down", "reconnecting", 0.0, 60.0)
+
+
+def test_minutes_between_rolls_are_filled_with_the_current_state() -> None:
+    s = MinuteSampler()
+    s.observe("breaker:websocket", "open", "down", T0)
+    samples = s.roll(T0 + 180 + 7)
+    assert [x.minute for x in samples] == [int(T0 // 60) + i for i in range(3)]
+    assert all(x.down_s == 60.0 and x.status == "down" for x in samples)
+
+
+def test_forget_emits_the_partial_minute_and_stops_counting() -> None:
+    s = MinuteSampler()
+    s.observe("upstream", "connected", "up", T0)
+    [partial] = s.forget("upstream", T0 + 20)
+    assert partial.observed_s == 20.0
+    assert s.roll(T0 + 600) == []
+    assert s.components == []
+
+
+def test_peek_shows_the_unfinished_minutes_without_changing_anything() -> None:
+    s = MinuteSampler()
+    s.observe("upstream", "connected", "up", T0)
+    s.observe("upstream", "reconnecting", "down", T0 + 50)
+    assert s.peek("upstream", T0 + 70) == [
+        MinuteSample("upstream", int(T0 // 60), "reconnecting", "down", 60.0, 10.0),
+        MinuteSample("upstream", int(T0 // 60) + 1, "reconnecting", "down", 10.0, 10.0),
+    ]
+    assert s.peek("nothing", T0) == [] and s.peek("upstream", T0 - 1) == []
+    [first] = s.roll(T0 + 60)  # unchanged by the peek
+    assert (first.observed_s, first.down_s) == (60.0, 10.0)
+
+
+def test_a_stall_longer_than_the_fill_limit_is_left_empty() -> None:
+    s = MinuteSampler(max_fill_minutes=5)
+    s.observe("upstream", "connected", "up", T0)
+    samples = s.roll(T0 + 3600)
+    assert len(samples) == 6
+    [after] = s.roll(T0 + 3660)
+    assert after.minute == int((T0 + 3600) // 60)
+
+
+def test_a_wall_clock_step_back_restarts_the_minute() -> None:
+    s = MinuteSampler()
+    s.observe("upstream", "connected", "up", T0)
+    assert s.roll(T0 + 30) == []
+    [before] = s.roll(T0 - 3600 + 10)  # an hour back: the partial minute is kept, counting restarts
+    assert (before.minute, before.observed_s) == (int(T0 // 60), 30.0)
+    [after] = s.roll(T0 - 3600 + 70)
+    assert (after.minute, after.observed_s) == (int((T0 - 3600) // 60), 50.0)
+
+
+def test_components_are_bounded() -> None:
+    s = MinuteSampler(max_components=1)
+    s.observe("a", "closed", "up", T0)
+    s.observe("b", "closed", "up", T0)
+    assert s.components == ["a"] and s.ignored_components == 1
+
+
+def test_unknown_status_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown status"):
+        MinuteSampler().observe("a", "x", "sideways", T0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 400), st.sampled_from(["up", "down", "degraded", "maintenance"])), max_size=30))
+def test_observed_time_adds_up_to_elapsed_time(steps: list[tuple[float, str]]) -> None:
+    s = MinuteSampler()
+    now = T0 + 13.5
+    s.observe("c", "x", "up", now)
+    start = now
+    down = 0.0
+    samples: list[MinuteSample] = []
+    status = "up"
+    for delta, new_status in steps:
+        if status == "down":
+            down += delta
+        now += delta
+        samples += s.observe("c", "x", new_status, now)
+        status = new_status
+    samples += s.finish(now)
+    assert sum(x.observed_s for x in samples) == pytest.approx(now - start, abs=1e-3 * (len(samples) + 1))
+    assert sum(x.down_s for x in samples) == pytest.approx(down, abs=1e-3 * (len(samples) + 1))
+    assert all(0.0 <= x.down_s <= x.observed_s <= 60.0 + 1e-6 for x in samples)
+    assert [x.minute for x in samples] == sorted({x.minute for x in samples})
+
+
+# ---------------------------------------------------------------------------- verdicts and helpers
+
+
+def test_store_verdict_never_fails() -> None:
+    ok = {"usable_error": None, "reachable": True, "pending": 0, "capacity": 100, "last_error": None}
+    assert store_verdict(**ok) == ("pass", "reachable")
+    assert store_verdict(**{**ok, "reachable": None})[0] == "warn"
+    down = store_verdict(**{**ok, "reachable": False, "pending": 7, "last_error": "OperationalError: refused"})
+    assert down == ("warn", "history database unreachable: OperationalError: refused; 7 events waiting")
+    assert store_verdict(**{**ok, "pending": 80})[0] == "warn"
+    assert "unusable" in store_verdict(**{**ok, "usable_error": "no driver"})[1]
+
+
+def test_uptime_pct() -> None:
+    assert uptime_pct(0.0, 0.0) is None
+    assert uptime_pct(3600.0, 60.0) == 98.333
+    assert uptime_pct(10.0, 20.0) == 0.0
+
+
+def test_database_urls() -> None:
+    assert normalize_db_url("postgresql://u:p@h/db").drivername == "postgresql+psycopg"
+    assert normalize_db_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"
+    assert normalize_db_url("postgresql+psycopg://u:p@h/db").drivername == "postgresql+psycopg"
+    assert normalize_db_url("sqlite:///data/status.db").drivername == "sqlite"
+    assert "hunter2" not in redact_db_url("postgresql+psycopg://u:hunter2@h/db")
+    assert str(sqlite_file(normalize_db_url("sqlite:///data/status.db"))) == "data/status.db"
+    assert str(sqlite_file(normalize_db_url("sqlite:////abs/h.db"))) == "/abs/h.db"
+    assert sqlite_file(normalize_db_url("sqlite://")) is None
+    assert sqlite_file(normalize_db_url("sqlite:///:memory:")) is None
+    assert sqlite_file(normalize_db_url("postgresql://h/db")) is None
+
+
+def test_transient_errors_are_told_apart_from_refused_rows() -> None:
+    assert is_transient(sa_exc.OperationalError("x", {}, Exception("connection refused")))
+    assert is_transient(sa_exc.InterfaceError("x", {}, Exception("closed")))
+    assert is_transient(sa_exc.TimeoutError("pool"))
+    assert is_transient(ConnectionRefusedError())
+    assert not is_transient(sa_exc.IntegrityError("x", {}, Exception("duplicate")))
+    assert not is_transient(sa_exc.DataError("x", {}, Exception("too long")))
+    assert not is_transient(ValueError("bug"))
+
+
+# ---------------------------------------------------------------------------- the shell without a database
+
+
+def make_store(**kwargs: Any) -> Store:
+    return Store(load_settings({}), FakeClock(start_wall=T0), db_url="sqlite:///unused.db", **kwargs)
+
+
+def test_producers_never_wait_and_overflow_is_counted() -> None:
+    store = make_store(max_pending_records=3, max_pending_samples=2)
+    for i in range(5):
+        store.record_status(snap(LinkState.CONNECTED))
+        store.record_status(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=i))
+    snapshot = store.snapshot()
+    # 5 opened + 4 closed incidents; 3 fit, 6 are counted as dropped.
+    assert snapshot["pending_records"] == 3
+    assert snapshot["dropped_by_kind"]["record"] == 6
+    assert store.dropped_events_total == 6
+    assert snapshot["schema_ready"] is False and snapshot["reachable"] is None
+    [reachable, pending, dropped] = store.health_check()
+    assert reachable.status == "warn" and reachable.component_id == "database"
+    assert pending.observed_value == 3 and dropped.observed_value == 6
+
+
+def test_a_bad_db_url_makes_the_store_unusable_not_the_app() -> None:
+    store = Store(load_settings({}), FakeClock(start_wall=T0), db_url="::not a url::")
+    assert store.unusable is not None
+    store.record_status(snap(LinkState.RECONNECTING, error="X"))
+    assert store.dropped_events_total == 1
+    assert store.health_check()[0].status == "warn"
+
+
+async def test_queries_before_start_are_unavailable() -> None:
+    store = make_store()
+    with pytest.raises(StoreUnavailable):
+        await store.incidents()
+
+
+# ---------------------------------------------------------------------------- history API parameters
+
+
+class FakeStore:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.fail = fail
+
+    async def history(self, component: str, days: int) -> dict[str, Any]:
+        self.calls.append(("history", component, days))
+        if self.fail:
+            raise StoreUnavailable("the history database is unreachable")
+        return {"component": component, "days": days}
+
+    async def incidents(self, limit: int, component: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("incidents", limit, component))
+        return [{"id": "k1"}]
+
+    async def transitions(self, limit: int, name: str | None) -> list[dict[str, Any]]:
+        self.calls.append(("transitions", limit, name))
+        return []
+
+
+def client(store: FakeStore) -> httpx.AsyncClient:
+    app = Starlette(routes=history_routes(store))  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def test_history_api_defaults_and_values() -> None:
+    fake = FakeStore()
+    async with client(fake) as http:
+        assert (await http.get("/api/v1/history")).json() == {"component": "upstream", "days": 90}
+        response = await http.get("/api/v1/history?component=breaker:api:/api/v1/ticks/{symbol}&days=7")
+        assert response.status_code == 200
+        body = (await http.get("/api/v1/incidents?limit=5&component=upstream")).json()
+        assert body == {"incidents": [{"id": "k1"}], "count": 1, "limit": 5, "component": "upstream"}
+        assert (await http.get("/api/v1/transitions?name=websocket")).json()["limit"] == 100
+    assert fake.calls == [
+        ("history", "upstream", 90),
+        ("history", "breaker:api:/api/v1/ticks/{symbol}", 7),
+        ("incidents", 5, "upstream"),
+        ("transitions", 100, "websocket"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/api/v1/history?days=0", "days must be a whole number from 1 to 366, not '0'"),
+        ("/api/v1/history?days=367", "from 1 to 366"),
+        ("/api/v1/history?days=abc", "not 'abc'"),
+        ("/api/v1/history?days=%C2%B2", "days must be a whole number"),
+        ("/api/v1/history?days=-5", "days must"),
+        ("/api/v1/history?component=%3Cscript%3E", "component must be a component name"),
+        ("/api/v1/history?component=" + "a" * 300, "at most 255"),
+        ("/api/v1/incidents?limit=501", "limit must be a whole number from 1 to 500"),
+        ("/api/v1/incidents?limit=1e3", "limit must"),
+        ("/api/v1/incidents?component=a%20b", "component must"),
+        ("/api/v1/transitions?limit=0", "limit must be a whole number from 1 to 1000"),
+        ("/api/v1/transitions?name=%00", "name must"),
+    ],
+)
+async def test_history_api_rejects_bad_parameters_with_a_clear_400(path: str, words: str) -> None:
+    fake = FakeStore()
+    async with client(fake) as http:
+        response = await http.get(path)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid_parameter" and words in body["message"]
+    assert len(body["message"]) < 300
+    assert fake.calls == []
+
+
+async def test_history_api_says_503_with_retry_after_when_the_database_is_down() -> None:
+    async with client(FakeStore(fail=True)) as http:
+        response = await http.get("/api/v1/history")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "10"
+    assert response.json() == {"error": "history_unavailable", "message": "the history database is unreachable"}
+
+
+def test_a_bug_in_recording_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store()
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    store._tracker.upstream = broken  # type: ignore[method-assign]
+    store._tracker.transition = broken  # type: ignore[method-assign]
+    store._tracker.manual_retry = broken  # type: ignore[method-assign]
+    store.record_status(snap(LinkState.CONNECTED))
+    store.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, T0))
+    store.record_manual_retry()
+    store.record_breaker_state("websocket", "no-such-state")
+    assert store.snapshot()["faults_total"] == 3
+    assert sum("history: record_status failed" in r.getMessage() for r in caplog.records) == 1
