@@ -50,6 +50,8 @@ SILENCE_FACTOR = 3.0
 # How long a shutdown signal waits for relay clients to get their 1001 close frames
 # before the server's own shutdown goes on; well under orchestrators' usual 30 s grace.
 DRAIN_TIMEOUT_S = 5.0
+# Signals repeated within this window are one shutdown delivered twice, not "force it now".
+REPEAT_SIGNAL_WINDOW_S = 1.0
 # A tick older than this many seconds is shown as stale by REST and the UI.
 STALE_TICK_S = 10.0
 
@@ -116,6 +118,9 @@ class Runtime:
         self.status_version = 0
         self._drain_task: asyncio.Future[None] | None = None
         self._forward_task: asyncio.Future[None] | None = None
+        self._signalled_at: float | None = None
+        self._health_cache: tuple[float, HealthReport] | None = None
+        self._health_inflight: asyncio.Future[HealthReport] | None = None
         self._changed = asyncio.Event()
         self.breakers.add_listener(self._on_transition)
         self.breakers.add_listener(self.store.record_transition)
@@ -133,6 +138,7 @@ class Runtime:
 
     async def start(self) -> None:
         self._drain_task = None
+        self._signalled_at = None
         self.shutting_down = False
         url = self.settings.DERIV_WS_URL
         if self.simulator is not None:
@@ -187,9 +193,15 @@ class Runtime:
             loop.add_signal_handler(sig, self._on_signal, sig, forward)
 
     def _on_signal(self, sig: int, forward: Callable[[], None]) -> None:
+        now = self.clock.monotonic()
         if self._drain_task is not None:
-            forward()  # a second signal: do not wait again
+            # The same shutdown often arrives twice within milliseconds (a signal to the
+            # process group, then the server's main process forwarding it to its worker):
+            # that one must not cut the drain short. A later one (a second Ctrl-C) does.
+            if self._signalled_at is not None and now - self._signalled_at >= REPEAT_SIGNAL_WINDOW_S:
+                forward()
             return
+        self._signalled_at = now
         log.info("received %s: draining relay clients before shutdown", signal.Signals(sig).name)
         self.begin_shutdown()
         drain = self._drain_task
@@ -399,8 +411,21 @@ class Runtime:
             self.alerts.record_manual_retry()
         return outcome
 
-    async def health_report(self) -> HealthReport:
-        return await self.health.run()
+    async def health_report(self, max_age_s: float = 0.0) -> HealthReport:
+        """Run the health checks, or reuse a report younger than ``max_age_s``.
+
+        HTTP health routes ask for a fresh report (the default). Status pages pass a small
+        ``max_age_s`` so that any number of open pages cost one run per period, and
+        concurrent callers share the run in flight.
+        """
+        cached = self._health_cache
+        if cached is not None and max_age_s > 0 and self.clock.monotonic() - cached[0] < max_age_s:
+            return cached[1]
+        if self._health_inflight is None or self._health_inflight.done():
+            self._health_inflight = asyncio.ensure_future(self.health.run())
+        report = await asyncio.shield(self._health_inflight)
+        self._health_cache = (self.clock.monotonic(), report)
+        return report
 
     # ------------------------------------------------------------------ checks (snapshots only)
 

@@ -21,7 +21,7 @@ async def runtime_lifespan() -> AsyncIterator[None]:
     """Start the runtime with the server and stop it (gracefully) on shutdown.
 
     SIGTERM/SIGINT first close relay clients with 1001 (the server would otherwise drop
-    them before the lifespan's exit runs); ``Runtime.stop`` restores the handlers.
+    them before the lifespan's exit runs), then reach the server's own handler.
     """
     async with runtime.lifespan():
         runtime.install_signal_handlers()
