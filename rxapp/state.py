@@ -36,8 +36,13 @@ REFRESH_S = 1.0
 COALESCE_S = 0.05
 # The health checks are cheap, but 20 pages need not run them every second each.
 HEALTH_REFRESH_S = 5.0
+# Pages share one health run: a report at most this old is reused (one run per second
+# however many pages are open, instead of one per page).
+HEALTH_SHARED_S = 1.0
 # A Retry outcome stays on the page this long (then the badge and detail say it all).
 RETRY_MESSAGE_S = 12.0
+# A refresh that keeps failing is logged on the first failure and then every this many.
+ERROR_LOG_EVERY = 60
 # The sparkline shows the last minute (at most this many ticks).
 SPARK_WINDOW_S = 60
 SPARK_MAX_POINTS = 120
@@ -158,7 +163,7 @@ class StatusState(rx.State):
         """Read everything (outside the state lock where it awaits) and apply it."""
         snapshot = _read_snapshot()
         if with_health:
-            self._set_health(await get_runtime().health_report())
+            self._set_health(await get_runtime().health_report(max_age_s=HEALTH_SHARED_S))
         self._apply(*snapshot)
 
     def _set_health(self, report: Any) -> None:
@@ -188,6 +193,7 @@ class StatusState(rx.State):
         clock = runtime.clock
         seen = runtime.status_version
         health_at = clock.monotonic()
+        failures = 0
         stopped = False
         try:
             while not stopped:
@@ -200,19 +206,26 @@ class StatusState(rx.State):
                 else:
                     await asyncio.sleep(period_s)
                     changed = True
-                report = None
-                if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
-                    report = await runtime.health_report()
-                    health_at = clock.monotonic()
-                snapshot = _read_snapshot()
-                async with self:
-                    if runtime.shutting_down or (sockets is not None and token not in sockets):
-                        self._streaming = False
-                        stopped = True
-                        continue
-                    if report is not None:
-                        self._set_health(report)
-                    self._apply(*snapshot)
+                try:
+                    report = None
+                    if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
+                        report = await runtime.health_report(max_age_s=HEALTH_SHARED_S)
+                        health_at = clock.monotonic()
+                    snapshot = _read_snapshot()
+                    async with self:
+                        if runtime.shutting_down or (sockets is not None and token not in sockets):
+                            self._streaming = False
+                            stopped = True
+                            continue
+                        if report is not None:
+                            self._set_health(report)
+                        self._apply(*snapshot)
+                except Exception:
+                    # One bad snapshot must not end this page's live updates; the next
+                    # refresh tries again. Logged once, then once a minute (bounded).
+                    if failures % ERROR_LOG_EVERY == 0:
+                        log.exception("status page refresh failed (%d so far); retrying", failures + 1)
+                    failures += 1
         finally:
             if not stopped:
                 async with self:

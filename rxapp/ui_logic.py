@@ -571,6 +571,8 @@ HEALTH_NAMES: Mapping[str, str] = {
     "hub": "Price fan-out",
     "circuitBreakers": "Circuit breakers",
     "eventLoop": "Server responsiveness",
+    "database": "History database",
+    "alerts": "Alerts",
 }
 _STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -601,7 +603,7 @@ def health_view(overall: str, results: Iterable[tuple[str, str, str]]) -> Health
         rows.append(
             {
                 "key": key,
-                "name": HEALTH_NAMES.get(key, key),
+                "name": HEALTH_NAMES.get(key, key[:1].upper() + key[1:]),
                 "status": status,
                 "word": word,
                 "icon": icon,

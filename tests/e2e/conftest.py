@@ -1,0 +1,99 @@
+"""End-to-end fixtures: the app started as the README says, and Debian's Chromium.
+
+``app`` is module-scoped: ``make run`` on free ports (prod build, page and API on one
+port, embedded simulator) with settings that make fault scenarios take seconds instead
+of minutes. ``browser`` drives ``/usr/bin/chromium`` through Playwright (which cannot
+download browsers here). Screenshots go to ``artifacts/`` (gitignored); run with
+``UPDATE_DOC_SCREENSHOTS=1`` to refresh the committed copies in ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+
+from tests.app_process import ROOT, RunningApp, running_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+ARTIFACTS = ROOT / "artifacts"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 812}
+
+# Quick scenarios: a dead connect is given up after 3 s; the "websocket" breaker opens on
+# the 4th failure (one more than a retry cycle's 3 attempts, so "reconnecting" is visible
+# for a whole recovery period first) and probes again after 6 s; the browser polls every
+# second while its live link is down.
+APP_ENV = {
+    "DERIV_SIMULATOR_TIME_SCALE": "2",
+    "DERIV_SYMBOLS": "R_50,R_100,1HZ100V",
+    "WEBSOCKET_CONNECTION_TIMEOUT": "3",
+    "WEBSOCKET_MAX_RETRY_ATTEMPTS": "3",
+    "WEBSOCKET_CB_FAILURE_THRESHOLD": "4",
+    "WEBSOCKET_CB_RECOVERY_TIMEOUT": "6",
+    "VITE_WS_RECONNECT_INTERVAL": "1000",
+    "VITE_WS_RECONNECT_ATTEMPTS": "5",
+    "LOG_LEVEL": "INFO",
+}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    tmp = tmp_path_factory.mktemp("e2e-app")
+    env = {**APP_ENV, "DB_URL": f"sqlite:///{tmp / 'status.db'}"}
+    with running_app(tmp, env) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def publish_screenshot(source: Path, name: str) -> None:
+    """Copy a screenshot to docs/screenshots/ when it is missing or UPDATE_DOC_SCREENSHOTS=1.
+
+    Opt-in, so that running the tests does not rewrite committed images every time.
+    """
+    target = ROOT / "docs" / "screenshots" / name
+    if target.exists() and os.environ.get("UPDATE_DOC_SCREENSHOTS") != "1":
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
