@@ -1,0 +1,51 @@
+"""LOG_FORMAT=json: one JSON object per line, with context fields and no secrets added."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from backend_core.logs import JsonFormatter, configure_logging
+
+
+def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("backend_core.relay", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def test_json_lines_carry_time_level_logger_message_and_context() -> None:
+    line = JsonFormatter().format(record("relay open id=%s", "c1", connection_id="c1", active=3))
+    data = json.loads(line)
+    assert "\n" not in line
+    assert data["level"] == "INFO" and data["logger"] == "backend_core.relay"
+    assert data["message"] == "relay open id=c1"
+    assert data["connection_id"] == "c1" and data["active"] == 3
+    assert data["time"].endswith("Z")
+
+
+def test_exceptions_become_fields_not_extra_lines() -> None:
+    try:
+        raise ValueError("bad frame")
+    except ValueError:
+        import sys
+
+        rec = record("handler crashed")
+        rec.exc_info = sys.exc_info()
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["error"] == "ValueError: bad frame"
+    assert "Traceback" in data["traceback"]
+
+
+def test_configure_logging_is_idempotent_and_switches_format() -> None:
+    logger = logging.getLogger("backend_core")
+    configure_logging("text", "INFO")
+    configure_logging("json", "DEBUG")
+    ours = [h for h in logger.handlers if getattr(h, "_backend_core", False)]
+    assert len(ours) == 1
+    assert isinstance(ours[0].formatter, JsonFormatter)
+    assert logger.level == logging.DEBUG
+    configure_logging("text", "INFO")
