@@ -9,8 +9,10 @@
 # gets the virtualenv and the built static files only: no Node.js, no npm packages, no
 # compilers. It runs the same ASGI app as `make run` (`reflex run --env prod
 # --single-port`), page and API on one port, but serves the page prebuilt instead of
-# rebuilding it at every start: granian (Reflex's own production server) with the three
-# settings `reflex run` would pass it. One worker: one process owns the one upstream link.
+# rebuilding it at every start: gunicorn with one uvicorn worker, the command `reflex run
+# --env prod` itself runs when gunicorn is installed (uvicorn's WebSocket implementation
+# negotiates permessage-deflate; granian has none), with the settings `reflex run` would
+# pass. One worker: one process owns the one upstream link.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -79,7 +81,8 @@ VOLUME ["/data"]
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:3000/livez', timeout=4).status != 200)"]
 
-# SIGTERM: granian runs the app's shutdown (relay clients get close 1001, the history is
+# SIGTERM: gunicorn passes it to its uvicorn worker; the app drains relay clients (close
+# 1001), then the server runs the app's shutdown (relay clients get close 1001, the history is
 # flushed, the upstream closed) and exits. A bad setting stops the start with one line.
 STOPSIGNAL SIGTERM
-CMD ["sh", "-c", "python -m backend_core.config && exec granian --interface asgi --factory --host 0.0.0.0 --port 3000 --workers 1 rxapp.rxapp:app"]
+CMD ["sh", "-c", "python -m backend_core.config && exec gunicorn --preload --worker-class uvicorn.workers.UvicornH11Worker --workers 1 --bind 0.0.0.0:3000 --graceful-timeout 25 'rxapp.rxapp:app()'"]

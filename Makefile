@@ -38,7 +38,7 @@ run: $(RUN_STAMP)
 ## dev: hot-reloading development mode (frontend :3000, backend and API :8000)
 dev: $(RUN_STAMP)
 	@$(PY) -m backend_core.config
-	exec reflex run --env dev
+	REFLEX_USE_GRANIAN=1 exec reflex run --env dev
 
 ## test: lint, type-check and run every test (unit, integration, end-to-end)
 test: lint typecheck

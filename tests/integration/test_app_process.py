@@ -13,6 +13,24 @@ from tests.app_process import START_TIMEOUT_S, free_port, running_app, start_app
 pytestmark = pytest.mark.timeout(START_TIMEOUT_S + 120)
 
 
+def relay_extensions(base_url: str) -> dict[str | None, list[str]]:
+    """Connect to the relay offering permessage-deflate, then declining it: both must work."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async def probe() -> dict[str | None, list[str]]:
+        found: dict[str | None, list[str]] = {}
+        for compression in ("deflate", None):
+            async with connect(base_url.replace("http://", "ws://") + "/api/v1/ws", compression=compression) as ws:
+                assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "status"
+                found[compression] = [type(e).__name__ for e in ws.protocol.extensions]
+        return found
+
+    return asyncio.run(probe())
+
+
 def test_make_run_serves_page_and_api_on_one_port_and_stops_without_orphans(tmp_path: Path) -> None:
     with running_app(tmp_path) as app:
         health = httpx.get(f"{app.base_url}/health", timeout=10)
@@ -22,6 +40,7 @@ def test_make_run_serves_page_and_api_on_one_port_and_stops_without_orphans(tmp_
         assert page.status_code == 200 and "<html" in page.text.lower()
         status = httpx.get(f"{app.base_url}/api/v1/status", timeout=10).json()
         assert status["upstream"]["simulated"] is True
+        assert relay_extensions(app.base_url) == {"deflate": ["PerMessageDeflate"], None: []}
         leftovers = stop_app(app)
         assert leftovers == [], f"processes left after SIGTERM: {leftovers}"
         log = app.log()
@@ -35,6 +54,7 @@ def test_dev_backend_answers_health_on_its_own_port(tmp_path: Path) -> None:
         [".venv/bin/reflex", "run", "--env", "dev", "--backend-only", "--backend-port", str(port)],
         tmp_path / "dev.log",
         port,
+        {"REFLEX_USE_GRANIAN": "1"},  # as `make dev` runs it
     )
     try:
         health = httpx.get(f"{app.base_url}/health", timeout=10)

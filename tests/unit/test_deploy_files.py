@@ -171,11 +171,12 @@ def test_the_app_listens_on_the_exposed_port_on_all_interfaces(
     assert shlex.split(first) == ["python", "-m", "backend_core.config"], "a bad setting stops the start with one line"
     server = shlex.split(second)
     assert server[0] == "exec", "exec: the server is PID 1's child that gets SIGTERM"
-    assert server[1] == "granian" and server[server.index("--port") + 1] == PORT
-    assert server[server.index("--host") + 1] == "0.0.0.0"
-    assert server[server.index("--interface") + 1] == "asgi" and "--factory" in server
+    assert server[1] == "gunicorn"
+    assert server[server.index("--bind") + 1] == f"0.0.0.0:{PORT}"
+    assert server[server.index("--worker-class") + 1] == "uvicorn.workers.UvicornH11Worker", "what reflex run uses"
     assert server[server.index("--workers") + 1] == "1", "one process owns the one upstream link"
-    module, _, attribute = server[-1].partition(":")
+    assert server[-1].endswith("()"), "rx.App is an ASGI app factory"
+    module, _, attribute = server[-1].removesuffix("()").partition(":")
     source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
     assert re.search(rf"^{attribute} = rx\.App\(", source, re.M), "the CMD's app target exists"
     assert [s.args for s in final.all("STOPSIGNAL")] == ["SIGTERM"]
