@@ -342,7 +342,7 @@ Record: TypeAlias = IncidentOpened | IncidentClosed | TransitionRecord
 
 
 def upstream_sample_status(snapshot: UpstreamSnapshot) -> tuple[str, SampleStatus] | None:
-    """The state and status the sampler records for a snapshot; ``None`` while stopped."""
+    """The state and status the sampler records for a snapshot; ``None`` while stopped or starting."""
     state = snapshot.state
     if state == LinkState.CONNECTED:
         return state.value, "up"
@@ -351,7 +351,9 @@ def upstream_sample_status(snapshot: UpstreamSnapshot) -> tuple[str, SampleStatu
     if snapshot.planned_reconnect:
         return state.value, "maintenance"
     if state == LinkState.CONNECTING and snapshot.last_error is None:
-        return state.value, "degraded"
+        # The first connect of a start that has not failed yet: the service is starting,
+        # not degraded, so it must not paint the day's uptime bar amber after every restart.
+        return None
     return state.value, "down"
 
 

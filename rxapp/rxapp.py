@@ -10,7 +10,7 @@ import reflex as rx
 from backend_core.api import create_api
 from rxapp.components import page_title
 from rxapp.pages.index import index
-from rxapp.runtime_ref import get_runtime
+from rxapp.runtime_ref import get_history_reader, get_runtime
 from rxapp.state import StatusState
 
 runtime = get_runtime()
@@ -25,7 +25,12 @@ async def runtime_lifespan() -> AsyncIterator[None]:
     """
     async with runtime.lifespan():
         runtime.install_signal_handlers()
-        yield
+        get_history_reader().start()
+        try:
+            yield
+        finally:
+            # Before the runtime (and its store) stops: the pages' history reads end first.
+            await get_history_reader().stop()
 
 
 app = rx.App(api_transformer=create_api(runtime))

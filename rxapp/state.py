@@ -13,6 +13,13 @@ a reconnecting page runs ``on_load`` again, which starts a new one. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
 ``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes.
 
+History (uptime bars, incidents, the breaker log) changes rarely and lives in the
+database, so pages do not query it themselves: each asks the shared
+:class:`~rxapp.history_reader.HistoryReader` when it loads, after a status change (at most
+every 10 s) and otherwise once a minute (:func:`rxapp.history_logic.history_schedule`), and
+applies what the reader last read. Asking never waits; a database that cannot answer only
+changes what the history section says.
+
 It holds no secrets: it reads only the public status the REST API also serves.
 """
 
@@ -25,8 +32,8 @@ from typing import Any
 
 import reflex as rx
 
-from rxapp import ui_logic
-from rxapp.runtime_ref import get_runtime
+from rxapp import history_logic, ui_logic
+from rxapp.runtime_ref import get_history_reader, get_runtime
 
 log = logging.getLogger("rxapp.state")
 
@@ -55,6 +62,17 @@ class TipCard:
     key: str = ""
     title: str = ""
     tips: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UptimeRow:
+    """One component's uptime bars and percentages, as the page renders them."""
+
+    key: str = ""
+    name: str = ""
+    summary: str = ""
+    windows: list[dict[str, str]] = field(default_factory=list)
+    bars: list[dict[str, str]] = field(default_factory=list)
 
 
 class StatusState(rx.State):
@@ -98,8 +116,15 @@ class StatusState(rx.State):
     feed_url: str = ""
     simulated: bool = False
     version: str = ""
+    # History: "loading" (nothing read yet), "ready", "unavailable" (no read has worked).
+    history_state: str = "loading"
+    history_notice: str = ""
+    uptime_rows: list[UptimeRow] = []
+    incident_rows: list[dict[str, str]] = []
+    transition_rows: list[dict[str, str]] = []
 
     _streaming: bool = False
+    _history_version: int = -1
     _dismissed_error_at: str = ""
     _retry_message_until: float = 0.0
     _health_results: list[tuple[str, str, str]] = []
@@ -158,6 +183,26 @@ class StatusState(rx.State):
             self._set(
                 health_word=health.word, health_icon=health.icon, health_tone=health.tone, health_rows=health.rows
             )
+        self._apply_history(now)
+
+    def _apply_history(self, now: float) -> None:
+        """The shared reader's last read; bars only when it changed, the lists every time
+        (an ongoing incident's duration and the "5 min ago" words move on)."""
+        snapshot = get_history_reader().snapshot
+        if snapshot.version != self._history_version:
+            self._history_version = snapshot.version
+            views = [history_logic.uptime_view(history) for history in snapshot.components]
+            self._set(
+                history_state=history_logic.history_state(snapshot.version, has_data=snapshot.has_data),
+                history_notice=history_logic.history_notice(
+                    snapshot.error, has_data=snapshot.has_data, updated_at=snapshot.read_at
+                ),
+                uptime_rows=[UptimeRow(v.key, v.name, v.summary, v.windows, v.bars) for v in views],
+            )
+        self._set(
+            incident_rows=history_logic.incident_rows(snapshot.incidents, now),
+            transition_rows=history_logic.transition_rows(snapshot.transitions, now),
+        )
 
     async def _refresh(self, *, with_health: bool) -> None:
         """Read everything (outside the state lock where it awaits) and apply it."""
@@ -193,6 +238,9 @@ class StatusState(rx.State):
         clock = runtime.clock
         seen = runtime.status_version
         health_at = clock.monotonic()
+        history = get_history_reader()
+        history.request(clock.monotonic() - history_logic.HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
+        schedule = history_logic.HistorySchedule(clock.monotonic(), seen)
         failures = 0
         stopped = False
         try:
@@ -211,6 +259,12 @@ class StatusState(rx.State):
                     if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
                         report = await runtime.health_report(max_age_s=HEALTH_SHARED_S)
                         health_at = clock.monotonic()
+                    status_version = runtime.status_version
+                    schedule, fresh_after = history_logic.history_schedule(
+                        schedule, status_version, clock.monotonic(), failing=bool(history.snapshot.error)
+                    )
+                    if fresh_after is not None:
+                        history.request(fresh_after, status_version)
                     snapshot = _read_snapshot()
                     async with self:
                         if runtime.shutting_down or (sockets is not None and token not in sockets):

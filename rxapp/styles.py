@@ -125,6 +125,58 @@ tips_card: dict[str, Any] = {
     "background": "var(--amber-a2)",
 }
 
+history_notice: dict[str, Any] = {
+    "width": "100%",
+    "padding": "0.625rem 0.875rem",
+    "border_radius": "var(--radius-3)",
+    "border": "1px solid var(--gray-a5)",
+    "background": "var(--gray-a2)",
+    "color": "var(--gray-12)",
+    "spacing": "2",
+    "align": "start",
+}
+
+history_list: dict[str, Any] = {
+    "list_style": "none",
+    "margin": "0.5rem 0 0 0",
+    "padding": "0",
+    "width": "100%",
+}
+
+history_item: dict[str, Any] = {
+    "display": "flex",
+    "flex_direction": "column",
+    "gap": "0.375rem",
+    "padding_y": "0.75rem",
+    "border_top": "1px solid var(--gray-a4)",
+    "width": "100%",
+}
+
+incident_facts: dict[str, Any] = {
+    "columns": {"initial": "1", "sm": "3"},
+    "spacing": "2",
+    "width": "100%",
+    "padding_left": "1.375rem",
+}
+
+transition_row: dict[str, Any] = {
+    "display": "grid",
+    "grid_template_columns": rx.breakpoints(
+        initial="minmax(0, 1fr) auto",
+        sm="minmax(8rem, 1fr) 11rem minmax(10rem, 1.6fr) 13rem",
+    ),
+    "grid_template_areas": rx.breakpoints(
+        initial='"breaker change" "reason reason" "at at"',
+        sm='"breaker change reason at"',
+    ),
+    "align_items": "baseline",
+    "column_gap": "0.75rem",
+    "row_gap": "0.125rem",
+    "padding_y": "0.5rem",
+    "border_top": "1px solid var(--gray-a4)",
+    "width": "100%",
+}
+
 footer: dict[str, Any] = {
     "width": "100%",
     "justify": "between",
@@ -170,4 +222,28 @@ details.tips[open] > summary { margin-bottom: 0.5rem; }
 .tip-list li { margin: 0.15rem 0; }
 .tip-group + .tip-group { padding-top: 0.75rem; border-top: 1px solid var(--amber-a5); }
 .tick-age { white-space: nowrap; }
+.uptime-row + .uptime-row { padding-top: 0.25rem; }
+.uptime-bars { display: flex; gap: 2px; height: 2.25rem; width: 100%; margin: 0.5rem 0 0.25rem; }
+.uptime-bar { flex: 1 1 0; min-width: 0; border-radius: 1px; background: var(--gray-a4); }
+.uptime-bar:hover { opacity: 0.75; }
+.uptime-bar[data-status="up"], .uptime-swatch[data-tone="grass"] { background: var(--grass-9); }
+.uptime-bar[data-status="maintenance"], .uptime-swatch[data-tone="blue"] { background: var(--blue-9); }
+.uptime-bar[data-status="degraded"], .uptime-swatch[data-tone="amber"] { background: var(--amber-9); }
+.uptime-bar[data-status="down"], .uptime-swatch[data-tone="red"] { background: var(--red-9); }
+.uptime-swatch { display: inline-block; width: 0.625rem; height: 0.625rem; border-radius: 2px;
+  background: var(--gray-a4); }
+.short-span { display: none; }
+.uptime-window { white-space: nowrap; }
+@media (max-width: 29.99em) {
+  .uptime-bars { gap: 1px; }
+  .uptime-bar[data-older="true"], .long-span, .uptime-windows-label { display: none; }
+  .short-span { display: inline; }
+  .uptime-windows { width: 100%; justify-content: space-between; }
+  .uptime-window { display: flex; flex-direction: column; }
+}
+.transition-breaker { grid-area: breaker; min-width: 0; overflow-wrap: anywhere; }
+.transition-change { grid-area: change; } .transition-reason { grid-area: reason; }
+.transition-at { grid-area: at; white-space: nowrap; }
+@media (max-width: 47.99em) { .transition-change { justify-self: end; } }
+.incident-detail, .incident-cause { overflow-wrap: anywhere; }
 """

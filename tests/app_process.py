@@ -117,6 +117,21 @@ def stop_app(app: RunningApp) -> list[str]:
     return leftovers
 
 
+def restart_app(app: RunningApp) -> list[str]:
+    """Stop ``app`` and start ``make run`` again on the same port and settings (same DB_URL).
+
+    ``app`` is updated in place (new process, log and simulator port), so a fixture that
+    yielded it still stops the running one. Returns what the stop left alive.
+    """
+    leftovers = stop_app(app)
+    env = {name: value for name, value in app.env.items() if name != "DERIV_SIMULATOR_PORT"}
+    log_path = app.log_path.with_name(f"{app.log_path.stem}.restarted{app.log_path.suffix}")
+    again = start_app(["make", "run", f"PORT={app.port}"], log_path, app.port, env)
+    for name in ("base_url", "simulator_port", "process", "log_path", "log_file", "env"):
+        setattr(app, name, getattr(again, name))
+    return leftovers
+
+
 @contextlib.contextmanager
 def running_app(tmp_dir: Path, env: dict[str, str] | None = None) -> Iterator[RunningApp]:
     """``make run`` on a free port (prod build, page and API on one port)."""

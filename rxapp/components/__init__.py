@@ -2,6 +2,7 @@
 
 from rxapp.components.banner import browser_settings, fallback_region, live_announcer, page_title, status_banner
 from rxapp.components.health import breakers_panel, health_summary
+from rxapp.components.history import history_section
 from rxapp.components.retry import retry_button
 from rxapp.components.ticks import live_ticks
 from rxapp.components.tips import connection_tips, troubleshooting_tips
@@ -13,6 +14,7 @@ __all__ = [
     "connection_tips",
     "fallback_region",
     "health_summary",
+    "history_section",
     "live_announcer",
     "live_ticks",
     "page_title",

@@ -1,9 +1,9 @@
 """``/``: the live status page.
 
 An overall banner, both links with Retry, troubleshooting tips for what is wrong now,
-live prices, circuit breakers and health, general tips. It follows the system's light or
-dark preference (with a toggle), works at phone width, and every control is a real
-button or link.
+live prices, circuit breakers and health, history (uptime bars, incidents, the circuit
+breaker log), general tips. It follows the system's light or dark preference (with a
+toggle), works at phone width, and every control is a real button or link.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rxapp.components import (
     connection_tips,
     fallback_region,
     health_summary,
+    history_section,
     live_announcer,
     live_ticks,
     status_banner,
@@ -94,6 +95,7 @@ def index() -> rx.Component:
             troubleshooting_tips(),
             live_ticks(),
             rx.grid(breakers_panel(), health_summary(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+            history_section(),
             connection_tips(),
             _footer(),
             live_announcer(),

@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 LOAD_S = 30
 STATUS_VISIBLE_S = 2
 RECOVERY_S = 15
+# A page asks for history at most every 10 s after a status change (then one read).
+HISTORY_S = 25
 
 
 def ms(seconds: float) -> float:
@@ -211,6 +213,9 @@ def test_screenshots_at_desktop_and_phone_width(browser: Browser, app: RunningAp
             expect(page.locator("html")).to_have_class(re.compile(rf"\b{scheme}\b"), timeout=ms(3))
             expect(page.locator('[data-stale="true"]')).to_have_count(0, timeout=ms(RECOVERY_S))
             expect(page.locator("#browser-link-since")).to_have_text(re.compile(r"^for [1-9]\d* s$"), timeout=ms(5))
+            # History shows the outage of the tests above as over (read after the recovery).
+            expect(page.locator("#history")).to_have_attribute("data-state", "ready", timeout=ms(HISTORY_S))
+            expect(page.locator('#incidents li[data-state="ongoing"]')).to_have_count(0, timeout=ms(HISTORY_S))
             if viewport is PHONE:
                 width = page.evaluate("() => document.documentElement.scrollWidth")
                 assert width <= PHONE["width"], f"the page scrolls sideways at phone width ({width} px)"

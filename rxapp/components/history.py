@@ -1,0 +1,319 @@
+"""The history section: uptime bars, the incident list and the circuit breaker log.
+
+Everything shown is decided by :mod:`rxapp.history_logic` and stored on the state by the
+page's refresh loop (from the shared :class:`~rxapp.history_reader.HistoryReader`); these
+functions only place it. Each uptime bar carries its date, uptime % and incident count as
+its tooltip (``title``) and accessible name (``role="img"`` with ``aria-label``), and a
+legend names the colours, so no state is told by colour alone. The bars shrink to fit any
+width; below 30em only the newest 30 days are shown (CSS on ``data-older``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import reflex as rx
+
+from rxapp import history_logic, styles
+from rxapp.components.common import card, section_heading, state_badge, state_icon
+from rxapp.state import StatusState
+
+
+def _notice() -> rx.Component:
+    """Said calmly: history is optional, the live status above does not depend on it."""
+    return rx.cond(
+        StatusState.history_notice != "",
+        rx.hstack(
+            rx.icon("database", size=16, aria_hidden="true", flex_shrink="0", margin_top="2px"),
+            rx.text(StatusState.history_notice, size="2"),
+            role="status",
+            id="history-notice",
+            **styles.history_notice,
+        ),
+    )
+
+
+def _loading(text: str) -> rx.Component:
+    return rx.text(text, **styles.muted, padding_y="0.5rem")
+
+
+# ---------------------------------------------------------------------------- uptime
+
+
+def _window(window: Any) -> rx.Component:
+    # Label and value side by side; stacked on a phone (CSS), so the four fit on one line.
+    return rx.text(
+        rx.el.span(window["label"], color="var(--gray-11)"),
+        " ",
+        rx.el.span(window["value"], font_weight="500", style={"font_variant_numeric": "tabular-nums"}),
+        size="1",
+        as_="span",
+        class_name="uptime-window",
+        custom_attrs={"data-window": window["key"]},
+    )
+
+
+def _bar(bar: Any) -> rx.Component:
+    return rx.el.div(
+        class_name="uptime-bar",
+        title=bar["label"],
+        role="img",
+        aria_label=bar["label"],
+        custom_attrs={
+            "data-status": bar["status"],
+            "data-date": bar["date"],
+            "data-older": bar["older"],
+            "data-today": bar["today"],
+        },
+    )
+
+
+def _uptime_row(row: Any) -> rx.Component:
+    return rx.box(
+        rx.hstack(
+            rx.text(row.name, weight="medium", size="2"),
+            rx.hstack(
+                rx.text("Uptime", as_="span", size="1", color="var(--gray-11)", class_name="uptime-windows-label"),
+                rx.foreach(row.windows, _window),
+                spacing="3",
+                wrap="wrap",
+                align="baseline",
+                class_name="uptime-windows",
+            ),
+            justify="between",
+            align="baseline",
+            wrap="wrap",
+            spacing="2",
+            width="100%",
+        ),
+        rx.el.div(
+            rx.foreach(row.bars, _bar),
+            class_name="uptime-bars",
+            role="group",
+            aria_label=row.summary + ". One bar a day, oldest first.",
+        ),
+        rx.hstack(
+            rx.text(
+                rx.el.span(f"{history_logic.HISTORY_DAYS} days ago", class_name="long-span"),
+                rx.el.span(f"{history_logic.PHONE_DAYS} days ago", class_name="short-span"),
+                **styles.small_muted,
+            ),
+            rx.text("Today", **styles.small_muted),
+            justify="between",
+            width="100%",
+            aria_hidden="true",
+        ),
+        class_name="uptime-row",
+        width="100%",
+        custom_attrs={"data-component": row.key},
+    )
+
+
+def _legend() -> rx.Component:
+    return rx.hstack(
+        *[
+            rx.hstack(
+                rx.el.span(class_name="uptime-swatch", custom_attrs={"data-tone": tone}, aria_hidden="true"),
+                rx.text(word, **styles.small_muted),
+                spacing="1",
+                align="center",
+            )
+            for word, tone in history_logic.LEGEND
+        ],
+        spacing="3",
+        wrap="wrap",
+        id="uptime-legend",
+        aria_label="Colours of the bars",
+    )
+
+
+def uptime_panel() -> rx.Component:
+    return rx.el.section(
+        card(
+            section_heading(
+                "Uptime",
+                "calendar-days",
+                rx.text(f"last {history_logic.HISTORY_DAYS} days, one bar a day (UTC)", **styles.small_muted),
+                heading_id="uptime-heading",
+            ),
+            rx.match(
+                StatusState.history_state,
+                ("loading", _loading("Loading uptime…")),
+                ("unavailable", _loading("Uptime is not available right now.")),
+                rx.vstack(
+                    rx.foreach(StatusState.uptime_rows, _uptime_row),
+                    _legend(),
+                    spacing="4",
+                    width="100%",
+                    margin_top="0.75rem",
+                ),
+            ),
+        ),
+        id="uptime",
+        aria_labelledby="uptime-heading",
+        width="100%",
+    )
+
+
+# ---------------------------------------------------------------------------- incidents
+
+
+def _fact(label: str, *value: Any, **props: Any) -> rx.Component:
+    return rx.box(
+        rx.text(label, **styles.small_muted),
+        rx.text(*value, size="2", **props),
+        min_width="0",
+    )
+
+
+def _incident(row: Any) -> rx.Component:
+    return rx.el.li(
+        rx.hstack(
+            rx.text(row["title"], weight="medium", size="2", class_name="incident-title"),
+            state_badge(row["word"], row["icon"], row["tone"]),
+            justify="between",
+            align="center",
+            spacing="2",
+            width="100%",
+        ),
+        rx.hstack(
+            state_icon("triangle-alert", size=14, color="var(--gray-11)", flex_shrink="0", margin_top="3px"),
+            rx.box(
+                rx.text(row["cause"], size="2", class_name="incident-cause"),
+                rx.cond(
+                    row["detail"] != "",
+                    rx.text(
+                        row["detail"],
+                        rx.cond(row["code"] != "", rx.fragment(" · ", rx.code(row["code"], variant="ghost")), ""),
+                        **styles.small_muted,
+                        class_name="incident-detail",
+                    ),
+                ),
+                min_width="0",
+            ),
+            spacing="2",
+            align="start",
+            width="100%",
+        ),
+        rx.grid(
+            _fact(
+                "When",
+                rx.el.time(row["started"], date_time=row["started_iso"]),
+                rx.cond(row["ago"] != "", " · " + row["ago"], ""),
+            ),
+            _fact("How long", row["duration"], class_name="incident-duration"),
+            _fact("Outcome", row["recovery"], class_name="incident-recovery"),
+            **styles.incident_facts,
+        ),
+        custom_attrs={"data-state": row["state"], "data-component": row["component"]},
+        class_name="incident",
+        **styles.history_item,
+    )
+
+
+def incidents_panel() -> rx.Component:
+    return rx.el.section(
+        card(
+            section_heading(
+                "Incidents",
+                "history",
+                rx.text(f"newest first, the last {history_logic.MAX_INCIDENT_ROWS}", **styles.small_muted),
+                heading_id="incidents-heading",
+            ),
+            rx.match(
+                StatusState.history_state,
+                ("loading", _loading("Loading incidents…")),
+                ("unavailable", _loading("The incident list is not available right now.")),
+                rx.cond(
+                    StatusState.incident_rows.length() > 0,
+                    rx.el.ol(rx.foreach(StatusState.incident_rows, _incident), **styles.history_list),
+                    rx.hstack(
+                        rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
+                        rx.text(
+                            f"No incidents in the last {history_logic.HISTORY_DAYS} days.",
+                            size="2",
+                            id="incidents-empty",
+                        ),
+                        spacing="2",
+                        align="center",
+                        padding_y="0.5rem",
+                    ),
+                ),
+            ),
+        ),
+        id="incidents",
+        aria_labelledby="incidents-heading",
+        width="100%",
+    )
+
+
+# ---------------------------------------------------------------------------- breaker log
+
+
+def _transition(row: Any) -> rx.Component:
+    return rx.el.li(
+        rx.text(row["breaker"], weight="medium", size="2", class_name="transition-breaker"),
+        rx.hstack(
+            rx.text(row["from_word"], size="2", color="var(--gray-11)"),
+            rx.icon("arrow-right", size=14, color="var(--gray-11)", aria_label="to", role="img"),
+            rx.text(row["to_word"], size="2", weight="medium", color=f"var(--{row['tone']}-11)"),
+            spacing="1",
+            align="center",
+            class_name="transition-change",
+        ),
+        rx.text(row["reason"], size="2", class_name="transition-reason"),
+        rx.text(
+            rx.el.time(row["at"], date_time=row["at_iso"]),
+            rx.cond(row["ago"] != "", " · " + row["ago"], ""),
+            **styles.small_muted,
+            class_name="transition-at",
+        ),
+        custom_attrs={"data-breaker": row["key"], "data-from": row["from_state"], "data-to": row["to_state"]},
+        class_name="transition",
+        **styles.transition_row,
+    )
+
+
+def transitions_panel() -> rx.Component:
+    return rx.el.section(
+        card(
+            section_heading(
+                "Circuit breaker log",
+                "scroll-text",
+                rx.text(f"newest first, the last {history_logic.MAX_TRANSITION_ROWS}", **styles.small_muted),
+                heading_id="transitions-heading",
+            ),
+            rx.match(
+                StatusState.history_state,
+                ("loading", _loading("Loading the circuit breaker log…")),
+                ("unavailable", _loading("The circuit breaker log is not available right now.")),
+                rx.cond(
+                    StatusState.transition_rows.length() > 0,
+                    rx.el.ol(rx.foreach(StatusState.transition_rows, _transition), **styles.history_list),
+                    rx.text(
+                        f"No circuit breaker changes in the last {history_logic.HISTORY_DAYS} days.",
+                        size="2",
+                        padding_y="0.5rem",
+                        id="transitions-empty",
+                    ),
+                ),
+            ),
+        ),
+        id="transitions",
+        aria_labelledby="transitions-heading",
+        width="100%",
+    )
+
+
+def history_section() -> rx.Component:
+    """Uptime, incidents and the breaker log, with one notice when history cannot be read."""
+    return rx.vstack(
+        _notice(),
+        uptime_panel(),
+        incidents_panel(),
+        transitions_panel(),
+        spacing={"initial": "4", "sm": "5"},
+        width="100%",
+        id="history",
+        custom_attrs={"data-state": StatusState.history_state},
+    )

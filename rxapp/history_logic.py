@@ -1,0 +1,471 @@
+"""What the status page's history section says, decided by pure functions.
+
+The inputs are the answers of the history store (``Store.history``, ``Store.incidents``,
+``Store.transitions``, the same JSON ``/api/v1/history``, ``/api/v1/incidents`` and
+``/api/v1/transitions`` serve) and the current wall time; the outputs are the strings,
+tones and labels the page places. No Reflex, no clock, no I/O: every word is tested in
+``tests/unit/test_history_logic.py``.
+
+As in :mod:`rxapp.ui_logic`, tones are Radix colour names and nothing is said by colour
+alone: every uptime bar has a label (date, uptime %, incidents, state) used as its
+tooltip and its accessible name, and a legend names the colours.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from rxapp.ui_logic import (
+    TIPS,
+    TONE_DEGRADED,
+    TONE_DOWN,
+    TONE_LIVE,
+    TONE_NEUTRAL,
+    breaker_name,
+    format_duration,
+    parse_iso,
+)
+
+# The bars cover the history the store keeps by default (HISTORY_RETENTION_DAYS=90).
+HISTORY_DAYS = 90
+# Below the xs breakpoint (520 px) only the newest bars are shown, so each stays wide
+# enough to see and to point at on a phone.
+PHONE_DAYS = 30
+# Incidents and breaker transitions listed: the newest few are what a reader wants; the
+# API (/api/v1/incidents, /api/v1/transitions) has the rest.
+MAX_INCIDENT_ROWS = 20
+MAX_TRANSITION_ROWS = 20
+# Uptime rows: the market feed, its breaker, and at most this many in all (other breakers
+# only when they have something to show), so a page never carries hundreds of bars.
+MAX_COMPONENTS = 6
+
+# When a page asks for history again (see history_schedule): after a status change at
+# most every HISTORY_MIN_INTERVAL_S (the latest change counts), HISTORY_SETTLE_S after it
+# (the store writes the change within milliseconds of the signal), and every
+# HISTORY_IDLE_S when nothing changes (today's bar moves on); while reads fail, every
+# HISTORY_MIN_INTERVAL_S, so history is back soon after the database.
+HISTORY_MIN_INTERVAL_S = 10.0
+HISTORY_SETTLE_S = 0.5
+HISTORY_IDLE_S = 60.0
+# A page that loads shows history another page read this recently, without a new read.
+HISTORY_LOAD_MAX_AGE_S = 10.0
+
+UPSTREAM = "upstream"
+BREAKER_PREFIX = "breaker:"
+WEBSOCKET_BREAKER = "breaker:websocket"
+TONE_MAINTENANCE = "blue"
+
+# worst_status of a day (the store's severity order) -> word, tone, phrase in a bar label.
+DAY_LOOK: Mapping[str, tuple[str, str, str]] = {
+    "up": ("Operational", TONE_LIVE, "operational"),
+    "maintenance": ("Maintenance", TONE_MAINTENANCE, "planned maintenance"),
+    "degraded": ("Degraded", TONE_DEGRADED, "degraded at times"),
+    "down": ("Down", TONE_DOWN, "down at times"),
+    "no_data": ("No data", TONE_NEUTRAL, "no data"),
+}
+# The legend under the bars, in severity order.
+LEGEND: tuple[tuple[str, str], ...] = tuple(
+    (DAY_LOOK[key][0], DAY_LOOK[key][1]) for key in ("up", "maintenance", "degraded", "down", "no_data")
+)
+UPTIME_WINDOWS: tuple[tuple[str, str], ...] = (("24h", "24 h"), ("7d", "7 d"), ("30d", "30 d"), ("90d", "90 d"))
+
+BREAKER_STATE_WORDS: Mapping[str, str] = {
+    "closed": "Closed",
+    "open": "Open",
+    "half_open": "Half-open",
+    "disabled": "Disabled",
+}
+BREAKER_STATE_TONES: Mapping[str, str] = {
+    "closed": TONE_LIVE,
+    "open": TONE_DOWN,
+    "half_open": TONE_DEGRADED,
+    "disabled": TONE_NEUTRAL,
+}
+# Transition reasons (backend_core.breakers) in plain words.
+BREAKER_REASON_WORDS: Mapping[str, str] = {
+    "failure_threshold": "too many failures in a row",
+    "failure_rate": "too many of the recent calls failed",
+    "probe_failed": "the test call failed",
+    "probe_timeout": "the test call did not answer in time",
+    "forced_open": "held open by an admin",
+    "recovery_timeout": "pause over: testing one call",
+    "manual_probe": "a Retry asked for a test call",
+    "probe_succeeded": "the test call succeeded",
+    "reset": "reset by an admin",
+    "enabled": "circuit breakers switched on",
+    "disabled": "circuit breakers switched off",
+}
+# Upstream incident causes (backend_core.store.IncidentTracker) when no error code says more.
+CAUSE_WORDS: Mapping[str, str] = {
+    "connection lost": "The link to the market data server dropped",
+    "could not connect": "Could not connect to the market data server",
+    "circuit breaker open": "Retries were paused by the circuit breaker",
+    "planned maintenance": "Planned maintenance by Deriv",
+}
+# How an incident ended (backend_core.store recovery strings) in plain words.
+RECOVERY_WORDS: Mapping[str, str] = {
+    "manual retry": "Recovered when someone pressed Retry",
+    "breaker probe": "Recovered: the circuit breaker's test connection succeeded",
+    "reconnected": "Reconnected by itself",
+    "reset by an admin": "Reset by an admin",
+    "breakers re-enabled": "Circuit breakers were switched back on",
+    "breakers disabled": "Circuit breakers were switched off",
+    "not recovered: the service stopped": "Not recovered: the service was stopped",
+    "not recovered: the service restarted": "Not recovered: the service restarted",
+}
+
+
+# ---------------------------------------------------------------------------- words for numbers and times
+
+
+def format_uptime(pct: float | None) -> str:
+    """``"100%"``, ``"99.95%"``, ``"no data"``. Rounded down, so any downtime shows."""
+    if pct is None or not math.isfinite(pct):
+        return "no data"
+    if pct >= 100:
+        return "100%"
+    if pct <= 0:
+        return "0%"
+    return f"{math.floor(pct * 100) / 100:.2f}%"
+
+
+def format_day(iso_date: str) -> str:
+    """``"2025-03-14"`` -> ``"14 Mar 2025"`` (unparseable text is returned as it came)."""
+    try:
+        day = date.fromisoformat(iso_date)
+    except (TypeError, ValueError):
+        return str(iso_date)
+    return f"{day.day} {day:%b %Y}"
+
+
+def format_when_utc(wall: float) -> str:
+    """``"14 Mar, 09:05:07 UTC"``: the server cannot know the reader's time zone."""
+    moment = datetime.fromtimestamp(wall, tz=UTC)
+    return f"{moment.day} {moment:%b, %H:%M:%S} UTC"
+
+
+def format_ago(seconds: float | None) -> str:
+    """A coarse relative time that changes at most once a minute: ``"5 min ago"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    if seconds < 60:
+        return "just now"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    hours = minutes // 60
+    if hours < 24:
+        return f"{hours} h ago"
+    days = hours // 24
+    return "1 day ago" if days == 1 else f"{days} days ago"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+# ---------------------------------------------------------------------------- components
+
+
+def component_name(component: str) -> str:
+    """``"upstream"`` -> ``"Market feed"``; ``"breaker:websocket"`` -> ``"Circuit breaker: Market feed link"``."""
+    if component == UPSTREAM:
+        return "Market feed"
+    if component.startswith(BREAKER_PREFIX):
+        return f"Circuit breaker: {breaker_name(component.removeprefix(BREAKER_PREFIX))}"
+    return component
+
+
+def history_components(
+    breakers: Iterable[Mapping[str, Any]], incidents: Iterable[Mapping[str, Any]], limit: int = MAX_COMPONENTS
+) -> list[str]:
+    """The components that get uptime bars, in display order.
+
+    Always the market feed and its breaker; then, up to ``limit`` rows in all, every other
+    breaker that is not closed now or has a listed incident (the API breakers of routes
+    that never failed would only add rows of green).
+    """
+    chosen = [UPSTREAM, WEBSOCKET_BREAKER]
+    extra: set[str] = set()
+    for breaker in breakers:
+        if breaker.get("state") in ("open", "half_open"):
+            extra.add(BREAKER_PREFIX + str(breaker.get("name", "")))
+    for incident in incidents:
+        component = str(incident.get("component") or "")
+        if component.startswith(BREAKER_PREFIX):
+            extra.add(component)
+    chosen += sorted(extra - set(chosen))
+    return chosen[: max(0, limit)]
+
+
+# ---------------------------------------------------------------------------- uptime bars
+
+
+@dataclass(frozen=True, slots=True)
+class UptimeView:
+    """One component's uptime row as the page shows it."""
+
+    key: str
+    name: str
+    summary: str  # the row's accessible description: "Market feed: 99.95% uptime over 90 days"
+    windows: list[dict[str, str]] = field(default_factory=list)
+    bars: list[dict[str, str]] = field(default_factory=list)
+
+
+def bar_label(bar: Mapping[str, Any], *, today: bool = False) -> str:
+    """``"Today, 14 Mar 2025: 99.85% uptime, 1 incident, down at times"`` (tooltip and accessible name)."""
+    day = format_day(str(bar.get("date", "")))
+    if today:
+        day = f"Today, {day}"
+    status = str(bar.get("worst_status") or "no_data")
+    incidents = int(bar.get("incidents") or 0)
+    if status == "no_data" or bar.get("uptime_pct") is None:
+        text = f"{day}: no data"
+        return f"{text}, {plural(incidents, 'incident')}" if incidents else text
+    phrase = DAY_LOOK.get(status, DAY_LOOK["down"])[2]
+    uptime = format_uptime(bar.get("uptime_pct"))
+    return f"{day}: {uptime} uptime, {plural(incidents, 'incident') if incidents else 'no incidents'}, {phrase}"
+
+
+def uptime_bars(bars: Sequence[Mapping[str, Any]], phone_days: int = PHONE_DAYS) -> list[dict[str, str]]:
+    """One dict a day, oldest first (as the store answers): label, status, tone, and
+    ``older`` (``"true"`` for the bars a phone hides)."""
+    out = []
+    count = len(bars)
+    for index, bar in enumerate(bars):
+        status = str(bar.get("worst_status") or "no_data")
+        if bar.get("uptime_pct") is None:
+            status = "no_data"
+        elif status not in DAY_LOOK or status == "no_data":
+            status = "down"  # an unknown word from a newer store: say the worst, not the best
+        word, tone, _ = DAY_LOOK[status]
+        today = index == count - 1
+        out.append(
+            {
+                "date": str(bar.get("date", "")),
+                "status": status,
+                "word": word,
+                "tone": tone,
+                "label": bar_label(bar, today=today),
+                "older": "true" if index < count - phone_days else "",
+                "today": "true" if today else "",
+            }
+        )
+    return out
+
+
+def uptime_windows(uptime_pct: Mapping[str, float | None]) -> list[dict[str, str]]:
+    """``[{"key": "24h", "label": "24 h", "value": "100%"}, ...]`` for 24 h / 7 d / 30 d / 90 d."""
+    return [{"key": key, "label": label, "value": format_uptime(uptime_pct.get(key))} for key, label in UPTIME_WINDOWS]
+
+
+def uptime_view(history: Mapping[str, Any]) -> UptimeView:
+    """A component's row from ``Store.history(component, days)``."""
+    component = str(history.get("component", ""))
+    name = component_name(component)
+    uptime = history.get("uptime_pct") or {}
+    days = int(history.get("days") or HISTORY_DAYS)
+    total = format_uptime(uptime.get("90d"))
+    summary = f"{name}: no data yet" if total == "no data" else f"{name}: {total} uptime over the last {days} days"
+    return UptimeView(component, name, summary, uptime_windows(uptime), uptime_bars(history.get("bars") or []))
+
+
+# ---------------------------------------------------------------------------- incidents
+
+
+def incident_cause(incident: Mapping[str, Any]) -> tuple[str, str]:
+    """``(headline, detail)``: what went wrong in plain words, and the message shown then.
+
+    Upstream incidents reuse the status page's wording for the error code
+    (:data:`rxapp.ui_logic.TIPS` titles); breaker incidents say why the breaker opened.
+    """
+    code = str(incident.get("error_code") or "")
+    cause = str(incident.get("cause") or "")
+    message = str(incident.get("message") or "")
+    if incident.get("kind") == "breaker" or str(incident.get("component", "")).startswith(BREAKER_PREFIX):
+        reason = BREAKER_REASON_WORDS.get(code, code.replace("_", " ") or "repeated failures")
+        return f"Opened: {reason}", ""
+    if incident.get("planned") or cause == "planned maintenance":
+        return CAUSE_WORDS["planned maintenance"], message
+    if code in TIPS:
+        return TIPS[code].title, message
+    headline = CAUSE_WORDS.get(cause) or (cause[:1].upper() + cause[1:] if cause else "The market feed was down")
+    return headline, message
+
+
+def incident_title(incident: Mapping[str, Any]) -> str:
+    """What failed: ``"Market feed down"``, ``"Circuit breaker opened: Market feed link"``."""
+    component = str(incident.get("component") or "")
+    if component.startswith(BREAKER_PREFIX):
+        return f"Circuit breaker opened: {breaker_name(component.removeprefix(BREAKER_PREFIX))}"
+    if component == UPSTREAM:
+        if incident.get("planned") or incident.get("cause") == "planned maintenance":
+            return "Market feed: planned maintenance"
+        return "Market feed down"
+    return f"{component_name(component)} down"
+
+
+def recovery_words(recovery: str | None, *, ongoing: bool) -> str:
+    """How it ended: ``"Reconnected by itself after 3 attempts"``, ``"Not recovered yet"``."""
+    if ongoing:
+        return "Not recovered yet"
+    text = str(recovery or "")
+    if not text:
+        return "Ended (how is not recorded)"
+    if text in RECOVERY_WORDS:
+        return RECOVERY_WORDS[text]
+    if text.startswith("reconnected after "):
+        return f"Reconnected by itself after {text.removeprefix('reconnected after ')}"
+    return text[:1].upper() + text[1:]
+
+
+def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
+    """One incident as the list shows it; ``now`` makes an ongoing one's duration live."""
+    ongoing = bool(incident.get("ongoing")) or not incident.get("ended_at")
+    started = parse_iso(incident.get("started_at"))
+    ended = parse_iso(incident.get("ended_at"))
+    if ongoing and started is not None:
+        duration = f"ongoing · {format_duration(now - started)} so far"
+    elif started is not None and ended is not None:
+        duration = format_duration(ended - started)
+    else:
+        duration = format_duration(incident.get("duration_s"))
+    recovery = str(incident.get("recovery") or "")
+    if ongoing:
+        state, word, icon, tone = "ongoing", "Ongoing", "circle-x", TONE_DOWN
+    elif recovery.startswith("not recovered"):
+        state, word, icon, tone = "ended", "Ended", "circle-stop", TONE_NEUTRAL
+    else:
+        state, word, icon, tone = "resolved", "Resolved", "circle-check", TONE_LIVE
+    headline, detail = incident_cause(incident)
+    code = str(incident.get("error_code") or "") if incident.get("kind") != "breaker" else ""
+    return {
+        "id": str(incident.get("id") or ""),
+        "component": str(incident.get("component") or ""),
+        "title": incident_title(incident),
+        "state": state,
+        "word": word,
+        "icon": icon,
+        "tone": tone,
+        "cause": headline,
+        "detail": detail,
+        "code": code,
+        "started": format_when_utc(started) if started is not None else "unknown time",
+        "started_iso": str(incident.get("started_at") or ""),
+        "ago": format_ago(now - started) if started is not None else "",
+        "duration": duration,
+        "recovery": recovery_words(recovery, ongoing=ongoing),
+    }
+
+
+def incident_rows(
+    incidents: Sequence[Mapping[str, Any]], now: float, limit: int = MAX_INCIDENT_ROWS
+) -> list[dict[str, str]]:
+    """The incident list, newest first (the store's order), at most ``limit`` rows."""
+    return [incident_row(incident, now) for incident in incidents[: max(0, limit)]]
+
+
+# ---------------------------------------------------------------------------- breaker transitions
+
+
+def transition_row(transition: Mapping[str, Any], now: float) -> dict[str, str]:
+    """One line of the breaker log: which breaker, from -> to, why, when."""
+    name = str(transition.get("name") or "")
+    from_state = str(transition.get("from_state") or "")
+    to_state = str(transition.get("to_state") or "")
+    reason = str(transition.get("reason") or "")
+    at = parse_iso(transition.get("at"))
+    return {
+        "breaker": breaker_name(name),
+        "key": name,
+        "from_state": from_state,
+        "to_state": to_state,
+        "from_word": BREAKER_STATE_WORDS.get(from_state, from_state or "?"),
+        "to_word": BREAKER_STATE_WORDS.get(to_state, to_state or "?"),
+        "tone": BREAKER_STATE_TONES.get(to_state, TONE_NEUTRAL),
+        "reason": BREAKER_REASON_WORDS.get(reason, reason.replace("_", " ")),
+        "at": format_when_utc(at) if at is not None else "unknown time",
+        "at_iso": str(transition.get("at") or ""),
+        "ago": format_ago(now - at) if at is not None else "",
+    }
+
+
+def transition_rows(
+    transitions: Sequence[Mapping[str, Any]], now: float, limit: int = MAX_TRANSITION_ROWS
+) -> list[dict[str, str]]:
+    return [transition_row(transition, now) for transition in transitions[: max(0, limit)]]
+
+
+# ---------------------------------------------------------------------------- when history cannot be read
+
+
+def history_state(version: int, *, has_data: bool) -> str:
+    """``"loading"`` before the first read, ``"ready"`` once one worked, else ``"unavailable"``."""
+    if version <= 0:
+        return "loading"
+    return "ready" if has_data else "unavailable"
+
+
+def unavailable_reason(error: str) -> str:
+    """The store's ``StoreUnavailable`` message, said calmly for a reader (no internals)."""
+    text = error.lower()
+    if "unusable" in text:
+        return "is not set up correctly (operators: see /health/detailed)"
+    if "unreachable" in text or "did not answer" in text:
+        return "is not answering right now"
+    if "not available yet" in text or "not running" in text:
+        return "is still starting"
+    return "is not answering right now"
+
+
+def history_notice(error: str, *, has_data: bool, updated_at: float | None) -> str:
+    """What the history section says when its last read failed (``""`` when it did not)."""
+    if not error:
+        return ""
+    reason = unavailable_reason(error)
+    if has_data and updated_at is not None:
+        clock = datetime.fromtimestamp(updated_at, tz=UTC).strftime("%H:%M UTC")
+        return (
+            f"History may be out of date: the history database {reason}. Showing what it said at {clock}. "
+            "Live status above is not affected."
+        )
+    return (
+        f"History is unavailable: the history database {reason}. "
+        "Live status above is not affected; history will appear here when the database is back."
+    )
+
+
+# ---------------------------------------------------------------------------- when a page asks again
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySchedule:
+    """One page's memory of its history requests (monotonic seconds)."""
+
+    asked_at: float
+    seen_version: int
+    change_at: float | None = None  # the latest status change not asked about yet
+
+
+def history_schedule(
+    schedule: HistorySchedule, version: int, now: float, *, failing: bool
+) -> tuple[HistorySchedule, float | None]:
+    """Whether a page asks for history now: ``(new schedule, fresh_after or None)``.
+
+    ``version`` is the runtime's status version; ``fresh_after`` is what to pass to
+    ``HistoryReader.request`` (a read that starts at or after it).
+    """
+    change_at = schedule.change_at
+    seen = schedule.seen_version
+    if version != seen:
+        seen, change_at = version, now
+    if change_at is not None and now - schedule.asked_at >= HISTORY_MIN_INTERVAL_S:
+        return HistorySchedule(now, seen, None), change_at + HISTORY_SETTLE_S
+    idle_s = HISTORY_MIN_INTERVAL_S if failing else HISTORY_IDLE_S
+    if now - schedule.asked_at >= idle_s:
+        return HistorySchedule(now, seen, change_at), now - idle_s
+    return HistorySchedule(schedule.asked_at, seen, change_at), None

@@ -1,0 +1,412 @@
+"""The history section's words, tones and labels: pure functions of store answers and the time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backend_core.clock import iso_utc
+from rxapp import history_logic
+from rxapp.history_logic import (
+    HistorySchedule,
+    bar_label,
+    component_name,
+    format_ago,
+    format_day,
+    format_uptime,
+    format_when_utc,
+    history_components,
+    history_notice,
+    history_schedule,
+    history_state,
+    incident_cause,
+    incident_row,
+    incident_rows,
+    incident_title,
+    recovery_words,
+    transition_row,
+    transition_rows,
+    unavailable_reason,
+    uptime_bars,
+    uptime_view,
+    uptime_windows,
+)
+from rxapp.ui_logic import TIPS
+
+# 2027-01-15 08:00:00 UTC
+NOW = 1_800_000_000.0
+
+
+def iso(wall: float) -> str:
+    text = iso_utc(wall)
+    assert text is not None
+    return text
+
+
+def incident(**changes: Any) -> dict[str, Any]:
+    """An upstream incident as Store.incidents() answers (resolved, 95 s long)."""
+    base: dict[str, Any] = {
+        "id": "9f1c",
+        "component": "upstream",
+        "kind": "upstream",
+        "started_at": iso(NOW - 600),
+        "ended_at": iso(NOW - 505),
+        "ongoing": False,
+        "duration_s": 95.0,
+        "cause": "connection lost",
+        "error_code": "HandshakeRefused",
+        "message": "The server refused the connection (HTTP 503).",
+        "recovery": "manual retry",
+        "attempts": 4,
+        "planned": False,
+    }
+    base.update(changes)
+    return base
+
+
+def breaker_incident(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "component": "breaker:websocket",
+        "kind": "breaker",
+        "cause": "circuit breaker opened",
+        "error_code": "failure_threshold",
+        "message": "Circuit 'websocket' opened: too many consecutive failures.",
+        "recovery": "breaker probe",
+        "attempts": None,
+    }
+    return incident(**{**fields, **changes})
+
+
+def bar(day: str, status: str = "up", uptime: float | None = 100.0, incidents: int = 0) -> dict[str, Any]:
+    return {
+        "date": day,
+        "uptime_pct": uptime,
+        "worst_status": status,
+        "observed_s": 0.0 if uptime is None else 86_400.0,
+        "down_s": 0.0,
+        "incidents": incidents,
+    }
+
+
+def history(component: str = "upstream", days: int = 3, **uptime: float | None) -> dict[str, Any]:
+    bars = [bar(f"2027-01-{13 + i:02d}") for i in range(days)]
+    bars[0] = bar("2027-01-13", "no_data", None)
+    bars[-1] = bar("2027-01-15", "down", 99.3, incidents=2)
+    return {
+        "component": component,
+        "days": days,
+        "retention_days": 90,
+        "generated_at": iso(NOW),
+        "uptime_pct": {"24h": 99.3, "7d": 99.9, "30d": 99.97, "90d": 99.97, **uptime},
+        "bars": bars,
+    }
+
+
+# ---------------------------------------------------------------------------- numbers and times
+
+
+@pytest.mark.parametrize(
+    ("pct", "text"),
+    [
+        (100.0, "100%"),
+        (99.999, "99.99%"),  # rounded down: a day with any downtime never says 100%
+        (99.95, "99.95%"),
+        (98.333, "98.33%"),
+        (50.0, "50.00%"),
+        (0.0, "0%"),
+        (None, "no data"),
+        (float("nan"), "no data"),
+    ],
+)
+def test_uptime_is_rounded_down_so_any_downtime_shows(pct: float | None, text: str) -> None:
+    assert format_uptime(pct) == text
+
+
+def test_days_and_times_are_plain_and_utc() -> None:
+    assert format_day("2025-03-04") == "4 Mar 2025"
+    assert format_day("not a date") == "not a date"
+    assert format_when_utc(NOW - 3600 * 8 + 5 * 60 + 7) == "15 Jan, 00:05:07 UTC"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "just now"),
+        (59.9, "just now"),
+        (60, "1 min ago"),
+        (3599, "59 min ago"),
+        (3600 * 5 + 1800, "5 h ago"),
+        (86400 * 1.5, "1 day ago"),
+        (86400 * 40, "40 days ago"),
+        (None, ""),
+    ],
+)
+def test_relative_times_are_coarse_so_the_list_changes_once_a_minute(seconds: float | None, text: str) -> None:
+    assert format_ago(seconds) == text
+
+
+# ---------------------------------------------------------------------------- components
+
+
+def test_component_names_say_what_it_is() -> None:
+    assert component_name("upstream") == "Market feed"
+    assert component_name("breaker:websocket") == "Circuit breaker: Market feed link"
+    assert component_name("breaker:api:/api/v1/status") == "Circuit breaker: API /api/v1/status"
+
+
+def test_uptime_rows_are_the_feed_its_breaker_and_breakers_with_something_to_show() -> None:
+    breakers = [
+        {"name": "websocket", "state": "closed"},
+        {"name": "api:/api/v1/status", "state": "closed"},  # never failed: no row of green
+        {"name": "api:/api/v1/retry", "state": "open"},
+    ]
+    incidents = [incident(), breaker_incident(component="breaker:api:/api/v1/ticks/{symbol}")]
+    assert history_components(breakers, incidents) == [
+        "upstream",
+        "breaker:websocket",
+        "breaker:api:/api/v1/retry",
+        "breaker:api:/api/v1/ticks/{symbol}",
+    ]
+
+
+def test_uptime_rows_are_bounded() -> None:
+    breakers = [{"name": f"api:/r{i}", "state": "open"} for i in range(50)]
+    chosen = history_components(breakers, [], limit=history_logic.MAX_COMPONENTS)
+    assert len(chosen) == history_logic.MAX_COMPONENTS
+    assert chosen[:2] == ["upstream", "breaker:websocket"]
+
+
+# ---------------------------------------------------------------------------- bars
+
+
+def test_every_bar_has_a_label_with_the_date_uptime_and_incidents() -> None:
+    assert bar_label(bar("2027-01-14", "up", 100.0)) == "14 Jan 2027: 100% uptime, no incidents, operational"
+    assert (
+        bar_label(bar("2027-01-15", "down", 99.3, incidents=1), today=True)
+        == "Today, 15 Jan 2027: 99.30% uptime, 1 incident, down at times"
+    )
+    assert bar_label(bar("2027-01-14", "degraded", 99.991, incidents=3)).endswith(
+        "99.99% uptime, 3 incidents, degraded at times"
+    )
+    assert bar_label(bar("2027-01-14", "maintenance", 97.0)).endswith("planned maintenance")
+    assert bar_label(bar("2027-01-13", "no_data", None)) == "13 Jan 2027: no data"
+
+
+def test_bars_are_coloured_by_the_worst_state_of_the_day_and_days_without_data_are_neutral() -> None:
+    rows = uptime_bars([bar("2027-01-13", "no_data", None), bar("2027-01-14"), bar("2027-01-15", "down", 99.3)])
+    assert [(r["status"], r["tone"], r["word"]) for r in rows] == [
+        ("no_data", "gray", "No data"),
+        ("up", "grass", "Operational"),
+        ("down", "red", "Down"),
+    ]
+    assert [r["today"] for r in rows] == ["", "", "true"]
+    assert rows[-1]["label"].startswith("Today, 15 Jan 2027: 99.30% uptime")
+
+
+def test_an_unknown_day_status_is_shown_as_the_worst_not_the_best() -> None:
+    [row] = uptime_bars([bar("2027-01-15", "on_fire", 90.0)])
+    assert row["status"] == "down"
+    [row] = uptime_bars([bar("2027-01-15", "up", None)])
+    assert row["status"] == "no_data"
+
+
+def test_phones_hide_all_but_the_newest_30_bars() -> None:
+    rows = uptime_bars([bar(f"2027-01-{1 + i % 28:02d}") for i in range(90)])
+    assert [r["older"] for r in rows].count("true") == 60
+    assert rows[59]["older"] == "true" and rows[60]["older"] == ""
+
+
+def test_uptime_windows_and_the_row_summary() -> None:
+    assert uptime_windows({"24h": 100.0, "7d": 99.5, "30d": None}) == [
+        {"key": "24h", "label": "24 h", "value": "100%"},
+        {"key": "7d", "label": "7 d", "value": "99.50%"},
+        {"key": "30d", "label": "30 d", "value": "no data"},
+        {"key": "90d", "label": "90 d", "value": "no data"},
+    ]
+    view = uptime_view(history("breaker:websocket", days=90))
+    assert view.name == "Circuit breaker: Market feed link"
+    assert view.summary == "Circuit breaker: Market feed link: 99.97% uptime over the last 90 days"
+    assert len(view.bars) == 90
+    assert uptime_view(history(**{"90d": None})).summary == "Market feed: no data yet"
+
+
+# ---------------------------------------------------------------------------- incidents
+
+
+def test_an_incident_says_what_failed_why_when_how_long_and_how_it_recovered() -> None:
+    row = incident_row(incident(), NOW)
+    assert row["title"] == "Market feed down"
+    assert (row["state"], row["word"], row["icon"], row["tone"]) == ("resolved", "Resolved", "circle-check", "grass")
+    assert row["cause"] == TIPS["HandshakeRefused"].title  # the same words as the live tips
+    assert row["detail"] == "The server refused the connection (HTTP 503)."
+    assert row["code"] == "HandshakeRefused"
+    assert row["started"] == "15 Jan, 07:50:00 UTC"
+    assert row["ago"] == "10 min ago"
+    assert row["duration"] == "1 min 35 s"
+    assert row["recovery"] == "Recovered when someone pressed Retry"
+
+
+def test_an_ongoing_incident_says_so_with_a_live_duration() -> None:
+    ongoing = incident(ended_at=None, ongoing=True, recovery=None, duration_s=1.0)
+    assert incident_row(ongoing, NOW)["duration"] == "ongoing · 10 min so far"
+    later = incident_row(ongoing, NOW + 65)
+    assert later["duration"] == "ongoing · 11 min 5 s so far"
+    assert (later["state"], later["word"], later["tone"]) == ("ongoing", "Ongoing", "red")
+    assert later["recovery"] == "Not recovered yet"
+
+
+def test_causes_without_a_known_code_fall_back_to_plain_words() -> None:
+    assert incident_cause(incident(error_code=None, cause="could not connect"))[0] == (
+        "Could not connect to the market data server"
+    )
+    assert incident_cause(incident(error_code="Brand new", cause="connection lost"))[0] == (
+        "The link to the market data server dropped"
+    )
+    assert incident_cause(incident(error_code=None, cause="something odd"))[0] == "Something odd"
+    assert incident_cause(incident(error_code=None, cause=""))[0] == "The market feed was down"
+
+
+def test_planned_maintenance_is_told_apart() -> None:
+    planned = incident(
+        planned=True, cause="planned maintenance", error_code="SiteUpdating", message="Deriv is updating"
+    )
+    assert incident_title(planned) == "Market feed: planned maintenance"
+    assert incident_cause(planned) == ("Planned maintenance by Deriv", "Deriv is updating")
+
+
+def test_breaker_incidents_say_which_breaker_and_why_it_opened() -> None:
+    row = incident_row(breaker_incident(), NOW)
+    assert row["title"] == "Circuit breaker opened: Market feed link"
+    assert row["cause"] == "Opened: too many failures in a row"
+    assert row["detail"] == "" and row["code"] == ""  # the reason is not an error code
+    assert row["recovery"] == "Recovered: the circuit breaker's test connection succeeded"
+    api = incident_row(breaker_incident(component="breaker:api:/api/v1/status", error_code="odd_reason"), NOW)
+    assert api["title"] == "Circuit breaker opened: API /api/v1/status"
+    assert api["cause"] == "Opened: odd reason"
+
+
+@pytest.mark.parametrize(
+    ("recovery", "text"),
+    [
+        ("reconnected after 3 attempts", "Reconnected by itself after 3 attempts"),
+        ("reconnected after 1 attempt", "Reconnected by itself after 1 attempt"),
+        ("reconnected", "Reconnected by itself"),
+        ("breaker probe", "Recovered: the circuit breaker's test connection succeeded"),
+        ("reset by an admin", "Reset by an admin"),
+        ("not recovered: the service stopped", "Not recovered: the service was stopped"),
+        ("not recovered: the service restarted", "Not recovered: the service restarted"),
+        ("something new", "Something new"),
+        (None, "Ended (how is not recorded)"),
+    ],
+)
+def test_recoveries_in_plain_words(recovery: str | None, text: str) -> None:
+    assert recovery_words(recovery, ongoing=False) == text
+
+
+def test_an_incident_the_service_stopped_in_is_ended_not_resolved() -> None:
+    row = incident_row(incident(recovery="not recovered: the service stopped"), NOW)
+    assert (row["state"], row["word"], row["icon"], row["tone"]) == ("ended", "Ended", "circle-stop", "gray")
+
+
+def test_the_incident_list_is_bounded_and_keeps_the_stores_order() -> None:
+    many = [incident(id=str(i)) for i in range(30)]
+    rows = incident_rows(many, NOW)
+    assert len(rows) == history_logic.MAX_INCIDENT_ROWS
+    assert [r["id"] for r in rows[:3]] == ["0", "1", "2"]
+    assert incident_rows([], NOW) == []
+
+
+# ---------------------------------------------------------------------------- breaker log
+
+
+def test_a_transition_says_which_breaker_from_to_why_and_when() -> None:
+    row = transition_row(
+        {
+            "name": "websocket",
+            "from_state": "closed",
+            "to_state": "open",
+            "reason": "failure_threshold",
+            "at": iso(NOW),
+        },
+        NOW + 90,
+    )
+    assert (row["breaker"], row["from_word"], row["to_word"], row["tone"]) == (
+        "Market feed link",
+        "Closed",
+        "Open",
+        "red",
+    )
+    assert row["reason"] == "too many failures in a row"
+    assert (row["at"], row["ago"]) == ("15 Jan, 08:00:00 UTC", "1 min ago")
+    probe = transition_row(
+        {"name": "websocket", "from_state": "half_open", "to_state": "closed", "reason": "probe_succeeded", "at": ""},
+        NOW,
+    )
+    assert (probe["from_word"], probe["to_word"], probe["tone"], probe["reason"]) == (
+        "Half-open",
+        "Closed",
+        "grass",
+        "the test call succeeded",
+    )
+    assert probe["at"] == "unknown time"
+    odd = transition_row({"name": "x", "from_state": "weird", "to_state": "", "reason": "new_reason"}, NOW)
+    assert (odd["from_word"], odd["to_word"], odd["reason"]) == ("weird", "?", "new reason")
+
+
+def test_the_breaker_log_is_bounded() -> None:
+    row = {"name": "websocket", "from_state": "open", "to_state": "half_open", "reason": "recovery_timeout"}
+    assert len(transition_rows([row] * 50, NOW)) == history_logic.MAX_TRANSITION_ROWS
+
+
+# ---------------------------------------------------------------------------- when history cannot be read
+
+
+def test_history_state() -> None:
+    assert history_state(0, has_data=False) == "loading"
+    assert history_state(1, has_data=True) == "ready"
+    assert history_state(4, has_data=False) == "unavailable"
+
+
+def test_a_database_that_cannot_answer_is_said_calmly_without_internals() -> None:
+    assert unavailable_reason("the history database is unreachable") == "is not answering right now"
+    assert unavailable_reason("the history database did not answer within 10s") == "is not answering right now"
+    assert unavailable_reason("the history database is unusable: psycopg missing") == (
+        "is not set up correctly (operators: see /health/detailed)"
+    )
+    assert unavailable_reason("the history database is not available yet") == "is still starting"
+    assert unavailable_reason("the history database is not available yet (the history database is unreachable)") == (
+        "is not answering right now"
+    )
+    never = history_notice("the history database is unreachable", has_data=False, updated_at=None)
+    assert never.startswith("History is unavailable: the history database is not answering right now.")
+    assert "Live status above is not affected" in never
+    stale = history_notice("the history database is unreachable", has_data=True, updated_at=NOW)
+    assert stale.startswith("History may be out of date")
+    assert "08:00 UTC" in stale
+    assert history_notice("", has_data=True, updated_at=NOW) == ""
+
+
+# ---------------------------------------------------------------------------- when a page asks again
+
+
+def test_a_page_asks_after_a_status_change_at_most_every_10_s_and_just_after_the_latest_change() -> None:
+    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
+    schedule, ask = history_schedule(schedule, 2, 101.0, failing=False)  # a change, too soon after loading
+    assert ask is None and schedule.change_at == 101.0
+    schedule, ask = history_schedule(schedule, 3, 105.0, failing=False)  # another: the latest counts
+    assert ask is None and schedule.change_at == 105.0
+    schedule, ask = history_schedule(schedule, 3, 110.0, failing=False)
+    assert ask == 105.0 + history_logic.HISTORY_SETTLE_S
+    assert schedule == HistorySchedule(asked_at=110.0, seen_version=3, change_at=None)
+    schedule, ask = history_schedule(schedule, 3, 150.0, failing=False)  # nothing changed
+    assert ask is None
+
+
+def test_a_quiet_page_asks_once_a_minute_and_every_10_s_while_reads_fail() -> None:
+    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
+    assert history_schedule(schedule, 1, 159.0, failing=False)[1] is None
+    schedule, ask = history_schedule(schedule, 1, 160.0, failing=False)
+    assert ask == 100.0 and schedule.asked_at == 160.0  # any read from the last minute will do
+    schedule, ask = history_schedule(schedule, 1, 170.0, failing=True)
+    assert ask == 160.0

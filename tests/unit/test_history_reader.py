@@ -1,0 +1,234 @@
+"""The status pages' shared history reader: one paced read for many pages, calm failures.
+
+A fake store and a fake clock: no database, no sleeps (time moves only by ``advance``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from backend_core.clock import FakeClock
+from backend_core.store import StoreUnavailable
+from rxapp.history_reader import READ_GAP_S, SETTLE_S, HistoryReader
+
+
+@dataclass
+class FakeBreaker:
+    name: str
+    state: str = "closed"
+
+
+@dataclass
+class FakeBreakers:
+    items: list[FakeBreaker] = field(default_factory=lambda: [FakeBreaker("websocket")])
+
+    def snapshots(self) -> list[FakeBreaker]:
+        return self.items
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.running = 0
+        self.most_at_once = 0
+        self.fail: BaseException | None = None
+        self.hang = False
+        self.reachable: bool | None = True
+        self.incident_rows: list[dict[str, Any]] = [
+            {"id": "1", "component": "upstream", "kind": "upstream"},
+            {"id": "2", "component": "breaker:api:/api/v1/status", "kind": "breaker"},
+        ]
+
+    async def _enter(self, *call: Any) -> None:
+        self.calls.append(call)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(0)
+            if self.hang:
+                await asyncio.Event().wait()
+            if self.fail is not None:
+                raise self.fail
+        finally:
+            self.running -= 1
+
+    async def incidents(self, limit: int = 50, component: str | None = None) -> list[dict[str, Any]]:
+        await self._enter("incidents", limit)
+        return list(self.incident_rows)
+
+    async def transitions(self, limit: int = 100, name: str | None = None) -> list[dict[str, Any]]:
+        await self._enter("transitions", limit)
+        return [{"name": "websocket", "from_state": "closed", "to_state": "open", "reason": "failure_threshold"}]
+
+    async def history(self, component: str = "upstream", days: int = 90) -> dict[str, Any]:
+        await self._enter("history", component, days)
+        return {"component": component, "days": days, "uptime_pct": {}, "bars": []}
+
+
+@dataclass
+class FakeRuntime:
+    clock: FakeClock = field(default_factory=FakeClock)
+    store: FakeStore = field(default_factory=FakeStore)
+    breakers: FakeBreakers = field(default_factory=FakeBreakers)
+    status_version: int = 0
+    shutting_down: bool = False
+
+
+@pytest.fixture
+async def reader() -> AsyncIterator[HistoryReader]:
+    reader = HistoryReader(FakeRuntime(), timeout_s=0.05)  # type: ignore[arg-type]
+    try:
+        yield reader
+    finally:
+        await reader.stop()
+
+
+def runtime_of(reader: HistoryReader) -> FakeRuntime:
+    return reader._runtime  # type: ignore[return-value]
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_read_fetches_incidents_transitions_and_the_bars_of_each_component(reader: HistoryReader) -> None:
+    snapshot = await reader.read_once()
+    assert snapshot.version == 1 and snapshot.error == "" and snapshot.has_data
+    assert [c["component"] for c in snapshot.components] == [
+        "upstream",
+        "breaker:websocket",
+        "breaker:api:/api/v1/status",  # it had an incident
+    ]
+    assert [i["id"] for i in snapshot.incidents] == ["1", "2"]
+    assert len(snapshot.transitions) == 1
+    store = runtime_of(reader).store
+    assert ("incidents", 20) in store.calls and ("transitions", 20) in store.calls
+    assert ("history", "upstream", 90) in store.calls
+    # One query at a time: the page never holds more than one of the store's read slots.
+    assert store.most_at_once == 1
+
+
+async def test_a_failed_read_keeps_the_last_good_answer_and_says_why(reader: HistoryReader) -> None:
+    good = await reader.read_once()
+    runtime_of(reader).store.fail = StoreUnavailable("the history database is unreachable")
+    failed = await reader.read_once()
+    assert failed.version == good.version + 1
+    assert failed.error == "the history database is unreachable"
+    assert failed.has_data and failed.incidents == good.incidents and failed.read_at == good.read_at
+    runtime_of(reader).store.fail = None
+    again = await reader.read_once()
+    assert again.error == "" and again.version == failed.version + 1
+
+
+async def test_a_database_that_never_answered_leaves_no_data(reader: HistoryReader) -> None:
+    store = runtime_of(reader).store
+    store.fail, store.reachable = StoreUnavailable("the history database is not available yet"), None
+    snapshot = await reader.read_once()
+    assert not snapshot.has_data and snapshot.error == "the history database is not available yet"
+    store.reachable = False  # it was tried and did not answer: not merely starting
+    snapshot = await reader.read_once()
+    assert snapshot.error == "the history database is not available yet (the history database is unreachable)"
+
+
+async def test_a_hung_database_and_a_bug_are_bounded_and_never_raise(reader: HistoryReader) -> None:
+    runtime_of(reader).store.hang = True
+    assert (await reader.read_once()).error == "the history database did not answer in time"
+    runtime_of(reader).store.hang = False
+    runtime_of(reader).store.fail = RuntimeError("a bug")
+    assert (await reader.read_once()).error == "history could not be read"
+
+
+async def test_many_pages_asking_at_once_cost_one_read(reader: HistoryReader) -> None:
+    clock = runtime_of(reader).clock
+    for _ in range(20):
+        reader.request(clock.monotonic() - 10)
+    await settle()
+    assert reader.reads_total == 1
+    # Pages that load later and accept a read this recent cause none.
+    clock.advance(3)
+    reader.request(clock.monotonic() - 10)
+    await settle()
+    assert reader.reads_total == 1
+
+
+async def test_a_read_asked_for_just_after_a_change_waits_for_that_moment(reader: HistoryReader) -> None:
+    clock = runtime_of(reader).clock
+    change_at = clock.monotonic()
+    for _ in range(5):
+        reader.request(change_at + 0.5)
+    await settle()
+    assert reader.reads_total == 0
+    clock.advance(0.5)
+    await settle()
+    assert reader.reads_total == 1
+    reader.request(change_at + 0.5)  # served already
+    await settle()
+    assert reader.reads_total == 1
+
+
+async def test_a_recent_read_from_before_a_status_change_is_not_fresh(reader: HistoryReader) -> None:
+    runtime = runtime_of(reader)
+    reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
+    await settle()
+    assert reader.reads_total == 1
+    runtime.clock.advance(3)
+    reader.request(runtime.clock.monotonic() - 10, runtime.status_version)  # nothing changed
+    await settle()
+    assert reader.reads_total == 1
+    runtime.status_version += 1  # e.g. the feed recovered: the incident is no longer ongoing
+    for _ in range(20):  # every page that loads now asks; one read, just after the change
+        reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
+    await settle()
+    assert reader.reads_total == 1
+    runtime.clock.advance(SETTLE_S)
+    await settle()
+    assert reader.reads_total == 2
+    reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
+    await settle()
+    assert reader.reads_total == 2
+
+
+async def test_reads_are_paced_however_often_pages_ask(reader: HistoryReader) -> None:
+    clock = runtime_of(reader).clock
+    reader.request(clock.monotonic())
+    await settle()
+    assert reader.reads_total == 1
+    # A fresher read asked for right away waits for the gap; asks meanwhile join it.
+    for _ in range(4):
+        clock.advance(0.25)
+        reader.request(clock.monotonic())
+        await settle()
+    assert reader.reads_total == 1
+    clock.advance(READ_GAP_S)
+    await settle()
+    assert reader.reads_total == 2
+
+
+async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: HistoryReader) -> None:
+    clock = runtime_of(reader).clock
+    reader.request(clock.monotonic())
+    await settle()
+    task = reader._task
+    assert task is not None and not task.done()
+    await reader.stop()
+    assert task.done()
+    clock.advance(READ_GAP_S)
+    reader.request(clock.monotonic())  # a page's last loop turn while the app stops
+    assert reader._task is None
+    reader.start()  # a lifespan that starts again
+    reader.request(clock.monotonic())
+    await settle()
+    assert reader.reads_total == 2
+
+
+async def test_no_reads_start_while_the_app_shuts_down(reader: HistoryReader) -> None:
+    runtime_of(reader).shutting_down = True
+    reader.request(runtime_of(reader).clock.monotonic())
+    await settle()
+    assert reader.reads_total == 0 and reader._task is None
