@@ -92,8 +92,11 @@ MANUAL_RETRY_MIN_INTERVAL_S = 5.0
 # a backoff delay instead of at once, so a server that accepts and drops cannot make
 # the manager loop tightly.
 STABLE_SESSION_S = 10.0
-# RateLimit on a subscribe: retries per symbol per session, with doubling delays.
-SUBSCRIBE_RATE_LIMIT_RETRIES = 5
+# RateLimit or a transient backend error on a subscribe: retries in a row, with doubling
+# delays; after that the silent-stream watchdog asks again every few ping intervals.
+SUBSCRIBE_RETRIES = 5
+# Deriv's backend errors that say nothing about the request (deriv-protocol.md 1 and 4).
+TRANSIENT_SUBSCRIBE_ERRORS = frozenset({"RateLimit", "WrongResponse", "CallError", "Timeout"})
 # MarketIsClosed: look again this often (synthetic indices are open 24/7; others are not).
 MARKET_CLOSED_RECHECK_S = 300.0
 # A subscribed symbol silent for this many ping intervals while the link answers pings is
@@ -216,6 +219,7 @@ class _SymbolState:
     # Monotonic time of the last tick or of the subscription, for the silent-stream watchdog.
     last_activity: float = 0.0
     resubscribing: bool = False
+    subscribing: bool = False
     last_tick_at: float | None = None
     failed_code: str | None = None
     failed_reason: str | None = None
@@ -597,9 +601,16 @@ class DerivManager:
 
     async def _setup(self, ws: ClientConnection, permit: Permit, proven: asyncio.Event) -> None:
         """Prove the link with a round trip, re-authorize, re-subscribe everything."""
-        status = await self._request(ws, protocol.website_status(self._next_req_id(), subscribe=True))
-        if isinstance(status, protocol.WebsiteStatus):
-            self._on_site_status(status)
+        try:
+            status = await self._request(ws, protocol.website_status(self._next_req_id(), subscribe=True))
+        except DerivAPIError as exc:
+            # An error reply is still a reply: the link works end to end. The subscribes
+            # below handle their own errors; the planned-update notice is what is lost.
+            log.warning("website_status answered %s: %s", exc.code, exc.message)
+            self._record_error(ErrorInfo(exc.code, f"website_status failed: {exc.message}", 0))
+        else:
+            if isinstance(status, protocol.WebsiteStatus):
+                self._on_site_status(status)
         self._breaker.record_success(permit)
         proven.set()
         self._snap = replace(self._snap, last_error=None, planned_reconnect=False)
@@ -622,8 +633,24 @@ class DerivManager:
         await asyncio.gather(*(self._subscribe(ws, s) for s in self._symbols.values() if not s.permanent_failure))
 
     async def _subscribe(self, ws: ClientConnection, state: _SymbolState) -> None:
+        """Subscribe one symbol (with backfill when it has published before).
+
+        Each error is handled for what it means: InvalidSymbol is final for this symbol;
+        MarketIsClosed is asked again on a slow timer; RateLimit and Deriv's transient
+        backend errors back off and retry a bounded number of times, after which the
+        silent-stream watchdog tries again later, so a symbol is never given up on.
+        """
+        if state.subscribing:
+            return
+        state.subscribing = True
+        try:
+            await self._subscribe_attempts(ws, state)
+        finally:
+            state.subscribing = False
+
+    async def _subscribe_attempts(self, ws: ClientConnection, state: _SymbolState) -> None:
         delay = 1.0
-        for _ in range(SUBSCRIBE_RATE_LIMIT_RETRIES + 1):
+        for _ in range(SUBSCRIBE_RETRIES + 1):
             last = self._sequencer.last_epoch(state.symbol)
             req_id = self._next_req_id()
             if last is None:
@@ -637,8 +664,7 @@ class DerivManager:
                 await self._request(ws, payload)
             except DerivAPIError as exc:
                 if exc.code == "AlreadySubscribed":
-                    state.subscribed = True
-                    return
+                    break
                 if exc.code == "InvalidSymbol":
                     state.permanent_failure = True
                     self._mark_failed(state, exc.code, f"Deriv does not offer {state.symbol}: {exc.message}")
@@ -647,8 +673,13 @@ class DerivManager:
                     self._mark_failed(state, exc.code, f"The market for {state.symbol} is closed.")
                     await self._clock.sleep(MARKET_CLOSED_RECHECK_S)
                     continue
-                if exc.code == "RateLimit":
-                    self._mark_failed(state, exc.code, f"Rate limited while subscribing to {state.symbol}.")
+                if exc.code in TRANSIENT_SUBSCRIBE_ERRORS:
+                    reason = (
+                        f"Rate limited while subscribing to {state.symbol}; retrying."
+                        if exc.code == "RateLimit"
+                        else f"Deriv could not subscribe {state.symbol} ({exc.message}); retrying."
+                    )
+                    self._mark_failed(state, exc.code, reason)
                     await self._clock.sleep(delay)
                     delay = min(delay * 2, self._backoff_cap_s)
                     continue
@@ -656,14 +687,17 @@ class DerivManager:
                 return
             finally:
                 self._history_req.pop(req_id, None)
-            state.subscribed = True
-            state.last_activity = self._clock.monotonic()
-            state.failed_code = state.failed_reason = None
-            self._set_state(self._snap.state)
-            return
+            break
+        else:
+            return  # retries spent: the watchdog asks again after a quiet period
+        state.subscribed = True
+        state.last_activity = self._clock.monotonic()
+        state.failed_code = state.failed_reason = None
+        self._set_state(self._snap.state)
 
     def _mark_failed(self, state: _SymbolState, code: str, reason: str) -> None:
         state.subscribed = False
+        state.last_activity = self._clock.monotonic()
         state.failed_code, state.failed_reason = code, reason
         self._record_error(ErrorInfo(code, reason, 0))
         log.warning("symbol %s: %s (%s)", state.symbol, reason, code)
@@ -688,19 +722,25 @@ class DerivManager:
             self._revive_silent_streams(ws)
 
     def _revive_silent_streams(self, ws: ClientConnection) -> None:
-        """Re-subscribe symbols whose stream went silent on a link that still answers pings."""
+        """Re-subscribe symbols that went silent, or whose subscribe failed, on a live link."""
         now = self._clock.monotonic()
         for state in self._symbols.values():
-            if state.subscribed and not state.resubscribing and now - state.last_activity > self._stale_stream_s:
-                state.resubscribing = True
+            if state.permanent_failure or state.subscribing or state.resubscribing:
+                continue
+            if now - state.last_activity <= self._stale_stream_s:
+                continue
+            state.resubscribing = True
+            if state.subscribed:
                 log.warning(
                     "no tick for %s in %.0fs on a live link: re-subscribing", state.symbol, self._stale_stream_s
                 )
-                self._spawn(self._resubscribe(ws, state), f"deriv-resubscribe-{state.symbol}")
+            else:
+                log.info("asking again for %s (last attempt: %s)", state.symbol, state.failed_code)
+            self._spawn(self._resubscribe(ws, state), f"deriv-resubscribe-{state.symbol}")
 
     async def _resubscribe(self, ws: ClientConnection, state: _SymbolState) -> None:
         try:
-            if state.subscription_id is not None:
+            if state.subscribed and state.subscription_id is not None:
                 with contextlib.suppress(UpstreamError):
                     await self._request(ws, protocol.forget(state.subscription_id, self._next_req_id()))
             state.subscribed = False

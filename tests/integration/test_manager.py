@@ -216,15 +216,22 @@ async def test_paused_feed_keeps_the_link_and_resumes_without_reconnecting() -> 
         assert_no_gap_no_duplicate(recorder, sim)
 
 
-async def test_rate_limited_subscription_backs_off_and_subscribes() -> None:
+@pytest.mark.parametrize("code", ["RateLimit", "WrongResponse"])
+async def test_transient_errors_on_subscribe_back_off_and_subscribe(code: str) -> None:
     async with running() as (manager, sim, recorder, _):
         await wait_live(recorder, manager)
-        sim.inject_error("RateLimit", count=2)
+        history_before = sim.stats().requests_by_type.get("ticks_history", 0)
+        # The next three requests fail: the probe after the reconnect and two subscribes.
+        sim.inject_error(code, count=3)
         await sim.drop_all()
         await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
         await wait_live(recorder, manager)
-        assert all(s.subscribed for s in manager.snapshot().symbols)
-        assert manager.stats()["errors_by_code"].get("RateLimit", 0) >= 1
+        await recorder.wait_for(lambda: all(s.subscribed for s in manager.snapshot().symbols))
+        assert all(s.failed_code is None for s in manager.snapshot().symbols)
+        assert manager.stats()["errors_by_code"].get(code, 0) == 3
+        # Both symbols re-subscribed once, plus one retry per failed subscribe.
+        assert sim.stats().requests_by_type.get("ticks_history", 0) - history_before == len(SYMBOLS) + 2
+        assert manager.snapshot().reconnect_count == 1, "an error reply must not cost the link"
         assert_no_gap_no_duplicate(recorder, sim)
 
 
