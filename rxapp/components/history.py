@@ -211,39 +211,50 @@ def _incident(row: Any) -> rx.Component:
     )
 
 
-def incidents_panel() -> rx.Component:
+def _list_panel(
+    *,
+    anchor: str,
+    title: str,
+    icon: str,
+    caption: str,
+    what: str,
+    rows: Any,
+    item: Any,
+    empty: rx.Component,
+) -> rx.Component:
+    """A history list card: loading, unavailable, the rows newest first, or an empty state."""
     return rx.el.section(
         card(
-            section_heading(
-                "Incidents",
-                "history",
-                rx.text(f"newest first, the last {history_logic.MAX_INCIDENT_ROWS}", **styles.small_muted),
-                heading_id="incidents-heading",
-            ),
+            section_heading(title, icon, rx.text(caption, **styles.small_muted), heading_id=f"{anchor}-heading"),
             rx.match(
                 StatusState.history_state,
-                ("loading", _loading("Loading incidents…")),
-                ("unavailable", _loading("The incident list is not available right now.")),
-                rx.cond(
-                    StatusState.incident_rows.length() > 0,
-                    rx.el.ol(rx.foreach(StatusState.incident_rows, _incident), **styles.history_list),
-                    rx.hstack(
-                        rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
-                        rx.text(
-                            f"No incidents in the last {history_logic.HISTORY_DAYS} days.",
-                            size="2",
-                            id="incidents-empty",
-                        ),
-                        spacing="2",
-                        align="center",
-                        padding_y="0.5rem",
-                    ),
-                ),
+                ("loading", _loading(f"Loading {what}…")),
+                ("unavailable", _loading(f"{what[0].upper()}{what[1:]} is not available right now.")),
+                rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty),
             ),
         ),
-        id="incidents",
-        aria_labelledby="incidents-heading",
+        id=anchor,
+        aria_labelledby=f"{anchor}-heading",
         width="100%",
+    )
+
+
+def incidents_panel() -> rx.Component:
+    return _list_panel(
+        anchor="incidents",
+        title="Incidents",
+        icon="history",
+        caption=f"newest first, the last {history_logic.MAX_INCIDENT_ROWS}",
+        what="the incident list",
+        rows=StatusState.incident_rows,
+        item=_incident,
+        empty=rx.hstack(
+            rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
+            rx.text(f"No incidents in the last {history_logic.HISTORY_DAYS} days.", size="2", id="incidents-empty"),
+            spacing="2",
+            align="center",
+            padding_y="0.5rem",
+        ),
     )
 
 
@@ -275,33 +286,20 @@ def _transition(row: Any) -> rx.Component:
 
 
 def transitions_panel() -> rx.Component:
-    return rx.el.section(
-        card(
-            section_heading(
-                "Circuit breaker log",
-                "scroll-text",
-                rx.text(f"newest first, the last {history_logic.MAX_TRANSITION_ROWS}", **styles.small_muted),
-                heading_id="transitions-heading",
-            ),
-            rx.match(
-                StatusState.history_state,
-                ("loading", _loading("Loading the circuit breaker log…")),
-                ("unavailable", _loading("The circuit breaker log is not available right now.")),
-                rx.cond(
-                    StatusState.transition_rows.length() > 0,
-                    rx.el.ol(rx.foreach(StatusState.transition_rows, _transition), **styles.history_list),
-                    rx.text(
-                        f"No circuit breaker changes in the last {history_logic.HISTORY_DAYS} days.",
-                        size="2",
-                        padding_y="0.5rem",
-                        id="transitions-empty",
-                    ),
-                ),
-            ),
+    return _list_panel(
+        anchor="transitions",
+        title="Circuit breaker log",
+        icon="scroll-text",
+        caption=f"newest first, the last {history_logic.MAX_TRANSITION_ROWS}",
+        what="the circuit breaker log",
+        rows=StatusState.transition_rows,
+        item=_transition,
+        empty=rx.text(
+            f"No circuit breaker changes in the last {history_logic.HISTORY_DAYS} days.",
+            size="2",
+            padding_y="0.5rem",
+            id="transitions-empty",
         ),
-        id="transitions",
-        aria_labelledby="transitions-heading",
-        width="100%",
     )
 
 
