@@ -1,0 +1,45 @@
+"""Status pages share health runs: Runtime.health_report(max_age_s) reuses a recent report."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from backend_core.clock import FakeClock
+from backend_core.config import load_settings
+from backend_core.health import HealthReport
+from backend_core.runtime import Runtime
+
+
+def make_runtime(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
+    clock = FakeClock()
+    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/h.db"}), clock=clock, configure_logs=False)
+    runs: list[int] = []
+    real_run = runtime.health.run
+
+    async def counting_run() -> HealthReport:
+        runs.append(1)
+        await asyncio.sleep(0)  # let concurrent callers arrive while this run is in flight
+        return await real_run()
+
+    runtime.health.run = counting_run  # type: ignore[method-assign]
+    return runtime, clock, runs
+
+
+async def test_pages_share_one_run_and_reuse_a_recent_report(tmp_path: Path) -> None:
+    runtime, clock, runs = make_runtime(tmp_path)
+    reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
+    assert len(runs) == 1
+    assert all(r is reports[0] for r in reports)
+    clock.advance(0.5)
+    assert await runtime.health_report(max_age_s=1.0) is reports[0]
+    clock.advance(0.6)
+    await runtime.health_report(max_age_s=1.0)
+    assert len(runs) == 2
+
+
+async def test_http_health_routes_always_get_a_fresh_report(tmp_path: Path) -> None:
+    runtime, clock, runs = make_runtime(tmp_path)
+    await runtime.health_report()
+    await runtime.health_report()
+    assert len(runs) == 2
