@@ -3,12 +3,16 @@
 What is sent
 ============
 
-The same incidents as the history (:class:`backend_core.store.IncidentTracker`, run here
-as a private instance so alerts never depend on the database):
+The same incidents as the history: the Runtime's :class:`backend_core.store.IncidentFeed`
+hands both the same events (alerts never depend on the database being up):
 
 - ``breaker_opened`` / ``breaker_closed`` as soon as a circuit breaker opens / closes;
 - ``upstream_down`` once the upstream link has been down for ``ALERT_AFTER_SECONDS``
   (a shorter outage sends nothing at all), and ``upstream_recovered`` when it is back.
+
+When the service stops, every incident that fired is resolved with ``"recovered": false``
+and the recovery "not recovered: the service stopped", so a receiver never keeps a page
+open for a process that is gone.
 
 De-duplication is by construction: each incident fires at most once and resolves at most
 once, and only an incident that fired can resolve. Every POST carries an
@@ -27,7 +31,7 @@ Body (``application/json``)::
 How it never blocks anything
 ============================
 
-``record_*`` are synchronous: the pure step (:class:`AlertDecider`) runs and any alert is
+``record_incidents`` is synchronous: the pure step (:class:`AlertDecider`) runs and any alert is
 appended to a bounded queue (oldest dropped and counted when full). One sender task posts
 them in order with :class:`httpx.AsyncClient` (connect and total timeouts), retrying
 network errors, 408/425/429 and 5xx with capped exponential backoff and jitter (tenacity;
@@ -45,7 +49,7 @@ import json
 import logging
 import socket
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -54,18 +58,16 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from backend_core import __version__
 from backend_core.clock import Clock, iso_utc
-from backend_core.events import UpstreamSnapshot
 from backend_core.health import CheckResult
 from backend_core.store import (
     MAX_COMPONENTS,
+    NOT_RECOVERED,
     IncidentClosed,
     IncidentEvent,
     IncidentOpened,
-    IncidentTracker,
 )
 
 if TYPE_CHECKING:
-    from backend_core.breakers import Transition
     from backend_core.config import Settings
 
 log = logging.getLogger("backend_core.alerts")
@@ -124,11 +126,19 @@ class Alert:
                 incident.message if incident.planned else f"{incident.error_code or incident.cause}: {incident.message}"
             )
             return f"Market data feed down for {took} ({reason})"
-        if self.event == "upstream_recovered":
-            return f"Market data feed back after {took} ({self.recovery})"
         if self.event == "breaker_opened":
             return f"Circuit breaker '{name}' opened ({incident.message})"
-        return f"Circuit breaker '{name}' closed after {took} ({self.recovery})"
+        what = "Market data feed" if self.event == "upstream_recovered" else f"Circuit breaker '{name}'"
+        if not self.recovered:  # the service stopped while it was still down
+            return f"{what}: no longer watched after {took} ({self.recovery})"
+        if self.event == "upstream_recovered":
+            return f"{what} back after {took} ({self.recovery})"
+        return f"{what} closed after {took} ({self.recovery})"
+
+    @property
+    def recovered(self) -> bool | None:
+        """For a resolved alert: did it recover (``False``: the service stopped first)."""
+        return None if self.recovery is None else not self.recovery.startswith(NOT_RECOVERED)
 
     def payload(self, *, instance: str, sent_at: float) -> dict[str, Any]:
         incident = self.incident
@@ -150,7 +160,7 @@ class Alert:
             "ended_at": iso_utc(self.ended_at),
             "duration_s": round(max(0.0, end - incident.started_at), 1),
             "recovery": self.recovery,
-            "recovered": None if self.recovery is None else not self.recovery.startswith("not recovered"),
+            "recovered": self.recovered,
             "attempts": self.attempts,
             "sent_at": iso_utc(sent_at),
         }
@@ -316,7 +326,6 @@ class AlertService:
         self._retry_max_s = retry_max_s
         self._give_up_after_s = give_up_after_s
         self._timeout_s = timeout_s
-        self._tracker = IncidentTracker()
         self._decider = AlertDecider(settings.ALERT_AFTER_SECONDS)
         self._queue: deque[Alert] = deque(maxlen=queue_size)
         self._queue_size = queue_size
@@ -341,33 +350,13 @@ class AlertService:
 
     # ------------------------------------------------------------------ producers (never wait)
 
-    def record_status(self, snapshot: UpstreamSnapshot) -> None:
+    def record_incidents(self, events: Sequence[IncidentEvent]) -> None:
+        """Incidents opened or closed (an :class:`~backend_core.store.IncidentFeed` subscriber)."""
         if self.enabled:
             try:
-                self._feed(self._tracker.upstream(snapshot, self._clock.wall()))
-            except Exception:
-                self._fault("record_status")
-
-    def record_transition(self, transition: Transition) -> None:
-        if self.enabled:
-            try:
-                events = self._tracker.transition(
-                    transition.name,
-                    str(transition.from_state),
-                    str(transition.to_state),
-                    transition.reason,
-                    self._clock.wall(),
-                )
                 self._feed(events)
             except Exception:
-                self._fault("record_transition")
-
-    def record_manual_retry(self) -> None:
-        if self.enabled:
-            try:
-                self._tracker.manual_retry(self._clock.wall())
-            except Exception:
-                self._fault("record_manual_retry")
+                self._fault("record_incidents")
 
     def _fault(self, what: str) -> None:
         # A bug here must never reach the caller (the runtime's status task, a breaker).

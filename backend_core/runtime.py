@@ -40,7 +40,7 @@ from backend_core.hub import Closed, Dropped, InMemoryHub
 from backend_core.logs import configure_logging
 from backend_core.metrics import Metrics
 from backend_core.relay import Relay
-from backend_core.store import Store
+from backend_core.store import IncidentFeed, Store
 
 log = logging.getLogger("backend_core.runtime")
 
@@ -96,6 +96,10 @@ class Runtime:
         # History and alerts: their record_* calls never wait (bounded queues, own tasks).
         self.store = Store(settings, self.clock)
         self.alerts = AlertService(settings, self.clock)
+        # One incident tracker for both: the history and the alerts see the same incidents.
+        self.incidents = IncidentFeed(self.clock)
+        self.incidents.subscribe(self.store.record_incidents)
+        self.incidents.subscribe(self.alerts.record_incidents)
         self.metrics = Metrics(self)
         self.health = HealthService(
             {
@@ -124,7 +128,7 @@ class Runtime:
         self._changed = asyncio.Event()
         self.breakers.add_listener(self._on_transition)
         self.breakers.add_listener(self.store.record_transition)
-        self.breakers.add_listener(self.alerts.record_transition)
+        self.breakers.add_listener(self.incidents.transition)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,6 +158,7 @@ class Runtime:
             simulated=self.simulator is not None,
         )
         await self.loop_lag.start()
+        self.incidents.reset()  # a start after a stop begins with nothing open
         # Bounded: waits for the schema at most START_SCHEMA_TIMEOUT_S; a database that is
         # down does not stop the start (health shows it as warn, events wait in the queue).
         await self.store.start()
@@ -238,8 +243,8 @@ class Runtime:
             await asyncio.gather(task, return_exceptions=True)
         final = self.manager.snapshot() if self.manager is not None else None
         if final is not None:  # the STOPPED snapshot may still sit in the status queue
-            self.store.record_status(final)
-            self.alerts.record_status(final)
+            self._record_status(final)
+        self.incidents.close_all()  # breaker incidents still open end with the service
         await self.alerts.stop()  # bounded: ALERT_STOP_TIMEOUT_S
         await self.store.stop()  # bounded: STOP_FLUSH_TIMEOUT_S
         self.hub.close()
@@ -258,13 +263,15 @@ class Runtime:
                 # A status change may be among the dropped events: record the current one.
                 current = self.hub.status()
                 if current is not None:
-                    self.store.record_status(current)
-                    self.alerts.record_status(current)
+                    self._record_status(current)
             if isinstance(event, UpstreamSnapshot):
-                self.store.record_status(event)
-                self.alerts.record_status(event)
+                self._record_status(event)
                 self._track_outage(event)
                 self._signal_change()
+
+    def _record_status(self, snapshot: UpstreamSnapshot) -> None:
+        self.store.record_status(snapshot)  # uptime samples
+        self.incidents.status(snapshot)  # incidents, to the history and the alerts
 
     def _signal_change(self) -> None:
         self.status_version += 1
@@ -407,8 +414,7 @@ class Runtime:
             return RetryOutcome("stopped", "The service is not running.")
         outcome = self.manager.retry_now()
         if outcome.status == "started":
-            self.store.record_manual_retry()
-            self.alerts.record_manual_retry()
+            self.incidents.manual_retry()
         return outcome
 
     async def health_report(self, max_age_s: float = 0.0) -> HealthReport:

@@ -4,8 +4,10 @@ Pure core, thin I/O shell (DESIGN.md rule 2):
 
 - :class:`IncidentTracker` turns the stream of :class:`~backend_core.events.UpstreamSnapshot`
   values and breaker transitions into :class:`IncidentOpened` / :class:`IncidentClosed`
-  events. It takes the time as an argument and touches nothing else; the alerts module
-  runs its own instance, so an alert always means exactly what an incident means here.
+  events. It takes the time as an argument and touches nothing else.
+- :class:`IncidentFeed` is the service's one tracker (the Runtime owns it): it feeds every
+  incident event to each subscriber, the history (:meth:`Store.record_incidents`) and the
+  alerts, so the tracking runs once and an alert means exactly what an incident means here.
 - :class:`MinuteSampler` integrates each component's status over UTC minutes: per minute
   the worst status seen, the seconds observed and the seconds down (enough to draw uptime
   bars and compute uptime percentages exactly, not by whole minutes).
@@ -144,8 +146,9 @@ BREAKER_PREFIX: Final = "breaker:"
 
 RECOVERY_MANUAL: Final = "manual retry"
 RECOVERY_PROBE: Final = "breaker probe"
-RECOVERY_STOPPED: Final = "not recovered: the service stopped"
-RECOVERY_RESTARTED: Final = "not recovered: the service restarted"
+NOT_RECOVERED: Final = "not recovered"
+RECOVERY_STOPPED: Final = f"{NOT_RECOVERED}: the service stopped"
+RECOVERY_RESTARTED: Final = f"{NOT_RECOVERED}: the service restarted"
 CAUSE_PLANNED: Final = "planned maintenance"
 
 SampleStatus: TypeAlias = Literal["up", "maintenance", "degraded", "down"]
@@ -502,6 +505,100 @@ class IncidentTracker:
             closed.append(IncidentClosed(opened, now, recovery))
         self._breakers.clear()
         return closed
+
+
+IncidentSink: TypeAlias = Callable[[Sequence[IncidentEvent]], None]
+
+
+class IncidentFeed:
+    """The service's one :class:`IncidentTracker`; every event it makes goes to each subscriber.
+
+    Owned by the Runtime: status snapshots, breaker transitions and manual retries go in
+    once, and history and alerts subscribe to the same incidents. The calls are
+    synchronous and never raise: a failing step or subscriber loses that event for that
+    subscriber only, which is counted (``faults``) and logged at most once a minute, so
+    the caller (the runtime's status task, a breaker's listener) never sees it.
+    """
+
+    def __init__(self, clock: Clock, *, new_key: Callable[[], str] = _new_key, max_open: int = MAX_COMPONENTS) -> None:
+        self._clock = clock
+        self._new_key = new_key
+        self._max_open = max_open
+        self._tracker = IncidentTracker(new_key=new_key, max_open=max_open)
+        self._sinks: list[IncidentSink] = []
+        self.faults = 0
+        self._last_fault_log: float | None = None
+
+    def subscribe(self, sink: IncidentSink) -> None:
+        self._sinks.append(sink)
+
+    def reset(self) -> None:
+        """Forget everything tracked (a new run of the service)."""
+        self._tracker = IncidentTracker(new_key=self._new_key, max_open=self._max_open)
+
+    @property
+    def open_incidents(self) -> list[IncidentOpened]:
+        return self._tracker.open_incidents
+
+    @property
+    def ignored_breaker_incidents(self) -> int:
+        return self._tracker.ignored_breaker_incidents
+
+    def status(self, snapshot: UpstreamSnapshot) -> None:
+        """An upstream status snapshot (from the hub's status stream)."""
+        try:
+            events = self._tracker.upstream(snapshot, self._clock.wall())
+        except Exception:
+            self._fault("status")
+        else:
+            self._publish(events)
+
+    def transition(self, transition: Transition) -> None:
+        """A breaker transition (a ``BreakerRegistry`` listener)."""
+        try:
+            events = self._tracker.transition(
+                transition.name,
+                str(transition.from_state),
+                str(transition.to_state),
+                transition.reason,
+                self._clock.wall(),
+            )
+        except Exception:
+            self._fault("transition")
+        else:
+            self._publish(events)
+
+    def manual_retry(self) -> None:
+        """A user's retry was started (so a recovery that follows is credited to it)."""
+        try:
+            self._tracker.manual_retry(self._clock.wall())
+        except Exception:
+            self._fault("manual_retry")
+
+    def close_all(self, recovery: str = RECOVERY_STOPPED) -> None:
+        """Close every open incident (the service is stopping)."""
+        try:
+            events = self._tracker.close_all(self._clock.wall(), recovery)
+        except Exception:
+            self._fault("close_all")
+        else:
+            self._publish(events)
+
+    def _publish(self, events: Sequence[IncidentEvent]) -> None:
+        if not events:
+            return
+        for sink in self._sinks:
+            try:
+                sink(events)
+            except Exception:
+                self._fault(f"subscriber {getattr(sink, '__qualname__', sink)!s}")
+
+    def _fault(self, what: str) -> None:
+        self.faults += 1
+        now = self._clock.monotonic()
+        if self._last_fault_log is None or now - self._last_fault_log >= DROP_LOG_INTERVAL_S:
+            self._last_fault_log = now
+            log.exception("incidents: %s failed; the event is lost (%d so far)", what, self.faults)
 
 
 def _count_attempt(outage: _UpstreamOutage, attempt: int) -> None:
@@ -873,8 +970,9 @@ class _Counters:
 class Store:
     """The history store: owned, started and stopped by the Runtime.
 
-    ``record_status``, ``record_transition``, ``record_breaker_state`` and
-    ``record_manual_retry`` are synchronous and never wait; queries are coroutines that
+    ``record_status`` and ``record_breaker_state`` (uptime samples), ``record_transition``
+    (the breaker log and samples) and ``record_incidents`` (from the Runtime's
+    :class:`IncidentFeed`) are synchronous and never wait; queries are coroutines that
     run in the store's threads and raise :class:`StoreUnavailable` when the database
     cannot answer.
     """
@@ -911,8 +1009,6 @@ class Store:
         self._prune_interval_s = prune_interval_s
         self._start_timeout_s = start_timeout_s
         self._new_key = new_key
-
-        self._tracker = IncidentTracker(new_key=new_key)
         self._sampler = MinuteSampler()
         self._records: deque[Record] = deque()
         self._samples: deque[MinuteSample] = deque()
@@ -953,8 +1049,6 @@ class Store:
         """An upstream status event (from the hub's status stream)."""
         try:
             now = self._clock.wall()
-            for incident in self._tracker.upstream(snapshot, now):
-                self._put_record(incident)
             sample = upstream_sample_status(snapshot)
             if sample is None:
                 self._put_samples(self._sampler.forget(UPSTREAM, now))
@@ -978,8 +1072,6 @@ class Store:
                     at=transition.at_wall,
                 )
             )
-            for incident in self._tracker.transition(transition.name, from_state, to_state, transition.reason, now):
-                self._put_record(incident)
             state, status = breaker_sample_status(to_state)
             self._put_samples(self._sampler.observe(breaker_component(transition.name), state, status, now))
         except Exception:
@@ -994,12 +1086,13 @@ class Store:
         except Exception:
             self._fault("record_breaker_state")
 
-    def record_manual_retry(self) -> None:
-        """A user's retry was started (so a recovery that follows is credited to it)."""
+    def record_incidents(self, events: Sequence[IncidentEvent]) -> None:
+        """Incidents opened or closed (an :class:`IncidentFeed` subscriber)."""
         try:
-            self._tracker.manual_retry(self._clock.wall())
+            for event in events:
+                self._put_record(event)
         except Exception:
-            self._fault("record_manual_retry")
+            self._fault("record_incidents")
 
     def _fault(self, what: str) -> None:
         # A bug here must never reach the caller (the runtime's status task, a breaker):
@@ -1050,7 +1143,6 @@ class Store:
         if self._stopped:
             # Started again after a stop (a lifespan restart): a clean slate, same counters.
             self._new_run()
-            self._tracker = IncidentTracker(new_key=self._new_key)
             self._sampler = MinuteSampler()
         self._started = True
         self._executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_QUERIES + 1, thread_name_prefix="store")
@@ -1074,12 +1166,14 @@ class Store:
             log.warning("history database not ready at start (%s); continuing without it", self.last_error)
 
     async def stop(self, timeout_s: float = STOP_FLUSH_TIMEOUT_S) -> None:
-        """Close open incidents, flush the queue within ``timeout_s``, stop every task."""
+        """Flush the queue within ``timeout_s``, stop every task.
+
+        Open incidents are closed by whoever feeds them (the Runtime closes its
+        :class:`IncidentFeed` before this); any left open are closed at the next start.
+        """
         if self._stopped:
             return
         now = self._clock.wall()
-        for closed in self._tracker.close_all(now, RECOVERY_STOPPED):
-            self._put_record(closed)
         self._put_samples(self._sampler.finish(now))
         self._stopping = True
         self._stopped = True
@@ -1598,7 +1692,6 @@ class Store:
             "faults_total": c.faults,
             "write_failures_total": c.write_failures,
             "pruned_rows_total": c.pruned,
-            "open_incidents": len(self._tracker.open_incidents),
             "retention_days": self.retention_days,
         }
 
@@ -1683,6 +1776,7 @@ __all__ = [
     "Incident",
     "IncidentClosed",
     "IncidentEvent",
+    "IncidentFeed",
     "IncidentOpened",
     "IncidentTracker",
     "MinuteSample",

@@ -18,6 +18,7 @@ from backend_core.breakers import BreakerState, Transition
 from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+from backend_core.store import IncidentFeed
 
 # Every wait here is bounded by this.
 DELIVERY_TIMEOUT_S = 10.0
@@ -82,6 +83,13 @@ async def start_service(
     return service
 
 
+def fed(service: AlertService) -> IncidentFeed:
+    """The Runtime's wiring: one incident feed whose events reach the alerts."""
+    feed = IncidentFeed(SystemClock())
+    feed.subscribe(service.record_incidents)
+    return feed
+
+
 async def stop_service(service: AlertService) -> None:
     await service.stop()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("alerts-")], "an alerts task was left"
@@ -90,12 +98,13 @@ async def stop_service(service: AlertService) -> None:
 async def test_breaker_alerts_are_delivered_once_each(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver()
     service = await start_service(asgi_server, receiver)
+    feed = fed(service)
     try:
-        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
-        service.record_transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
-        service.record_transition(breaker(BreakerState.OPEN, "probe_failed", BreakerState.HALF_OPEN))
-        service.record_transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
-        service.record_transition(breaker(BreakerState.CLOSED, "probe_succeeded", BreakerState.HALF_OPEN))
+        feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        feed.transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
+        feed.transition(breaker(BreakerState.OPEN, "probe_failed", BreakerState.HALF_OPEN))
+        feed.transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
+        feed.transition(breaker(BreakerState.CLOSED, "probe_succeeded", BreakerState.HALF_OPEN))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         assert [(b["event"], b["status"], b["component"]) for b in receiver.accepted] == [
             ("breaker_opened", "firing", "breaker:websocket"),
@@ -109,8 +118,9 @@ async def test_breaker_alerts_are_delivered_once_each(asgi_server: Callable[...,
 async def test_a_failing_receiver_gets_the_alert_after_retries(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver(fail_first=3)
     service = await start_service(asgi_server, receiver)
+    feed = fed(service)
     try:
-        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         assert len(receiver.attempts) == 4 and len(receiver.accepted) == 1
         assert len({key for key, _ in receiver.attempts}) == 1, "retries repeat the idempotency key"
@@ -124,9 +134,10 @@ async def test_a_failing_receiver_gets_the_alert_after_retries(asgi_server: Call
 async def test_a_hanging_receiver_times_out_and_is_retried(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver(fail_first=1, hang_s=1.5)
     service = await start_service(asgi_server, receiver, timeout_s=0.3)
+    feed = fed(service)
     try:
         started = time.perf_counter()
-        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert time.perf_counter() - started < 0.05, "recording never waits for the receiver"
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         assert len(receiver.accepted) == 1 and time.perf_counter() - started < 1.5, "the hung POST was abandoned"
@@ -140,21 +151,22 @@ async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
 ) -> None:
     receiver = Receiver()
     service = await start_service(asgi_server, receiver, after_s="0.3")
+    feed = fed(service)
     try:
-        service.record_status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.CONNECTED))
         # A short outage: nothing is sent, ever.
-        service.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
+        feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
         await asyncio.sleep(0.1)
-        service.record_status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.CONNECTED))
         await asyncio.sleep(0.5)
         assert receiver.attempts == []
         # A long one: one alert when the delay passes, one when it is back.
-        service.record_status(snap(LinkState.RECONNECTING, "HeartbeatTimeout"))
+        feed.status(snap(LinkState.RECONNECTING, "HeartbeatTimeout"))
         for attempt in (1, 2, 3):
-            service.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused", attempt))
+            feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused", attempt))
         await until(lambda: bool(receiver.accepted), "the upstream_down alert")
-        service.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused", 1))
-        service.record_status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused", 1))
+        feed.status(snap(LinkState.CONNECTED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         firing, resolved = receiver.accepted
         assert (firing["event"], firing["error_code"], firing["cause"]) == (
@@ -174,8 +186,9 @@ async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
 async def test_a_refusing_receiver_is_not_retried(asgi_server: Callable[..., Awaitable[Any]], status: int) -> None:
     receiver = Receiver(fail_first=100, fail_status=status)
     service = await start_service(asgi_server, receiver)
+    feed = fed(service)
     try:
-        service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+        feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         await asyncio.sleep(0.3)
         assert len(receiver.attempts) == 1
@@ -188,7 +201,8 @@ async def test_a_refusing_receiver_is_not_retried(asgi_server: Callable[..., Awa
 async def test_stop_is_bounded_while_the_receiver_is_down(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver(fail_first=10_000)
     service = await start_service(asgi_server, receiver)
-    service.record_transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
+    feed = fed(service)
+    feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
     await until(lambda: len(receiver.attempts) >= 2, "two failed deliveries")
     started = time.perf_counter()
     await stop_service(service)

@@ -21,6 +21,7 @@ from backend_core.config import load_settings
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
 from tests.integration.conftest import ServedApp
+from tests.integration.test_alerts import Receiver
 
 ADMIN = "admin-token-0123456789"
 WAIT_S = 15.0
@@ -242,3 +243,39 @@ async def test_no_output_leaks_secrets(asgi_server: Callable[..., Awaitable[Serv
             text = (await client.get(path)).text
             assert "simulator-demo-token" not in text and ADMIN not in text, path
             assert "Traceback" not in text
+
+
+async def test_alerts_and_history_tell_of_the_same_incidents(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    receiver = Receiver()
+    hook = await asgi_server(receiver.app())
+    env = {"ALERT_WEBHOOK_URL": f"{hook.http_url}/hook", "ALERT_AFTER_SECONDS": "0"}
+    async with serve_runtime(asgi_server, **env) as (runtime, client):
+        await until(live(runtime))
+        sim = runtime.simulator
+        assert sim is not None
+        sim.refuse_connections(60)
+        await sim.drop_all()
+        await until(lambda: any(a["event"] == "upstream_down" for a in receiver.accepted))
+        sim.refuse_connections(0)
+        runtime.retry_now()
+        await until(live(runtime))
+        await until(lambda: any(a["event"] == "upstream_recovered" for a in receiver.accepted))
+        assert await runtime.alerts.wait_idle(WAIT_S) and await runtime.store.wait_idle(WAIT_S)
+        incidents = {i["id"]: i for i in (await client.get("/api/v1/incidents")).json()["incidents"]}
+        assert runtime.incidents.open_incidents == []
+    # One tracker feeds both: each alert is about an incident the history lists, told alike.
+    alerts = receiver.accepted
+    assert alerts and {a["incident_id"] for a in alerts} <= set(incidents)
+    for alert in alerts:
+        incident = incidents[alert["incident_id"]]
+        assert (alert["component"], alert["cause"], alert["error_code"]) == (
+            incident["component"],
+            incident["cause"],
+            incident["error_code"],
+        )
+        assert alert["started_at"] == incident["started_at"]
+        if alert["status"] == "resolved":
+            assert (alert["recovery"], alert["ended_at"]) == (incident["recovery"], incident["ended_at"])
+    upstream = [a for a in alerts if a["component"] == "upstream"]
+    assert [a["event"] for a in upstream] == ["upstream_down", "upstream_recovered"]
+    assert upstream[0]["error_code"] == "ConnectionLost"  # the drop opened it

@@ -17,10 +17,10 @@ from backend_core.alerts import (
     retry_after_seconds,
 )
 from backend_core.breakers import BreakerState, Transition
-from backend_core.clock import FakeClock
+from backend_core.clock import Clock, FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
-from backend_core.store import IncidentClosed, IncidentOpened
+from backend_core.store import RECOVERY_STOPPED, IncidentClosed, IncidentFeed, IncidentOpened
 
 WALL = 1_700_000_000.0
 URL = "https://hooks.example.test/services/T000/B000/sekrit"
@@ -175,6 +175,13 @@ def service(clock: FakeClock, hook: Hook, after_s: str = "60", **kwargs: Any) ->
     return AlertService(settings, clock, transport=httpx.MockTransport(hook), instance="test", **kwargs)
 
 
+def fed(alerts: AlertService, clock: Clock) -> IncidentFeed:
+    """The Runtime's wiring: one incident feed whose events reach the alerts."""
+    feed = IncidentFeed(clock)
+    feed.subscribe(alerts.record_incidents)
+    return feed
+
+
 async def settle() -> None:
     for _ in range(50):
         await asyncio.sleep(0)
@@ -184,23 +191,24 @@ async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> 
     clock = FakeClock(start_wall=WALL)
     hook = Hook()
     alerts = service(clock, hook)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
-        alerts.record_status(snap(LinkState.CONNECTED))
-        alerts.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
+        feed.status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
         await settle()
         clock.advance(59)
         await settle()
         assert hook.requests == []
-        alerts.record_status(snap(LinkState.RECONNECTING, "ConnectionRefused"))
+        feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused"))
         clock.advance(1)
         await settle()
         assert await alerts.wait_idle(5)
         assert [b["event"] for b in hook.bodies()] == ["upstream_down"]
         clock.advance(600)
-        alerts.record_status(snap(LinkState.CIRCUIT_OPEN, "ConnectionRefused"))
+        feed.status(snap(LinkState.CIRCUIT_OPEN, "ConnectionRefused"))
         await settle()
-        alerts.record_status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.CONNECTED))
         assert await alerts.wait_idle(5)
         bodies = hook.bodies()
         assert [(b["event"], b["status"]) for b in bodies] == [
@@ -222,6 +230,7 @@ async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() ->
     clock = FakeClock(start_wall=WALL)
     hook = Hook()
     alerts = service(clock, hook)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
         for previous, state, reason in [
@@ -231,7 +240,7 @@ async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() ->
             (BreakerState.OPEN, BreakerState.HALF_OPEN, "recovery_timeout"),
             (BreakerState.HALF_OPEN, BreakerState.CLOSED, "probe_succeeded"),
         ]:
-            alerts.record_transition(Transition("websocket", previous, state, reason, 0.0, WALL))
+            feed.transition(Transition("websocket", previous, state, reason, 0.0, WALL))
         assert await alerts.wait_idle(5)
         assert [(b["event"], b["recovery"]) for b in hook.bodies()] == [
             ("breaker_opened", None),
@@ -245,9 +254,10 @@ async def test_failed_deliveries_are_retried_with_backoff_and_retry_after() -> N
     clock = FakeClock(start_wall=WALL)
     hook = Hook(503, 429, headers={"retry-after": "30"})
     alerts = service(clock, hook, retry_initial_s=1.0, retry_max_s=60.0)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
-        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
         assert len(hook.requests) == 1
         clock.advance(29.9)  # Retry-After: 30 is honoured over the 1-2 s backoff
@@ -271,9 +281,10 @@ async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
     clock = FakeClock(start_wall=WALL)
     hook = Hook(404)
     alerts = service(clock, hook)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
-        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         assert await alerts.wait_idle(5)
         clock.advance(3600)
         await settle()
@@ -289,10 +300,11 @@ async def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
     clock = FakeClock(start_wall=WALL)
     hook = Hook(*([503] * 1000))
     alerts = service(clock, hook, queue_size=3)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
         for i in range(6):
-            alerts.record_transition(Transition(f"api:/r{i}", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+            feed.transition(Transition(f"api:/r{i}", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
         snapshot = alerts.snapshot()
         assert snapshot["pending"] == 3 and snapshot["dropped_total"] == 3
@@ -302,10 +314,12 @@ async def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
 
 
 async def test_a_disabled_service_does_nothing() -> None:
-    alerts = AlertService(load_settings({}), FakeClock())
+    clock = FakeClock()
+    alerts = AlertService(load_settings({}), clock)
+    feed = fed(alerts, clock)
     await alerts.start()
-    alerts.record_status(snap(LinkState.RECONNECTING, "X"))
-    alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+    feed.status(snap(LinkState.RECONNECTING, "X"))
+    feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
     assert alerts.snapshot()["pending"] == 0 and not alerts.enabled
     assert alerts.health_check()[0].status == "pass"
     await alerts.stop()
@@ -323,9 +337,10 @@ async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
 
     settings = load_settings({"ALERT_WEBHOOK_URL": URL})
     alerts = AlertService(settings, clock, transport=httpx.MockTransport(failing), retry_initial_s=1.0)
+    feed = fed(alerts, clock)
     await alerts.start()
     try:
-        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
         assert alerts.last_error is not None and "sekrit" not in alerts.last_error
         for _ in range(10):
@@ -337,30 +352,55 @@ async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
         await alerts.stop()
 
 
-def test_a_bug_in_recording_never_reaches_the_caller() -> None:
-    alerts = service(FakeClock(start_wall=WALL), Hook())
+def test_a_bug_in_deciding_never_reaches_the_caller() -> None:
+    clock = FakeClock(start_wall=WALL)
+    alerts = service(clock, Hook())
+    feed = fed(alerts, clock)
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    alerts._tracker.upstream = broken  # type: ignore[method-assign]
-    alerts._tracker.transition = broken  # type: ignore[method-assign]
-    alerts._tracker.manual_retry = broken  # type: ignore[method-assign]
-    alerts.record_status(snap(LinkState.CONNECTED))
-    alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
-    alerts.record_manual_retry()
-    assert alerts.snapshot()["faults_total"] == 3
+    alerts._decider.on_incident = broken  # type: ignore[method-assign]
+    feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+    assert alerts.snapshot()["faults_total"] == 1 and feed.faults == 0
+
+
+async def test_incidents_that_fired_are_resolved_as_not_recovered_when_the_service_stops() -> None:
+    clock = FakeClock(start_wall=WALL)
+    hook = Hook()
+    alerts = service(clock, hook)
+    feed = fed(alerts, clock)
+    await alerts.start()
+    try:
+        feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
+        await settle()
+        clock.advance(90)  # past ALERT_AFTER_SECONDS: upstream_down fires
+        await settle()
+        feed.close_all(RECOVERY_STOPPED)  # what the Runtime does at stop
+        assert await alerts.wait_idle(5)
+        bodies = hook.bodies()
+        assert [(b["event"], b["status"], b["recovered"]) for b in bodies] == [
+            ("breaker_opened", "firing", None),
+            ("upstream_down", "firing", None),
+            ("upstream_recovered", "resolved", False),
+            ("breaker_closed", "resolved", False),
+        ]
+        assert all("no longer watched after 90 s" in b["summary"] for b in bodies if b["status"] == "resolved")
+    finally:
+        await alerts.stop()
 
 
 async def test_the_service_can_be_started_again_after_a_stop() -> None:
     clock = FakeClock(start_wall=WALL)
     hook = Hook()
     alerts = service(clock, hook)
+    feed = fed(alerts, clock)
     await alerts.start()
     await alerts.stop()
     await alerts.start()
     try:
-        alerts.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+        feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         assert await alerts.wait_idle(5)
         assert [b["event"] for b in hook.bodies()] == ["breaker_opened"]
     finally:

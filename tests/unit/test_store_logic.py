@@ -24,6 +24,7 @@ from backend_core.store import (
     RECOVERY_PROBE,
     RECOVERY_STOPPED,
     IncidentClosed,
+    IncidentFeed,
     IncidentOpened,
     IncidentTracker,
     MinuteSample,
@@ -500,11 +501,19 @@ def make_store(**kwargs: Any) -> Store:
     return Store(load_settings({}), FakeClock(start_wall=T0), db_url="sqlite:///unused.db", **kwargs)
 
 
+def fed(store: Store) -> IncidentFeed:
+    """The Runtime's wiring: one incident feed whose events reach the store."""
+    feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
+    feed.subscribe(store.record_incidents)
+    return feed
+
+
 def test_producers_never_wait_and_overflow_is_counted() -> None:
     store = make_store(max_pending_records=3, max_pending_samples=2)
+    feed = fed(store)
     for i in range(5):
-        store.record_status(snap(LinkState.CONNECTED))
-        store.record_status(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=i))
+        feed.status(snap(LinkState.CONNECTED))
+        feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=i))
     snapshot = store.snapshot()
     # 5 opened + 4 closed incidents; 3 fit, 6 are counted as dropped.
     assert snapshot["pending_records"] == 3
@@ -519,7 +528,7 @@ def test_producers_never_wait_and_overflow_is_counted() -> None:
 def test_a_bad_db_url_makes_the_store_unusable_not_the_app() -> None:
     store = Store(load_settings({}), FakeClock(start_wall=T0), db_url="::not a url::")
     assert store.unusable is not None
-    store.record_status(snap(LinkState.RECONNECTING, error="X"))
+    fed(store).status(snap(LinkState.RECONNECTING, error="X"))
     assert store.dropped_events_total == 1
     assert store.health_check()[0].status == "warn"
 
@@ -617,12 +626,53 @@ def test_a_bug_in_recording_never_reaches_the_caller(caplog: pytest.LogCaptureFi
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    store._tracker.upstream = broken  # type: ignore[method-assign]
-    store._tracker.transition = broken  # type: ignore[method-assign]
-    store._tracker.manual_retry = broken  # type: ignore[method-assign]
+    store._sampler.observe = broken  # type: ignore[method-assign]
     store.record_status(snap(LinkState.CONNECTED))
     store.record_transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, T0))
-    store.record_manual_retry()
-    store.record_breaker_state("websocket", "no-such-state")
+    store.record_breaker_state("websocket", "closed")
     assert store.snapshot()["faults_total"] == 3
     assert sum("history: record_status failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_incident_feed_survives_a_bug_in_tracking_or_in_a_subscriber(caplog: pytest.LogCaptureFixture) -> None:
+    feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
+    seen: list[Any] = []
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    feed.subscribe(broken)
+    feed.subscribe(seen.extend)
+    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
+    # The broken subscriber loses the event; the next one still gets it.
+    assert [type(e) for e in seen] == [IncidentOpened] and feed.faults == 1
+    feed._tracker.transition = broken  # type: ignore[method-assign]
+    feed._tracker.manual_retry = broken  # type: ignore[method-assign]
+    feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, T0))
+    feed.manual_retry()
+    assert feed.faults == 3
+    assert sum(r.getMessage().startswith("incidents: ") for r in caplog.records) == 1, "logged once a minute"
+    feed.status(snap(LinkState.CONNECTED))
+    assert [type(e) for e in seen] == [IncidentOpened, IncidentClosed]
+
+
+def test_the_incident_feed_closes_everything_open_and_starts_afresh_after_a_reset() -> None:
+    feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
+    seen: list[Any] = []
+    feed.subscribe(seen.extend)
+    feed.status(snap(LinkState.CONNECTED))
+    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
+    feed.transition(Transition("api:/x", BreakerState.CLOSED, BreakerState.OPEN, "failure_threshold", 0.0, T0))
+    assert {o.component for o in feed.open_incidents} == {"upstream", "breaker:api:/x"}
+    feed.close_all()
+    closed = [e for e in seen if isinstance(e, IncidentClosed)]
+    assert {(c.component, c.recovery) for c in closed} == {
+        ("upstream", RECOVERY_STOPPED),
+        ("breaker:api:/x", RECOVERY_STOPPED),
+    }
+    assert feed.open_incidents == []
+    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
+    assert seen[-1].cause == "connection lost"  # it was connected before: a lost connection
+    feed.reset()
+    feed.status(snap(LinkState.RECONNECTING, error="ConnectionRefused"))
+    assert seen[-1].cause == "could not connect"  # a new run has never been connected
