@@ -59,6 +59,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from backend_core import __version__
 from backend_core.clock import Clock, iso_utc
 from backend_core.health import CheckResult
+from backend_core.logs import FaultLog
 from backend_core.store import (
     MAX_COMPONENTS,
     NOT_RECOVERED,
@@ -90,8 +91,6 @@ ALERT_STOP_TIMEOUT_S: Final = 3.0
 # Resolved incident ids remembered to ignore repeats (the tracker never repeats; this only
 # bounds the memory of a defensive check).
 REMEMBERED_RESOLVED: Final = 1000
-# An internal error is logged at most this often (it would repeat for every event).
-FAULT_LOG_INTERVAL_S: Final = 60.0
 # Status codes worth retrying: the receiver is busy or broken, not refusing the request.
 RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -294,7 +293,6 @@ class _AlertCounters:
     failed: int = 0
     dropped: int = 0
     attempts: int = 0
-    faults: int = 0
     by_event: dict[str, int] = field(default_factory=dict)
 
 
@@ -337,7 +335,8 @@ class AlertService:
         self.last_error_at: float | None = None
         self.last_sent_at: float | None = None
         self.delivering = False
-        self._last_fault_log: float | None = None
+        # A bug here must never reach the caller (the runtime's status task, a breaker).
+        self._fault = FaultLog(log, "alerts", clock)
 
     def _new_run(self) -> None:
         """Fresh per-run state: asyncio primitives bind to the loop of the run that uses them."""
@@ -357,14 +356,6 @@ class AlertService:
                 self._feed(events)
             except Exception:
                 self._fault("record_incidents")
-
-    def _fault(self, what: str) -> None:
-        # A bug here must never reach the caller (the runtime's status task, a breaker).
-        self._counters.faults += 1
-        now = self._clock.monotonic()
-        if self._last_fault_log is None or now - self._last_fault_log >= FAULT_LOG_INTERVAL_S:
-            self._last_fault_log = now
-            log.exception("alerts: %s failed; the event is lost (%d so far)", what, self._counters.faults)
 
     def _feed(self, events: Iterable[IncidentEvent]) -> None:
         now, wall = self._clock.monotonic(), self._clock.wall()
@@ -559,7 +550,7 @@ class AlertService:
             "failed_total": c.failed,
             "dropped_total": c.dropped,
             "attempts_total": c.attempts,
-            "faults_total": c.faults,
+            "faults_total": self._fault.count,
             "firing": [i.component for i in self._decider.firing],
             "last_error": self.last_error,
             "last_error_at": iso_utc(self.last_error_at),

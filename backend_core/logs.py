@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Final
 
-from backend_core.clock import iso_utc
+from backend_core.clock import Clock, iso_utc
+
+# A swallowed internal error is logged at most this often: it would repeat for every event.
+FAULT_LOG_INTERVAL_S: Final = 60.0
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -51,3 +54,27 @@ def configure_logging(log_format: str, level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
+
+
+class FaultLog:
+    """Counts the internal errors that an entry point which must never raise swallows.
+
+    Call it from the ``except`` block: the count goes up every time, and the traceback is
+    logged at most once per ``interval_s`` (the same bug would repeat for every event),
+    as "<label>: <step> failed; the event is lost (<count> so far)".
+    """
+
+    def __init__(self, logger: logging.Logger, label: str, clock: Clock, interval_s: float = FAULT_LOG_INTERVAL_S):
+        self._logger = logger
+        self._label = label
+        self._clock = clock
+        self._interval_s = interval_s
+        self._logged_at: float | None = None
+        self.count = 0
+
+    def __call__(self, step: str) -> None:
+        self.count += 1
+        now = self._clock.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self._interval_s:
+            self._logged_at = now
+            self._logger.exception("%s: %s failed; the event is lost (%d so far)", self._label, step, self.count)

@@ -73,6 +73,7 @@ from backend_core.breakers import MAX_API_BREAKERS
 from backend_core.clock import Clock, iso_utc
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import CheckResult, Status
+from backend_core.logs import FaultLog
 
 if TYPE_CHECKING:
     from backend_core.breakers import Transition
@@ -526,8 +527,7 @@ class IncidentFeed:
         self._max_open = max_open
         self._tracker = IncidentTracker(new_key=new_key, max_open=max_open)
         self._sinks: list[IncidentSink] = []
-        self.faults = 0
-        self._last_fault_log: float | None = None
+        self._fault = FaultLog(log, "incidents", clock)
 
     def subscribe(self, sink: IncidentSink) -> None:
         self._sinks.append(sink)
@@ -543,6 +543,10 @@ class IncidentFeed:
     @property
     def ignored_breaker_incidents(self) -> int:
         return self._tracker.ignored_breaker_incidents
+
+    @property
+    def faults(self) -> int:
+        return self._fault.count
 
     def status(self, snapshot: UpstreamSnapshot) -> None:
         """An upstream status snapshot (from the hub's status stream)."""
@@ -592,13 +596,6 @@ class IncidentFeed:
                 sink(events)
             except Exception:
                 self._fault(f"subscriber {getattr(sink, '__qualname__', sink)!s}")
-
-    def _fault(self, what: str) -> None:
-        self.faults += 1
-        now = self._clock.monotonic()
-        if self._last_fault_log is None or now - self._last_fault_log >= DROP_LOG_INTERVAL_S:
-            self._last_fault_log = now
-            log.exception("incidents: %s failed; the event is lost (%d so far)", what, self.faults)
 
 
 def _count_attempt(outage: _UpstreamOutage, attempt: int) -> None:
@@ -962,7 +959,6 @@ class _Counters:
     written: dict[str, int] = field(default_factory=lambda: {"incident": 0, "transition": 0, "sample": 0})
     dropped: dict[str, int] = field(default_factory=lambda: {"record": 0, "sample": 0, "shutdown": 0})
     rejected: int = 0
-    faults: int = 0
     pruned: int = 0
     write_failures: int = 0
 
@@ -1027,7 +1023,9 @@ class Store:
         self.last_error_at: float | None = None
         self.down_since: float | None = None
         self._last_drop_log: float | None = None
-        self._last_fault_log: float | None = None
+        # A bug in a producer must never reach its caller (the runtime's status task, a
+        # breaker): history loses that one event, which is counted and logged.
+        self._fault = FaultLog(log, "history", clock)
         try:
             self._url = normalize_db_url(self._raw_url)
         except (sa_exc.ArgumentError, ValueError) as exc:
@@ -1093,15 +1091,6 @@ class Store:
                 self._put_record(event)
         except Exception:
             self._fault("record_incidents")
-
-    def _fault(self, what: str) -> None:
-        # A bug here must never reach the caller (the runtime's status task, a breaker):
-        # history loses one event, which is logged (at most once a minute) and counted.
-        self._counters.faults += 1
-        now = self._clock.monotonic()
-        if self._last_fault_log is None or now - self._last_fault_log >= DROP_LOG_INTERVAL_S:
-            self._last_fault_log = now
-            log.exception("history: %s failed; the event is lost (%d so far)", what, self._counters.faults)
 
     def _put_record(self, record: Record) -> None:
         if self._stopped or self.unusable is not None or len(self._records) >= self._max_records:
@@ -1689,7 +1678,7 @@ class Store:
             "dropped_events_total": self.dropped_events_total,
             "dropped_by_kind": dict(c.dropped),
             "rejected_events_total": c.rejected,
-            "faults_total": c.faults,
+            "faults_total": self._fault.count,
             "write_failures_total": c.write_failures,
             "pruned_rows_total": c.pruned,
             "retention_days": self.retention_days,

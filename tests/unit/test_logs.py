@@ -1,11 +1,14 @@
-"""LOG_FORMAT=json: one JSON object per line, with context fields and no secrets added."""
+"""LOG_FORMAT=json: one JSON object per line, with context fields and no secrets added; swallowed faults."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-from backend_core.logs import JsonFormatter, configure_logging
+import pytest
+
+from backend_core.clock import FakeClock
+from backend_core.logs import FaultLog, JsonFormatter, configure_logging
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -49,3 +52,29 @@ def test_configure_logging_is_idempotent_and_switches_format() -> None:
     assert isinstance(ours[0].formatter, JsonFormatter)
     assert logger.level == logging.DEBUG
     configure_logging("text", "INFO")
+
+
+def test_a_swallowed_fault_is_always_counted_and_its_traceback_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    fault = FaultLog(logging.getLogger("backend_core.test"), "history", clock, interval_s=60.0)
+
+    def fail(step: str) -> None:
+        try:
+            raise RuntimeError("bug")
+        except RuntimeError:
+            fault(step)
+
+    for _ in range(3):
+        fail("record_status")
+    clock.advance(59.9)
+    fail("record_status")
+    assert fault.count == 4 and len(caplog.records) == 1
+    first = caplog.records[0]
+    assert first.getMessage() == "history: record_status failed; the event is lost (1 so far)"
+    assert first.exc_info is not None and first.levelno == logging.ERROR
+    clock.advance(0.1)
+    fail("record_transition")
+    assert fault.count == 5 and len(caplog.records) == 2
+    assert caplog.records[1].getMessage() == "history: record_transition failed; the event is lost (5 so far)"
