@@ -31,6 +31,10 @@ class Tick:
     ``backfill`` is true when the tick was recovered with ``ticks_history`` after a
     reconnect rather than pushed live; bid/ask are absent on backfilled ticks because
     ``ticks_history`` does not carry them.
+
+    ``gap_from`` is set on the first tick after a gap the upstream could not fill (an
+    outage longer than one ``ticks_history`` reply reaches back): the epoch of the last
+    tick published before it. Ticks with epochs strictly between are lost.
     """
 
     symbol: str
@@ -40,9 +44,13 @@ class Tick:
     bid: float | None = None
     ask: float | None = None
     backfill: bool = False
+    gap_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.gap_from is None:
+            del out["gap_from"]  # present only where there is a gap, as in relay frames
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,10 @@ class SymbolStatus:
     last_tick_at: float | None = None
     failed_code: str | None = None
     failed_reason: str | None = None
+    # The latest gap a backfill could not fill (see Tick.gap_from): the ticks with epochs
+    # strictly between gap_from and gap_to are lost.
+    gap_from: int | None = None
+    gap_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

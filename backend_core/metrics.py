@@ -77,6 +77,13 @@ class _SnapshotCollector(Collector):
         c.add_metric([], float(stats.get("ticks_backfilled", 0)))
         yield c
 
+        c = CounterMetricFamily(
+            f"{PREFIX}_backfill_gaps",
+            "Backfills that could not reach back to the last tick published (the outage outlasted one reply).",
+        )
+        c.add_metric([], float(stats.get("backfill_gaps", 0)))
+        yield c
+
         c = CounterMetricFamily(f"{PREFIX}_ticks_relayed", "Tick frames sent to relay clients.")
         c.add_metric([], float(relay["totals"].get("ticks_sent", 0)))
         yield c

@@ -469,6 +469,8 @@ def tick_frame(tick: Tick, replay: bool = False) -> dict[str, Any]:
         "pip_size": tick.pip_size,
         "backfill": tick.backfill,
     }
+    if tick.gap_from is not None:
+        frame["gap_from"] = tick.gap_from
     if replay:
         frame["replay"] = True
     return frame

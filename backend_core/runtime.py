@@ -389,6 +389,8 @@ class Runtime:
                         "last_epoch": s.last_epoch,
                         "failed_code": s.failed_code,
                         "failed_reason": s.failed_reason,
+                        # The latest ticks lost for good: epochs strictly between from and to.
+                        "gap": {"from_epoch": s.gap_from, "to_epoch": s.gap_to} if s.gap_from is not None else None,
                     }
                     for s in (snap.symbols if snap else ())
                 ],

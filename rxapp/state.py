@@ -170,7 +170,9 @@ class StatusState(rx.State):
             feed={**feed.to_dict(), "error": error, "error_code": error_code},
             retry_busy=bool(upstream.get("retry_in_progress")),
             tips=[TipCard(g.key, g.title, list(g.tips)) for g in tips],
-            ticks=ui_logic.tick_rows(status["ticks"], history, runtime.settings.DERIV_SYMBOLS),
+            ticks=ui_logic.tick_rows(
+                status["ticks"], history, runtime.settings.DERIV_SYMBOLS, upstream.get("symbols") or ()
+            ),
             breakers=ui_logic.breaker_rows(status["circuit_breakers"]),
             announcement=ui_logic.announcement(banner, feed),
             updated_at=ui_logic.clock_time_utc(now),

@@ -476,15 +476,38 @@ def announcement(banner: Banner, feed: LinkView) -> str:
 # ---------------------------------------------------------------------------- ticks
 
 
+def gap_sentence(gap: Mapping[str, Any] | None) -> str:
+    """Which prices were lost for good (an outage longer than the upstream can resend), or ``""``."""
+    if not gap or gap.get("from_epoch") is None or gap.get("to_epoch") is None:
+        return ""
+    first, last = int(gap["from_epoch"]) + 1, int(gap["to_epoch"]) - 1
+    if last < first:
+        return ""
+    span = (
+        f"at {clock_time_utc(first)}"
+        if first == last
+        else f"from {clock_time_utc(first).removesuffix(' UTC')} to {clock_time_utc(last)}"
+    )
+    return f"Prices {span} were lost: the outage outlasted what Deriv can resend."
+
+
 def tick_rows(
-    ticks: Sequence[Mapping[str, Any]], history: Mapping[str, Sequence[float]], symbols: Sequence[str]
+    ticks: Sequence[Mapping[str, Any]],
+    history: Mapping[str, Sequence[float]],
+    symbols: Sequence[str],
+    statuses: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, str]]:
-    """One row a configured symbol: price, change, age, stale mark and sparkline points."""
+    """One row a configured symbol: price, change, age, stale mark, sparkline points, lost prices.
+
+    ``statuses`` are the upstream's per-symbol statuses (``status()["upstream"]["symbols"]``).
+    """
     by_symbol = {t["symbol"]: t for t in ticks}
+    gaps = {s.get("symbol"): gap_sentence(s.get("gap")) for s in statuses}
     rows = []
     for symbol in symbols:
         tick = by_symbol.get(symbol)
         quotes = list(history.get(symbol, ()))
+        gap = gaps.get(symbol, "")
         if tick is None:
             rows.append(
                 {
@@ -495,6 +518,7 @@ def tick_rows(
                     "age": "no price yet",
                     "stale": "true",
                     "points": "",
+                    "gap": gap,
                 }
             )
             continue
@@ -512,6 +536,7 @@ def tick_rows(
                 "age": format_age(float(tick.get("age_s") or 0.0)),
                 "stale": "true" if tick.get("stale") else "",
                 "points": sparkline_points(quotes),
+                "gap": gap,
             }
         )
     return rows

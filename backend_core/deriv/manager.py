@@ -26,7 +26,10 @@ What it does, and which complaint about the official clients each part answers:
   ``subscribe=1``, which answers the missed ticks and then streams live ones on the same
   subscription (3.4). The history is published (marked ``backfill``) from the read loop
   before any later frame is read, so ticks leave in epoch order; a sequencer drops any
-  epoch at or below the last one published, so each tick leaves exactly once.
+  epoch at or below the last one published, so each tick leaves exactly once. One reply
+  holds at most 5000 ticks (83 min of a 1-second symbol): after a longer outage the
+  first tick published carries ``gap_from`` (the last epoch before the gap), so the gap
+  is announced, never silent (:func:`backfill_gap`), and counted.
 * **Planned drops**: ``website_status`` ``updating`` (a deploy, 3.9 and 5.3) marks the
   next drop as planned: the manager reconnects at once and says so.
 * :meth:`retry_now` is a user's manual retry: concurrent calls coalesce into one
@@ -46,6 +49,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -190,6 +194,18 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
+def backfill_gap(last_epoch: int | None, times: Sequence[int], requested: int) -> int | None:
+    """The epoch a backfill could not reach back to, or ``None`` when it left no gap. Pure.
+
+    ``ticks_history`` from ``last_epoch`` (inclusive) answers the *latest* ``requested``
+    ticks of the range (section 3.4). A reply shorter than that holds the whole range; a
+    full one that starts after ``last_epoch`` left out the ticks in between.
+    """
+    if last_epoch is None or not times or len(times) < requested or times[0] <= last_epoch:
+        return None
+    return last_epoch
+
+
 class TickSequencer:
     """Lets each (symbol, epoch) through once, in ascending epoch order. Pure."""
 
@@ -224,6 +240,7 @@ class _SymbolState:
     failed_code: str | None = None
     failed_reason: str | None = None
     permanent_failure: bool = False
+    gap: tuple[int, int] | None = None  # the latest unfilled backfill gap (from, to)
 
 
 class DerivManager:
@@ -244,6 +261,7 @@ class DerivManager:
         manual_retry_min_interval_s: float = MANUAL_RETRY_MIN_INTERVAL_S,
         stable_session_s: float = STABLE_SESSION_S,
         stale_stream_s: float | None = None,
+        backfill_count: int = MAX_BACKFILL_TICKS,
         simulated: bool = False,
     ) -> None:
         self._settings = settings
@@ -267,12 +285,14 @@ class DerivManager:
             stale_stream_s if stale_stream_s is not None else STALE_STREAM_PINGS * settings.DERIV_PING_INTERVAL
         )
         self._token = settings.DERIV_API_TOKEN
+        self._backfill_count = max(1, min(backfill_count, MAX_BACKFILL_TICKS))
 
         self._symbols: dict[str, _SymbolState] = {s: _SymbolState(s) for s in settings.DERIV_SYMBOLS}
         self._sequencer = TickSequencer()
         self._req_ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[protocol.Message]] = {}
-        self._history_req: dict[int, str] = {}
+        # Backfill requests in flight: req_id -> (symbol, epoch it starts from).
+        self._history_req: dict[int, tuple[str, int]] = {}
 
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -292,7 +312,13 @@ class DerivManager:
             max_attempts=self._max_attempts,
             symbols=self._symbol_statuses(),
         )
-        self._stats = {"ticks_received": 0, "ticks_published": 0, "ticks_backfilled": 0, "protocol_errors": 0}
+        self._stats = {
+            "ticks_received": 0,
+            "ticks_published": 0,
+            "ticks_backfilled": 0,
+            "backfill_gaps": 0,
+            "protocol_errors": 0,
+        }
         self._errors_by_code: dict[str, int] = {}
 
     # ------------------------------------------------------------------ public surface
@@ -384,6 +410,8 @@ class DerivManager:
                 last_tick_at=s.last_tick_at,
                 failed_code=s.failed_code,
                 failed_reason=s.failed_reason,
+                gap_from=s.gap[0] if s.gap else None,
+                gap_to=s.gap[1] if s.gap else None,
             )
             for s in self._symbols.values()
         )
@@ -657,9 +685,9 @@ class DerivManager:
                 payload = protocol.ticks(state.symbol, req_id)
             else:
                 payload = protocol.ticks_history(
-                    state.symbol, req_id, end="latest", start=last, count=MAX_BACKFILL_TICKS, subscribe=True
+                    state.symbol, req_id, end="latest", start=last, count=self._backfill_count, subscribe=True
                 )
-                self._history_req[req_id] = state.symbol
+                self._history_req[req_id] = (state.symbol, last)
             try:
                 await self._request(ws, payload)
             except DerivAPIError as exc:
@@ -772,7 +800,8 @@ class DerivManager:
             if message.req_id is not None:
                 self._resolve(message.req_id, message)
         elif isinstance(message, protocol.History):
-            symbol = message.symbol or (self._history_req.get(message.req_id) if message.req_id else None)
+            request = self._history_req.get(message.req_id) if message.req_id is not None else None
+            symbol = message.symbol or (request[0] if request is not None else None)
             if symbol is not None and message.symbol is None:
                 message = replace(message, symbol=symbol)
             state = self._symbols.get(symbol) if symbol is not None else None
@@ -780,7 +809,21 @@ class DerivManager:
                 state.last_activity = self._clock.monotonic()
                 if message.subscription_id is not None:
                     state.subscription_id = message.subscription_id
-            for tick in message.to_ticks():
+            ticks = message.to_ticks()
+            gap_from = backfill_gap(request[1], message.times, self._backfill_count) if request is not None else None
+            if gap_from is not None and ticks:
+                ticks = (replace(ticks[0], gap_from=gap_from), *ticks[1:])
+                if state is not None:
+                    state.gap = (gap_from, ticks[0].epoch)  # published with the next status
+                self._stats["backfill_gaps"] += 1
+                log.warning(
+                    "%s: the outage outlasted one backfill (%d ticks): ticks after epoch %d and before %d are lost",
+                    symbol,
+                    self._backfill_count,
+                    gap_from,
+                    ticks[0].epoch,
+                )
+            for tick in ticks:
                 if self._publish(tick):
                     self._stats["ticks_backfilled"] += 1
             if message.req_id is not None:
@@ -885,6 +928,7 @@ __all__ = [
     "DerivManager",
     "RetryOutcome",
     "TickSequencer",
+    "backfill_gap",
     "backoff_delay",
     "build_url",
     "classify_connect_error",

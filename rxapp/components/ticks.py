@@ -74,6 +74,18 @@ def _row(row: Any) -> rx.Component:
                 stale,
                 rx.badge(rx.icon("clock", size=12, aria_hidden="true"), "Stale", color_scheme="amber", variant="soft"),
             ),
+            rx.cond(
+                row["gap"] != "",
+                rx.badge(
+                    rx.icon("scissors", size=12, aria_hidden="true"),
+                    "Gap",
+                    color_scheme="gray",
+                    variant="soft",
+                    title=row["gap"],
+                    aria_label=row["gap"],
+                    class_name="tick-gap",
+                ),
+            ),
             rx.text(row["age"], **styles.small_muted),
             spacing="2",
             align="center",

@@ -211,6 +211,7 @@ async def test_metrics_are_prometheus_text_with_the_promised_series(
             "deriv_status_circuit_breaker_transitions_total",
             "deriv_status_upstream_reconnects_total",
             "deriv_status_ticks_received_total",
+            "deriv_status_backfill_gaps_total 0.0",
             "deriv_status_ticks_relayed_total",
             "deriv_status_ticks_dropped_total",
             "deriv_status_upstream_outage_seconds_bucket",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -84,6 +85,7 @@ def assert_no_gap_no_duplicate(recorder: Recorder, sim: DerivSimulator) -> None:
         missing = sorted(set(expected) - set(epochs))
         assert not missing, f"{symbol}: gap, missing epochs {missing[:10]}"
         assert epochs == expected
+    assert not [t for t in recorder.ticks if t.gap_from is not None], "a gap was announced where there was none"
 
 
 @contextlib.asynccontextmanager
@@ -158,6 +160,37 @@ async def test_drop_with_close_code_while_feed_keeps_moving_is_backfilled() -> N
         backfilled = [t for t in recorder.ticks if t.backfill]
         assert backfilled, "ticks missed during the outage were not backfilled"
         assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_an_outage_longer_than_one_backfill_announces_its_gap_exactly() -> None:
+    # One backfill reply holds at most 20 ticks here (5000 against Deriv); the outage
+    # misses more than that for both symbols (20 and 10 ticks a second at 20x).
+    async with running(backfill_count=20) as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        sim.refuse_connections(3.0)
+        await sim.drop_all()
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        for symbol in SYMBOLS:
+            ticks = [t for t in recorder.ticks if t.symbol == symbol]
+            epochs = [t.epoch for t in ticks]
+            assert epochs == sorted(set(epochs)), f"{symbol}: duplicate or out-of-order epochs"
+            gaps = [(before.epoch, t) for before, t in itertools.pairwise(ticks) if t.gap_from is not None]
+            assert gaps, f"{symbol}: the outage outlasted the backfill but no gap was announced"
+            for before, tick in gaps:
+                # gap_from is the last epoch published before, and the tick is backfilled.
+                assert tick.gap_from == before and tick.backfill
+            expected, _ = sim.market.history(symbol).window(epochs[0], epochs[-1], 1_000_000)
+            missing = sorted(set(expected) - set(epochs))
+            assert missing, f"{symbol}: nothing was lost, yet a gap was announced"
+            unannounced = [m for m in missing if not any(t.gap_from < m < t.epoch for _, t in gaps)]
+            assert not unannounced, f"{symbol}: missing epochs outside any announced gap: {unannounced[:10]}"
+            # What the reply could hold was recovered: the last 20 ticks before the live stream.
+            assert sum(1 for t in ticks if t.backfill) >= 20
+            # The status names the latest lost stretch (what the status page shows).
+            [status] = [s for s in manager.snapshot().symbols if s.symbol == symbol]
+            assert (status.gap_from, status.gap_to) == (gaps[-1][1].gap_from, gaps[-1][1].epoch)
+        assert manager.stats()["backfill_gaps"] >= len(SYMBOLS)
 
 
 async def test_refused_connections_open_the_breaker_then_a_probe_recovers() -> None:

@@ -14,6 +14,7 @@ from websockets.http11 import Response
 
 from backend_core.deriv.manager import (
     TickSequencer,
+    backfill_gap,
     backoff_delay,
     build_url,
     classify_connect_error,
@@ -93,3 +94,12 @@ def test_url_carries_app_id_language_and_brand() -> None:
 
 def test_redacted_url_has_no_credentials() -> None:
     assert redact_url("wss://user:secret@host:443/websockets/v3") == "wss://host:443/websockets/v3"
+
+
+def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_tick() -> None:
+    # Deriv answers the latest `count` ticks of [start, end], start inclusive (3.4).
+    assert backfill_gap(100, [100, 101, 102], requested=3) is None  # full, reaches back: no gap
+    assert backfill_gap(100, [101, 102], requested=3) is None  # short: the whole range
+    assert backfill_gap(100, [], requested=3) is None  # nothing missed
+    assert backfill_gap(None, [5, 6, 7], requested=3) is None  # nothing published before
+    assert backfill_gap(100, [150, 151, 152], requested=3) == 100  # full and later: 101..149 lost

@@ -335,6 +335,13 @@ def test_tick_frame() -> None:
         "backfill": False,
     }
     assert tick_frame(t, replay=True)["replay"] is True
+    assert t.to_dict() == {k: v for k, v in tick_frame(t).items() if k != "type"}
+
+
+def test_the_first_tick_after_an_unfilled_gap_says_where_the_gap_began() -> None:
+    t = Tick(symbol="R_50", epoch=9000, quote=1.5, pip_size=4, backfill=True, gap_from=100)
+    assert tick_frame(t)["gap_from"] == 100 and tick_frame(t, replay=True)["gap_from"] == 100
+    assert t.to_dict()["gap_from"] == 100  # the REST fallback says so too
 
 
 def test_error_frame() -> None:

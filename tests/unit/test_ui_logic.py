@@ -171,7 +171,25 @@ def test_tick_rows_cover_every_configured_symbol() -> None:
         "age": "no price yet",
         "stale": "true",
         "points": "",
+        "gap": "",
     }
+
+
+def test_prices_lost_for_good_are_named_on_their_symbol_only() -> None:
+    # 1732611000 is 08:50:00 UTC; the ticks after it and before 09:10:00 were lost.
+    statuses = [
+        {"symbol": "R_50", "gap": {"from_epoch": 1732611000, "to_epoch": 1732612200}},
+        {"symbol": "R_100", "gap": None},
+    ]
+    rows = tick_rows([], {}, ("R_50", "R_100"), statuses)
+    assert (
+        rows[0]["gap"] == "Prices from 08:50:01 to 09:09:59 UTC were lost: the outage outlasted what Deriv can resend."
+    )
+    assert rows[1]["gap"] == ""
+    one = tick_rows([], {}, ("R_50",), [{"symbol": "R_50", "gap": {"from_epoch": 10, "to_epoch": 12}}])
+    assert one[0]["gap"].startswith("Prices at 00:00:11 UTC were lost")
+    nothing_between = [{"symbol": "R_50", "gap": {"from_epoch": 10, "to_epoch": 11}}]
+    assert tick_rows([], {}, ("R_50",), nothing_between)[0]["gap"] == ""
 
 
 def test_stale_ticks_are_marked() -> None:
