@@ -57,7 +57,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from backend_core import __version__
-from backend_core.clock import Clock, iso_utc
+from backend_core.clock import Clock, iso_utc, sleep_unless
 from backend_core.health import CheckResult
 from backend_core.logs import FaultLog
 from backend_core.store import (
@@ -427,14 +427,7 @@ class AlertService:
             if due is None:
                 await self._timer_changed.wait()
                 continue
-            sleeper = asyncio.ensure_future(self._clock.sleep(max(0.0, due - self._clock.monotonic())))
-            changed = asyncio.ensure_future(self._timer_changed.wait())
-            try:
-                await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for future in (sleeper, changed):
-                    future.cancel()
-                await asyncio.gather(sleeper, changed, return_exceptions=True)
+            await sleep_unless(self._clock, max(0.0, due - self._clock.monotonic()), self._timer_changed)
 
     async def _send_loop(self) -> None:
         while True:

@@ -88,6 +88,24 @@ class FakeClock:
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
 
+async def sleep_unless(clock: Clock, seconds: float, event: asyncio.Event) -> bool:
+    """Sleep ``seconds`` on ``clock``, or less if ``event`` is set; True when the event ended it.
+
+    Both waiters are cancelled and awaited before returning, so nothing is left pending.
+    """
+    if event.is_set():
+        return True
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    setter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, setter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (sleeper, setter):
+            future.cancel()
+        await asyncio.gather(sleeper, setter, return_exceptions=True)
+    return event.is_set()
+
+
 def iso_utc(wall_seconds: float | None) -> str | None:
     """UTC ISO 8601 with a trailing Z, the one wall-clock format of API output."""
     if wall_seconds is None:

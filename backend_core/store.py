@@ -70,7 +70,7 @@ from sqlmodel import Field, SQLModel
 from tenacity import AsyncRetrying, retry_if_exception, stop_never, wait_exponential_jitter
 
 from backend_core.breakers import MAX_API_BREAKERS
-from backend_core.clock import Clock, iso_utc
+from backend_core.clock import Clock, iso_utc, sleep_unless
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import CheckResult, Status
 from backend_core.logs import FaultLog
@@ -1220,14 +1220,7 @@ class Store:
         """tenacity's sleep. Once stopping, one immediate last try, then give up (bounded flush)."""
         if self._stopping:
             raise _Stopping
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stop_requested.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in (sleeper, stopper):
-                future.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        await sleep_unless(self._clock, seconds, self._stop_requested)
 
     async def _write_loop(self) -> None:
         while True:

@@ -60,7 +60,7 @@ from tenacity.wait import wait_base
 from websockets.asyncio.client import ClientConnection
 
 from backend_core.breakers import CircuitBreaker, Permit
-from backend_core.clock import Clock, SystemClock
+from backend_core.clock import Clock, SystemClock, sleep_unless
 from backend_core.config import Settings
 from backend_core.deriv import protocol
 from backend_core.errors import (
@@ -555,14 +555,7 @@ class DerivManager:
     async def _interruptible_sleep(self, seconds: float) -> None:
         if self._wake.is_set():
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, waker):
-                fut.cancel()
-            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        await sleep_unless(self._clock, seconds, self._wake)
         if self._stopping:
             raise asyncio.CancelledError
 
