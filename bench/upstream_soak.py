@@ -178,6 +178,7 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
                 recovery_margins.append(pending_wait + 1.0 - took)
         await asyncio.sleep(1.0)
     finally:
+        announced_gaps = manager.stats()["backfill_gaps"]
         await manager.stop()
         await sim.stop()
 
@@ -203,6 +204,9 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
         "ticks_delivered": delivered_total - duplicates,
         "ticks_backfilled": backfilled,
         "gaps": gaps,
+        # Gaps the manager announced (gap_from): outages longer than one backfill reply.
+        # None of this soak's outages is; any announced gap here would be a false alarm.
+        "announced_gaps": announced_gaps,
         "duplicates": duplicates,
         "recoveries": len(recoveries),
         "recovery_median_s": round(statistics.median(recoveries), 3) if recoveries else None,
