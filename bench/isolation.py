@@ -90,6 +90,7 @@ async def phase(base: str, requests: int, concurrency: int) -> dict[str, float]:
         "p50_ms": round(statistics.median(r["p50_ms"] for r in rounds), 3),
         "p99_ms": round(statistics.median(r["p99_ms"] for r in rounds), 3),
         "p99_ms_max_round": max(r["p99_ms"] for r in rounds),
+        "p99_ms_rounds": [round(r["p99_ms"], 2) for r in rounds],
     }
 
 
