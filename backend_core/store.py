@@ -541,10 +541,6 @@ class IncidentFeed:
         return self._tracker.open_incidents
 
     @property
-    def ignored_breaker_incidents(self) -> int:
-        return self._tracker.ignored_breaker_incidents
-
-    @property
     def faults(self) -> int:
         return self._fault.count
 
