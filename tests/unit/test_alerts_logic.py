@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -182,18 +184,29 @@ def fed(alerts: AlertService, clock: Clock) -> IncidentFeed:
     return feed
 
 
+@contextlib.asynccontextmanager
+async def running(
+    hook: Hook, *, stop_timeout_s: float = 3.0, **kwargs: Any
+) -> AsyncIterator[tuple[AlertService, IncidentFeed, FakeClock]]:
+    """A started service on a fake clock, fed as the Runtime feeds it; stopped afterwards."""
+    clock = FakeClock(start_wall=WALL)
+    alerts = service(clock, hook, **kwargs)
+    feed = fed(alerts, clock)
+    await alerts.start()
+    try:
+        yield alerts, feed, clock
+    finally:
+        await alerts.stop(timeout_s=stop_timeout_s)
+
+
 async def settle() -> None:
     for _ in range(50):
         await asyncio.sleep(0)
 
 
 async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook()
-    alerts = service(clock, hook)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook) as (alerts, feed, clock):
         feed.status(snap(LinkState.CONNECTED))
         feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
         await settle()
@@ -222,17 +235,11 @@ async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> 
         assert request.headers["idempotency-key"] == f"{bodies[0]['incident_id']}:firing"
         assert request.headers["user-agent"].startswith("deriv-status-alerts/")
         assert alerts.snapshot()["sent_total"] == 2 and alerts.health_check()[0].status == "pass"
-    finally:
-        await alerts.stop()
 
 
 async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook()
-    alerts = service(clock, hook)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook) as (alerts, feed, clock):
         for previous, state, reason in [
             (BreakerState.CLOSED, BreakerState.OPEN, "failure_threshold"),
             (BreakerState.OPEN, BreakerState.HALF_OPEN, "recovery_timeout"),
@@ -246,17 +253,11 @@ async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() ->
             ("breaker_opened", None),
             ("breaker_closed", "breaker probe"),
         ]
-    finally:
-        await alerts.stop()
 
 
 async def test_failed_deliveries_are_retried_with_backoff_and_retry_after() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook(503, 429, headers={"retry-after": "30"})
-    alerts = service(clock, hook, retry_initial_s=1.0, retry_max_s=60.0)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook, retry_initial_s=1.0, retry_max_s=60.0) as (alerts, feed, clock):
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
         assert len(hook.requests) == 1
@@ -273,17 +274,11 @@ async def test_failed_deliveries_are_retried_with_backoff_and_retry_after() -> N
         assert len(keys) == 1, "a retry repeats the same idempotency key"
         snapshot = alerts.snapshot()
         assert (snapshot["sent_total"], snapshot["attempts_total"], snapshot["failed_total"]) == (1, 3, 0)
-    finally:
-        await alerts.stop()
 
 
 async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook(404)
-    alerts = service(clock, hook)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook) as (alerts, feed, clock):
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         assert await alerts.wait_idle(5)
         clock.advance(3600)
@@ -292,24 +287,16 @@ async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
         check = alerts.health_check()[0]
         assert check.status == "warn" and "HTTP 404" in check.output and "sekrit" not in check.output
         assert alerts.snapshot()["failed_total"] == 1
-    finally:
-        await alerts.stop()
 
 
 async def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook(*([503] * 1000))
-    alerts = service(clock, hook, queue_size=3)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook, queue_size=3, stop_timeout_s=0.1) as (alerts, feed, clock):
         for i in range(6):
             feed.transition(Transition(f"api:/r{i}", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
         snapshot = alerts.snapshot()
         assert snapshot["pending"] == 3 and snapshot["dropped_total"] == 3
-    finally:
-        await alerts.stop(timeout_s=0.1)
     assert alerts.snapshot()["pending"] == 0
 
 
@@ -366,12 +353,8 @@ def test_a_bug_in_deciding_never_reaches_the_caller() -> None:
 
 
 async def test_incidents_that_fired_are_resolved_as_not_recovered_when_the_service_stops() -> None:
-    clock = FakeClock(start_wall=WALL)
     hook = Hook()
-    alerts = service(clock, hook)
-    feed = fed(alerts, clock)
-    await alerts.start()
-    try:
+    async with running(hook) as (alerts, feed, clock):
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
         await settle()
@@ -387,8 +370,6 @@ async def test_incidents_that_fired_are_resolved_as_not_recovered_when_the_servi
             ("breaker_closed", "resolved", False),
         ]
         assert all("no longer watched after 90 s" in b["summary"] for b in bodies if b["status"] == "resolved")
-    finally:
-        await alerts.stop()
 
 
 async def test_the_service_can_be_started_again_after_a_stop() -> None:
