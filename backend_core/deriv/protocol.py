@@ -61,7 +61,13 @@ from backend_core.errors import DerivAPIError, ProtocolError
 from backend_core.events import Tick
 
 __all__ = [
+    "APP_ID_PATTERN",
+    "FORGET_ALL_TYPES",
     "GRANULARITIES",
+    "MAX_HISTORY_COUNT",
+    "SUBSCRIPTION_ID_PATTERN",
+    "SYMBOL_PATTERN",
+    "TOKEN_PATTERN",
     "ActiveSymbol",
     "ActiveSymbols",
     "ApiError",
@@ -94,6 +100,8 @@ __all__ = [
 
 # --- send-schema rules (section 3) -------------------------------------------------
 
+#: A Deriv application id, the ``app_id`` query parameter of the endpoint (section 1).
+APP_ID_PATTERN: Final = re.compile(r"^(?!0)[0-9]{1,19}$")
 #: A ``ticks`` / ``ticks_history`` symbol (section 3.3).
 SYMBOL_PATTERN: Final = re.compile(r"^\w{2,30}$")
 #: A subscription id accepted by ``forget`` (section 3.5).

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import exc as sa_exc
 
+from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
 from backend_core.store import (
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "current":
             print(f"{redact_db_url(url)}: schema at {schema_revision(engine)} (head {head_revision()})")
         elif args[0] == "prune":
-            store = Store(settings, _WallOnlyClock(time.time()), db_url=settings.DB_URL)
+            store = Store(settings, SystemClock(), db_url=settings.DB_URL)
             store.use_engine(engine)
             deleted = store.prune_blocking(time.time() - settings.HISTORY_RETENTION_DAYS * 86_400.0)
             print(f"pruned {deleted} rows older than {settings.HISTORY_RETENTION_DAYS} days")
@@ -80,22 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         engine.dispose()
     return 0
-
-
-class _WallOnlyClock:
-    """The clock of one command-line run (nothing sleeps)."""
-
-    def __init__(self, wall: float) -> None:
-        self._wall = wall
-
-    def monotonic(self) -> float:
-        return 0.0
-
-    def wall(self) -> float:
-        return self._wall
-
-    async def sleep(self, seconds: float) -> None:
-        raise RuntimeError("the command line does not sleep")
 
 
 if __name__ == "__main__":
