@@ -53,6 +53,7 @@ _ACCEPTED: dict[str, str] = {
     "DERIV_PING_INTERVAL": "a number of seconds greater than 0 and below 120 (Deriv's idle timeout)",
     "DERIV_SIMULATOR_HOST": "a loopback host name or address",
     "DERIV_SIMULATOR_PORT": "a port from 0 (any free port) to 65535",
+    "DERIV_SIMULATOR_CONTROL_PORT": "a port from 0 (any free port) to 65535",
     "DERIV_SIMULATOR_TIME_SCALE": "a number from 0.01 to 1000 (1 is real time)",
     "ADMIN_TOKEN": "at least 16 characters, or unset to refuse admin actions",
     "DB_URL": "a SQLAlchemy URL such as sqlite:///data/status.db or postgresql+psycopg://...",
@@ -103,6 +104,7 @@ class Settings(BaseSettings):
     DERIV_PING_INTERVAL: float = Field(30.0, gt=0, lt=120)
     DERIV_SIMULATOR_HOST: str = "127.0.0.1"
     DERIV_SIMULATOR_PORT: int = Field(0, ge=0, le=65535)
+    DERIV_SIMULATOR_CONTROL_PORT: int = Field(0, ge=0, le=65535)
     DERIV_SIMULATOR_TIME_SCALE: float = Field(1.0, ge=0.01, le=1000)
     ADMIN_TOKEN: SecretStr | None = None
     DB_URL: str = "sqlite:///data/status.db"

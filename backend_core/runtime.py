@@ -24,7 +24,7 @@ from backend_core.breakers import BreakerRegistry, Transition
 from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.config import Settings
 from backend_core.deriv.manager import DerivManager, RetryOutcome
-from backend_core.deriv.simulator import DerivSimulator
+from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import (
     CheckResult,
@@ -89,6 +89,7 @@ class Runtime:
                 time_scale=settings.DERIV_SIMULATOR_TIME_SCALE,
                 # The simulator accepts the configured token, so authorize works end to end.
                 accepted_tokens=(token.get_secret_value(),) if token is not None else None,
+                control_port=settings.DERIV_SIMULATOR_CONTROL_PORT,
             )
         self.manager: DerivManager | None = None
         self.relay = Relay(settings, self.hub, self.upstream_status, clock=self.clock)

@@ -26,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend_core.deriv import protocol
-from backend_core.deriv.simulator import DEFAULT_SYMBOLS, half_spread, new_subscription_id
+from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, half_spread
+from backend_core.deriv.sim.session import new_subscription_id
 
 
 def make_frames(count: int, seed: int = 7) -> list[str]:

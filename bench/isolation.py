@@ -161,11 +161,21 @@ async def wait_state(base: str, wanted: set[str], timeout: float = 60) -> None:
 
 
 async def run(requests: int, concurrency: int) -> dict[str, object]:
-    port, sim_port = free_port(), free_port()
+    port, sim_port, control_port = free_port(), free_port(), free_port()
     # The simulator runs in its own process, as the real upstream would be elsewhere: its
     # handshakes and drops must not be billed to the API process under test.
     simulator = subprocess.Popen(  # noqa: ASYNC220 - waited for (bounded) in the finally block
-        [sys.executable, "-m", "backend_core.deriv.simulator", "--port", str(sim_port), "--time-scale", "10"],
+        [
+            sys.executable,
+            "-m",
+            "backend_core.deriv.sim",
+            "--port",
+            str(sim_port),
+            "--control-port",
+            str(control_port),
+            "--time-scale",
+            "10",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -181,7 +191,7 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
     }
     # Popen returns at once; the child is waited for (bounded) in the finally block.
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env, cwd=ROOT)  # noqa: ASYNC220
-    base, sim = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sim_port}"
+    base, sim = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control_port}"
     results: dict[str, dict[str, float]] = {}
     try:
         async with asyncio.timeout(60):

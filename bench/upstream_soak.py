@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend_core.breakers import BreakerRegistry
 from backend_core.config import load_settings
 from backend_core.deriv.manager import DerivManager
-from backend_core.deriv.simulator import DerivSimulator
+from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 
 SYMBOLS = ("1HZ100V", "1HZ50V", "R_50", "R_100")

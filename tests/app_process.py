@@ -38,6 +38,7 @@ class RunningApp:
     base_url: str
     port: int
     simulator_port: int
+    control_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
@@ -45,7 +46,7 @@ class RunningApp:
 
     @property
     def control_url(self) -> str:
-        return f"http://127.0.0.1:{self.simulator_port}/control"
+        return f"http://127.0.0.1:{self.control_port}/control"
 
     def control(self, action: str, **body: object) -> dict[str, object]:
         response = httpx.post(f"{self.control_url}/{action}", json=body, timeout=10)
@@ -75,17 +76,20 @@ def group_processes(pgid: int) -> list[str]:
 
 
 def start_app(command: list[str], log_path: Path, port: int, env: dict[str, str] | None = None) -> RunningApp:
-    simulator_port = free_port()
+    simulator_port, control_port = free_port(), free_port()
     full_env = {
         **os.environ,
         "DERIV_SIMULATOR_PORT": str(simulator_port),
+        "DERIV_SIMULATOR_CONTROL_PORT": str(control_port),
         **(env or {}),
     }
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
     )
-    app = RunningApp(f"http://127.0.0.1:{port}", port, simulator_port, process, log_path, log_file, full_env)
+    app = RunningApp(
+        f"http://127.0.0.1:{port}", port, simulator_port, control_port, process, log_path, log_file, full_env
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -120,14 +124,15 @@ def stop_app(app: RunningApp) -> list[str]:
 def restart_app(app: RunningApp) -> list[str]:
     """Stop ``app`` and start ``make run`` again on the same port and settings (same DB_URL).
 
-    ``app`` is updated in place (new process, log and simulator port), so a fixture that
+    ``app`` is updated in place (new process, log, simulator and control ports), so a fixture that
     yielded it still stops the running one. Returns what the stop left alive.
     """
     leftovers = stop_app(app)
-    env = {name: value for name, value in app.env.items() if name != "DERIV_SIMULATOR_PORT"}
+    fresh = ("DERIV_SIMULATOR_PORT", "DERIV_SIMULATOR_CONTROL_PORT")
+    env = {name: value for name, value in app.env.items() if name not in fresh}
     log_path = app.log_path.with_name(f"{app.log_path.stem}.restarted{app.log_path.suffix}")
     again = start_app(["make", "run", f"PORT={app.port}"], log_path, app.port, env)
-    for name in ("base_url", "simulator_port", "process", "log_path", "log_file", "env"):
+    for name in ("base_url", "simulator_port", "control_port", "process", "log_path", "log_file", "env"):
         setattr(app, name, getattr(again, name))
     return leftovers
 

@@ -20,7 +20,7 @@ from backend_core.breakers import BreakerRegistry
 from backend_core.config import Settings, load_settings
 from backend_core.deriv import protocol
 from backend_core.deriv.manager import DerivManager
-from backend_core.deriv.simulator import DerivSimulator
+from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.errors import ConnectionLost, UpstreamUnavailable
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 

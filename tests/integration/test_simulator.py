@@ -23,8 +23,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from backend_core.deriv import protocol
-from backend_core.deriv import simulator as sim_module
-from backend_core.deriv.simulator import DEPLOY_MESSAGE, DerivSimulator
+from backend_core.deriv.sim import control as control_module
+from backend_core.deriv.sim import server as server_module
+from backend_core.deriv.sim.faults import DEPLOY_MESSAGE
+from backend_core.deriv.sim.market import DEFAULT_SYMBOLS
+from backend_core.deriv.sim.server import DerivSimulator
 
 TOKEN = "good-token"
 WAIT_S = 5.0  # upper bound for anything expected to happen
@@ -39,6 +42,15 @@ def _leftover_tasks() -> list[asyncio.Task[Any]]:
 @pytest.fixture
 async def sim() -> AsyncIterator[DerivSimulator]:
     simulator = DerivSimulator(time_scale=20, seed=1, accepted_tokens=(TOKEN,), history_prefill_s=600)
+    async with simulator:
+        yield simulator
+    assert _leftover_tasks() == []
+
+
+@pytest.fixture
+async def controlled_sim() -> AsyncIterator[DerivSimulator]:
+    """The ``sim`` fixture's simulator with its control interface on a free loopback port."""
+    simulator = DerivSimulator(time_scale=20, seed=1, accepted_tokens=(TOKEN,), history_prefill_s=600, control_port=0)
     async with simulator:
         yield simulator
     assert _leftover_tasks() == []
@@ -225,7 +237,7 @@ async def test_active_symbols(sim: DerivSimulator) -> None:
         frame = await call(ws, {"active_symbols": "brief", "product_type": "basic", "req_id": 1})
     message = protocol.parse(json.dumps(frame))
     assert isinstance(message, protocol.ActiveSymbols)
-    assert {s.symbol for s in message.symbols} == {s.symbol for s in sim_module.DEFAULT_SYMBOLS}
+    assert {s.symbol for s in message.symbols} == {s.symbol for s in DEFAULT_SYMBOLS}
 
 
 # --- ticks ------------------------------------------------------------------------------
@@ -628,7 +640,7 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
     # A client that never reads: once the kernel buffers are full its queue fills and it
     # is cut off. A small queue keeps this well inside the (scaled) idle timeout, which
     # would otherwise also end such a connection: a stalled write is no activity.
-    monkeypatch.setattr(sim_module, "OUTBOUND_QUEUE_FRAMES", 16)
+    monkeypatch.setattr(server_module, "OUTBOUND_QUEUE_FRAMES", 16)
     async with make_sim(time_scale=1000) as simulator:
         # A small fixed receive window and no compression, so the kernel buffers fill soon.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -636,7 +648,7 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", simulator.port))
         async with client(simulator, max_queue=1, compression=None, sock=sock) as ws:
-            await send(ws, {"ticks": [s.symbol for s in sim_module.DEFAULT_SYMBOLS], "req_id": 1})
+            await send(ws, {"ticks": [s.symbol for s in DEFAULT_SYMBOLS], "req_id": 1})
             await eventually(lambda: simulator.stats().slow_clients_dropped > 0)
         assert simulator.connection_count == 0
 
@@ -644,8 +656,11 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
 # --- control HTTP interface ------------------------------------------------------------------
 
 
-async def test_control_interface_from_loopback(sim: DerivSimulator) -> None:
-    async with client(sim) as ws, httpx.AsyncClient(base_url=sim.control_url, timeout=WAIT_S) as http:
+async def test_control_interface_from_loopback(controlled_sim: DerivSimulator) -> None:
+    async with (
+        client(controlled_sim) as ws,
+        httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http,
+    ):
         await call(ws, {"ping": 1, "req_id": 1})
         stats = await http.get("/stats")
         assert stats.status_code == 200
@@ -656,14 +671,14 @@ async def test_control_interface_from_loopback(sim: DerivSimulator) -> None:
         assert await closed_code(ws) == 4001
 
 
-async def test_control_interface_toggles_faults(sim: DerivSimulator) -> None:
-    async with httpx.AsyncClient(base_url=sim.control_url, timeout=WAIT_S) as http:
+async def test_control_interface_toggles_faults(controlled_sim: DerivSimulator) -> None:
+    async with httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http:
         assert (await http.post("/refuse_connections", json={"seconds": 30})).status_code == 200
         with pytest.raises(InvalidStatus):
-            async with client(sim):
+            async with client(controlled_sim):
                 pass
         assert (await http.post("/reset")).status_code == 200
-        async with client(sim) as ws:
+        async with client(controlled_sim) as ws:
             await call(ws, {"website_status": 1, "subscribe": 1, "req_id": 1})
             assert (await http.post("/deploy", json={"close_after_s": 0.1})).json()["ok"] is True
             push = await recv(ws)
@@ -682,29 +697,29 @@ async def test_control_interface_toggles_faults(sim: DerivSimulator) -> None:
     ],
 )
 async def test_control_interface_rejects_bad_requests(
-    sim: DerivSimulator, method: str, path: str, body: bytes, status: int
+    controlled_sim: DerivSimulator, method: str, path: str, body: bytes, status: int
 ) -> None:
-    async with httpx.AsyncClient(base_url=sim.control_url, timeout=WAIT_S) as http:
+    async with httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http:
         response = await http.request(method, path, content=body)
     assert response.status_code == status
     assert response.json()["ok"] is False
 
 
-async def test_control_interface_refuses_large_bodies(sim: DerivSimulator) -> None:
-    async with httpx.AsyncClient(base_url=sim.control_url, timeout=WAIT_S) as http:
-        response = await http.post("/drop_all", content=b"x" * (sim_module.CONTROL_MAX_BODY_BYTES + 1))
+async def test_control_interface_refuses_large_bodies(controlled_sim: DerivSimulator) -> None:
+    async with httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http:
+        response = await http.post("/drop_all", content=b"x" * (control_module.CONTROL_MAX_BODY_BYTES + 1))
     assert response.status_code == 413
 
 
 async def test_control_interface_refuses_non_loopback_peers(
-    sim: DerivSimulator, monkeypatch: pytest.MonkeyPatch
+    controlled_sim: DerivSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Tests may only use loopback, so pretend the peer is remote.
-    monkeypatch.setattr(sim_module, "is_loopback_peer", lambda _peer: False)
-    async with httpx.AsyncClient(base_url=sim.control_url, timeout=WAIT_S) as http:
+    monkeypatch.setattr(control_module, "is_loopback_peer", lambda _peer: False)
+    async with httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http:
         response = await http.post("/drop_all", json={})
     assert response.status_code == 403
-    async with client(sim) as ws:  # the WebSocket endpoint is unaffected
+    async with client(controlled_sim) as ws:  # the WebSocket endpoint is unaffected
         assert (await call(ws, {"ping": 1, "req_id": 1}))["ping"] == "pong"
 
 
@@ -736,8 +751,10 @@ async def test_command_line_runs_until_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "backend_core.deriv.simulator",
+        "backend_core.deriv.sim",
         "--port",
+        "0",
+        "--control-port",
         "0",
         "--time-scale",
         "20",
@@ -749,10 +766,14 @@ async def test_command_line_runs_until_sigterm() -> None:
             assert process.stdout is not None
             line = (await process.stdout.readline()).decode()
             url = re.search(r"ws://\S+", line)
-            assert url, line
+            control_url = re.search(r"http://\S+/control", line)
+            assert url and control_url, line
             async with connect(url.group(0), open_timeout=WAIT_S) as ws:
                 await ws.send('{"ping":1,"req_id":1}')
                 assert json.loads(await ws.recv())["ping"] == "pong"
+                async with httpx.AsyncClient(timeout=WAIT_S) as http:
+                    stats = await http.get(f"{control_url.group(0)}/stats")
+                assert stats.json()["result"]["connection_count"] == 1
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
     finally:

@@ -38,6 +38,7 @@ DEFAULTS = {
     "DERIV_PING_INTERVAL": 30.0,
     "DERIV_SIMULATOR_HOST": "127.0.0.1",
     "DERIV_SIMULATOR_PORT": 0,
+    "DERIV_SIMULATOR_CONTROL_PORT": 0,
     "DERIV_SIMULATOR_TIME_SCALE": 1.0,
     "ADMIN_TOKEN": None,
     "DB_URL": "sqlite:///data/status.db",

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from backend_core.clock import FakeClock
 from backend_core.deriv import protocol
-from backend_core.deriv import simulator as sim
+from backend_core.deriv.sim import __main__ as cli
+from backend_core.deriv.sim import control, faults, market, schema, server, session
 from backend_core.events import Tick
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -26,7 +29,7 @@ START = 1_700_000_000  # divisible by 2: a grid epoch for every symbol
 
 def test_simulated_time_runs_time_scale_faster() -> None:
     clock = FakeClock(start_wall=START)
-    t = sim.SimulatedTime(clock, time_scale=10)
+    t = market.SimulatedTime(clock, time_scale=10)
     assert t.now() == START
     clock.advance(1.5)
     assert t.now() == START + 15
@@ -36,11 +39,11 @@ def test_simulated_time_runs_time_scale_faster() -> None:
 @pytest.mark.parametrize("scale", [0, -1, float("nan"), float("inf"), 10_001])
 def test_simulated_time_rejects_bad_scales(scale: float) -> None:
     with pytest.raises(ValueError):
-        sim.SimulatedTime(FakeClock(), scale)
+        market.SimulatedTime(FakeClock(), scale)
 
 
 def test_idle_deadline_restarts_on_touch() -> None:
-    idle = sim.IdleDeadline(120, now=0)
+    idle = session.IdleDeadline(120, now=0)
     assert idle.remaining(100) == 20
     idle.touch(100)
     assert not idle.expired(219)
@@ -48,14 +51,14 @@ def test_idle_deadline_restarts_on_touch() -> None:
 
 
 def test_rate_window_allows_ten_per_window() -> None:
-    window = sim.RateWindow(limit=10, window_s=1.0)
+    window = session.RateWindow(limit=10, window_s=1.0)
     assert all(window.hit(0.01 * i) for i in range(10))
     assert not window.hit(0.5)
     assert window.hit(1.01)  # a new window opened
 
 
 def test_rate_window_spread_out_calls_never_trip() -> None:
-    window = sim.RateWindow()
+    window = session.RateWindow()
     assert all(window.hit(i * 0.2) for i in range(200))
 
 
@@ -63,7 +66,7 @@ def test_rate_window_spread_out_calls_never_trip() -> None:
 
 
 def test_tick_history_window_returns_latest_count_ascending() -> None:
-    history = sim.TickHistory(capacity=100)
+    history = market.TickHistory(capacity=100)
     for e in range(10, 30, 2):
         history.append(e, float(e))
     assert history.window(0, 100, 3) == ([24, 26, 28], [24.0, 26.0, 28.0])
@@ -75,7 +78,7 @@ def test_tick_history_window_returns_latest_count_ascending() -> None:
 
 
 def test_tick_history_is_bounded() -> None:
-    history = sim.TickHistory(capacity=8)
+    history = market.TickHistory(capacity=8)
     for e in range(1000):
         history.append(e, 1.0)
         assert len(history) <= 8 + 8 // 4
@@ -84,34 +87,34 @@ def test_tick_history_is_bounded() -> None:
 
 
 def test_tick_history_rejects_non_increasing_epochs() -> None:
-    history = sim.TickHistory(capacity=4)
+    history = market.TickHistory(capacity=4)
     history.append(5, 1.0)
     with pytest.raises(ValueError):
         history.append(5, 2.0)
 
 
-def _market(**kwargs: Any) -> sim.Market:
+def _market(**kwargs: Any) -> market.Market:
     kwargs.setdefault("seed", 7)
     kwargs.setdefault("prefill_s", 0)
-    return sim.Market(start_epoch=START, **kwargs)
+    return market.Market(start_epoch=START, **kwargs)
 
 
 def test_market_ticks_on_the_grid() -> None:
-    market = _market()
-    ticks = market.advance_to(START + 4)
+    mk = _market()
+    ticks = mk.advance_to(START + 4)
     by_symbol: dict[str, list[int]] = {}
     for tick in ticks:
         by_symbol.setdefault(tick.symbol, []).append(tick.epoch)
     assert by_symbol["1HZ100V"] == [START + 1, START + 2, START + 3, START + 4]
     assert by_symbol["R_50"] == [START + 2, START + 4]
     assert [t.epoch for t in ticks] == sorted(t.epoch for t in ticks)  # oldest first
-    assert market.last_epoch == START + 4
+    assert mk.last_epoch == START + 4
 
 
 def test_market_quotes_are_rounded_with_bid_below_ask() -> None:
-    market = _market()
-    for tick in market.advance_to(START + 20):
-        spec = market.specs[tick.symbol]
+    mk = _market()
+    for tick in mk.advance_to(START + 20):
+        spec = mk.specs[tick.symbol]
         assert type(tick.epoch) is int
         assert tick.pip_size == spec.pip_size
         assert tick.quote == round(tick.quote, spec.pip_size)
@@ -121,11 +124,11 @@ def test_market_quotes_are_rounded_with_bid_below_ask() -> None:
 
 
 def test_market_history_matches_published_ticks() -> None:
-    market = _market()
-    ticks = [t for t in market.advance_to(START + 30) if t.symbol == "R_100"]
-    epochs, quotes = market.history("R_100").window(0, START + 30, 1000)
+    mk = _market()
+    ticks = [t for t in mk.advance_to(START + 30) if t.symbol == "R_100"]
+    epochs, quotes = mk.history("R_100").window(0, START + 30, 1000)
     assert list(zip(epochs, quotes, strict=True)) == [(t.epoch, t.quote) for t in ticks]
-    assert market.latest("R_100") == ticks[-1]
+    assert mk.latest("R_100") == ticks[-1]
 
 
 def test_market_is_reproducible_with_a_seed() -> None:
@@ -137,33 +140,33 @@ def test_market_is_reproducible_with_a_seed() -> None:
 
 
 def test_market_prefill_builds_history_before_start() -> None:
-    market = _market(prefill_s=100)
-    epochs, _ = market.history("1HZ100V").window(0, START, 10_000)
+    mk = _market(prefill_s=100)
+    epochs, _ = mk.history("1HZ100V").window(0, START, 10_000)
     assert epochs == list(range(START - 99, START + 1))
-    assert len(market.history("R_10").window(0, START, 10_000)[0]) == 50
+    assert len(mk.history("R_10").window(0, START, 10_000)[0]) == 50
 
 
 def test_market_skip_leaves_a_gap() -> None:
-    market = _market()
-    market.advance_to(START + 2)
-    market.skip_to(START + 10)
-    market.advance_to(START + 12)
-    epochs, _ = market.history("R_50").window(0, START + 100, 100)
+    mk = _market()
+    mk.advance_to(START + 2)
+    mk.skip_to(START + 10)
+    mk.advance_to(START + 12)
+    epochs, _ = mk.history("R_50").window(0, START + 100, 100)
     assert epochs == [START + 2, START + 12]
 
 
 def test_market_catch_up_is_bounded() -> None:
-    market = _market()
-    ticks = market.advance_to(START + 10_000, catch_up_limit_s=10)
+    mk = _market()
+    ticks = mk.advance_to(START + 10_000, catch_up_limit_s=10)
     assert min(t.epoch for t in ticks) == START + 9_991
 
 
 def test_market_next_due_epoch() -> None:
-    market = _market()
-    assert market.next_due_epoch() == START + 1
-    market.advance_to(START + 1)
-    assert market.next_due_epoch() == START + 2
-    only_r = _market(specs=[s for s in sim.DEFAULT_SYMBOLS if s.symbol.startswith("R_")])
+    mk = _market()
+    assert mk.next_due_epoch() == START + 1
+    mk.advance_to(START + 1)
+    assert mk.next_due_epoch() == START + 2
+    only_r = _market(specs=[s for s in market.DEFAULT_SYMBOLS if s.symbol.startswith("R_")])
     assert only_r.next_due_epoch() == START + 2
 
 
@@ -171,11 +174,11 @@ def test_market_rejects_bad_specs() -> None:
     with pytest.raises(ValueError):
         _market(specs=[])
     with pytest.raises(ValueError):
-        _market(specs=[sim.SymbolSpec("bad symbol", "x", 0.01, 2, 1, 1.0, 0.1)])
+        _market(specs=[market.SymbolSpec("bad symbol", "x", 0.01, 2, 1, 1.0, 0.1)])
 
 
 def test_candles_bucket_by_granularity() -> None:
-    candles = sim.build_candles([60, 70, 119, 120, 150], [1.0, 3.0, 2.0, 5.0, 4.0], 60)
+    candles = market.build_candles([60, 70, 119, 120, 150], [1.0, 3.0, 2.0, 5.0, 4.0], 60)
     assert [(c.open_time, c.open, c.high, c.low, c.close, c.epoch) for c in candles] == [
         (60, 1.0, 3.0, 1.0, 2.0, 119),
         (120, 5.0, 5.0, 4.0, 4.0, 150),
@@ -190,28 +193,31 @@ NOW = float(START + 1000)
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
-        ({"end": "latest"}, sim.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "ticks", 0)),
-        ({"end": "latest", "count": 0}, sim.HistoryWindow(START + 1000 - 86400, START + 1000, 5000, "ticks", 0)),
-        ({"end": "latest", "count": 9999}, sim.HistoryWindow(START + 1000 - 86400, START + 1000, 5000, "ticks", 0)),
-        ({"end": str(START + 9999)}, sim.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "ticks", 0)),
+        ({"end": "latest"}, market.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "ticks", 0)),
+        ({"end": "latest", "count": 0}, market.HistoryWindow(START + 1000 - 86400, START + 1000, 5000, "ticks", 0)),
+        ({"end": "latest", "count": 9999}, market.HistoryWindow(START + 1000 - 86400, START + 1000, 5000, "ticks", 0)),
+        ({"end": str(START + 9999)}, market.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "ticks", 0)),
         (
             {"end": "latest", "granularity": 60},
-            sim.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "candles", 60),
+            market.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "candles", 60),
         ),
         (
             {"end": "latest", "style": "candles"},
-            sim.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "candles", 60),
+            market.HistoryWindow(START + 1000 - 86400, START + 1000, 1000, "candles", 60),
         ),
         (
             {"end": "latest", "style": "candles", "granularity": 120, "count": 10},
-            sim.HistoryWindow(START + 1000 - 1200, START + 1000, 10, "candles", 120),
+            market.HistoryWindow(START + 1000 - 1200, START + 1000, 10, "candles", 120),
         ),
-        ({"end": "latest", "start": 5}, sim.HistoryWindow(START + 1000 - 365 * 86400, START + 1000, 1000, "ticks", 0)),
-        ({"end": str(START), "start": START - 10, "count": 3}, sim.HistoryWindow(START - 10, START, 3, "ticks", 0)),
+        (
+            {"end": "latest", "start": 5},
+            market.HistoryWindow(START + 1000 - 365 * 86400, START + 1000, 1000, "ticks", 0),
+        ),
+        ({"end": str(START), "start": START - 10, "count": 3}, market.HistoryWindow(START - 10, START, 3, "ticks", 0)),
     ],
 )
-def test_history_window_rules(params: dict[str, Any], expected: sim.HistoryWindow) -> None:
-    assert sim.history_window(params, NOW) == expected
+def test_history_window_rules(params: dict[str, Any], expected: market.HistoryWindow) -> None:
+    assert market.history_window(params, NOW) == expected
 
 
 @pytest.mark.parametrize(
@@ -223,14 +229,14 @@ def test_history_window_rules(params: dict[str, Any], expected: sim.HistoryWindo
     ],
 )
 def test_history_window_refusals(params: dict[str, Any], code: str) -> None:
-    refusal = sim.history_window(params, NOW)
-    assert isinstance(refusal, sim.HistoryRefusal)
+    refusal = market.history_window(params, NOW)
+    assert isinstance(refusal, market.HistoryRefusal)
     assert refusal.code == code
 
 
 def test_invalid_start_end_message() -> None:
-    refusal = sim.history_window({"end": "10", "start": 20}, NOW)
-    assert refusal == sim.HistoryRefusal("InvalidStartEnd", "Start time 20 must be before end time 10")
+    refusal = market.history_window({"end": "10", "start": 20}, NOW)
+    assert refusal == market.HistoryRefusal("InvalidStartEnd", "Start time 20 must be before end time 10")
 
 
 # --- request checks --------------------------------------------------------------------
@@ -251,42 +257,42 @@ def test_invalid_start_end_message() -> None:
     ],
 )
 def test_sanity_check(value: Any, ok: bool) -> None:
-    assert sim.sanity_check(value) is ok
+    assert schema.sanity_check(value) is ok
 
 
 def test_sanity_check_limits_depth() -> None:
     deep: Any = 1
     for _ in range(40):
         deep = {"a": deep}
-    assert not sim.sanity_check(deep)
+    assert not schema.sanity_check(deep)
 
 
 def test_find_action() -> None:
-    assert sim.find_action({"req_id": 1, "time": 1}) == "time"
-    assert sim.find_action({"proposal": 1}) is None
+    assert schema.find_action({"req_id": 1, "time": 1}) == "time"
+    assert schema.find_action({"proposal": 1}) is None
 
 
 def test_validate_coerces_strings_to_numbers() -> None:
-    params, details, general = sim.validate("ticks", {"ticks": "R_50", "subscribe": "1", "req_id": "4"})
+    params, details, general = schema.validate("ticks", {"ticks": "R_50", "subscribe": "1", "req_id": "4"})
     assert (details, general) == ({}, [])
     assert params == {"ticks": "R_50", "subscribe": 1, "req_id": 4}
 
 
 def test_validate_reports_fields_and_unknown_properties() -> None:
-    _params, details, general = sim.validate("ticks_history", {"ticks_history": "R_50", "count": "x", "foo": 1})
+    _params, details, general = schema.validate("ticks_history", {"ticks_history": "R_50", "count": "x", "foo": 1})
     assert details == {"end": "Missing property.", "count": "Expected integer - got string."}
     assert general == ["Properties not allowed: foo."]
 
 
 def test_redact_hides_tokens() -> None:
-    assert sim.redact({"authorize": "secret", "req_id": 1}) == {"authorize": "<not shown>", "req_id": 1}
-    assert sim.redact({"authorize": "MULTI", "tokens": ["a"]})["tokens"] == "<not shown>"
+    assert schema.redact({"authorize": "secret", "req_id": 1}) == {"authorize": "<not shown>", "req_id": 1}
+    assert schema.redact({"authorize": "MULTI", "tokens": ["a"]})["tokens"] == "<not shown>"
 
 
 def test_subscription_ids_are_uuid_shaped() -> None:
-    assert sim.new_subscription_id(0) == "00000000-0000-0000-0000-000000000000"
-    assert UUID_RE.match(sim.new_subscription_id((1 << 128) - 1))
-    assert len(sim.new_subscription_id(123456789)) == 36
+    assert session.new_subscription_id(0) == "00000000-0000-0000-0000-000000000000"
+    assert UUID_RE.match(session.new_subscription_id((1 << 128) - 1))
+    assert len(session.new_subscription_id(123456789)) == 36
 
 
 # --- the session ---------------------------------------------------------------------
@@ -297,10 +303,10 @@ class Harness:
 
     def __init__(self, **kwargs: Any) -> None:
         self.market = _market(prefill_s=60)
-        self.site = sim.SiteState()
+        self.site = session.SiteState()
         bits = iter(range(1, 10_000))
         kwargs.setdefault("accepted_tokens", ("good-token",))
-        self.session = sim.Session(self.market, self.site, random_bits=lambda _n: next(bits) * 7919, **kwargs)
+        self.session = session.Session(self.market, self.site, random_bits=lambda _n: next(bits) * 7919, **kwargs)
         self.now = float(START)
 
     def call(self, request: Any) -> list[dict[str, Any]]:
@@ -330,7 +336,7 @@ def test_session_malformed_frame_closes_without_reply() -> None:
     for raw in ("{not json", b"\xff\xfe", '{"ping": NaN}'):
         received = h.session.receive(raw, h.now)
         assert received.frames == ()
-        assert received.close == sim.CloseDirective(1007, "malformed frame")
+        assert received.close == session.CloseDirective(1007, "malformed frame")
         assert received.label == "(malformed)"
 
 
@@ -380,7 +386,7 @@ def test_session_ping_time_rate_limit_then_close_1008() -> None:
         received = h.session.receive(json.dumps({"ping" if i % 2 else "time": 1}), 0.05 * i)
         assert received.close is None
     received = h.session.receive(json.dumps({"ping": 1, "req_id": 11}), 0.6)
-    assert received.close == sim.CloseDirective(1008)
+    assert received.close == session.CloseDirective(1008)
     (frame,) = [json.loads(f) for f in received.frames]
     assert frame["msg_type"] == "ping"
     assert frame["req_id"] == 11
@@ -561,7 +567,7 @@ def test_session_website_status_subscription_and_push() -> None:
     assert "max_requestes_general" in status["website_status"]["api_call_limits"]
     (dup,) = h.call({"website_status": 1, "subscribe": 1})
     assert dup["error"] == {"code": "AlreadySubscribed", "message": "You are already subscribed to website_status"}
-    h.site.status, h.site.message = "updating", sim.DEPLOY_MESSAGE
+    h.site.status, h.site.message = "updating", faults.DEPLOY_MESSAGE
     (push,) = [json.loads(f) for f in h.session.on_site_status()]
     assert push["subscription"] == status["subscription"]
     assert push["req_id"] == 5
@@ -635,7 +641,7 @@ def test_session_active_symbols() -> None:
     ],
 )
 def test_session_error_replies(action: str, code: str, msg_type: str, message: str) -> None:
-    request = sim.CallRequest(action, {action: "R_50" if action.startswith("ticks") else 1, "req_id": 3}, 3, None)
+    request = session.CallRequest(action, {action: "R_50" if action.startswith("ticks") else 1, "req_id": 3}, 3, None)
     frame = json.loads(Harness().session.error_reply(request, code))
     assert frame["msg_type"] == msg_type
     assert frame["error"] == {"code": code, "message": message}
@@ -667,32 +673,32 @@ def test_session_frames_parse_with_the_client_codec() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body", "expected"),
     [
-        ("POST", "/control/drop_all", b"", sim.ControlCommand("drop_all", {})),
+        ("POST", "/control/drop_all", b"", control.ControlCommand("drop_all", {})),
         (
             "POST",
             "/control/drop_all",
             b'{"code": 1011, "reason": "x"}',
-            sim.ControlCommand("drop_all", {"code": 1011, "reason": "x"}),
+            control.ControlCommand("drop_all", {"code": 1011, "reason": "x"}),
         ),
-        ("POST", "/control/drop_all", b'{"code": null}', sim.ControlCommand("drop_all", {"code": None})),
+        ("POST", "/control/drop_all", b'{"code": null}', control.ControlCommand("drop_all", {"code": None})),
         (
             "POST",
             "/control/refuse_connections",
             b'{"seconds": 2}',
-            sim.ControlCommand("refuse_connections", {"seconds": 2.0}),
+            control.ControlCommand("refuse_connections", {"seconds": 2.0}),
         ),
         (
             "POST",
             "/control/inject_error",
             b'{"code": "WrongResponse", "count": 2}',
-            sim.ControlCommand("inject_error", {"code": "WrongResponse", "count": 2}),
+            control.ControlCommand("inject_error", {"code": "WrongResponse", "count": 2}),
         ),
-        ("POST", "/control/drop_replies?x=1", b'{"count": 3}', sim.ControlCommand("drop_replies", {"count": 3})),
-        ("GET", "/control/stats", b"", sim.ControlCommand("stats", {})),
+        ("POST", "/control/drop_replies?x=1", b'{"count": 3}', control.ControlCommand("drop_replies", {"count": 3})),
+        ("GET", "/control/stats", b"", control.ControlCommand("stats", {})),
     ],
 )
-def test_parse_control_accepts(method: str, path: str, body: bytes, expected: sim.ControlCommand) -> None:
-    assert sim.parse_control(method, path, body) == expected
+def test_parse_control_accepts(method: str, path: str, body: bytes, expected: control.ControlCommand) -> None:
+    assert control.parse_control(method, path, body) == expected
 
 
 @pytest.mark.parametrize(
@@ -717,42 +723,95 @@ def test_parse_control_accepts(method: str, path: str, body: bytes, expected: si
     ],
 )
 def test_parse_control_rejects(method: str, path: str, body: bytes, status: int) -> None:
-    result = sim.parse_control(method, path, body)
-    assert isinstance(result, sim.ControlRejection)
+    result = control.parse_control(method, path, body)
+    assert isinstance(result, control.ControlRejection)
     assert result.status == status
 
 
-def test_parse_http_head() -> None:
-    head = b"POST /control/drop_all HTTP/1.1\r\nHost: x\r\nContent-Length: 12"
-    assert sim.parse_http_head(head) == sim.HttpHead("POST", "/control/drop_all", 12)
-    assert isinstance(sim.parse_http_head(b"garbage"), sim.ControlRejection)
-    chunked = sim.parse_http_head(b"POST /control/x HTTP/1.1\r\nTransfer-Encoding: chunked")
-    assert isinstance(chunked, sim.ControlRejection) and chunked.status == 411
-    big = sim.parse_http_head(b"POST /control/x HTTP/1.1\r\nContent-Length: 99999999")
-    assert isinstance(big, sim.ControlRejection) and big.status == 413
+class FakeTarget:
+    """Records the control calls; the counters are a fixed dict."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        async def record_async(*args: Any) -> int:
+            self.calls.append((name, args))
+            return 1
+
+        def record(*args: Any) -> None:
+            self.calls.append((name, args))
+
+        return record_async if name in ("drop_all", "send_malformed_frame", "deploy", "restart") else record
+
+    def stats(self) -> Any:
+        return SimpleNamespace(to_dict=lambda: {"connection_count": 0})
 
 
-def test_control_request_line_detection() -> None:
-    assert sim.is_control_request_line(b"POST /control/drop_all HTTP/1.1")
-    assert sim.is_control_request_line(b"GET /control HTTP/1.1")
-    assert not sim.is_control_request_line(b"GET /websockets/v3?app_id=1 HTTP/1.1")
-    assert not sim.is_control_request_line(b"GET /controlled HTTP/1.1")
+def _control_client(target: FakeTarget, peer: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=control.control_app(target), client=(peer, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://sim/control")
+
+
+async def test_control_app_runs_commands() -> None:
+    target = FakeTarget()
+    async with _control_client(target) as http:
+        dropped = await http.post("/drop_all", json={"code": 4001, "reason": "x"})
+        paused = await http.post("/pause_feed", json={"enabled": True})
+        stats = await http.get("/stats")
+    assert dropped.json() == {"ok": True, "action": "drop_all", "result": {"dropped": 1}}
+    assert paused.json() == {"ok": True, "action": "pause_feed", "result": {"connection_count": 0}}
+    assert stats.json()["result"] == {"connection_count": 0}
+    assert target.calls == [("drop_all", (4001, "x")), ("pause_feed", (True,))]
+
+
+async def test_control_app_answers_json_errors() -> None:
+    target = FakeTarget()
+    async with _control_client(target) as http:
+        elsewhere = await http.get("http://sim/other")
+        too_large = await http.post("/drop_all", content=b"x" * (control.CONTROL_MAX_BODY_BYTES + 1))
+        wrong_method = await http.delete("/drop_all")
+    assert (elsewhere.status_code, too_large.status_code, wrong_method.status_code) == (404, 413, 405)
+    assert all(r.json()["ok"] is False for r in (elsewhere, too_large, wrong_method))
+    assert target.calls == []
+
+
+async def test_control_app_refuses_non_loopback_peers() -> None:
+    target = FakeTarget()
+    async with _control_client(target, peer="10.0.0.1") as http:
+        response = await http.post("/drop_all", json={})
+    assert response.status_code == 403
+    assert target.calls == []
 
 
 def test_loopback_checks() -> None:
-    assert sim.is_loopback_peer(("127.0.0.1", 5000))
-    assert sim.is_loopback_peer(("::1", 5000, 0, 0))
-    assert not sim.is_loopback_peer(("10.0.0.1", 5000))
-    assert not sim.is_loopback_peer(None)
-    assert sim.is_loopback_host("localhost") and sim.is_loopback_host("127.0.0.2") and sim.is_loopback_host("::1")
-    assert not sim.is_loopback_host("0.0.0.0") and not sim.is_loopback_host("example.com")
+    assert control.is_loopback_peer(("127.0.0.1", 5000))
+    assert control.is_loopback_peer(("::1", 5000, 0, 0))
+    assert not control.is_loopback_peer(("10.0.0.1", 5000))
+    assert not control.is_loopback_peer(None)
+    assert (
+        server.is_loopback_host("localhost") and server.is_loopback_host("127.0.0.2") and server.is_loopback_host("::1")
+    )
+    assert not server.is_loopback_host("0.0.0.0") and not server.is_loopback_host("example.com")
 
 
 def test_close_codes() -> None:
-    assert sim.valid_close_code(1000) and sim.valid_close_code(1008) and sim.valid_close_code(4000)
-    assert not sim.valid_close_code(1005) and not sim.valid_close_code(1006) and not sim.valid_close_code(999)
+    assert faults.valid_close_code(1000) and faults.valid_close_code(1008) and faults.valid_close_code(4000)
+    assert not faults.valid_close_code(1005) and not faults.valid_close_code(1006) and not faults.valid_close_code(999)
 
 
 def test_cli_refuses_remote_hosts(capsys: pytest.CaptureFixture[str]) -> None:
-    assert sim.main(["--host", "0.0.0.0"]) == 2
+    assert cli.main(["--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_simulator_refuses_a_remote_host_unless_allowed() -> None:
+    with pytest.raises(ValueError, match="allow_remote"):
+        server.DerivSimulator("0.0.0.0", history_prefill_s=0)
+    assert server.DerivSimulator("0.0.0.0", allow_remote=True, history_prefill_s=0).host == "0.0.0.0"
+    assert server.DerivSimulator("localhost", history_prefill_s=0).host == "localhost"
+
+
+def test_simulator_without_a_control_port_has_no_control_url() -> None:
+    with pytest.raises(RuntimeError):
+        _ = server.DerivSimulator(history_prefill_s=0).control_url
