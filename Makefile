@@ -15,6 +15,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 RUN_STAMP := $(VENV)/.run-installed
 DEV_STAMP := $(VENV)/.dev-installed
+# Deriv's own JS and Python clients, which tests/integration/test_deriv_clients.py runs
+# against the simulator; installed in their folder (the Python one pins an older
+# websockets than the app's), as part of the dev install step.
+CLIENTS := tests/clients
+CLIENTS_PY := $(CLIENTS)/python-deps/.installed
+CLIENTS_JS := $(CLIENTS)/node_modules/.installed
 
 .PHONY: run dev test lint typecheck unit integration e2e bench clean
 
@@ -26,9 +32,18 @@ $(RUN_STAMP): requirements.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(DEV_STAMP): requirements.txt requirements-dev.txt $(CLIENTS_PY) $(CLIENTS_JS) | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(RUN_STAMP) $@
+
+$(CLIENTS_PY): $(CLIENTS)/requirements.txt | $(PY)
+	rm -rf $(CLIENTS)/python-deps
+	$(PY) -m pip install --quiet --no-deps --target $(CLIENTS)/python-deps -r $(CLIENTS)/requirements.txt
+	touch $@
+
+$(CLIENTS_JS): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json | $(RUN_STAMP)
+	cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## run: start the app (page and API on one port, http://localhost:$(PORT)) on the embedded simulator
 run: $(RUN_STAMP)
@@ -41,6 +56,8 @@ dev: $(RUN_STAMP)
 	REFLEX_USE_GRANIAN=1 exec reflex run --env dev
 
 ## test: lint, type-check and run every test (unit, integration, end-to-end)
+# Here the clients are installed, so their tests must run (elsewhere they skip if missing).
+test integration: export REQUIRE_DERIV_CLIENTS := 1
 test: lint typecheck
 	$(PY) -m pytest
 
@@ -65,4 +82,4 @@ bench: $(DEV_STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf .web .states $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .web .states $(VENV) .pytest_cache .mypy_cache .ruff_cache $(CLIENTS)/node_modules $(CLIENTS)/python-deps
