@@ -267,6 +267,7 @@ class DerivSimulator:
         if self._server is not None:
             return
         self._stopping = False
+        self._sync_blackhole()  # stop() released held handshakes; a blackhole still set holds again
         self._server = await serve(
             self._serve_client,
             self.host,
