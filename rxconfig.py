@@ -23,10 +23,27 @@ from backend_core.errors import ConfigError  # noqa: E402
 from rxapp.styles import THEME  # noqa: E402
 
 try:
-    load_settings()
+    _settings = load_settings()
 except ConfigError as exc:
     print(exc.message, file=sys.stderr)
     raise SystemExit(2) from None
+
+# `make dev` / `reflex run --env dev` reload the backend when a file under the project
+# changes. The app itself writes there (the SQLite history in data/, test artefacts), and
+# each write (status.db-journal is not an ignored extension) would restart the backend
+# every few seconds, forever. Keep those folders out of the reloader's view.
+_written_dirs = [Path("artifacts")]
+_db_file = _settings.DB_URL.removeprefix("sqlite:///") if _settings.DB_URL.startswith("sqlite:///") else ""
+if _db_file and _db_file != ":memory:":
+    _written_dirs.append(Path(_db_file).parent)
+_excluded = [os.environ["REFLEX_HOT_RELOAD_EXCLUDE_PATHS"]] if os.environ.get("REFLEX_HOT_RELOAD_EXCLUDE_PATHS") else []
+for _folder in _written_dirs:
+    _absolute = (Path.cwd() / _folder).resolve()
+    if _absolute.parent == Path.cwd().resolve() and _absolute != Path.cwd().resolve():
+        _absolute.mkdir(exist_ok=True)  # Reflex compares the excluded paths with samefile()
+        _excluded.append(str(_absolute))
+if _excluded:
+    os.environ["REFLEX_HOT_RELOAD_EXCLUDE_PATHS"] = os.pathsep.join(_excluded)
 
 config = rx.Config(
     app_name="rxapp",
