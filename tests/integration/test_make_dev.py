@@ -8,6 +8,7 @@ runtime did not stop within the reloader's two-second grace (40 restarts in 90 s
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -71,6 +72,12 @@ def test_make_dev_backend_starts_once_and_reloads_cleanly(tmp_path: Path) -> Non
         assert "refused to gracefully stop" not in log
         assert "Traceback" not in log
         assert httpx.get(f"{app.base_url}/health", timeout=10).status_code == 200
+        # Building the frontend leaves the tracked lock folder as committed (Reflex rewrites
+        # reflex.lock/package.json on every build, in its own key order).
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "reflex.lock"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert changed.returncode != 0 or changed.stdout == "", f"the build changed tracked files: {changed.stdout}"
     finally:
         leftovers = stop_app(app)
         for suffix in ("", "-journal", "-wal", "-shm"):
