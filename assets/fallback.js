@@ -213,10 +213,20 @@
     }
   }
 
+  // React hydrates the prerendered page after this script has run; a node changed before
+  // that (the "for 12 s" text) no longer matches what React expects and fails hydration
+  // (React error #418). The prerendered card says "connecting"; only React moves it on,
+  // so the first other state means the page is React's and may be written to.
+  var hydrated = false;
+
   function tick() {
     var settings = readSettings();
     var link = document.getElementById("browser-link");
     if (!settings || !link) return;
+    if (!hydrated) {
+      if ((link.getAttribute("data-state") || "connecting") === "connecting") return;
+      hydrated = true;
+    }
     if (observed !== link) {
       // React the moment the state changes, not at the next one-second tick.
       observed = link;

@@ -9,7 +9,7 @@ Routes (every HTTP handler reads snapshots; none awaits the upstream):
 ``GET  /health/circuit-breakers``                      every breaker's snapshot
 ``POST /health/circuit-breakers/{name}/reset``         admin only (Bearer ADMIN_TOKEN)
 ``GET  /livez``, ``GET /readyz``                       liveness, readiness
-``GET  /metrics``                                      Prometheus text format
+``GET  /metrics``                                      Prometheus text, or OpenMetrics on Accept
 ``GET  /api/v1/status``                                everything the status page shows
 ``POST /api/v1/retry``                                 a manual upstream retry (coalesced)
 ``GET  /api/v1/ticks/latest?symbols=A,B``              latest tick per symbol
@@ -28,7 +28,6 @@ import logging
 import re
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -149,7 +148,8 @@ def create_api(runtime: Runtime) -> Starlette:
         return JSONResponse({"status": "fail", "ready": False, "output": reason}, status_code=503)
 
     async def metrics(request: Request) -> Response:
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = runtime.metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     async def status(request: Request) -> Response:
         return JSONResponse(runtime.status(), headers={"cache-control": "no-store"})

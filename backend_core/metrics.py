@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from backend_core.events import LinkState
@@ -41,8 +42,15 @@ class _SnapshotCollector(Collector):
         snap = rt.upstream_snapshot()
         stats: dict[str, Any] = rt.manager.stats() if rt.manager is not None else {}
 
-        g = GaugeMetricFamily(f"{PREFIX}_relay_connections", "Relay (/api/v1/ws) clients connected now.")
+        # "_active", not "_connections": under OpenMetrics the counter below owns the
+        # family name deriv_status_relay_connections (its samples end in _total).
+        g = GaugeMetricFamily(f"{PREFIX}_relay_connections_active", "Relay (/api/v1/ws) clients connected now.")
         g.add_metric([], float(relay["active"]))
+        yield g
+        g = GaugeMetricFamily(
+            f"{PREFIX}_relay_connections_max", "Relay clients allowed at once (WEBSOCKET_MAX_CONNECTIONS)."
+        )
+        g.add_metric([], float(relay["max_connections"]))
         yield g
 
         c = CounterMetricFamily(f"{PREFIX}_relay_connections", "Relay clients accepted since start.")
@@ -174,5 +182,8 @@ class Metrics:
     def observe_health_check(self, check: str, seconds: float) -> None:
         self._health.labels(check=check).observe(seconds)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type: OpenMetrics when ``accept`` asks for it
+        (``application/openmetrics-text``), else the Prometheus text format 0.0.4."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

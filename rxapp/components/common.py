@@ -44,7 +44,8 @@ def state_badge(word: Any, icon: Any, tone: Any, **props: Any) -> rx.Component:
         variant="soft",
         size="2",
         radius="full",
-        high_contrast=False,
+        # Step-12 text: amber's step 11 on step 3 is 4.24:1, under WCAG AA's 4.5:1.
+        high_contrast=True,
         **props,
     )
 

@@ -72,7 +72,13 @@ def _row(row: Any) -> rx.Component:
         rx.hstack(
             rx.cond(
                 stale,
-                rx.badge(rx.icon("clock", size=12, aria_hidden="true"), "Stale", color_scheme="amber", variant="soft"),
+                rx.badge(
+                    rx.icon("clock", size=12, aria_hidden="true"),
+                    "Stale",
+                    color_scheme="amber",
+                    variant="soft",
+                    high_contrast=True,
+                ),
             ),
             rx.cond(
                 row["gap"] != "",

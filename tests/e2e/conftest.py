@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from tests.app_process import ROOT, RunningApp, running_app
+from tests.e2e.page_checks import watch
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -77,8 +78,12 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 
 
 @pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A page that fails its test on any page error or console error."""
+    page = context.new_page()
+    recorder = watch(page)
+    yield page
+    recorder.assert_clean()
 
 
 @pytest.fixture(scope="session")

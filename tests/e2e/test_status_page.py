@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from tests.app_process import RunningApp
 from tests.e2e.conftest import DESKTOP, PHONE, publish_screenshot
+from tests.e2e.page_checks import NETWORK_CUT, assert_accessible, watch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -69,6 +70,7 @@ def test_page_loads_with_both_links_connected_and_ticks_updating(page: Page, app
     expect(line).not_to_have_attribute("points", before or "", timeout=ms(10))
     expect(page.locator('[data-symbol="1HZ100V"] .tick-age')).to_have_text(re.compile(r"just now|\d+ s ago"))
     expect(page.locator('[data-stale="true"]')).to_have_count(0)
+    assert_accessible(page, "live")
 
 
 def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip(page: Page, app: RunningApp) -> None:
@@ -82,6 +84,7 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
     expect(page.locator("#feed-error")).to_have_text("The server refused the connection (HTTP 503).")
     expect(page.locator("#status-banner")).to_contain_text("Reconnecting to the market feed")
     expect(page.locator('[data-tip="HandshakeRefused"]')).to_be_visible()
+    assert_accessible(page, "outage")
 
     # The 4th failure opens the breaker: retries pause, with a countdown to the next probe.
     expect(feed).to_have_attribute("data-state", "circuit_open", timeout=ms(30))
@@ -97,6 +100,8 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
     # The countdown counts.
     shown = detail.inner_text()
     expect(detail).not_to_have_text(shown, timeout=ms(3))
+    expect(page.locator('[data-stale="true"]')).to_have_count(3, timeout=ms(15))
+    assert_accessible(page, "circuit open")
 
     # The rest of the page keeps working: prices are marked stale, the browser's own link
     # is fine, the colour theme menu and the tips still respond.
@@ -107,6 +112,7 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
     expect(page.locator("html")).to_have_class(re.compile(r"\bdark\b"), timeout=ms(3))
     page.locator("#connection-tips summary").click()
     expect(page.locator("#connection-tips li").first).to_be_visible()
+    assert_accessible(page, "circuit open, dark mode")
 
 
 def test_recovery_and_retry_bring_the_feed_back_with_one_upstream_attempt(
@@ -145,6 +151,7 @@ def test_browser_link_cut_shows_polled_status_and_recovers(browser: Browser, app
     context = browser.new_context(viewport=DESKTOP)
     try:
         page = context.new_page()
+        recorder = watch(page, allowed=NETWORK_CUT)
 
         # Offline cuts the page's own socket (Chromium closes it and fails every reconnect);
         # the REST status stays reachable because Playwright fetches it from outside.
@@ -179,6 +186,7 @@ def test_browser_link_cut_shows_polled_status_and_recovers(browser: Browser, app
         updated = page.locator("#updated-at")
         shown = updated.inner_text()
         expect(updated).not_to_have_text(shown, timeout=ms(5))
+        recorder.assert_clean()
     finally:
         context.close()
 
@@ -206,6 +214,7 @@ def test_screenshots_at_desktop_and_phone_width(browser: Browser, app: RunningAp
         context = browser.new_context(viewport=viewport, color_scheme=scheme)
         try:
             page = context.new_page()
+            recorder = watch(page)
             open_status_page(page, app)
             expect(page.locator("#feed-link")).to_have_attribute("data-state", "connected", timeout=ms(RECOVERY_S))
             expect(page.locator("#status-banner")).to_contain_text("All systems live", timeout=ms(RECOVERY_S))
@@ -223,5 +232,7 @@ def test_screenshots_at_desktop_and_phone_width(browser: Browser, app: RunningAp
             page.screenshot(path=str(path), full_page=True, animations="disabled")
             assert path.stat().st_size > 10_000
             publish_screenshot(path, name)
+            assert_accessible(page, f"live, {scheme} mode")
+            recorder.assert_clean()
         finally:
             context.close()

@@ -205,7 +205,8 @@ async def test_metrics_are_prometheus_text_with_the_promised_series(
         await client.get("/health")
         text = (await client.get("/metrics")).text
         for series in (
-            "deriv_status_relay_connections ",
+            "deriv_status_relay_connections_active ",
+            "deriv_status_relay_connections_max ",
             'deriv_status_upstream_state{state="connected"} 1.0',
             'deriv_status_circuit_breaker_state{breaker="websocket",state="closed"} 1.0',
             "deriv_status_circuit_breaker_transitions_total",
