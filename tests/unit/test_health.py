@@ -12,6 +12,7 @@ from backend_core.health import (
     breaker_verdict,
     loop_lag_verdict,
     relay_verdict,
+    status_rank,
     upstream_verdict,
     worst,
 )
@@ -23,6 +24,10 @@ def test_worst_status_wins_and_nothing_is_pass() -> None:
     assert worst(["warn", "fail", "pass"]) == "fail"
 
 
+def test_an_unknown_status_ranks_as_failing() -> None:
+    assert status_rank("pass") < status_rank("warn") < status_rank("fail") == status_rank("exploded")
+
+
 def test_an_upstream_outage_degrades_but_never_fails_the_service() -> None:
     for state in ("connecting", "reconnecting", "circuit_open", "stopped"):
         status, output = upstream_verdict(state, None, 90)
@@ -32,10 +37,10 @@ def test_an_upstream_outage_degrades_but_never_fails_the_service() -> None:
 
 
 def test_breaker_relay_and_loop_verdicts() -> None:
-    assert breaker_verdict("websocket", "closed")[0] == "pass"
-    assert breaker_verdict("websocket", "disabled")[0] == "pass"
-    assert breaker_verdict("websocket", "open")[0] == "warn"
-    assert breaker_verdict("websocket", "half_open")[0] == "warn"
+    assert breaker_verdict("closed")[0] == "pass"
+    assert breaker_verdict("disabled")[0] == "pass"
+    assert breaker_verdict("open")[0] == "warn"
+    assert breaker_verdict("half_open")[0] == "warn"
     assert relay_verdict(True, 10, 100)[0] == "pass"
     assert relay_verdict(True, 95, 100)[0] == "warn"
     assert relay_verdict(False, 0, 100) == ("pass", "relay disabled by WEBSOCKET_ENABLED=false")
@@ -50,28 +55,37 @@ def result(component: str, status: str) -> CheckResult:
 
 async def test_checks_run_concurrently_each_under_its_own_timeout() -> None:
     clock = FakeClock()
+    hanging = asyncio.Event()
 
     async def hangs() -> list[CheckResult]:
+        hanging.set()
         await asyncio.Event().wait()
         return []
 
     def raises() -> list[CheckResult]:
         raise RuntimeError("secret detail that must not leak")
 
-    observed: list[str] = []
+    observed: list[tuple[str, float]] = []
     service = HealthService(
         {"ok": lambda: [result("ok", "pass")], "slow": hangs, "broken": raises},  # type: ignore[dict-item]
         clock,
-        timeout_s=0.05,
-        observe=lambda name, seconds: observed.append(name),
+        timeout_s=1.0,
+        observe=lambda name, seconds: observed.append((name, seconds)),
     )
-    report = await service.run()
+    run = asyncio.ensure_future(service.run())
+    await hanging.wait()
+    clock.advance(0.99)
+    await asyncio.sleep(0)
+    assert not run.done()  # the deadline is the fake clock's, not the loop's
+    clock.advance(0.01)
+    report = await run
     by_key = {r.component_id: r for r in report.results}
     assert by_key["ok"].status == "pass"
-    assert by_key["slow"].status == "fail" and "timed out" in by_key["slow"].output
+    assert by_key["slow"].status == "fail" and "timed out after 1.0s" in by_key["slow"].output
     assert by_key["broken"].status == "fail" and "secret" not in by_key["broken"].output
     assert report.status == "fail"
-    assert sorted(observed) == ["broken", "ok", "slow"]
+    # Durations are measured on the injected clock too: only the hung check took time.
+    assert sorted(observed) == [("broken", 0.0), ("ok", 0.0), ("slow", 1.0)]
 
 
 async def test_detailed_report_follows_the_health_json_draft() -> None:
