@@ -8,8 +8,11 @@ snapshots and stores what they return.
 
 One producer, many pages: each open page runs one background loop (:meth:`stream`) that
 waits on the runtime's change signal (nothing polls the upstream) and, at most once a
-second, refreshes ages and countdowns. The loop stops when the page's socket is gone;
-a reconnecting page runs ``on_load`` again, which starts a new one. With
+second, refreshes ages and countdowns; it sleeps and waits on the runtime's clock, and
+it awaits (the shared health run) only outside the state lock, so ``on_load`` itself never
+awaits. The loop stops when the page's socket is gone (or, if Reflex's socket registry
+cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page runs
+``on_load`` again, which starts a new one. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
 ``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes.
 

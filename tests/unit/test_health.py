@@ -99,3 +99,40 @@ async def test_detailed_report_follows_the_health_json_draft() -> None:
     assert set(entry) >= {"componentType", "observedValue", "status", "time", "output"}
     assert entry["time"].endswith("Z")
     assert report.summary()["components"] == {"upstream": "warn", "relay": "pass"}
+
+
+async def test_the_runtime_checks_read_component_snapshots() -> None:
+    from backend_core.events import LinkState, UpstreamSnapshot
+    from backend_core.health import breakers_check, hub_check, loop_lag_check, relay_check, upstream_check
+
+    clock = FakeClock()
+    snap: UpstreamSnapshot | None = None
+    check = upstream_check(lambda: snap, clock, silent_after_s=90)
+    assert [(r.measurement, r.status, r.output) for r in check()] == [("state", "warn", "not started")]
+    snap = UpstreamSnapshot(LinkState.CONNECTED, clock.wall(), "ws://x", True, last_message_at=clock.wall() - 100)
+    assert {r.key: r.status for r in check()} == {"upstream:state": "warn", "upstream:lastMessageAge": "warn"}
+
+    class Counts:
+        def __init__(self, **values: object) -> None:
+            self.values = values
+
+        def snapshot(self) -> dict[str, object]:
+            return self.values
+
+    full = relay_check(Counts(active=100), enabled=True, max_connections=100)()
+    assert full[0].status == "warn" and full[0].observed_value == 100
+    assert [r.observed_value for r in hub_check(Counts(subscribers=3, dropped_total=7))()] == [3, 7]
+
+    class Breaker:
+        name, state = "websocket", "open"
+
+    class Registry:
+        def snapshots(self) -> list[Breaker]:
+            return [Breaker()]
+
+    assert breakers_check(Registry())()[0].key == "circuitBreaker.websocket:state"
+
+    class Probe:
+        lag_s = 3.0
+
+    assert loop_lag_check(Probe())()[0].status == "fail"
