@@ -26,7 +26,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,10 +33,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from backend_core import __version__
+from backend_core import __version__, status_view
 from backend_core.history_api import history_routes
 from backend_core.middleware import BreakerMiddleware
-from backend_core.runtime import Runtime, vars_of
+from backend_core.runtime import Runtime
 
 audit = logging.getLogger("backend_core.audit")
 
@@ -73,33 +72,7 @@ def create_api(runtime: Runtime) -> Starlette:
         )
 
     async def health_websocket(request: Request) -> Response:
-        snap = runtime.upstream_snapshot()
-        now = runtime.clock.wall()
-        relay = runtime.relay.snapshot()
-        body: dict[str, Any] = {"upstream": runtime.upstream_status(), "relay": relay}
-        if snap is not None:
-            body["upstream"].update(
-                {
-                    "url": snap.url,
-                    "reconnect_count": snap.reconnect_count,
-                    "last_message_age_s": None
-                    if snap.last_message_at is None
-                    else round(max(0.0, now - snap.last_message_at), 3),
-                    "last_pong_latency_s": snap.last_pong_latency_s,
-                    "symbols": [
-                        {
-                            "symbol": s.symbol,
-                            "subscribed": s.subscribed,
-                            "last_epoch": s.last_epoch,
-                            "tick_age_s": None if s.last_tick_at is None else round(max(0.0, now - s.last_tick_at), 3),
-                            "failed_code": s.failed_code,
-                            "failed_reason": s.failed_reason,
-                        }
-                        for s in snap.symbols
-                    ],
-                }
-            )
-        return JSONResponse(body)
+        return JSONResponse(status_view.websocket_health(runtime))
 
     async def health_breakers(request: Request) -> Response:
         return JSONResponse(
@@ -152,7 +125,7 @@ def create_api(runtime: Runtime) -> Starlette:
         return Response(body, headers={"content-type": content_type})
 
     async def status(request: Request) -> Response:
-        return JSONResponse(runtime.status(), headers={"cache-control": "no-store"})
+        return JSONResponse(status_view.status(runtime), headers={"cache-control": "no-store"})
 
     async def retry(request: Request) -> Response:
         outcome = runtime.retry_now()
@@ -181,10 +154,10 @@ def create_api(runtime: Runtime) -> Starlette:
         symbols = _known_symbols(raw) if raw is not None else settings.DERIV_SYMBOLS
         if isinstance(symbols, Response):
             return symbols
-        views = {v.symbol: vars_of(v) for v in runtime.tick_views(symbols)}
+        views = {v.symbol: v.to_dict() for v in status_view.tick_views(runtime, symbols)}
         return JSONResponse(
             {
-                "upstream_state": runtime.upstream_status()["state"],
+                "upstream_state": status_view.upstream_status(runtime)["state"],
                 "ticks": {s: views.get(s) for s in symbols},
             }
         )
@@ -200,12 +173,12 @@ def create_api(runtime: Runtime) -> Starlette:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_TICKS_PER_REQUEST:
             return _error(400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_TICKS_PER_REQUEST}.")
         ticks = runtime.hub.ticks_since(symbol, int(raw_since), int(raw_limit))
-        views = runtime.tick_views((symbol,))
+        views = status_view.tick_views(runtime, (symbol,))
         latest = views[0] if views else None
         return JSONResponse(
             {
                 "symbol": symbol,
-                "upstream_state": runtime.upstream_status()["state"],
+                "upstream_state": status_view.upstream_status(runtime)["state"],
                 "stale": True if latest is None else latest.stale,
                 "age_s": None if latest is None else latest.age_s,
                 "ticks": [t.to_dict() for t in ticks],

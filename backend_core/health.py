@@ -18,15 +18,16 @@ and REST keep serving the last known ticks and the status) and stays ready.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal, Protocol
 
 from backend_core.clock import Clock, iso_utc
+from backend_core.events import UpstreamSnapshot
 
 Status = Literal["pass", "warn", "fail"]
-_RANK: dict[str, int] = {"pass": 0, "warn": 1, "fail": 2}
+# Worse is higher. The status page groups check results with it too (rxapp.ui_logic).
+STATUS_RANK: Final[Mapping[str, int]] = {"pass": 0, "warn": 1, "fail": 2}
 
 # Each check reads in-memory snapshots; 1 s is far above what that takes and still
 # short enough that a wedged check cannot make /health slow for an orchestrator.
@@ -70,11 +71,16 @@ class CheckResult:
         return data
 
 
+def status_rank(status: str) -> int:
+    """How bad ``status`` is; anything unknown counts as ``fail``."""
+    return STATUS_RANK.get(status, STATUS_RANK["fail"])
+
+
 def worst(statuses: Sequence[str]) -> Status:
     """The worst of several statuses; ``pass`` when there are none."""
     best: Status = "pass"
     for status in statuses:
-        if _RANK[status] > _RANK[best]:
+        if status_rank(status) > status_rank(best):
             best = status  # type: ignore[assignment]
     return best
 
@@ -95,7 +101,7 @@ def upstream_verdict(state: str, last_message_age_s: float | None, stale_after_s
     return "warn", words.get(state, state)
 
 
-def breaker_verdict(name: str, state: str) -> tuple[Status, str]:
+def breaker_verdict(state: str) -> tuple[Status, str]:
     if state in {"closed", "disabled"}:
         return "pass", state
     if state == "half_open":
@@ -122,6 +128,102 @@ def relay_verdict(enabled: bool, active: int, maximum: int) -> tuple[Status, str
 
 
 Check = Callable[[], Sequence[CheckResult]]
+
+
+# ---------------------------------------------------------------------------- the Runtime's checks
+# Each reads one component's snapshot (the Protocol of what it reads) and applies a verdict.
+
+
+class _Snapshotting(Protocol):
+    def snapshot(self) -> Mapping[str, Any]: ...
+
+
+class _BreakerState(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+class _Breakers(Protocol):
+    def snapshots(self) -> Iterable[_BreakerState]: ...
+
+
+class _LoopLag(Protocol):
+    @property
+    def lag_s(self) -> float: ...
+
+
+def upstream_check(upstream: Callable[[], UpstreamSnapshot | None], clock: Clock, silent_after_s: float) -> Check:
+    """The link's state, how long since its last frame, and the last pong latency."""
+
+    def check() -> list[CheckResult]:
+        snap = upstream()
+        if snap is None:
+            return [CheckResult("upstream", "datastore", "state", "warn", "stopped", None, "not started")]
+        age = None if snap.last_message_at is None else max(0.0, clock.wall() - snap.last_message_at)
+        status, output = upstream_verdict(snap.state.value, age, silent_after_s)
+        results = [
+            CheckResult("upstream", "datastore", "state", status, snap.state.value, None, output),
+            CheckResult(
+                "upstream",
+                "datastore",
+                "lastMessageAge",
+                status,
+                None if age is None else round(age, 3),
+                "s",
+                output if status != "pass" else "",
+            ),
+        ]
+        if snap.last_pong_latency_s is not None:
+            results.append(
+                CheckResult("upstream", "datastore", "pongLatency", "pass", round(snap.last_pong_latency_s, 4), "s")
+            )
+        return results
+
+    return check
+
+
+def relay_check(relay: _Snapshotting, *, enabled: bool, max_connections: int) -> Check:
+    def check() -> list[CheckResult]:
+        active = int(relay.snapshot()["active"])
+        status, output = relay_verdict(enabled, active, max_connections)
+        return [CheckResult("relay", "component", "connections", status, active, None, output)]
+
+    return check
+
+
+def hub_check(hub: _Snapshotting) -> Check:
+    def check() -> list[CheckResult]:
+        stats = hub.snapshot()
+        return [
+            CheckResult("hub", "component", "subscribers", "pass", stats["subscribers"]),
+            CheckResult("hub", "component", "droppedEvents", "pass", stats["dropped_total"]),
+        ]
+
+    return check
+
+
+def breakers_check(breakers: _Breakers) -> Check:
+    def check() -> list[CheckResult]:
+        results = []
+        for snap in breakers.snapshots():
+            status, output = breaker_verdict(snap.state)
+            results.append(
+                CheckResult(f"circuitBreaker.{snap.name}", "component", "state", status, snap.state, None, output)
+            )
+        return results
+
+    return check
+
+
+def loop_lag_check(probe: _LoopLag) -> Check:
+    def check() -> list[CheckResult]:
+        status, output = loop_lag_verdict(probe.lag_s)
+        return [CheckResult("eventLoop", "system", "lag", status, round(probe.lag_s, 4), "s", output)]
+
+    return check
 
 
 class LoopLagProbe:
@@ -214,16 +316,16 @@ class HealthService:
         return HealthReport(aggregate(results), tuple(results), durations, self._clock.wall())
 
     async def _run_one(self, name: str) -> tuple[Sequence[CheckResult], float]:
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         check = self._checks[name]
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with self._clock.timeout(self._timeout_s):
                 found = await _call(check)
         except TimeoutError:
             found = [_failed(name, f"check timed out after {self._timeout_s:.1f}s")]
         except Exception as exc:
             found = [_failed(name, f"check raised {type(exc).__name__}")]
-        took = time.perf_counter() - started
+        took = self._clock.monotonic() - started
         if self._observe is not None:
             self._observe(name, took)
         return found, took

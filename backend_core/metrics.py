@@ -1,28 +1,28 @@
 """Prometheus metrics at ``/metrics``, read from snapshots at scrape time.
 
-Counters and gauges are not kept twice: a custom collector reads the totals the hub,
-relay, manager and breakers already keep, when Prometheus scrapes. Only the two
-histograms (outage durations, health check durations) are observed as events happen.
-Each Runtime has its own :class:`~prometheus_client.CollectorRegistry` (no module-level
-global state). Names follow Prometheus conventions: a ``deriv_status_`` prefix, base
-units (seconds), ``_total`` counters, low-cardinality labels (breaker names are bounded
-by the registry, error codes by Deriv's fixed list and our own).
+Counters and gauges are not kept twice: each component has a small collector here that
+reads the totals that component already keeps, when Prometheus scrapes. The Runtime
+builds one collector a component and registers it (:meth:`Metrics.register`); a
+collector knows only the :class:`~typing.Protocol` of what it reads, never the Runtime.
+Only the two histograms (outage durations, health check durations) are observed as
+events happen. Each Runtime has its own :class:`~prometheus_client.CollectorRegistry`
+(no module-level global state). Names follow Prometheus conventions: a
+``deriv_status_`` prefix, base units (seconds), ``_total`` counters, low-cardinality
+labels (breaker names are bounded by the registry, error codes by Deriv's fixed list and
+our own).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from backend_core.events import LinkState
-
-if TYPE_CHECKING:
-    from backend_core.runtime import Runtime
+from backend_core.events import LinkState, UpstreamSnapshot
 
 PREFIX = "deriv_status"
 BREAKER_STATES = ("closed", "open", "half_open", "disabled")
@@ -31,35 +31,94 @@ BREAKER_STATES = ("closed", "open", "half_open", "disabled")
 MAX_ERROR_CODES = 50
 
 
-class _SnapshotCollector(Collector):
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+# ---------------------------------------------------------------------------- what collectors read
+
+
+class Snapshotting(Protocol):
+    """A component that reports its counters as a JSON-able mapping (relay, hub, store, alerts)."""
+
+    def snapshot(self) -> Mapping[str, Any]: ...
+
+
+class Upstream(Protocol):
+    """The upstream manager: its link snapshot and its counters."""
+
+    def snapshot(self) -> UpstreamSnapshot: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+class BreakerView(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def transition_count(self) -> int: ...
+
+    @property
+    def rejections_total(self) -> int: ...
+
+
+class Breakers(Protocol):
+    def snapshots(self) -> Iterable[BreakerView]: ...
+
+
+class LoopLag(Protocol):
+    @property
+    def lag_s(self) -> float: ...
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", text)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", text)
+    family.add_metric([], value)
+    return family
+
+
+# ---------------------------------------------------------------------------- one collector a component
+
+
+class RelayCollector(Collector):
+    """Relay (/api/v1/ws) clients and the ticks sent to them."""
+
+    def __init__(self, relay: Snapshotting) -> None:
+        self._relay = relay
 
     def collect(self) -> Iterator[Metric]:
-        rt = self._runtime
-        relay = rt.relay.snapshot()
-        hub = rt.hub.snapshot()
-        snap = rt.upstream_snapshot()
-        stats: dict[str, Any] = rt.manager.stats() if rt.manager is not None else {}
-
+        relay = self._relay.snapshot()
+        totals: Mapping[str, Any] = relay["totals"]
         # "_active", not "_connections": under OpenMetrics the counter below owns the
         # family name deriv_status_relay_connections (its samples end in _total).
-        g = GaugeMetricFamily(f"{PREFIX}_relay_connections_active", "Relay (/api/v1/ws) clients connected now.")
-        g.add_metric([], float(relay["active"]))
-        yield g
-        g = GaugeMetricFamily(
-            f"{PREFIX}_relay_connections_max", "Relay clients allowed at once (WEBSOCKET_MAX_CONNECTIONS)."
+        yield _gauge("relay_connections_active", "Relay (/api/v1/ws) clients connected now.", float(relay["active"]))
+        yield _gauge(
+            "relay_connections_max",
+            "Relay clients allowed at once (WEBSOCKET_MAX_CONNECTIONS).",
+            float(relay["max_connections"]),
         )
-        g.add_metric([], float(relay["max_connections"]))
-        yield g
+        yield _counter("relay_connections", "Relay clients accepted since start.", float(totals["accepted"]))
+        refused = sum(v for k, v in totals.items() if k.startswith("refused_"))
+        yield _counter("relay_refused", "Relay clients refused (server full or disabled).", float(refused))
+        yield _counter("ticks_relayed", "Tick frames sent to relay clients.", float(totals.get("ticks_sent", 0)))
 
-        c = CounterMetricFamily(f"{PREFIX}_relay_connections", "Relay clients accepted since start.")
-        c.add_metric([], float(relay["totals"]["accepted"]))
-        yield c
 
-        c = CounterMetricFamily(f"{PREFIX}_relay_refused", "Relay clients refused (server full or disabled).")
-        c.add_metric([], float(sum(v for k, v in relay["totals"].items() if k.startswith("refused_"))))
-        yield c
+class UpstreamCollector(Collector):
+    """The upstream link. ``manager()`` is None while the runtime is not running."""
+
+    def __init__(self, manager: Callable[[], Upstream | None]) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        manager = self._manager()
+        snap = manager.snapshot() if manager is not None else None
+        stats: Mapping[str, Any] = manager.stats() if manager is not None else {}
 
         g = GaugeMetricFamily(
             f"{PREFIX}_upstream_state", "1 for the upstream link's current state, 0 for the others.", labels=["state"]
@@ -68,43 +127,43 @@ class _SnapshotCollector(Collector):
         for state in LinkState:
             g.add_metric([state.value], 1.0 if state == current else 0.0)
         yield g
-
-        c = CounterMetricFamily(f"{PREFIX}_upstream_reconnects", "Upstream reconnections since start.")
-        c.add_metric([], float(snap.reconnect_count if snap is not None else 0))
-        yield c
-
-        c = CounterMetricFamily(f"{PREFIX}_ticks_received", "Tick frames received from the upstream.")
-        c.add_metric([], float(stats.get("ticks_received", 0)))
-        yield c
-
-        c = CounterMetricFamily(f"{PREFIX}_ticks_published", "Ticks published to the hub (live and backfilled).")
-        c.add_metric([], float(stats.get("ticks_published", 0)))
-        yield c
-
-        c = CounterMetricFamily(f"{PREFIX}_ticks_backfilled", "Ticks recovered with ticks_history after a reconnect.")
-        c.add_metric([], float(stats.get("ticks_backfilled", 0)))
-        yield c
-
-        c = CounterMetricFamily(
-            f"{PREFIX}_backfill_gaps",
-            "Backfills that could not reach back to the last tick published (the outage outlasted one reply).",
-        )
-        c.add_metric([], float(stats.get("backfill_gaps", 0)))
-        yield c
-
-        c = CounterMetricFamily(f"{PREFIX}_ticks_relayed", "Tick frames sent to relay clients.")
-        c.add_metric([], float(relay["totals"].get("ticks_sent", 0)))
-        yield c
-
-        c = CounterMetricFamily(f"{PREFIX}_ticks_dropped", "Events dropped for slow consumers (oldest first).")
-        c.add_metric([], float(hub.get("dropped_total", 0)))
-        yield c
-
+        reconnects = float(snap.reconnect_count if snap is not None else 0)
+        yield _counter("upstream_reconnects", "Upstream reconnections since start.", reconnects)
+        for name, key, text in (
+            ("ticks_received", "ticks_received", "Tick frames received from the upstream."),
+            ("ticks_published", "ticks_published", "Ticks published to the hub (live and backfilled)."),
+            ("ticks_backfilled", "ticks_backfilled", "Ticks recovered with ticks_history after a reconnect."),
+            (
+                "backfill_gaps",
+                "backfill_gaps",
+                "Backfills that could not reach back to the last tick published (the outage outlasted one reply).",
+            ),
+        ):
+            yield _counter(name, text, float(stats.get(key, 0)))
         c = CounterMetricFamily(f"{PREFIX}_upstream_errors", "Upstream errors by code.", labels=["code"])
         for code, count in list(stats.get("errors_by_code", {}).items())[:MAX_ERROR_CODES]:
             c.add_metric([code], float(count))
         yield c
 
+
+class HubCollector(Collector):
+    """The in-process fan-out: events dropped for slow consumers."""
+
+    def __init__(self, hub: Snapshotting) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        dropped = float(self._hub.snapshot().get("dropped_total", 0))
+        yield _counter("ticks_dropped", "Events dropped for slow consumers (oldest first).", dropped)
+
+
+class BreakerCollector(Collector):
+    """Every circuit breaker's state, transitions and rejections."""
+
+    def __init__(self, breakers: Breakers) -> None:
+        self._breakers = breakers
+
+    def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily(
             f"{PREFIX}_circuit_breaker_state",
             "1 for each breaker's current state, 0 for the others.",
@@ -116,7 +175,7 @@ class _SnapshotCollector(Collector):
         rejections = CounterMetricFamily(
             f"{PREFIX}_circuit_breaker_rejections", "Calls rejected by an open breaker.", labels=["breaker"]
         )
-        for b in rt.breakers.snapshots():
+        for b in self._breakers.snapshots():
             for breaker_state in BREAKER_STATES:
                 g.add_metric([b.name, breaker_state], 1.0 if b.state == breaker_state else 0.0)
             transitions.add_metric([b.name], float(b.transition_count))
@@ -125,13 +184,19 @@ class _SnapshotCollector(Collector):
         yield transitions
         yield rejections
 
-        history = rt.store.snapshot()
-        g = GaugeMetricFamily(f"{PREFIX}_history_db_up", "1 when the history database answered the last call.")
-        g.add_metric([], 1.0 if history["reachable"] else 0.0)
-        yield g
-        g = GaugeMetricFamily(f"{PREFIX}_history_pending_events", "History events waiting for the database.")
-        g.add_metric([], float(history["pending_events"]))
-        yield g
+
+class HistoryCollector(Collector):
+    """The history store: database reachability, queue and row counters."""
+
+    def __init__(self, store: Snapshotting) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        history = self._store.snapshot()
+        up = 1.0 if history["reachable"] else 0.0
+        yield _gauge("history_db_up", "1 when the history database answered the last call.", up)
+        pending = float(history["pending_events"])
+        yield _gauge("history_pending_events", "History events waiting for the database.", pending)
         c = CounterMetricFamily(f"{PREFIX}_history_written_events", "History rows written.", labels=["kind"])
         for kind, count in history["written_by_kind"].items():
             c.add_metric([kind], float(count))
@@ -142,26 +207,42 @@ class _SnapshotCollector(Collector):
         for reason, count in history["dropped_by_kind"].items():
             c.add_metric([reason], float(count))
         yield c
-        alerts = rt.alerts.snapshot()
+
+
+class AlertsCollector(Collector):
+    """Alerts sent, given up and dropped."""
+
+    def __init__(self, alerts: Snapshotting) -> None:
+        self._alerts = alerts
+
+    def collect(self) -> Iterator[Metric]:
+        alerts = self._alerts.snapshot()
         for name, key, text in (
             ("alerts_sent", "sent_total", "Alerts delivered to ALERT_WEBHOOK_URL."),
             ("alerts_failed", "failed_total", "Alerts given up (refused, or undelivered for an hour)."),
             ("alerts_dropped", "dropped_total", "Alerts dropped from the full queue or at shutdown."),
         ):
-            c = CounterMetricFamily(f"{PREFIX}_{name}", text)
-            c.add_metric([], float(alerts[key]))
-            yield c
-        g = GaugeMetricFamily(f"{PREFIX}_event_loop_lag_seconds", "How late the event loop last ran a timer.")
-        g.add_metric([], rt.loop_lag.lag_s)
-        yield g
+            yield _counter(name, text, float(alerts[key]))
+
+
+class LoopLagCollector(Collector):
+    """How late the event loop runs a timer."""
+
+    def __init__(self, probe: LoopLag) -> None:
+        self._probe = probe
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge("event_loop_lag_seconds", "How late the event loop last ran a timer.", self._probe.lag_s)
+
+
+# ---------------------------------------------------------------------------- the registry
 
 
 class Metrics:
-    """The metrics of one Runtime."""
+    """The metrics of one Runtime: the collectors it registers and two histograms."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_SnapshotCollector(runtime))
         self._outage = Histogram(
             f"{PREFIX}_upstream_outage_seconds",
             "Time from losing the upstream link to having it back (recovery time).",
@@ -175,6 +256,10 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
             registry=self.registry,
         )
+
+    def register(self, *collectors: Collector) -> None:
+        for collector in collectors:
+            self.registry.register(collector)
 
     def observe_outage(self, seconds: float) -> None:
         self._outage.observe(seconds)

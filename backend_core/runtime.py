@@ -2,43 +2,58 @@
 
 One async context manager (:meth:`Runtime.lifespan`) is all a host needs: the Reflex app
 registers it as a lifespan task; tests and benchmarks use ``async with runtime.lifespan()``
-directly. Start order is simulator (when embedded), hub, health probes, manager; stop is
-the reverse, and every task started is awaited on the way out.
+directly. Start order is simulator (when embedded), loop-lag probe, store, alerts, status
+watch, manager; each component pushes its own stop onto one
+:class:`contextlib.AsyncExitStack` once it has started, so a start that fails halfway
+stops exactly what it had started, and :meth:`Runtime.stop` unwinds the same stack in
+reverse. Every stop step runs even if an earlier one raises (the error is logged).
+
+A Runtime runs once: the hub and the relay are closed for good by a stop, and the mounted
+API holds this Runtime's components, so a second :meth:`Runtime.start` is refused. A host
+that wants to start again builds a new Runtime (and a new API).
+
+The constructor has no process-wide side effects: logging is configured, and the heap
+frozen, by the host (``rxapp/rxapp.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import math
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from backend_core import __version__
+from backend_core import status_view
 from backend_core.alerts import AlertService
 from backend_core.breakers import BreakerRegistry, Transition
-from backend_core.clock import Clock, SystemClock, iso_utc
+from backend_core.clock import Clock, SystemClock
 from backend_core.config import Settings
 from backend_core.deriv.manager import DerivManager, RetryOutcome
 from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import (
-    CheckResult,
     HealthReport,
     HealthService,
     LoopLagProbe,
-    breaker_verdict,
-    loop_lag_verdict,
-    relay_verdict,
-    upstream_verdict,
+    breakers_check,
+    hub_check,
+    loop_lag_check,
+    relay_check,
+    upstream_check,
 )
-from backend_core.hub import Closed, Dropped, InMemoryHub
-from backend_core.logs import configure_logging
-from backend_core.metrics import Metrics
+from backend_core.hub import Closed, Dropped, InMemoryHub, Subscription
+from backend_core.metrics import (
+    AlertsCollector,
+    BreakerCollector,
+    HistoryCollector,
+    HubCollector,
+    LoopLagCollector,
+    Metrics,
+    RelayCollector,
+    UpstreamCollector,
+)
 from backend_core.relay import Relay
 from backend_core.store import IncidentFeed, Store
 
@@ -52,31 +67,18 @@ SILENCE_FACTOR = 3.0
 DRAIN_TIMEOUT_S = 5.0
 # Signals repeated within this window are one shutdown delivered twice, not "force it now".
 REPEAT_SIGNAL_WINDOW_S = 1.0
-# A tick older than this many seconds is shown as stale by REST and the UI.
-STALE_TICK_S = 10.0
+# Status only (no symbols): a small queue is plenty, status events are rare.
+STATUS_QUEUE_SIZE = 64
 
-
-@dataclass(frozen=True, slots=True)
-class TickView:
-    """A tick as REST and the UI show it: with its age and whether it is stale."""
-
-    symbol: str
-    epoch: int
-    quote: float
-    pip_size: int
-    age_s: float
-    stale: bool
-    backfill: bool
+StopStep = Callable[[], Awaitable[object] | None]
 
 
 class Runtime:
     """Owns settings, clock, breakers, simulator, hub, manager, relay, health and metrics."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None, configure_logs: bool = True) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        if configure_logs:
-            configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL)
         self.breakers = BreakerRegistry.from_settings(settings, clock=self.clock)
         self.hub = InMemoryHub(clock=self.clock)
         self.simulator: DerivSimulator | None = None
@@ -92,7 +94,7 @@ class Runtime:
                 control_port=settings.DERIV_SIMULATOR_CONTROL_PORT,
             )
         self.manager: DerivManager | None = None
-        self.relay = Relay(settings, self.hub, self.upstream_status, clock=self.clock)
+        self.relay = Relay(settings, self.hub, self._upstream_status, clock=self.clock)
         self.loop_lag = LoopLagProbe(self.clock)
         # History and alerts: their record_* calls never wait (bounded queues, own tasks).
         self.store = Store(settings, self.clock)
@@ -101,14 +103,27 @@ class Runtime:
         self.incidents = IncidentFeed(self.clock)
         self.incidents.subscribe(self.store.record_incidents)
         self.incidents.subscribe(self.alerts.record_incidents)
-        self.metrics = Metrics(self)
+        self.metrics = Metrics()
+        self.metrics.register(
+            RelayCollector(self.relay),
+            UpstreamCollector(lambda: self.manager),
+            HubCollector(self.hub),
+            BreakerCollector(self.breakers),
+            HistoryCollector(self.store),
+            AlertsCollector(self.alerts),
+            LoopLagCollector(self.loop_lag),
+        )
         self.health = HealthService(
             {
-                "upstream": self._check_upstream,
-                "relay": self._check_relay,
-                "hub": self._check_hub,
-                "circuitBreakers": self._check_breakers,
-                "eventLoop": self._check_loop,
+                "upstream": upstream_check(
+                    self.upstream_snapshot, self.clock, SILENCE_FACTOR * settings.DERIV_PING_INTERVAL
+                ),
+                "relay": relay_check(
+                    self.relay, enabled=settings.WEBSOCKET_ENABLED, max_connections=settings.WEBSOCKET_MAX_CONNECTIONS
+                ),
+                "hub": hub_check(self.hub),
+                "circuitBreakers": breakers_check(self.breakers),
+                "eventLoop": loop_lag_check(self.loop_lag),
                 "database": self.store.health_check,
                 "alerts": self.alerts.health_check,
             },
@@ -118,20 +133,27 @@ class Runtime:
         self.started_at: float | None = None
         self.ready = False
         self.shutting_down = False
-        self._outage_started: float | None = None
-        self._status_task: asyncio.Task[None] | None = None
         self.status_version = 0
-        self._drain_task: asyncio.Future[None] | None = None
-        self._forward_task: asyncio.Future[None] | None = None
+        self._has_started = False
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._outage_started: float | None = None
+        self._status_sub: Subscription | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._forward_task: asyncio.Task[None] | None = None
         self._signalled_at: float | None = None
         self._health_cache: tuple[float, HealthReport] | None = None
-        self._health_inflight: asyncio.Future[HealthReport] | None = None
+        self._health_inflight: asyncio.Task[HealthReport] | None = None
         self._changed = asyncio.Event()
         self.breakers.add_listener(self._on_transition)
         self.breakers.add_listener(self.store.record_transition)
         self.breakers.add_listener(self.incidents.transition)
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._stack is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[Runtime]:
@@ -142,12 +164,28 @@ class Runtime:
             await self.stop()
 
     async def start(self) -> None:
-        self._drain_task = None
-        self._signalled_at = None
-        self.shutting_down = False
+        """Start every component; on failure, stop what had started and raise.
+
+        Raises :class:`RuntimeError` when this Runtime has been started before.
+        """
+        if self._has_started:
+            raise RuntimeError("this Runtime has already been started; build a new Runtime to start again")
+        self._has_started = True
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start_components(stack)
+            self._stack = stack.pop_all()
+        self.ready = True
+        assert self.manager is not None
+        log.info("runtime started: upstream=%s symbols=%s", self.manager.url, ",".join(self.settings.DERIV_SYMBOLS))
+
+    async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
+        def on_stop(name: str, step: StopStep) -> None:
+            stack.push_async_callback(_stop_step, name, step)
+
         url = self.settings.DERIV_WS_URL
         if self.simulator is not None:
             await self.simulator.start()
+            on_stop("simulator", self.simulator.stop)
             url = self.simulator.url
         assert url is not None
         self.manager = DerivManager(
@@ -159,25 +197,70 @@ class Runtime:
             simulated=self.simulator is not None,
         )
         await self.loop_lag.start()
-        self.incidents.reset()  # a start after a stop begins with nothing open
+        on_stop("event-loop probe", self.loop_lag.stop)
+        on_stop("hub", self.hub.close)  # after the store (it may still read the rings), before the probe
         # Bounded: waits for the schema at most START_SCHEMA_TIMEOUT_S; a database that is
         # down does not stop the start (health shows it as warn, events wait in the queue).
         await self.store.start()
+        on_stop("history store", self.store.stop)  # bounded: STOP_FLUSH_TIMEOUT_S
         await self.alerts.start()
+        on_stop("alerts", self.alerts.stop)  # bounded: ALERT_STOP_TIMEOUT_S
+        on_stop("incidents", self.incidents.close_all)  # breaker incidents still open end with the service
         for breaker in self.breakers.snapshots():
             self.store.record_breaker_state(breaker.name, breaker.state)
-        # Status only (no symbols): a small queue is plenty, status events are rare.
-        self._status_sub = self.hub.subscribe((), name="runtime-status", queue_size=64)
-        self._status_task = asyncio.create_task(self._watch_status(), name="runtime-status")
+        self._status_sub = self.hub.subscribe((), name="runtime-status", queue_size=STATUS_QUEUE_SIZE)
+        self._status_task = asyncio.create_task(self._watch_status(self._status_sub), name="runtime-status")
+        on_stop("status watch", self._stop_status_watch)
         await self.manager.start()
+        on_stop("upstream manager", self.manager.stop)
+        on_stop("runtime tasks", self._stop_own_tasks)
+        on_stop("relay", self._drain_relay)  # first: clients get 1001 while all else still runs
         self.started_at = self.clock.wall()
-        # Everything built so far lives as long as the process: move it out of the
-        # collector's way so a full collection (e.g. after a burst of relay handshakes)
-        # does not pause the fan-out for ~100 ms scanning it.
-        gc.collect()
-        gc.freeze()
-        self.ready = True
-        log.info("runtime started: upstream=%s symbols=%s", self.manager.url, ",".join(self.settings.DERIV_SYMBOLS))
+
+    async def stop(self) -> None:
+        """Close relay clients with 1001, then stop every component in reverse start order.
+
+        Exception-safe: every step runs even if one fails (each failure is logged).
+        Idempotent; does nothing when the Runtime is not running.
+        """
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self.ready = False
+        await stack.aclose()
+        log.info("runtime stopped")
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting relay clients and close the open ones with 1001 (idempotent)."""
+        if self._drain_task is not None:
+            return
+        log.info("shutdown requested: draining relay clients")
+        self.ready = False
+        self.shutting_down = True
+        self.relay.stop_accepting()
+        self._drain_task = asyncio.create_task(self.relay.close_all(1001, "server shutting down"), name="relay-drain")
+
+    async def _drain_relay(self) -> None:
+        self.begin_shutdown()
+        assert self._drain_task is not None
+        await asyncio.gather(self._drain_task, return_exceptions=True)
+
+    async def _stop_own_tasks(self) -> None:
+        tasks = [t for t in (self._forward_task, self._health_inflight) if t is not None]
+        self._forward_task = self._health_inflight = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_status_watch(self) -> None:
+        task, self._status_task = self._status_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.manager is not None:  # the STOPPED snapshot may still sit in the status queue
+            self._record_status(self.manager.snapshot())
+
+    # ------------------------------------------------------------------ signals
 
     def install_signal_handlers(self) -> None:
         """On SIGTERM/SIGINT, drain relay clients first, then let the server shut down.
@@ -187,16 +270,17 @@ class Runtime:
         1001 with a reason. This takes the signal first: it makes /readyz fail (a load
         balancer stops sending traffic), closes relay clients with 1001, and only then
         (or after :data:`DRAIN_TIMEOUT_S`) hands the signal to the server's own handler.
-        A second signal is handed on at once. Only the host process calls this; tests
-        drive :meth:`stop` directly.
+        A second signal is handed on at once. :meth:`stop` puts the previous handlers
+        back. Only the host process calls this, while the Runtime runs; tests drive
+        :meth:`stop` directly.
         """
+        if self._stack is None:
+            raise RuntimeError("install_signal_handlers needs a running Runtime")
         loop = asyncio.get_running_loop()
-        # asyncio keeps the handler a server registered with loop.add_signal_handler here;
-        # a server that used signal.signal() shows up in signal.getsignal() instead.
-        registered: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
         for sig in (signal.SIGTERM, signal.SIGINT):
-            forward = _forwarder(sig, registered.get(sig), signal.getsignal(sig))
-            loop.add_signal_handler(sig, self._on_signal, sig, forward)
+            previous = _PreviousHandler.of(loop, sig)
+            loop.add_signal_handler(sig, self._on_signal, sig, previous.forward)
+            self._stack.push_async_callback(_stop_step, f"{signal.Signals(sig).name} handler", previous.restore)
 
     def _on_signal(self, sig: int, forward: Callable[[], None]) -> None:
         now = self.clock.monotonic()
@@ -215,49 +299,18 @@ class Runtime:
 
         async def forward_after_drain() -> None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                async with self.clock.timeout(DRAIN_TIMEOUT_S):
                     await asyncio.shield(drain)
             forward()
 
-        self._forward_task = asyncio.ensure_future(forward_after_drain())
+        self._forward_task = asyncio.create_task(forward_after_drain(), name="signal-forward")
 
-    def begin_shutdown(self) -> None:
-        """Stop accepting relay clients and close the open ones with 1001 (idempotent)."""
-        if self._drain_task is not None:
-            return
-        log.info("shutdown requested: draining relay clients")
-        self.ready = False
-        self.shutting_down = True
-        self.relay.stop_accepting()
-        self._drain_task = asyncio.ensure_future(self.relay.close_all(1001, "server shutting down"))
+    # ------------------------------------------------------------------ status changes
 
-    async def stop(self) -> None:
-        """Stop accepting relay clients, close them with 1001, close the upstream, stop tasks."""
-        self.begin_shutdown()
-        assert self._drain_task is not None
-        await asyncio.gather(self._drain_task, return_exceptions=True)
-        if self.manager is not None:
-            await self.manager.stop()
-        task, self._status_task = self._status_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        final = self.manager.snapshot() if self.manager is not None else None
-        if final is not None:  # the STOPPED snapshot may still sit in the status queue
-            self._record_status(final)
-        self.incidents.close_all()  # breaker incidents still open end with the service
-        await self.alerts.stop()  # bounded: ALERT_STOP_TIMEOUT_S
-        await self.store.stop()  # bounded: STOP_FLUSH_TIMEOUT_S
-        self.hub.close()
-        await self.loop_lag.stop()
-        if self.simulator is not None:
-            await self.simulator.stop()
-        log.info("runtime stopped")
-
-    async def _watch_status(self) -> None:
+    async def _watch_status(self, subscription: Subscription) -> None:
         """Follow the status stream: outage durations for metrics, change signals for pages."""
         while True:
-            event = await self._status_sub.get()
+            event = await subscription.get()
             if isinstance(event, Closed):
                 return
             if isinstance(event, Dropped):
@@ -287,7 +340,7 @@ class Runtime:
         """
         if self.status_version == seen_version:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
+                async with self.clock.timeout(timeout_s):
                     await self._changed.wait()
         return self.status_version
 
@@ -315,105 +368,12 @@ class Runtime:
     def upstream_snapshot(self) -> UpstreamSnapshot | None:
         return self.manager.snapshot() if self.manager is not None else None
 
-    def upstream_status(self) -> dict[str, Any]:
-        """The upstream state as relay status frames and the status API show it."""
-        snap = self.upstream_snapshot()
-        breaker = self.breakers.websocket.snapshot()
-        now = self.clock.wall()
-        if snap is None:
-            return {"state": "stopped", "breaker_state": breaker.state, "retry_after_s": None}
-        retry_after = None
-        if snap.next_attempt_at is not None:
-            retry_after = round(max(0.0, snap.next_attempt_at - now), 1)
-        return {
-            "state": snap.state.value,
-            "since": iso_utc(snap.since),
-            "simulated": snap.simulated,
-            "attempt": snap.attempt,
-            "max_attempts": snap.max_attempts,
-            "retry_after_s": retry_after,
-            "retry_in_progress": snap.retry_in_progress,
-            "planned_reconnect": snap.planned_reconnect,
-            "site_status": snap.site_status,
-            "breaker_state": breaker.state,
-            "breaker_retry_after_s": round(breaker.retry_after_s, 1),
-            "last_error": (
-                {"code": snap.last_error.code, "message": snap.last_error.message, "at": iso_utc(snap.last_error.at)}
-                if snap.last_error
-                else None
-            ),
-        }
-
-    def tick_views(self, symbols: tuple[str, ...] | None = None) -> list[TickView]:
-        now = self.clock.wall()
-        upstream_live = (snap := self.upstream_snapshot()) is not None and snap.state == LinkState.CONNECTED
-        views = []
-        for symbol in symbols or self.settings.DERIV_SYMBOLS:
-            tick = self.hub.latest(symbol)
-            if tick is None:
-                continue
-            age = max(0.0, now - tick.epoch)
-            views.append(
-                TickView(
-                    symbol=tick.symbol,
-                    epoch=tick.epoch,
-                    quote=tick.quote,
-                    pip_size=tick.pip_size,
-                    age_s=round(age, 1),
-                    stale=(not upstream_live) or age > STALE_TICK_S,
-                    backfill=tick.backfill,
-                )
-            )
-        return views
-
-    def status(self) -> dict[str, Any]:
-        """Everything the status page shows, as JSON (``GET /api/v1/status``)."""
-        snap = self.upstream_snapshot()
-        return {
-            "service": {
-                "version": __version__,
-                "started_at": iso_utc(self.started_at),
-                "ready": self.ready,
-                "time": iso_utc(self.clock.wall()),
-            },
-            "upstream": {
-                **self.upstream_status(),
-                "url": snap.url if snap else None,
-                "reconnect_count": snap.reconnect_count if snap else 0,
-                "last_message_at": iso_utc(snap.last_message_at) if snap else None,
-                "last_pong_latency_s": snap.last_pong_latency_s if snap else None,
-                "connected_since": iso_utc(snap.connected_since) if snap else None,
-                "symbols": [
-                    {
-                        "symbol": s.symbol,
-                        "subscribed": s.subscribed,
-                        "last_epoch": s.last_epoch,
-                        "failed_code": s.failed_code,
-                        "failed_reason": s.failed_reason,
-                        # The latest ticks lost for good: epochs strictly between from and to.
-                        "gap": {"from_epoch": s.gap_from, "to_epoch": s.gap_to} if s.gap_from is not None else None,
-                    }
-                    for s in (snap.symbols if snap else ())
-                ],
-            },
-            "ticks": [vars_of(v) for v in self.tick_views()],
-            "circuit_breakers": [b.to_dict() for b in self.breakers.snapshots()],
-            "relay": {
-                "enabled": self.settings.WEBSOCKET_ENABLED,
-                "max_connections": self.settings.WEBSOCKET_MAX_CONNECTIONS,
-                "active_connections": self.relay.snapshot()["active"],
-            },
-            "frontend": {
-                "ws_url": self.settings.VITE_WS_URL,
-                "reconnect_attempts": self.settings.VITE_WS_RECONNECT_ATTEMPTS,
-                "reconnect_interval_ms": self.settings.VITE_WS_RECONNECT_INTERVAL,
-                "real_time_updates": self.settings.VITE_ENABLE_REAL_TIME_UPDATES,
-                "fallback_enabled": self.settings.VITE_WEBSOCKET_FALLBACK_ENABLED,
-            },
-        }
+    def _upstream_status(self) -> dict[str, Any]:
+        """The relay's status frames carry the upstream view the status API shows."""
+        return status_view.upstream_status(self)
 
     def retry_now(self) -> RetryOutcome:
-        if self.manager is None:
+        if self.manager is None or not self.running:
             return RetryOutcome("stopped", "The service is not running.")
         outcome = self.manager.retry_now()
         if outcome.status == "started":
@@ -425,96 +385,67 @@ class Runtime:
 
         HTTP health routes ask for a fresh report (the default). Status pages pass a small
         ``max_age_s`` so that any number of open pages cost one run per period, and
-        concurrent callers share the run in flight.
+        concurrent callers share the run in flight (a task the Runtime owns: stop cancels it).
         """
         cached = self._health_cache
         if cached is not None and max_age_s > 0 and self.clock.monotonic() - cached[0] < max_age_s:
             return cached[1]
         if self._health_inflight is None or self._health_inflight.done():
-            self._health_inflight = asyncio.ensure_future(self.health.run())
+            self._health_inflight = asyncio.create_task(self.health.run(), name="health-run")
         report = await asyncio.shield(self._health_inflight)
         self._health_cache = (self.clock.monotonic(), report)
         return report
 
-    # ------------------------------------------------------------------ checks (snapshots only)
 
-    def _check_upstream(self) -> list[CheckResult]:
-        snap = self.upstream_snapshot()
-        if snap is None:
-            return [CheckResult("upstream", "datastore", "state", "warn", "stopped", None, "not started")]
-        now = self.clock.wall()
-        age = None if snap.last_message_at is None else max(0.0, now - snap.last_message_at)
-        status, output = upstream_verdict(snap.state.value, age, SILENCE_FACTOR * self.settings.DERIV_PING_INTERVAL)
-        results = [
-            CheckResult("upstream", "datastore", "state", status, snap.state.value, None, output),
-            CheckResult(
-                "upstream",
-                "datastore",
-                "lastMessageAge",
-                status,
-                None if age is None else round(age, 3),
-                "s",
-                output if status != "pass" else "",
-            ),
-        ]
-        if snap.last_pong_latency_s is not None:
-            results.append(
-                CheckResult("upstream", "datastore", "pongLatency", "pass", round(snap.last_pong_latency_s, 4), "s")
-            )
-        return results
-
-    def _check_relay(self) -> list[CheckResult]:
-        active = int(self.relay.snapshot()["active"])
-        status, output = relay_verdict(self.settings.WEBSOCKET_ENABLED, active, self.settings.WEBSOCKET_MAX_CONNECTIONS)
-        return [CheckResult("relay", "component", "connections", status, active, None, output)]
-
-    def _check_hub(self) -> list[CheckResult]:
-        stats = self.hub.snapshot()
-        return [
-            CheckResult("hub", "component", "subscribers", "pass", stats["subscribers"]),
-            CheckResult("hub", "component", "droppedEvents", "pass", stats["dropped_total"]),
-        ]
-
-    def _check_breakers(self) -> list[CheckResult]:
-        results = []
-        for snap in self.breakers.snapshots():
-            status, output = breaker_verdict(snap.name, snap.state)
-            results.append(
-                CheckResult(f"circuitBreaker.{snap.name}", "component", "state", status, snap.state, None, output)
-            )
-        return results
-
-    def _check_loop(self) -> list[CheckResult]:
-        status, output = loop_lag_verdict(self.loop_lag.lag_s)
-        return [CheckResult("eventLoop", "system", "lag", status, round(self.loop_lag.lag_s, 4), "s", output)]
+async def _stop_step(name: str, step: StopStep) -> None:
+    """One step of a stop: a failure is logged and the stop goes on with the next step."""
+    try:
+        result = step()
+        if result is not None:
+            await result
+    except Exception:
+        log.exception("stopping the %s failed; stopping the rest", name)
 
 
-def _forwarder(sig: int, loop_handle: asyncio.Handle | None, python_handler: object) -> Callable[[], None]:
-    """How to hand ``sig`` on to whoever handled it before the runtime took it."""
-    if loop_handle is not None:
-        callback, args = loop_handle._callback, loop_handle._args  # type: ignore[attr-defined]
-        return lambda: callback(*args)
-    if callable(python_handler) and getattr(python_handler, "__name__", "") != "_sighandler_noop":
-        return lambda: python_handler(sig, None)
+class _PreviousHandler:
+    """The handler a signal had before the Runtime took it: how to hand it on, and to put it back.
 
-    def default() -> None:
-        signal.signal(sig, signal.SIG_DFL)
-        signal.raise_signal(sig)
+    asyncio keeps the handlers registered with ``loop.add_signal_handler`` (granian's
+    workers use it) only in the loop's private ``_signal_handlers`` map; there is no
+    public way to read them, so this class is the one place that looks. A handler set
+    with ``signal.signal()`` (uvicorn, gunicorn) is read with ``signal.getsignal``.
+    """
 
-    return default
+    def __init__(self, loop: asyncio.AbstractEventLoop, sig: int, handle: asyncio.Handle | None, python: Any) -> None:
+        self._loop = loop
+        self._sig = sig
+        self._handle = handle
+        self._python = python
 
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, sig: int) -> _PreviousHandler:
+        registered: dict[int, asyncio.Handle] = getattr(loop, "_signal_handlers", {})
+        return cls(loop, sig, registered.get(sig), signal.getsignal(sig))
 
-def vars_of(view: TickView) -> dict[str, Any]:
-    return {
-        "symbol": view.symbol,
-        "epoch": view.epoch,
-        "quote": view.quote,
-        "pip_size": view.pip_size,
-        "age_s": view.age_s,
-        "stale": view.stale,
-        "backfill": view.backfill,
-    }
+    def _loop_callback(self) -> tuple[Callable[..., object], Sequence[Any]] | None:
+        if self._handle is None:
+            return None
+        return self._handle._callback, self._handle._args  # type: ignore[attr-defined]
 
+    def forward(self) -> None:
+        if (found := self._loop_callback()) is not None:
+            callback, args = found
+            callback(*args)
+        elif callable(self._python) and getattr(self._python, "__name__", "") != "_sighandler_noop":
+            self._python(self._sig, None)
+        else:
+            signal.signal(self._sig, signal.SIG_DFL)
+            signal.raise_signal(self._sig)
 
-def round_up(seconds: float) -> int:
-    return max(1, math.ceil(seconds))
+    def restore(self) -> None:
+        self._loop.remove_signal_handler(self._sig)
+        if (found := self._loop_callback()) is not None:
+            callback, args = found
+            self._loop.add_signal_handler(self._sig, callback, *args)
+        elif self._python is not None:
+            signal.signal(self._sig, self._python)

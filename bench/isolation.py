@@ -62,7 +62,7 @@ def serve(port: int) -> None:
     from backend_core.config import load_settings
     from backend_core.runtime import Runtime
 
-    runtime = Runtime(load_settings(), configure_logs=False)
+    runtime = Runtime(load_settings())
     api = create_api(runtime)
 
     @contextlib.asynccontextmanager

@@ -8,8 +8,11 @@ snapshots and stores what they return.
 
 One producer, many pages: each open page runs one background loop (:meth:`stream`) that
 waits on the runtime's change signal (nothing polls the upstream) and, at most once a
-second, refreshes ages and countdowns. The loop stops when the page's socket is gone;
-a reconnecting page runs ``on_load`` again, which starts a new one. With
+second, refreshes ages and countdowns; it sleeps and waits on the runtime's clock, and
+it awaits (the shared health run) only outside the state lock, so ``on_load`` itself never
+awaits. The loop stops when the page's socket is gone (or, if Reflex's socket registry
+cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page runs
+``on_load`` again, which starts a new one. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
 ``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes.
 
@@ -25,13 +28,14 @@ It holds no secrets: it reads only the public status the REST API also serves.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import reflex as rx
 
+from backend_core import status_view
+from backend_core.runtime import Runtime
 from rxapp import history_logic, ui_logic
 from rxapp.runtime_ref import get_history_reader, get_runtime
 
@@ -50,6 +54,9 @@ HEALTH_SHARED_S = 1.0
 RETRY_MESSAGE_S = 12.0
 # A refresh that keeps failing is logged on the first failure and then every this many.
 ERROR_LOG_EVERY = 60
+# A page loop that cannot read Reflex's socket registry cannot see its page go away; it
+# ends after this long (a page still open then gets a new loop when it reconnects).
+UNWATCHED_LIMIT_S = 600.0
 # The sparkline shows the last minute (at most this many ticks).
 SPARK_WINDOW_S = 60
 SPARK_MAX_POINTS = 120
@@ -206,13 +213,6 @@ class StatusState(rx.State):
             transition_rows=history_logic.transition_rows(snapshot.transitions, now),
         )
 
-    async def _refresh(self, *, with_health: bool) -> None:
-        """Read everything (outside the state lock where it awaits) and apply it."""
-        snapshot = _read_snapshot()
-        if with_health:
-            self._set_health(await get_runtime().health_report(max_age_s=HEALTH_SHARED_S))
-        self._apply(*snapshot)
-
     def _set_health(self, report: Any) -> None:
         self._health_overall = report.status
         self._health_results = [(r.component_id, r.status, r.output) for r in report.results]
@@ -220,8 +220,9 @@ class StatusState(rx.State):
     # ------------------------------------------------------------------ events
 
     @rx.event
-    async def on_load(self) -> Any:
-        await self._refresh(with_health=True)
+    def on_load(self) -> Any:
+        """Show the status at once; the page's loop adds health (it awaits outside the state lock)."""
+        self._apply(*_read_snapshot())
         return StatusState.stream
 
     @rx.event(background=True)
@@ -236,26 +237,31 @@ class StatusState(rx.State):
         settings = runtime.settings
         real_time = settings.VITE_ENABLE_REAL_TIME_UPDATES
         period_s = REFRESH_S if real_time else settings.VITE_WS_RECONNECT_INTERVAL / 1000.0
-        sockets = _socket_registry()
         clock = runtime.clock
         seen = runtime.status_version
         health_at = clock.monotonic()
         history = get_history_reader()
         history.request(clock.monotonic() - history_logic.HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
         schedule = history_logic.HistorySchedule(clock.monotonic(), seen)
+        unwatched_since: float | None = None  # since when the socket registry could not be read
         failures = 0
         stopped = False
+        first = True  # the first round runs at once: it brings the health section
         try:
             while not stopped:
-                if real_time:
-                    version = await runtime.wait_for_change(seen, period_s)
-                    if version != seen:
-                        await asyncio.sleep(COALESCE_S)
-                        version = runtime.status_version
-                    changed, seen = version != seen, version
+                if first:
+                    first, changed = False, True
                 else:
-                    await asyncio.sleep(period_s)
-                    changed = True
+                    changed, seen = await _next_round(runtime, seen, period_s, real_time=real_time)
+                sockets = _socket_registry()
+                if sockets is not None:
+                    unwatched_since = None
+                elif unwatched_since is None:
+                    unwatched_since = clock.monotonic()
+                elif clock.monotonic() - unwatched_since >= UNWATCHED_LIMIT_S:
+                    # Without the registry a gone page is never noticed: end rather than run forever.
+                    log.warning("status page loop ends: no Reflex socket registry for %.0f s", UNWATCHED_LIMIT_S)
+                    break
                 try:
                     report = None
                     if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
@@ -299,16 +305,28 @@ class StatusState(rx.State):
     @rx.event
     def reset_error(self) -> None:
         """Hide the current error until a new one happens."""
-        last_error = get_runtime().status()["upstream"].get("last_error") or {}
+        last_error = status_view.status(get_runtime())["upstream"].get("last_error") or {}
         self._dismissed_error_at = str(last_error.get("at") or "")
         self.retry_message = ""
         self._apply(*_read_snapshot())
 
 
+async def _next_round(runtime: Runtime, seen: int, period_s: float, *, real_time: bool) -> tuple[bool, int]:
+    """Wait for a page's next refresh on the runtime's clock: ``(status changed, version seen)``."""
+    if not real_time:
+        await runtime.clock.sleep(period_s)
+        return True, seen
+    version = await runtime.wait_for_change(seen, period_s)
+    if version != seen:
+        await runtime.clock.sleep(COALESCE_S)  # a burst of changes becomes one update
+        version = runtime.status_version
+    return version != seen, version
+
+
 def _read_snapshot() -> tuple[dict[str, Any], dict[str, list[float]], float]:
     """The status JSON, the last minute of quotes per symbol, and the wall time."""
     runtime = get_runtime()
-    status = runtime.status()
+    status = status_view.status(runtime)
     history: dict[str, list[float]] = {}
     for tick in status["ticks"]:
         since = int(tick["epoch"]) - SPARK_WINDOW_S
@@ -317,12 +335,12 @@ def _read_snapshot() -> tuple[dict[str, Any], dict[str, list[float]], float]:
 
 
 def _socket_registry() -> Any:
-    """The live token -> socket mapping of this process (None outside a running app)."""
+    """The live token -> socket mapping of this process (None outside a running app, or
+    when Reflex's internals move: the page loop then ends after UNWATCHED_LIMIT_S)."""
     from reflex.utils import prerequisites
 
     try:
         namespace = prerequisites.get_and_validate_app().app.event_namespace
     except Exception:  # pragma: no cover - only outside a running app
-        log.warning("no Reflex event namespace: page refresh loops cannot see disconnects")
         return None
     return None if namespace is None else namespace.token_to_sid

@@ -1,7 +1,7 @@
 """What the status page says, decided by pure functions (no Reflex, no clock, no I/O).
 
 The Reflex state (:mod:`rxapp.state`) hands these functions the JSON of
-``Runtime.status()`` and the current wall time, and stores what they return; components
+:func:`backend_core.status_view.status` and the current wall time, and stores what they return; components
 only place the strings. So every word, colour and icon on the page is unit-tested in
 ``tests/unit/test_ui_logic.py`` without a browser.
 
@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from backend_core.health import status_rank
+from backend_core.status_view import STALE_TICK_S
+
 PRODUCT = "Market feed status"
-# Ticks whose age passes this are shown as stale (the runtime's STALE_TICK_S says the same).
-STALE_AFTER_S = 10.0
 # The sparkline's drawing box, in SVG user units (the component scales it with CSS).
 SPARK_WIDTH = 120
 SPARK_HEIGHT = 32
@@ -313,7 +314,7 @@ GENERAL_TIPS: tuple[str, ...] = (
     "this page, so pressing it again does not speed things up.",
     "A circuit breaker pauses retries after repeated failures so a struggling server can "
     "recover; its countdown shows when the next attempt happens.",
-    "Prices marked Stale are more than 10 s old: do not rely on them.",
+    f"Prices marked Stale are more than {STALE_TICK_S:.0f} s old: do not rely on them.",
     "Machines can read the same status as JSON at /api/v1/status, and health at /health.",
 )
 
@@ -353,7 +354,7 @@ class LinkView:
 
 
 def feed_link_view(upstream: Mapping[str, Any], now: float, *, real_time: bool = True) -> LinkView:
-    """The server's market feed link to Deriv, from ``status()["upstream"]``."""
+    """The server's market feed link to Deriv, from ``status_view.status(...)["upstream"]``."""
     state = str(upstream.get("state", "stopped"))
     since_at = parse_iso(upstream.get("since"))
     since = f"for {format_duration(now - since_at)}" if since_at is not None else ""
@@ -499,7 +500,7 @@ def tick_rows(
 ) -> list[dict[str, str]]:
     """One row a configured symbol: price, change, age, stale mark, sparkline points, lost prices.
 
-    ``statuses`` are the upstream's per-symbol statuses (``status()["upstream"]["symbols"]``).
+    ``statuses`` are the upstream's per-symbol statuses (``status_view.status(...)["upstream"]["symbols"]``).
     """
     by_symbol = {t["symbol"]: t for t in ticks}
     gaps = {s.get("symbol"): gap_sentence(s.get("gap")) for s in statuses}
@@ -599,7 +600,6 @@ HEALTH_NAMES: Mapping[str, str] = {
     "database": "History database",
     "alerts": "Alerts",
 }
-_STATUS_RANK = {"pass": 0, "warn": 1, "fail": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,7 +617,7 @@ def health_view(overall: str, results: Iterable[tuple[str, str, str]]) -> Health
     for component_id, status, output in results:
         key = "circuitBreakers" if component_id.startswith("circuitBreaker.") else component_id
         current, note = grouped.get(key, ("pass", ""))
-        if _STATUS_RANK.get(status, 2) > _STATUS_RANK.get(current, 2):
+        if status_rank(status) > status_rank(current):
             current, note = status, output
         elif status == current and not note:
             note = output

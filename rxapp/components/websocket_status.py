@@ -1,7 +1,7 @@
 """``websocket_status``: the two links a reader depends on, side by side.
 
 * the browser's live link to this server (client-side state, :mod:`.browser_link`);
-* this server's market feed link to Deriv (from ``Runtime.status()`` via the state).
+* this server's market feed link to Deriv (from ``status_view.status()`` via the state).
 
 Each shows a state word, an icon and a colour, how long it has been in that state, and
 the last error in plain language.

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from backend_core import status_view
 from backend_core.api import create_api
 from backend_core.config import load_settings
 from backend_core.events import LinkState
@@ -43,7 +44,7 @@ async def serve_runtime(
             **env,
         }
     )
-    runtime = Runtime(settings, configure_logs=False)
+    runtime = Runtime(settings)
     async with runtime.lifespan():
         served = await asgi_server(create_api(runtime))
         async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
@@ -111,7 +112,7 @@ async def test_upstream_outage_is_warn_and_the_service_stays_ready(
         assert sim is not None
         sim.refuse_connections(60)
         await sim.drop_all()
-        await until(lambda: runtime.upstream_status()["state"] == "circuit_open")
+        await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["status"] == "warn"
         assert health.json()["components"]["upstream"] == "warn"
@@ -230,7 +231,7 @@ async def test_manual_retry_endpoint_coalesces(asgi_server: Callable[..., Awaita
         assert sim is not None
         sim.refuse_connections(60)
         await sim.drop_all()
-        await until(lambda: runtime.upstream_status()["state"] == "circuit_open")
+        await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
         sim.refuse_connections(0)
         responses = await asyncio.gather(*(client.post("/api/v1/retry") for _ in range(10)))
         statuses = sorted(r.json()["status"] for r in responses)

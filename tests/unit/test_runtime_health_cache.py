@@ -1,4 +1,4 @@
-"""Status pages share health runs: Runtime.health_report(max_age_s) reuses a recent report."""
+"""Status pages share health runs and wait for changes on the runtime's clock (a fake one here)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from backend_core.runtime import Runtime
 
 def make_runtime(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
     clock = FakeClock()
-    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/h.db"}), clock=clock, configure_logs=False)
+    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/h.db"}), clock=clock)
     runs: list[int] = []
     real_run = runtime.health.run
 
     async def counting_run() -> HealthReport:
-        runs.append(1)
-        await asyncio.sleep(0)  # let concurrent callers arrive while this run is in flight
+        runs.append(1)  # concurrent callers arrive while this run is in flight: none runs its own
         return await real_run()
 
     runtime.health.run = counting_run  # type: ignore[method-assign]
@@ -43,3 +42,19 @@ async def test_http_health_routes_always_get_a_fresh_report(tmp_path: Path) -> N
     await runtime.health_report()
     await runtime.health_report()
     assert len(runs) == 2
+
+
+async def test_pages_wait_for_a_status_change_or_their_period_on_the_runtime_clock(tmp_path: Path) -> None:
+    runtime, clock, _ = make_runtime(tmp_path)
+    seen = runtime.status_version
+    waiting = asyncio.ensure_future(runtime.wait_for_change(seen, 1.0))
+    await asyncio.sleep(0)
+    assert clock.deadlines == 1 and not waiting.done()
+    clock.advance(1.0)
+    assert await waiting == seen  # the period passed on fake time, nothing changed
+
+    waiting = asyncio.ensure_future(runtime.wait_for_change(seen, 60.0))
+    await asyncio.sleep(0)
+    runtime._signal_change()  # what a status event or a breaker transition does
+    assert await waiting == seen + 1
+    assert clock.deadlines == 0  # the wait's deadline went with it
