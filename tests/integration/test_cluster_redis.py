@@ -1,0 +1,147 @@
+"""The lease and the tick log against a real redis-server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from backend_core.clock import SystemClock
+from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.lease import LeaseClient
+from backend_core.cluster.ticklog import FencedOut, TickLogReader, TickLogWriter
+from backend_core.events import Tick
+from tests.integration.redis_server import RedisServer, redis_server
+
+KEYS = ClusterKeys("test")
+CLOCK = SystemClock()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def redis(server: RedisServer) -> AsyncIterator[Any]:
+    client = Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def ticks(symbol: str, epochs: range, **extra: Any) -> list[Tick]:
+    return [Tick(symbol, e, 100.0 + e / 100, 2, **extra) for e in epochs]
+
+
+async def test_one_member_wins_the_lease_and_the_term_grows_only_per_grant(redis: Any) -> None:
+    members = [LeaseClient(redis, KEYS, f"m{i}", ttl_s=5, clock=CLOCK) for i in range(5)]
+    grants = await asyncio.gather(*(m.acquire() for m in members))
+    won = [g for g in grants if g is not None]
+    assert len(won) == 1
+    for _ in range(3):
+        assert await asyncio.gather(*(m.acquire() for m in members)) == [None] * 5
+    assert await members[0].holder() == (won[0].instance_id, won[0].term)
+    assert int(await redis.get(KEYS.term)) == won[0].term == 1
+
+
+async def test_only_the_holder_renews_or_releases_and_the_next_grant_has_a_new_term(redis: Any) -> None:
+    a = LeaseClient(redis, KEYS, "a", ttl_s=5, clock=CLOCK)
+    b = LeaseClient(redis, KEYS, "b", ttl_s=5, clock=CLOCK)
+    grant_a = await a.acquire()
+    assert grant_a is not None
+    forged = type(grant_a)("b", grant_a.term)
+    assert await b.renew(forged) is False
+    assert await b.release(forged) is False
+    assert await a.renew(grant_a) is True
+    assert await a.release(grant_a) is True
+    grant_b = await b.acquire()
+    assert grant_b is not None and grant_b.term == grant_a.term + 1
+    assert await a.renew(grant_a) is False  # the old token is dead for good
+
+
+async def test_an_expired_lease_goes_to_the_next_member(redis: Any) -> None:
+    a = LeaseClient(redis, KEYS, "a", ttl_s=0.5, clock=CLOCK)
+    b = LeaseClient(redis, KEYS, "b", ttl_s=0.5, clock=CLOCK)
+    grant_a = await a.acquire()
+    assert grant_a is not None and await b.acquire() is None
+    async with asyncio.timeout(10):
+        while (grant_b := await b.acquire()) is None:  # noqa: ASYNC110 - polling Redis is the point
+            await asyncio.sleep(0.05)
+    assert grant_b.term == grant_a.term + 1
+    assert await a.renew(grant_a) is False
+
+
+async def test_writes_are_fenced_and_idempotent_across_leaders(redis: Any) -> None:
+    old = LeaseClient(redis, KEYS, "old", ttl_s=5, clock=CLOCK)
+    new = LeaseClient(redis, KEYS, "new", ttl_s=5, clock=CLOCK)
+    old_grant = await old.acquire()
+    assert old_grant is not None
+    old_writer = TickLogWriter(redis, KEYS, CLOCK, maxlen=1000)
+    for tick in ticks("R_50", range(1000, 1010)):
+        old_writer.offer(tick)
+    assert (await old_writer.flush(old_grant.token)).written == 10
+
+    await old.release(old_grant)
+    new_grant = await new.acquire()
+    assert new_grant is not None
+    # The new leader backfills over what the old one wrote: overlap is refused, the rest lands.
+    new_writer = TickLogWriter(redis, KEYS, CLOCK, maxlen=1000)
+    for tick in ticks("R_50", range(1005, 1015), backfill=True):
+        new_writer.offer(tick)
+    result = await new_writer.flush(new_grant.token)
+    assert (result.written, result.refused_as_duplicates) == (5, 5)
+
+    # A late write of the ex-leader is refused by the fence and kept for nobody.
+    for tick in ticks("R_50", range(1015, 1020)):
+        old_writer.offer(tick)
+    with pytest.raises(FencedOut):
+        await old_writer.flush(old_grant.token)
+    assert old_writer.fenced_writes == 1
+    entries = await redis.xrange(KEYS.ticks("R_50"))
+    assert [int(raw_id.decode().split("-")[0]) for raw_id, _ in entries] == list(range(1000, 1015))
+
+
+async def test_the_reader_sees_every_entry_once_in_order_with_every_field(redis: Any) -> None:
+    lease = LeaseClient(redis, KEYS, "leader", ttl_s=5, clock=CLOCK)
+    grant = await lease.acquire()
+    assert grant is not None
+    writer = TickLogWriter(redis, KEYS, CLOCK)
+    reader = TickLogReader(redis, KEYS, ["R_50", "1HZ100V"], CLOCK)
+    sent = [
+        Tick("R_50", 10, 1234.5678, 4, bid=1234.5, ask=1234.6),
+        Tick("1HZ100V", 11, 99.12, 2, backfill=True),
+        Tick("R_50", 14, 1234.9, 4, bid=1234.8, ask=1235.0, gap_from=10),
+    ]
+    for tick in sent:
+        writer.offer(tick)
+    await writer.flush(grant.token)
+    got = await reader.read(block_ms=100)
+    assert sorted(got, key=lambda t: t.epoch) == sent
+    assert await reader.read(block_ms=50) == []
+    assert reader.position("R_50") == 14
+    assert await reader.latest("R_50", 1) == [sent[2]]
+
+
+async def test_a_reader_blocked_on_xread_wakes_for_a_new_entry(redis: Any, server: RedisServer) -> None:
+    lease = LeaseClient(redis, KEYS, "leader", ttl_s=5, clock=CLOCK)
+    grant = await lease.acquire()
+    assert grant is not None
+    follower = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        reader = TickLogReader(follower, KEYS, ["R_50"], CLOCK)
+        pending = asyncio.create_task(reader.read(block_ms=3000))
+        await asyncio.sleep(0.1)
+        writer = TickLogWriter(redis, KEYS, CLOCK)
+        writer.offer(Tick("R_50", 42, 1.5, 2))
+        await writer.flush(grant.token)
+        async with asyncio.timeout(5):
+            assert [t.epoch for t in await pending] == [42]
+    finally:
+        await follower.aclose()
