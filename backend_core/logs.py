@@ -15,6 +15,9 @@ from backend_core.clock import Clock, iso_utc
 
 # A swallowed internal error is logged at most this often: it would repeat for every event.
 FAULT_LOG_INTERVAL_S: Final = 60.0
+# Distinct keys one LogThrottle tells apart (keys may come from outside, e.g. upstream
+# error codes); later keys share one "other" slot, so the map stays bounded.
+MAX_THROTTLE_KEYS: Final = 64
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra=``.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
@@ -56,6 +59,54 @@ def configure_logging(log_format: str, level: str) -> None:
     logger.propagate = False
 
 
+class LogThrottle:
+    """Lets a repeated log line through at most once per ``interval_s`` per key, with a count.
+
+    The one log-rate limit of the house (DESIGN.md rule 5). Time is passed in (monotonic
+    seconds), so pure code can use it. The first line of a key is logged at once; later
+    ones within the interval are only counted, and the next line that is let through says
+    how many were held back. At most ``max_keys`` keys are told apart.
+    """
+
+    __slots__ = ("_interval_s", "_logger", "_max_keys", "_seen")
+
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = FAULT_LOG_INTERVAL_S, max_keys: int = MAX_THROTTLE_KEYS
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._max_keys = max_keys
+        # key -> [monotonic time last logged, lines held back since]
+        self._seen: dict[str, list[float]] = {}
+
+    def due(self, now: float, key: str) -> int | None:
+        """``None`` when a line for ``key`` is held back now; else how many were held back before it."""
+        entry = self._seen.get(key)
+        if entry is None and len(self._seen) >= self._max_keys:
+            key = "other"  # the map is full: every further key shares one slot
+            entry = self._seen.get(key)
+        if entry is None:
+            self._seen[key] = [now, 0]
+            return 0
+        if now - entry[0] < self._interval_s:
+            entry[1] += 1
+            return None
+        held = int(entry[1])
+        entry[0], entry[1] = now, 0
+        return held
+
+    def log(self, now: float, level: int, key: str, msg: str, *args: object) -> bool:
+        """Log ``msg % args`` unless held back; True when it was logged."""
+        held = self.due(now, key)
+        if held is None:
+            return False
+        if held:
+            self._logger.log(level, msg + " (%d more like it held back)", *args, held)
+        else:
+            self._logger.log(level, msg, *args)
+        return True
+
+
 class FaultLog:
     """Counts the internal errors that an entry point which must never raise swallows.
 
@@ -68,13 +119,10 @@ class FaultLog:
         self._logger = logger
         self._label = label
         self._clock = clock
-        self._interval_s = interval_s
-        self._logged_at: float | None = None
+        self._throttle = LogThrottle(logger, interval_s, max_keys=1)
         self.count = 0
 
     def __call__(self, step: str) -> None:
         self.count += 1
-        now = self._clock.monotonic()
-        if self._logged_at is None or now - self._logged_at >= self._interval_s:
-            self._logged_at = now
+        if self._throttle.due(self._clock.monotonic(), self._label) is not None:
             self._logger.exception("%s: %s failed; the event is lost (%d so far)", self._label, step, self.count)

@@ -87,6 +87,8 @@ __all__ = [
     "WebsiteStatus",
     "active_symbols",
     "authorize",
+    "clip_code",
+    "clip_text",
     "encode",
     "forget",
     "forget_all",
@@ -119,6 +121,33 @@ MAX_HISTORY_COUNT: Final = 5000
 
 # How much of a bad frame a ProtocolError keeps for logs (errors.ProtocolError cuts at 200 too).
 _RAW_EXCERPT_CHARS: Final = 200
+
+# --- upstream strings (DESIGN.md rules 5 and 6) ------------------------------------
+# The upstream chooses error codes, messages and message types. They key counters,
+# choose the status page's tips, and reach logs and the page, so each is bounded here,
+# once, before any other module sees it.
+
+#: Longest upstream error code (or unknown msg_type) kept; Deriv's are under 30.
+MAX_CODE_CHARS: Final = 64
+#: Longest upstream text kept (error messages, the website_status banner).
+MAX_TEXT_CHARS: Final = 300
+_UNSAFE_CODE_CHARS: Final = re.compile(r"[^A-Za-z0-9_.-]")
+# Control characters (newlines included: a log line must stay one line) and Unicode line breaks.
+_CONTROL_CHARS: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clip_code(code: str) -> str:
+    """An upstream code fit to key a counter: at most 64 of ``A-Za-z0-9_.-`` (others become ``_``)."""
+    if len(code) <= MAX_CODE_CHARS and not _UNSAFE_CODE_CHARS.search(code) and code:
+        return code
+    return _UNSAFE_CODE_CHARS.sub("_", code[:MAX_CODE_CHARS]) or "Unknown"
+
+
+def clip_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """Upstream text fit for one log line and the page: no control characters, at most ``limit`` long."""
+    clean = _CONTROL_CHARS.sub(" ", text[: limit + 1])
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
 
 # --- requests ----------------------------------------------------------------------
 
@@ -548,7 +577,9 @@ def _excerpt(raw: str | bytes) -> str | bytes:
 def _frame_error(
     reason: str, raw: str | bytes, msg_type: str | None = None, req_id: int | None = None
 ) -> ProtocolFrameError:
-    return ProtocolFrameError(ProtocolError(reason, _excerpt(raw)), msg_type, req_id)
+    return ProtocolFrameError(
+        ProtocolError(reason, _excerpt(raw)), None if msg_type is None else clip_code(msg_type), req_id
+    )
 
 
 def _number(value: Any, name: str) -> float:
@@ -801,9 +832,11 @@ def _parse_authorize(frame: dict[str, Any], req_id: int | None) -> Authorize:
 
 def _parse_website_status(frame: dict[str, Any], req_id: int | None) -> WebsiteStatus:
     body = _object(frame.get("website_status"), "website_status")
+    site_status = _optional_string(body.get("site_status"), "website_status.site_status")
+    message = _optional_string(body.get("message"), "website_status.message")
     return WebsiteStatus(
-        _optional_string(body.get("site_status"), "website_status.site_status"),
-        _optional_string(body.get("message"), "website_status.message"),
+        None if site_status is None else clip_code(site_status),
+        None if message is None else clip_text(message),
         _subscription_id(frame),
         req_id,
     )
@@ -831,7 +864,9 @@ def _parse_error(frame: dict[str, Any], msg_type: str, req_id: int | None) -> Ap
     if details is not None and type(details) is not dict:
         raise _BadFrame("error.details is not an object")
     echo = frame.get("echo_req")
-    return ApiError(code, message, details, msg_type, req_id, echo if type(echo) is dict else None)
+    return ApiError(
+        clip_code(code), clip_text(message), details, clip_code(msg_type), req_id, echo if type(echo) is dict else None
+    )
 
 
 _PARSERS: Final[dict[str, Any]] = {
@@ -878,7 +913,7 @@ def parse(raw: str | bytes) -> Message:
             return _parse_tick(frame, req_id)
         parser = _PARSERS.get(msg_type)
         if parser is None:
-            return UnknownMessage(msg_type, frame, req_id)
+            return UnknownMessage(clip_code(msg_type), frame, req_id)
         result: Message = parser(frame, req_id)
         return result
     except _BadFrame as exc:
@@ -886,4 +921,4 @@ def parse(raw: str | bytes) -> Message:
     except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
         # A shape no specific check foresaw (for example a huge integer where a float
         # is expected): still a frame error, never an exception to the caller.
-        return _frame_error(f"malformed {msg_type} frame: {type(exc).__name__}", raw, msg_type, req_id)
+        return _frame_error(f"malformed {clip_code(msg_type)} frame: {type(exc).__name__}", raw, msg_type, req_id)

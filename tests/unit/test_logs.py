@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from backend_core.clock import FakeClock
-from backend_core.logs import FaultLog, JsonFormatter, configure_logging
+from backend_core.logs import FaultLog, JsonFormatter, LogThrottle, configure_logging
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -78,3 +78,24 @@ def test_a_swallowed_fault_is_always_counted_and_its_traceback_logged_once_per_i
     fail("record_transition")
     assert fault.count == 5 and len(caplog.records) == 2
     assert caplog.records[1].getMessage() == "history: record_transition failed; the event is lost (5 so far)"
+
+
+def test_a_repeated_line_is_let_through_once_per_interval_with_the_count_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle = LogThrottle(logging.getLogger("backend_core.test"), interval_s=60.0)
+    for second in range(5):
+        throttle.log(1000.0 + second, logging.WARNING, "RateLimit", "upstream error %s", "RateLimit")
+    throttle.log(1001.0, logging.WARNING, "Other", "upstream error %s", "Other")  # its own key
+    throttle.log(1060.0, logging.WARNING, "RateLimit", "upstream error %s", "RateLimit")
+    assert [r.getMessage() for r in caplog.records] == [
+        "upstream error RateLimit",
+        "upstream error Other",
+        "upstream error RateLimit (4 more like it held back)",
+    ]
+
+
+def test_throttle_keys_from_outside_are_bounded() -> None:
+    throttle = LogThrottle(logging.getLogger("backend_core.test"), interval_s=60.0, max_keys=3)
+    assert [throttle.due(0.0, f"code{i}") for i in range(10)] == [0, 0, 0, 0, None, None, None, None, None, None]
+    assert len(throttle._seen) == 4  # three keys and the shared "other"

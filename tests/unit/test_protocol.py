@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -474,6 +475,28 @@ def test_error_without_details_converts_to_empty_details() -> None:
     assert isinstance(msg, p.ApiError)
     assert msg.details is None and msg.req_id == 2
     assert msg.to_exception().details == {}
+
+
+def test_upstream_error_codes_and_messages_are_clipped_before_anyone_sees_them() -> None:
+    frame = {
+        "msg_type": "tick" * 100,
+        "error": {"code": "Bad\nCode " + "X" * 500, "message": "line one\nline two " + "m" * 1000},
+    }
+    msg = p.parse(json.dumps(frame))
+    assert isinstance(msg, p.ApiError)
+    assert len(msg.code) <= 64 and re.fullmatch(r"[A-Za-z0-9_.-]+", msg.code)
+    assert msg.code.startswith("Bad_Code_")
+    assert len(msg.msg_type) <= 64
+    assert len(msg.message) <= 300 and "\n" not in msg.message and msg.message.startswith("line one line two")
+    assert p.parse('{"msg_type":"x","error":{"code":"","message":""}}').code == "Unknown"  # type: ignore[union-attr]
+
+
+def test_the_website_status_banner_and_state_are_clipped() -> None:
+    frame = {"msg_type": "website_status", "website_status": {"site_status": "up\u2028" * 50, "message": "b" * 999}}
+    msg = p.parse(json.dumps(frame))
+    assert isinstance(msg, p.WebsiteStatus)
+    assert msg.site_status is not None and len(msg.site_status) <= 64 and "\u2028" not in msg.site_status
+    assert msg.message is not None and len(msg.message) == 300 and msg.message.endswith("…")
 
 
 def test_unknown_msg_type_is_kept() -> None:
