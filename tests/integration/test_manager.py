@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
 
 from backend_core.breakers import BreakerRegistry
 from backend_core.config import Settings, load_settings
@@ -398,3 +402,134 @@ async def test_streams_ended_without_a_disconnect_are_resubscribed_and_backfille
         await wait_live(recorder, manager)
         assert manager.snapshot().reconnect_count == 0
         assert_no_gap_no_duplicate(recorder, sim)
+
+
+async def test_wss_to_a_server_without_tls_says_so_in_plain_words() -> None:
+    settings = settings_for()
+    sim = DerivSimulator(time_scale=TIME_SCALE)
+    await sim.start()
+    recorder = Recorder()
+    breakers = BreakerRegistry.from_settings(settings)
+    manager = DerivManager(settings, recorder, breakers.websocket, url=sim.url.replace("ws://", "wss://", 1))
+    await manager.start()
+    try:
+        await recorder.wait_for(lambda: manager.snapshot().last_error is not None)
+        error = manager.snapshot().last_error
+        assert error is not None and error.code == "TLSHandshakeFailed"
+        assert f"127.0.0.1:{sim.port}" in error.message and "TLS" in error.message
+    finally:
+        await manager.stop()
+        await sim.stop()
+
+
+class TinyDeriv:
+    """A few lines of Deriv over a real socket, for replies the simulator never sends.
+
+    Answers website_status, streams ticks for each ``ticks`` subscribe, and answers pings
+    with ``bad_pong`` on the first connection (then properly).
+    """
+
+    def __init__(self, bad_pong: dict[str, Any]) -> None:
+        self.bad_pong = bad_pong
+        self.connections = 0
+        self.epochs = itertools.count(1_700_000_000)
+
+    async def handler(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        first = self.connections == 1
+        streams: list[asyncio.Task[None]] = []
+        try:
+            async for raw in ws:  # ends quietly when the manager closes the link
+                request = json.loads(raw)
+                req_id = request.get("req_id")
+                if "website_status" in request:
+                    body = {"site_status": "up"}
+                    await ws.send(json.dumps({"msg_type": "website_status", "website_status": body, "req_id": req_id}))
+                elif "ticks" in request:
+                    streams.append(asyncio.create_task(self.stream(ws, request["ticks"], req_id)))
+                elif "ticks_history" in request:  # a resubscribe with backfill: nothing was missed
+                    symbol = request["ticks_history"]
+                    history = {"msg_type": "history", "history": {"times": [], "prices": []}, "req_id": req_id}
+                    await ws.send(json.dumps({**history, "echo_req": {"ticks_history": symbol}, "pip_size": 2}))
+                    streams.append(asyncio.create_task(self.stream(ws, symbol, req_id)))
+                elif "ping" in request:
+                    pong = self.bad_pong if first else {"msg_type": "ping", "ping": "pong"}
+                    await ws.send(json.dumps({**pong, "req_id": req_id}))
+        except websockets.ConnectionClosed:
+            pass  # the manager dropped this link (that is the point)
+        finally:
+            for task in streams:
+                task.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+
+    async def stream(self, ws: ServerConnection, symbol: str, req_id: int) -> None:
+        sub = "b4d42748-0744-c46b-f59b-cb7dd936bafa"
+        with contextlib.suppress(Exception):
+            while True:  # ticks keep flowing whatever the pings get
+                body = {"symbol": symbol, "epoch": next(self.epochs), "quote": 1.25, "pip_size": 2, "id": sub}
+                frame = {"msg_type": "tick", "tick": body, "subscription": {"id": sub}, "req_id": req_id}
+                await ws.send(json.dumps(frame))
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("bad_pong", "cause"),
+    [
+        ({"msg_type": "ping", "ping": ["x"]}, "ProtocolError"),
+        (
+            {"msg_type": "ping", "error": {"code": "RateLimit", "message": "You have reached the rate limit."}},
+            "HeartbeatRejected",
+        ),
+    ],
+)
+async def test_a_malformed_or_refused_pong_over_a_real_socket_is_a_sick_link_and_a_reconnect(
+    bad_pong: dict[str, Any], cause: str
+) -> None:
+    tiny = TinyDeriv(bad_pong)
+    async with serve(tiny.handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        settings = settings_for()
+        recorder = Recorder()
+        breakers = BreakerRegistry.from_settings(settings)
+        manager = DerivManager(
+            settings, recorder, breakers.websocket, url=f"ws://127.0.0.1:{port}/websockets/v3", backoff_cap_s=0.3
+        )
+        await manager.start()
+        try:
+            await recorder.wait_for(lambda: tiny.connections >= 2 and connected(manager)())
+            drops = [s for s in recorder.statuses if s.state == LinkState.RECONNECTING and s.last_error is not None]
+            assert drops and drops[0].last_error is not None and drops[0].last_error.code == cause
+            # The heartbeat lives on in the new session: pongs keep coming back.
+            pongs_before = manager.snapshot().last_pong_latency_s
+            await recorder.wait_for(lambda: manager.snapshot().last_pong_latency_s != pongs_before)
+        finally:
+            await manager.stop()
+
+
+async def test_a_bug_in_the_hub_is_logged_once_and_the_manager_reconnects(caplog: pytest.LogCaptureFixture) -> None:
+    class Buggy(Recorder):
+        fail = 1
+
+        def publish_tick(self, tick: Tick) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise RuntimeError("hub bug")
+            super().publish_tick(tick)
+
+    settings = settings_for()
+    sim = DerivSimulator(time_scale=TIME_SCALE, seed=7)
+    await sim.start()
+    recorder = Buggy()
+    breakers = BreakerRegistry.from_settings(settings)
+    manager = DerivManager(settings, recorder, breakers.websocket, url=sim.url, backoff_cap_s=0.3)
+    await manager.start()
+    try:
+        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+        await wait_live(recorder, manager)
+        drops = [s.last_error for s in recorder.statuses if s.state == LinkState.RECONNECTING and s.last_error]
+        assert drops[0] is not None and drops[0].code == "InternalError" and "reader" in drops[0].message
+        tracebacks = [r for r in caplog.records if r.exc_info is not None and r.levelno >= logging.ERROR]
+        assert len(tracebacks) == 1 and "reader" in tracebacks[0].getMessage()
+    finally:
+        await manager.stop()
+        await sim.stop()

@@ -1,88 +1,72 @@
-"""The manager's pure decisions: backoff schedule, tick sequencing, error classification, URLs."""
+"""The driver's pure helpers: connect-error classification (codes, plain words naming the host) and URLs."""
 
 from __future__ import annotations
 
-import itertools
-import random
+import socket
+import ssl
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from websockets.datastructures import Headers
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
 from websockets.http11 import Response
 
-from backend_core.deriv.manager import (
-    TickSequencer,
-    backfill_gap,
-    backoff_delay,
-    build_url,
-    classify_connect_error,
-    redact_url,
-)
+from backend_core.deriv.manager import build_url, classify_connect_error, redact_url
 from backend_core.errors import DerivAPIError
-from backend_core.events import Tick
+
+URL = "wss://ws.derivws.com/websockets/v3"
 
 
-@given(attempt=st.integers(min_value=1, max_value=10_000), seed=st.integers(0, 2**32))
-def test_backoff_is_full_jitter_under_an_exponential_ceiling_and_the_cap(attempt: int, seed: int) -> None:
-    delay = backoff_delay(attempt, 1.0, 30.0, random.Random(seed))
-    assert 0.0 <= delay <= min(30.0, 2 ** (attempt - 1))
+def refused(status: int, body: bytes, reason: str = "x") -> InvalidStatus:
+    return InvalidStatus(Response(status, reason, Headers(), body))
 
 
-def test_backoff_ceiling_doubles_until_the_cap() -> None:
-    class Top(random.Random):
-        def uniform(self, a: float, b: float) -> float:
-            return b
-
-    rng = Top()
-    assert [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
-
-
-def tick(symbol: str, epoch: int, backfill: bool = False) -> Tick:
-    return Tick(symbol=symbol, epoch=epoch, quote=1.0, pip_size=2, backfill=backfill)
-
-
-def test_sequencer_lets_each_epoch_through_once_in_order() -> None:
-    seq = TickSequencer()
-    accepted = [seq.accept(t) for t in [tick("A", 1), tick("A", 2), tick("A", 2), tick("A", 1), tick("B", 1)]]
-    assert accepted == [True, True, False, False, True]
-    assert seq.duplicates == 2
-    assert seq.last_epoch("A") == 2 and seq.last_epoch("B") == 1 and seq.last_epoch("C") is None
-
-
-@given(st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, 50)), max_size=200))
-def test_sequencer_output_is_strictly_increasing_per_symbol(events: list[tuple[str, int]]) -> None:
-    seq = TickSequencer()
-    out: dict[str, list[int]] = {}
-    for symbol, epoch in events:
-        if seq.accept(tick(symbol, epoch)):
-            out.setdefault(symbol, []).append(epoch)
-    for epochs in out.values():
-        assert all(a < b for a, b in itertools.pairwise(epochs))
-
-
-def refused(status: int, body: bytes) -> InvalidStatus:
-    return InvalidStatus(Response(status, "x", Headers(), body))
+def cert_error() -> ssl.SSLCertVerificationError:
+    exc = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    exc.verify_message = "self-signed certificate"
+    return exc
 
 
 @pytest.mark.parametrize(
-    ("exc", "code"),
+    ("exc", "url", "code", "words"),
     [
-        (TimeoutError(), "ConnectTimeout"),
-        (refused(401, b'{"error":"InvalidAppID"}'), "InvalidAppID"),
-        (refused(403, b'{"error":"AccessRestricted"}'), "AccessRestricted"),
-        (refused(503, b"busy"), "HandshakeRefused"),
-        (ConnectionRefusedError(111, "Connection refused"), "ConnectionRefused"),
-        (OSError(101, "Network is unreachable"), "NetworkError"),
-        (DerivAPIError("RateLimit", "You have reached the rate limit for ticks."), "RateLimit"),
-        (ValueError("odd"), "ConnectError"),
+        (TimeoutError(), URL, "ConnectTimeout", "ws.derivws.com:443 did not answer within 30 s"),
+        (
+            socket.gaierror(-2, "Name or service not known"),
+            URL,
+            "DNSLookupFailed",
+            "this server cannot resolve ws.derivws.com: check its dns and internet access",
+        ),
+        (ConnectionRefusedError(111, "Connect call failed"), "ws://127.0.0.1:9/x", "ConnectionRefused", "127.0.0.1:9"),
+        # wss:// to a server that does not speak TLS: the handshake ends with an empty reset.
+        (ConnectionResetError(), "wss://127.0.0.1:8080/x", "TLSHandshakeFailed", "127.0.0.1:8080"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), URL, "TLSHandshakeFailed", "tls"),
+        (cert_error(), URL, "TLSCertificateInvalid", "self-signed certificate"),
+        (refused(404, b"", "Not Found"), URL, "HandshakeRefused", "http 404 not found"),
+        (refused(503, b"busy", "Service Unavailable"), URL, "HandshakeRefused", "http 503"),
+        (refused(401, b'{"error":"InvalidAppID"}'), URL, "InvalidAppID", "app_id"),
+        (refused(403, b'{"error":"AccessRestricted"}'), URL, "AccessRestricted", "http 403"),
+        (InvalidMessage("did not receive a valid HTTP response"), URL, "HandshakeFailed", "valid http response"),
+        (InvalidURI("nope", "not a ws URL"), "nope", "InvalidURL", "deriv_ws_url"),
+        (OSError(101, "Network is unreachable"), URL, "NetworkError", "no route to ws.derivws.com"),
+        (ConnectionResetError(), "ws://h:1/x", "NetworkError", "connectionreseterror"),
+        (DerivAPIError("RateLimit", "You have reached the rate limit for ticks."), URL, "RateLimit", "rate limit"),
+        (ValueError("odd"), URL, "ConnectError", "odd"),
     ],
 )
-def test_connect_errors_get_the_codes_the_status_page_chooses_tips_by(exc: BaseException, code: str) -> None:
-    info = classify_connect_error(exc)
+def test_each_connect_failure_gets_its_own_code_and_words_naming_the_host(
+    exc: BaseException, url: str, code: str, words: str
+) -> None:
+    info = classify_connect_error(exc, url, timeout_s=30.0)
     assert info.code == code
-    assert info.message and "Traceback" not in info.message
+    assert words in info.message.lower()
+    assert "Traceback" not in info.message
+    assert not info.message.rstrip().endswith(":"), "a message never ends on an empty detail"
+
+
+def test_messages_never_carry_credentials_and_stay_one_short_line() -> None:
+    info = classify_connect_error(OSError(5, "x" * 1000 + "\nsecond line"), "wss://user:secret@host:1/x")
+    assert "secret" not in info.message and "user" not in info.message
+    assert "\n" not in info.message and len(info.message) <= 300
 
 
 def test_url_carries_app_id_language_and_brand() -> None:
@@ -94,12 +78,3 @@ def test_url_carries_app_id_language_and_brand() -> None:
 
 def test_redacted_url_has_no_credentials() -> None:
     assert redact_url("wss://user:secret@host:443/websockets/v3") == "wss://host:443/websockets/v3"
-
-
-def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_tick() -> None:
-    # Deriv answers the latest `count` ticks of [start, end], start inclusive (3.4).
-    assert backfill_gap(100, [100, 101, 102], requested=3) is None  # full, reaches back: no gap
-    assert backfill_gap(100, [101, 102], requested=3) is None  # short: the whole range
-    assert backfill_gap(100, [], requested=3) is None  # nothing missed
-    assert backfill_gap(None, [5, 6, 7], requested=3) is None  # nothing published before
-    assert backfill_gap(100, [150, 151, 152], requested=3) == 100  # full and later: 101..149 lost

@@ -1,0 +1,579 @@
+"""LinkProtocol, the upstream link's decisions, driven with plain calls and numbers for time.
+
+No asyncio, no sockets, no clock: each test feeds events (connected, frames, deadlines,
+closes) and checks the actions that come back, as python-websockets tests its protocol.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from backend_core.backoff import FullJitter
+from backend_core.deriv import protocol
+from backend_core.deriv.actions import (
+    Action,
+    ArmDeadline,
+    CloseLink,
+    Fail,
+    LinkUp,
+    PublishStatus,
+    PublishTick,
+    Resolve,
+    Send,
+    Timer,
+)
+from backend_core.deriv.link import (
+    LinkConfig,
+    LinkProtocol,
+    RetryPolicy,
+    TickSequencer,
+    backfill_gap,
+    retry_policy,
+)
+from backend_core.errors import DerivAPIError, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
+from backend_core.events import Tick
+
+SYMBOLS = ("R_50", "1HZ100V")
+PING_S = 30.0
+PONG_S = 10.0
+REQUEST_S = 15.0
+
+
+def sub_id(n: int) -> str:
+    return f"{n:08x}-0744-c46b-f59b-cb7dd936bafa"
+
+
+def make(symbols: Sequence[str] = SYMBOLS, *, rng: random.Random | None = None, **overrides: Any) -> LinkProtocol:
+    options: dict[str, Any] = {"ping_interval_s": PING_S, "pong_deadline_s": PONG_S, "request_timeout_s": REQUEST_S}
+    config = LinkConfig(symbols=tuple(symbols), **{**options, **overrides})
+    return LinkProtocol(config, FullJitter(1.0, 30.0, rng or random.Random(1)))
+
+
+def parse(frame: dict[str, Any]) -> protocol.Message:
+    return protocol.parse(json.dumps(frame))
+
+
+def sends(actions: Sequence[Action], method: str | None = None) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and (method is None or a.method == method)]
+
+
+def one_send(actions: Sequence[Action], method: str) -> Send:
+    [send] = sends(actions, method)
+    return send
+
+
+def ticks_of(actions: Sequence[Action]) -> list[Tick]:
+    return [a.tick for a in actions if isinstance(a, PublishTick)]
+
+
+def closed_with(actions: Sequence[Action]) -> CloseLink | None:
+    return next((a for a in actions if isinstance(a, CloseLink)), None)
+
+
+def armed(actions: Sequence[Action], timer: Timer) -> float | None:
+    arms = [a for a in actions if isinstance(a, ArmDeadline) and a.timer is timer]
+    assert arms, f"{timer} was not armed"
+    return arms[-1].at
+
+
+def errors(actions: Sequence[Action]) -> list[str]:
+    return [a.error.code for a in actions if isinstance(a, PublishStatus) and a.error is not None]
+
+
+def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> protocol.Message:
+    frame = {
+        "msg_type": "tick",
+        "tick": {"symbol": symbol, "epoch": epoch, "quote": 100.0 + epoch, "pip_size": 2, "id": sub_id(n)},
+        "subscription": {"id": sub_id(n)},
+    }
+    if req_id is not None:
+        frame["req_id"] = req_id
+    return parse(frame)
+
+
+def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1) -> protocol.Message:
+    return parse(
+        {
+            "msg_type": "history",
+            "echo_req": {"ticks_history": symbol},
+            "history": {"times": list(times), "prices": [float(t) for t in times]},
+            "pip_size": 2,
+            "subscription": {"id": sub_id(n)},
+            "req_id": req_id,
+        }
+    )
+
+
+def error(msg_type: str, code: str, req_id: int | None, message: str = "nope") -> protocol.Message:
+    frame: dict[str, Any] = {"msg_type": msg_type, "error": {"code": code, "message": message}}
+    if req_id is not None:
+        frame["req_id"] = req_id
+    return parse(frame)
+
+
+def reply(msg_type: str, req_id: int, **body: Any) -> protocol.Message:
+    return parse({"msg_type": msg_type, "req_id": req_id, **body})
+
+
+def website_status(req_id: int | None, site_status: str = "up", message: str | None = None) -> protocol.Message:
+    payload: dict[str, Any] = {"site_status": site_status}
+    if message is not None:
+        payload["message"] = message
+    frame: dict[str, Any] = {"msg_type": "website_status", "website_status": payload}
+    if req_id is not None:
+        frame["req_id"] = req_id
+    return parse(frame)
+
+
+def pong(req_id: int) -> protocol.Message:
+    return reply("ping", req_id, ping="pong")
+
+
+def connect(link: LinkProtocol, now: float = 0.0) -> dict[str, Send]:
+    """Connect and answer the probe; the subscribe request of each symbol."""
+    probe = one_send(link.connected(now), "website_status")
+    actions = link.frame(website_status(probe.req_id), now)
+    assert any(isinstance(a, LinkUp) for a in actions)
+    return {str(s.payload.get("ticks") or s.payload["ticks_history"]): s for s in sends(actions)}
+
+
+def stream(link: LinkProtocol, subscribes: dict[str, Send], epoch: int, now: float) -> list[Tick]:
+    """Every symbol ticks once at ``epoch``."""
+    out: list[Tick] = []
+    for n, (symbol, send) in enumerate(subscribes.items()):
+        out += ticks_of(link.frame(tick(symbol, epoch, send.req_id, n + 1), now))
+    return out
+
+
+def ping_due(link: LinkProtocol, now: float) -> Send:
+    return one_send(link.deadline_reached(Timer.HEARTBEAT, now), "ping")
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def test_a_website_status_round_trip_proves_the_link_before_anything_is_subscribed() -> None:
+    link = make()
+    actions = link.connected(100.0)
+    assert [s.method for s in sends(actions)] == ["website_status"]
+    assert armed(actions, Timer.HEARTBEAT) == 100.0 + REQUEST_S  # the probe's deadline comes first
+    probe = one_send(actions, "website_status")
+    assert probe.payload["subscribe"] == 1
+    actions = link.frame(website_status(probe.req_id), 101.0)
+    assert isinstance(actions[0], LinkUp)
+    assert [(s.method, s.payload["ticks"]) for s in sends(actions)] == [("ticks", "R_50"), ("ticks", "1HZ100V")]
+
+
+def test_an_error_reply_to_the_probe_is_still_a_reply() -> None:
+    link = make()
+    probe = one_send(link.connected(0.0), "website_status")
+    actions = link.frame(error("website_status", "RateLimit", probe.req_id), 1.0)
+    assert errors(actions) == ["RateLimit"]
+    assert any(isinstance(a, LinkUp) for a in actions) and len(sends(actions, "ticks")) == 2
+
+
+def test_a_probe_without_an_answer_ends_the_session_with_its_cause() -> None:
+    link = make()
+    link.connected(0.0)
+    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, REQUEST_S))
+    assert close is not None and close.cause.code == "RequestTimeout" and "website_status" in close.cause.message
+
+
+def test_authorize_comes_before_the_subscribes_and_its_failure_does_not_stop_them() -> None:
+    link = make(token=SecretStr("good-token-123"))
+    probe = one_send(link.connected(0.0), "website_status")
+    auth = one_send(link.frame(website_status(probe.req_id), 1.0), "authorize")
+    assert auth.payload["authorize"] == "good-token-123"
+    assert "good-token-123" not in repr(link.config)
+    actions = link.frame(error("authorize", "InvalidToken", auth.req_id), 2.0)
+    assert errors(actions) == ["InvalidToken"] and len(sends(actions, "ticks")) == 2
+
+
+# --------------------------------------------------------------------------- ticks
+
+
+def test_ticks_leave_once_in_order_and_the_first_tick_answers_the_subscribe() -> None:
+    link = make()
+    subs = connect(link)
+    req = subs["R_50"].req_id
+    out = [ticks_of(link.frame(tick("R_50", epoch, req), 2.0)) for epoch in (10, 11, 11, 9, 12)]
+    assert [[t.epoch for t in ts] for ts in out] == [[10], [11], [], [], [12]]
+    assert link.duplicates == 2
+    [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
+    assert r50.subscribed and r50.last_epoch == 12
+    assert link.stats["ticks_received"] == 5 and link.stats["ticks_published"] == 3
+
+
+def test_after_a_reconnect_each_symbol_is_backfilled_from_its_last_epoch_without_duplicates() -> None:
+    link = make()
+    subs = connect(link)
+    stream(link, subs, 100, 1.0)
+    assert closed_with(link.closed("closed with code 1011", 2.0)) is not None
+    again = connect(link, 10.0)
+    history_request = again["R_50"]
+    assert history_request.method == "ticks_history"
+    assert history_request.payload["start"] == 100 and history_request.payload["subscribe"] == 1
+    actions = link.frame(history("R_50", [100, 101, 102], history_request.req_id), 11.0)
+    assert [(t.epoch, t.backfill, t.gap_from) for t in ticks_of(actions)] == [(101, True, None), (102, True, None)]
+
+
+def test_an_outage_longer_than_one_backfill_reply_announces_its_gap() -> None:
+    link = make(backfill_count=3)
+    subs = connect(link)
+    stream(link, subs, 100, 1.0)
+    link.closed("closed", 2.0)
+    again = connect(link, 10.0)
+    actions = link.frame(history("R_50", [150, 151, 152], again["R_50"].req_id), 11.0)
+    first = ticks_of(actions)[0]
+    assert (first.epoch, first.gap_from) == (150, 100)
+    [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
+    assert (r50.gap_from, r50.gap_to) == (100, 150)
+    assert link.stats["backfill_gaps"] == 1
+
+
+# --------------------------------------------------------------------------- one symbol's failure
+
+
+def test_invalid_symbol_is_final_and_the_others_stream_on() -> None:
+    link = make(("R_50", "NOPE_1"))
+    subs = connect(link)
+    link.frame(tick("R_50", 1, subs["R_50"].req_id), 1.0)
+    actions = link.frame(error("tick", "InvalidSymbol", subs["NOPE_1"].req_id, "Symbol NOPE_1 invalid."), 1.0)
+    assert errors(actions) == ["InvalidSymbol"] and closed_with(actions) is None
+    statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
+    assert statuses["NOPE_1"].failed_code == "InvalidSymbol" and "NOPE_1" in (statuses["NOPE_1"].failed_reason or "")
+    assert statuses["R_50"].subscribed
+    # Never asked again: not on a timer, not after a reconnect.
+    later = link.deadline_reached(Timer.HEARTBEAT, 10_000.0)
+    assert not sends(later, "ticks")
+    link.closed("closed", 10_001.0)
+    assert set(connect(link, 10_002.0)) == {"R_50"}
+
+
+@pytest.mark.parametrize(
+    ("code", "earliest", "latest"),
+    [("MarketIsClosed", 300.0, 300.0), ("RateLimit", 0.0, 1.0), ("WrongResponse", 0.0, 1.0)],
+)
+def test_a_failed_subscribe_is_asked_again_after_its_policy_delay(code: str, earliest: float, latest: float) -> None:
+    link = make(ping_interval_s=1000.0)
+    subs = connect(link)
+    link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
+    actions = link.frame(error("tick", code, subs["R_50"].req_id), 10.0)
+    assert errors(actions) == [code] and closed_with(actions) is None
+    retry_at = armed(actions, Timer.HEARTBEAT)
+    assert retry_at is not None and 10.0 + earliest <= retry_at <= 10.0 + latest
+    assert link.waiting_symbols() == ["R_50"]
+    assert not sends(link.deadline_reached(Timer.HEARTBEAT, retry_at - 0.001))
+    again = link.deadline_reached(Timer.HEARTBEAT, retry_at)
+    assert [s.payload.get("ticks") for s in sends(again, "ticks")] == ["R_50"]  # only the failed symbol
+
+
+def test_one_symbols_request_timeout_affects_only_that_symbol() -> None:
+    link = make()
+    subs = connect(link)
+    link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
+    actions = link.deadline_reached(Timer.HEARTBEAT, REQUEST_S)
+    assert closed_with(actions) is None
+    assert errors(actions) == ["RequestTimeout"]
+    statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
+    assert statuses["R_50"].failed_code == "RequestTimeout" and not statuses["R_50"].subscribed
+    assert statuses["1HZ100V"].subscribed and statuses["1HZ100V"].failed_code is None
+    # Retried with backoff; the healthy stream goes on meanwhile.
+    retry_at = armed(actions, Timer.HEARTBEAT)
+    assert retry_at is not None and retry_at <= REQUEST_S + 1.0
+    assert [t.epoch for t in ticks_of(link.frame(tick("1HZ100V", 2, subs["1HZ100V"].req_id), 16.0))] == [2]
+    assert sends(link.deadline_reached(Timer.HEARTBEAT, retry_at), "ticks")
+
+
+def test_backoff_delays_double_with_each_failure_in_a_row_up_to_the_cap() -> None:
+    class Ceiling(random.Random):
+        def uniform(self, a: float, b: float) -> float:
+            return b  # the longest wait full jitter may choose
+
+    link = make(rng=Ceiling(), ping_interval_s=1000.0)
+    subs = connect(link)
+    link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 0.0)
+    req, now, delays = subs["R_50"].req_id, 0.0, []
+    for _ in range(7):
+        retry_at = armed(link.frame(error("tick", "RateLimit", req), now), Timer.HEARTBEAT)
+        assert retry_at is not None
+        delays.append(retry_at - now)
+        now = retry_at
+        req = one_send(link.deadline_reached(Timer.HEARTBEAT, now), "ticks").req_id
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    link.frame(tick("R_50", 1, req), now)  # subscribed: the next failure starts again at 1 s
+    assert link.waiting_symbols() == []
+
+
+def test_a_late_answer_to_a_subscribe_that_timed_out_still_counts() -> None:
+    link = make()
+    subs = connect(link)
+    link.deadline_reached(Timer.HEARTBEAT, REQUEST_S)
+    actions = link.frame(tick("R_50", 5, subs["R_50"].req_id), REQUEST_S + 0.5)
+    assert [t.epoch for t in ticks_of(actions)] == [5]
+    assert {s.symbol: s.subscribed for s in link.symbol_statuses(0.0)}["R_50"]
+    assert "R_50" not in link.waiting_symbols()
+
+
+def test_a_retry_request_asks_for_waiting_symbols_now() -> None:
+    link = make()
+    subs = connect(link)
+    link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
+    link.frame(error("tick", "MarketIsClosed", subs["R_50"].req_id), 10.0)
+    assert armed(link.retry_requested(20.0), Timer.HEARTBEAT) == 20.0
+    assert sends(link.deadline_reached(Timer.HEARTBEAT, 20.0), "ticks")
+
+
+# --------------------------------------------------------------------------- dead and sick links
+
+
+def test_pings_go_out_an_interval_after_each_pong() -> None:
+    link = make()
+    subs = connect(link)
+    stream(link, subs, 1, 1.0)
+    ping = ping_due(link, PING_S)
+    actions = link.frame(pong(ping.req_id), PING_S + 0.25)
+    assert link.last_pong_latency_s == 0.25
+    assert armed(actions, Timer.HEARTBEAT) == PING_S + 0.25 + PING_S
+    assert not sends(link.deadline_reached(Timer.HEARTBEAT, PING_S + 10.0), "ping")
+
+
+def test_no_pong_in_time_is_a_dead_link_even_while_ticks_still_flow() -> None:
+    link = make()
+    subs = connect(link)
+    ping_due(link, PING_S)
+    for second in range(1, 10):
+        assert closed_with(link.frame(tick("R_50", second, subs["R_50"].req_id), PING_S + second)) is None
+    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, PING_S + PONG_S))
+    assert close is not None and close.cause.code == "HeartbeatTimeout"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"msg_type": "ping", "ping": ["x"]}, "ProtocolError"),  # a malformed pong
+        ({"msg_type": "ping", "ping": "pang"}, "ProtocolError"),
+        ({"msg_type": "time", "time": 1}, "ProtocolError"),  # a reply of the wrong kind
+        ({"msg_type": "ping", "error": {"code": "RateLimit", "message": "slow down"}}, "HeartbeatRejected"),
+    ],
+)
+def test_a_ping_answered_wrongly_is_a_sick_link_at_once(frame: dict[str, Any], code: str) -> None:
+    link = make()
+    subs = connect(link)
+    stream(link, subs, 1, 1.0)
+    ping = ping_due(link, PING_S)
+    close = closed_with(link.frame(parse({**frame, "req_id": ping.req_id}), PING_S + 0.1))
+    assert close is not None and close.cause.code == code and not close.planned
+    assert close.cause.message
+    assert not link.is_open and link.frame(tick("R_50", 2, None), PING_S + 0.2) == []
+
+
+def test_an_unreadable_reply_to_a_subscribe_ends_the_session() -> None:
+    link = make()
+    subs = connect(link)
+    bad = parse({"msg_type": "history", "history": {"times": "x"}, "req_id": subs["R_50"].req_id})
+    close = closed_with(link.frame(bad, 1.0))
+    assert close is not None and close.cause.code == "ProtocolError" and "ticks" in close.cause.message
+
+
+def test_an_unreadable_frame_nobody_waits_for_is_counted_and_the_link_stays() -> None:
+    link = make()
+    connect(link)
+    actions = link.frame(protocol.parse('{"msg_type": "tick", "tick": {'), 1.0)
+    assert errors(actions) == ["ProtocolError"] and closed_with(actions) is None
+    assert link.is_open and link.stats["protocol_errors"] == 1
+
+
+def test_a_full_pending_map_is_a_sick_link_found_at_the_next_ping() -> None:
+    link = make(max_pending=2, request_timeout_s=1000.0)
+    connect(link)  # two subscribes, never answered
+    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, PING_S))
+    assert close is not None and close.cause.code == "TooManyPendingRequests"
+
+
+def test_a_send_that_fails_ends_the_session_naming_what_was_sent() -> None:
+    link = make()
+    subs = connect(link)
+    close = closed_with(link.send_failed(subs["R_50"].req_id, "closed without a close frame (1006)", 1.0))
+    assert close is not None and close.cause.code == "ConnectionLost" and "ticks" in close.cause.message
+
+
+def test_a_deploy_notice_makes_the_next_close_planned() -> None:
+    link = make()
+    connect(link)
+    notice = "We're updating our site in a short while."
+    assert errors(link.frame(website_status(None, "updating", notice), 1.0)) == ["SiteUpdating"]
+    assert link.planned and link.site_status == "updating"
+    close = closed_with(link.closed("closed with code 1001", 2.0))
+    assert close is not None and close.planned and close.cause.code == "SiteUpdating"
+
+
+# --------------------------------------------------------------------------- silent streams
+
+
+def test_a_silent_stream_on_a_live_link_is_forgotten_then_subscribed_again_with_backfill() -> None:
+    link = make(stale_stream_s=60.0)
+    subs = connect(link)
+    stream(link, subs, 1, 1.0)
+    now = 1.0
+    for epoch in range(2, 5):  # 1HZ100V keeps ticking, R_50 falls silent after epoch 1
+        now += PING_S
+        link.frame(tick("1HZ100V", epoch, None, 2), now - 1)
+        actions = link.frame(pong(ping_due(link, now).req_id), now)
+    forget = one_send(actions, "forget")
+    assert forget.payload["forget"] == sub_id(1)
+    assert not sends(actions, "ticks_history"), "the subscribe waits for the forget's reply"
+    resubscribe = one_send(link.frame(reply("forget", forget.req_id, forget=1), now), "ticks_history")
+    assert resubscribe.payload["ticks_history"] == "R_50" and resubscribe.payload["start"] == 1
+
+
+def test_an_unforgettable_subscription_id_is_renewed_by_subscribing_again() -> None:
+    link = make(stale_stream_s=60.0)
+    subs = connect(link)
+    odd = parse(
+        {
+            "msg_type": "tick",
+            "tick": {"symbol": "R_50", "epoch": 1, "quote": 1.0, "pip_size": 2},
+            "subscription": {"id": "short id!"},
+            "req_id": subs["R_50"].req_id,
+        }
+    )
+    link.frame(odd, 1.0)
+    now = 1.0
+    for _ in range(3):
+        now += PING_S
+        actions = link.frame(pong(ping_due(link, now).req_id), now)
+    assert not sends(actions, "forget") and one_send(actions, "ticks_history").payload["ticks_history"] == "R_50"
+
+
+def test_the_watchdog_waits_while_a_ping_is_in_flight() -> None:
+    link = make(stale_stream_s=40.0)
+    subs = connect(link)
+    stream(link, subs, 1, 1.0)
+    actions = link.frame(pong(ping_due(link, PING_S).req_id), PING_S)
+    watchdog_at = armed(actions, Timer.WATCHDOG)
+    assert watchdog_at == 41.0
+    in_flight = link.deadline_reached(Timer.HEARTBEAT, 2 * PING_S)
+    assert sends(in_flight, "ping") and armed(in_flight, Timer.WATCHDOG) is None  # disarmed: the pong decides
+    assert link.deadline_reached(Timer.WATCHDOG, 2 * PING_S) == []
+
+
+# --------------------------------------------------------------------------- someone else's requests
+
+
+def test_someone_elses_request_is_answered_failed_or_timed_out_by_req_id() -> None:
+    link = make()
+    connect(link)
+    actions = link.request(protocol.time(9001), 1.0)
+    assert one_send(actions, "time").req_id == 9001
+    assert link.frame(reply("time", 9001, time=5), 2.0) == [Resolve(9001, protocol.Time(5, 9001))]
+    link.request(protocol.time(9002), 3.0)
+    [failed] = link.frame(error("time", "WrongResponse", 9002), 4.0)
+    assert isinstance(failed, Fail) and isinstance(failed.error, DerivAPIError)
+    link.request(protocol.time(9003), 5.0, timeout_s=2.0)
+    timed_out = [a for a in link.deadline_reached(Timer.HEARTBEAT, 7.0) if isinstance(a, Fail)]
+    assert [f.req_id for f in timed_out] == [9003] and isinstance(timed_out[0].error, RequestTimeout)
+
+
+def test_callers_can_never_crowd_out_the_links_own_requests() -> None:
+    link = make(max_pending=130)
+    connect(link)
+    with pytest.raises(TooManyPendingRequests):
+        link.request(protocol.time(9001), 1.0)  # 2 of 130 in flight; callers get 130 - 128
+    with pytest.raises(ValueError):
+        link.request({"time": 1}, 1.0)
+    link.closed("closed", 2.0)
+    with pytest.raises(UpstreamUnavailable):
+        link.request(protocol.time(9002), 3.0)
+
+
+# --------------------------------------------------------------------------- the pure helpers
+
+
+@pytest.mark.parametrize(
+    ("code", "policy"),
+    [
+        ("AlreadySubscribed", RetryPolicy.SUBSCRIBED),
+        ("InvalidSymbol", RetryPolicy.NEVER),
+        ("MarketIsClosed", RetryPolicy.MARKET_CLOSED),
+        ("RateLimit", RetryPolicy.BACKOFF),
+        ("WrongResponse", RetryPolicy.BACKOFF),
+        ("CallError", RetryPolicy.BACKOFF),
+        ("Timeout", RetryPolicy.BACKOFF),
+        ("RequestTimeout", RetryPolicy.BACKOFF),
+        ("NoRealtimeQuotes", RetryPolicy.LATER),
+    ],
+)
+def test_each_subscribe_error_code_has_its_policy(code: str, policy: RetryPolicy) -> None:
+    assert retry_policy(code) is policy
+
+
+def plain_tick(symbol: str, epoch: int) -> Tick:
+    return Tick(symbol=symbol, epoch=epoch, quote=1.0, pip_size=2)
+
+
+def test_sequencer_lets_each_epoch_through_once_in_order() -> None:
+    seq = TickSequencer()
+    accepted = [seq.accept(plain_tick(s, e)) for s, e in [("A", 1), ("A", 2), ("A", 2), ("A", 1), ("B", 1)]]
+    assert accepted == [True, True, False, False, True]
+    assert seq.duplicates == 2
+    assert seq.last_epoch("A") == 2 and seq.last_epoch("B") == 1 and seq.last_epoch("C") is None
+
+
+def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_tick() -> None:
+    # Deriv answers the latest `count` ticks of [start, end], start inclusive (3.4).
+    assert backfill_gap(100, [100, 101, 102], requested=3) is None  # full, reaches back: no gap
+    assert backfill_gap(100, [101, 102], requested=3) is None  # short: the whole range
+    assert backfill_gap(100, [], requested=3) is None  # nothing missed
+    assert backfill_gap(None, [5, 6, 7], requested=3) is None  # nothing published before
+    assert backfill_gap(100, [150, 151, 152], requested=3) == 100  # full and later: 101..149 lost
+
+
+_EVENTS = st.one_of(
+    st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), st.integers(0, 40)),
+    st.tuples(st.just("history"), st.sampled_from(SYMBOLS), st.integers(0, 40)),
+    st.tuples(st.just("error"), st.sampled_from(["RateLimit", "InvalidSymbol", "MarketIsClosed", "Weird"]), st.just(0)),
+    st.tuples(st.just("garbage"), st.just(""), st.just(0)),
+    st.tuples(st.just("advance"), st.just(""), st.integers(1, 40)),
+    st.tuples(st.just("reconnect"), st.just(""), st.just(0)),
+)
+
+
+@given(st.lists(_EVENTS, max_size=80))
+def test_whatever_arrives_ticks_leave_in_order_once_and_the_pending_map_stays_bounded(
+    events: list[tuple[str, str, int]],
+) -> None:
+    link = make(max_pending=8)
+    connect(link)
+    now, published = 0.0, []
+    req_ids = itertools.count(1)
+    for kind, arg, number in events:
+        if not link.is_open:
+            connect(link, now)
+        if kind == "tick":
+            actions = link.frame(tick(arg, number, next(req_ids) % 7), now)
+        elif kind == "history":
+            actions = link.frame(history(arg, sorted({number, number + 1}), next(req_ids) % 7), now)
+        elif kind == "error":
+            actions = link.frame(error("tick", arg, next(req_ids) % 7), now)
+        elif kind == "garbage":
+            actions = link.frame(protocol.parse("{not json"), now)
+        elif kind == "advance":
+            now += number
+            actions = link.deadline_reached(Timer.HEARTBEAT, now) + link.deadline_reached(Timer.WATCHDOG, now)
+        else:
+            actions = link.closed("closed", now)
+        published += ticks_of(actions)
+        assert link.pending_count <= 8
+    for symbol in SYMBOLS:
+        epochs = [t.epoch for t in published if t.symbol == symbol]
+        assert epochs == sorted(set(epochs))
