@@ -197,6 +197,32 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
+            "DNSLookupFailed",
+            "This server cannot look up the market data host",
+            (
+                "The service retries by itself once the name resolves again.",
+                "Operators: check this server's DNS settings and internet access.",
+                "Check the host name in DERIV_WS_URL for typos.",
+            ),
+        ),
+        TipGroup(
+            "TLSHandshakeFailed",
+            "The secure (TLS) connection could not be set up",
+            (
+                "A wss:// URL needs a server that speaks TLS; for a plain server use ws://.",
+                "Operators: check DERIV_WS_URL and any proxy that intercepts TLS.",
+            ),
+        ),
+        TipGroup(
+            "TLSCertificateInvalid",
+            "The server's TLS certificate was not accepted",
+            (
+                "The certificate may be expired, self-signed, or for another host name.",
+                "Operators: check the host in DERIV_WS_URL and the clock of this server.",
+                "Retrying will not help until the certificate problem is fixed.",
+            ),
+        ),
+        TipGroup(
             "InvalidAppID",
             "Deriv does not recognise this app_id",
             (
@@ -234,6 +260,38 @@ TIPS: Mapping[str, TipGroup] = {
             (
                 "Often a silent network drop; the service has already started reconnecting.",
                 "Operators: if it recurs, check proxies or NAT that cut idle connections.",
+            ),
+        ),
+        TipGroup(
+            "HeartbeatRejected",
+            "The link answered a ping with an error",
+            (
+                "The service treats such a link as broken and has already reconnected.",
+                "Operators: if it recurs, check DERIV_WS_URL points at the Deriv API v3.",
+            ),
+        ),
+        TipGroup(
+            "RequestTimeout",
+            "The market data server did not answer a request in time",
+            (
+                "Deriv may be slow right now; the request is retried by itself.",
+                "If it keeps happening, the link is reconnected automatically.",
+            ),
+        ),
+        TipGroup(
+            "TooManyPendingRequests",
+            "The market data server stopped answering requests",
+            (
+                "The service treats the link as broken and has already reconnected.",
+                "Operators: if it recurs, check the network between this server and Deriv.",
+            ),
+        ),
+        TipGroup(
+            "InternalError",
+            "The service hit an internal error on the market feed link",
+            (
+                "It has already reconnected by itself; no action is needed if prices flow.",
+                "Operators: the log holds the error with its traceback; please report it.",
             ),
         ),
         TipGroup(

@@ -218,6 +218,13 @@ def test_tips_exist_for_every_code_the_manager_produces() -> None:
         "MarketIsClosed",
         "HandshakeFailed",
         "InvalidURL",
+        "DNSLookupFailed",
+        "TLSHandshakeFailed",
+        "TLSCertificateInvalid",
+        "HeartbeatRejected",
+        "RequestTimeout",
+        "TooManyPendingRequests",
+        "InternalError",
     ]
     for code in codes:
         group = TIPS[code]
