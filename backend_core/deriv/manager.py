@@ -86,8 +86,9 @@ MANUAL_RETRY_MIN_INTERVAL_S: Final = 5.0
 STABLE_SESSION_S: Final = 10.0
 # Closing a healthy link politely may wait this long for the close handshake.
 CLOSE_TIMEOUT_S: Final = 2.0
-# Distinct upstream error codes counted apart (codes come from outside); the rest are "other".
-MAX_ERROR_CODES: Final = 50
+# Distinct upstream error codes counted apart (codes come from outside); the rest share
+# "other", so the map holds at most 50 keys, the label values metrics.py exports.
+MAX_ERROR_CODES: Final = 49
 INTERNAL_ERROR: Final = "InternalError"
 
 RetryStatus = Literal["started", "in_progress", "already_connected", "too_soon", "stopped"]

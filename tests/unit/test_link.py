@@ -393,6 +393,22 @@ def test_an_unreadable_frame_nobody_waits_for_is_counted_and_the_link_stays() ->
     assert link.is_open and link.stats["protocol_errors"] == 1
 
 
+def test_repeated_upstream_errors_are_all_counted_but_logged_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = make()
+    connect(link)
+    shown = []
+    for n in range(100):
+        shown += errors(link.frame(protocol.parse("{not json"), 1.0 + n / 100))
+        shown += errors(link.frame(error("tick", "WrongResponse", None), 1.0 + n / 100))
+    assert shown.count("ProtocolError") == 100 and shown.count("WrongResponse") == 100
+    assert link.stats["protocol_errors"] == 100
+    assert len([r for r in caplog.records if r.name == "backend_core.deriv.link"]) == 2  # one line per kind
+    link.frame(protocol.parse("{not json"), 100.0)
+    assert "(99 more like it held back)" in caplog.records[-1].getMessage()
+
+
 def test_a_full_pending_map_is_a_sick_link_found_at_the_next_ping() -> None:
     link = make(max_pending=2, request_timeout_s=1000.0)
     connect(link)  # two subscribes, never answered
