@@ -37,6 +37,7 @@ from backend_core import __version__, status_view
 from backend_core.history_api import history_routes
 from backend_core.middleware import BreakerMiddleware
 from backend_core.runtime import Runtime
+from backend_core.statuspage_api import routes as statuspage_routes
 
 audit = logging.getLogger("backend_core.audit")
 
@@ -199,6 +200,7 @@ def create_api(runtime: Runtime) -> Starlette:
         Route("/api/v1/ticks/latest", ticks_latest, methods=["GET"]),
         Route("/api/v1/ticks/{symbol}", ticks_since, methods=["GET"]),
         *history_routes(runtime.store),
+        *statuspage_routes(runtime),
         WebSocketRoute("/api/v1/ws", runtime.relay.endpoint),
     ]
     app = Starlette(
