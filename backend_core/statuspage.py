@@ -91,7 +91,8 @@ class Observation:
     upstream_state: str  # a LinkState value, or "stopped"
     upstream_check: str  # warn while connected: silent past the ping deadline
     upstream_error: bool  # the link has failed since it last connected
-    maintenance: bool  # Deriv says "updating", or the upstream announced the drop
+    site_updating: bool  # Deriv's website_status says "updating" (a deploy under way)
+    planned_drop: bool  # the upstream announced the drop the link is recovering from
     relay_enabled: bool
     relay_active: int
     relay_max: int
@@ -104,7 +105,7 @@ class Observation:
 
 def feed_status(obs: Observation) -> ComponentStatus:
     state = obs.upstream_state
-    if obs.maintenance and state != "connected":
+    if obs.site_updating or (obs.planned_drop and state != "connected"):
         return "under_maintenance"
     if state == "connected":
         return "operational" if obs.upstream_check == "pass" else "degraded_performance"

@@ -41,8 +41,9 @@ BADGE_MAX_AGE_S: Final = 30
 FEED_MAX_AGE_S: Final = 30
 ATOM_TYPE: Final = "application/atom+xml"
 SVG_TYPE: Final = "image/svg+xml"
-# Public, read-only, no credentials: browser widgets on other sites may read the JSON.
-_JSON_HEADERS: Final = {"cache-control": "no-cache", "access-control-allow-origin": "*"}
+# Pollers revalidate every time (the answer changes within a second). Cross-origin reads
+# follow the host's CORS policy (Reflex adds its CORS middleware to the mounted API).
+_JSON_HEADERS: Final = {"cache-control": "no-cache"}
 
 
 # ---------------------------------------------------------------------------- the one incident adapter
@@ -114,7 +115,8 @@ def observe(runtime: Runtime, report: HealthReport) -> sp.Observation:
         upstream_state=state,
         upstream_check="warn" if upstream is None else upstream.status,
         upstream_error=snap is not None and snap.last_error is not None and snap.state != LinkState.CONNECTED,
-        maintenance=snap is not None and (snap.planned_reconnect or snap.site_status == "updating"),
+        site_updating=snap is not None and snap.site_status == "updating",
+        planned_drop=snap is not None and snap.planned_reconnect,
         relay_enabled=runtime.settings.WEBSOCKET_ENABLED,
         relay_active=int(runtime.relay.snapshot()["active"]),
         relay_max=runtime.settings.WEBSOCKET_MAX_CONNECTIONS,

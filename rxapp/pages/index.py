@@ -76,7 +76,11 @@ def _footer() -> rx.Component:
             plain_link("Status JSON", "/api/v1/status"),
             plain_link("Health", "/health/detailed"),
             plain_link("Metrics", "/metrics"),
+            plain_link("Statuspage API", "/api/v2/summary.json"),
+            plain_link("Incidents feed", "/history.atom", type="application/atom+xml"),
+            plain_link("Badge", "/badge.svg", type="image/svg+xml"),
             spacing="3",
+            wrap="wrap",
         ),
         **styles.footer,
     )

@@ -51,7 +51,8 @@ HEALTHY = sp.Observation(
     upstream_state="connected",
     upstream_check="pass",
     upstream_error=False,
-    maintenance=False,
+    site_updating=False,
+    planned_drop=False,
     relay_enabled=True,
     relay_active=3,
     relay_max=100,
@@ -102,7 +103,10 @@ def state(statuses: dict[str, str] | None = None, incidents: list[sp.IncidentRec
         ({"upstream_state": "reconnecting", "upstream_check": "warn"}, "major_outage"),
         ({"upstream_state": "circuit_open", "upstream_check": "warn"}, "major_outage"),
         ({"upstream_state": "stopped"}, "major_outage"),
-        ({"upstream_state": "reconnecting", "maintenance": True}, "under_maintenance"),
+        ({"upstream_state": "reconnecting", "planned_drop": True}, "under_maintenance"),
+        ({"planned_drop": True}, "operational"),  # announced, still connected
+        ({"site_updating": True}, "under_maintenance"),  # Deriv is deploying
+        ({"upstream_state": "reconnecting", "site_updating": True}, "under_maintenance"),
     ],
 )
 def test_the_market_feed_follows_the_upstream_link(changes: dict[str, Any], expected: str) -> None:
