@@ -39,6 +39,9 @@ HEALTH_MAX_AGE_S: Final = 1.0
 # short enough that a README shows an outage within half a minute.
 BADGE_MAX_AGE_S: Final = 30
 FEED_MAX_AGE_S: Final = 30
+# incidents.json and the feed wait this long for the history (its own timeout is 10 s), then
+# answer with the open incidents only: a poller or a feed reader never hangs on a slow database.
+HISTORY_WAIT_S: Final = 2.0
 ATOM_TYPE: Final = "application/atom+xml"
 SVG_TYPE: Final = "image/svg+xml"
 # Pollers revalidate every time (the answer changes within a second). Cross-origin reads
@@ -49,16 +52,21 @@ _JSON_HEADERS: Final = {"cache-control": "no-cache"}
 # ---------------------------------------------------------------------------- the one incident adapter
 
 
-async def incident_records(runtime: Runtime, limit: int) -> list[sp.IncidentRecord]:
-    """Every read of incident data goes through here: the history's rows, and the open ones in memory.
+async def incident_records(runtime: Runtime, limit: int, *, history: bool) -> list[sp.IncidentRecord]:
+    """Every read of incident data goes through here: the open incidents in memory, and the history's rows.
 
-    The history gives the newest ``limit`` incidents; the tracker's open incidents are added
-    when the writer has not stored them yet (or the database is down), so an incident shows
-    from its first second. Newest first.
+    The tracker's open incidents are the ongoing ones (from their first second, whatever the
+    database does). With ``history`` the newest ``limit`` incidents of the database are added,
+    waiting at most :data:`HISTORY_WAIT_S` for them: without an answer, only the open ones
+    are listed. Newest first.
     """
     rows: list[sp.IncidentRecord] = []
     try:
-        for row in await runtime.store.incidents(limit):
+        stored = []
+        if history:
+            async with runtime.clock.timeout(HISTORY_WAIT_S):
+                stored = await runtime.store.incidents(limit)
+        for row in stored:
             ended = row["ended_at"]
             rows.append(
                 sp.IncidentRecord(
@@ -73,7 +81,7 @@ async def incident_records(runtime: Runtime, limit: int) -> list[sp.IncidentReco
                     planned=bool(row["planned"]),
                 )
             )
-    except StoreUnavailable:
+    except (StoreUnavailable, TimeoutError):
         pass  # the "History database" component tells it; the open incidents still show
     known = {r.key for r in rows}
     for opened in runtime.incidents.open_incidents:
@@ -144,10 +152,9 @@ def routes(runtime: Runtime) -> list[Route]:
         report = await runtime.health_report(max_age_s=HEALTH_MAX_AGE_S)
         statuses = sp.component_statuses(observe(runtime, report))
         updated = {key: changes.since(key, status, now) for key, status in statuses.items()}
-        # status.json also needs the unresolved incidents: their impact counts in the indicator.
-        records = await incident_records(runtime, sp.INCIDENTS_LIMIT)
-        if not incidents:
-            records = [r for r in records if not r.resolved]
+        # Every document needs the unresolved incidents (their impact counts in the indicator);
+        # only incidents.json and the feed read the history.
+        records = await incident_records(runtime, sp.INCIDENTS_LIMIT, history=incidents)
         return sp.PageState(str(request.base_url).rstrip("/"), started, statuses, updated, records)
 
     def json(body: object) -> Response:

@@ -165,3 +165,22 @@ async def test_a_deriv_deploy_reads_as_maintenance(asgi_server: Callable[..., Aw
         assert summary["status"]["description"] == "Service Under Maintenance"
         assert _feed_status(summary) == "under_maintenance"
         assert (await _badge(client))[0] == "market feed: maintenance"
+
+
+async def test_without_the_database_the_documents_still_answer(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    # A directory that cannot exist: the history can never open its database.
+    async with serve_runtime(asgi_server, DB_URL="sqlite:////proc/deriv-status-none/status.db") as (runtime, client):
+        await until(live(runtime))
+        sim = runtime.simulator
+        assert sim is not None
+        sim.refuse_connections(60)
+        await sim.drop_all()
+        components = await _eventually(client, "/api/v2/components.json", lambda d: _feed_status(d) == "major_outage")
+        assert {c["id"]: c["status"] for c in components["components"]}["history-database"] == "major_outage"
+        # The ongoing incident is known in memory: every list shows it, nothing answers 5xx.
+        for path in ("/api/v2/incidents.json", "/api/v2/incidents/unresolved.json", "/api/v2/summary.json"):
+            assert "critical" in [i["impact"] for i in (await _json(client, path))["incidents"]], path
+        feed = feedparser.parse((await client.get("/history.atom")).text)
+        assert feed.bozo == 0 and any(e.title.startswith("Market feed link: ") for e in feed.entries)
