@@ -142,8 +142,10 @@ class Runtime:
         self._drain_task: asyncio.Task[None] | None = None
         self._forward_task: asyncio.Task[None] | None = None
         self._signalled_at: float | None = None
-        self._health_cache: tuple[float, HealthReport] | None = None
+        # (when it finished, the status_version it ran on, the report)
+        self._health_cache: tuple[float, int, HealthReport] | None = None
         self._health_inflight: asyncio.Task[HealthReport] | None = None
+        self._health_inflight_version = -1
         self._changed = asyncio.Event()
         self.breakers.add_listener(self._on_transition)
         self.breakers.add_listener(self.store.record_transition)
@@ -381,19 +383,37 @@ class Runtime:
         return outcome
 
     async def health_report(self, max_age_s: float = 0.0) -> HealthReport:
-        """Run the health checks, or reuse a report younger than ``max_age_s``.
+        """Run the health checks, or reuse a recent report of the current status.
 
         HTTP health routes ask for a fresh report (the default). Status pages pass a small
         ``max_age_s`` so that any number of open pages cost one run per period, and
         concurrent callers share the run in flight (a task the Runtime owns: stop cancels it).
+        A report, or a run in flight, is shared only while the status it ran on is current
+        (``status_version``): after a status change or a breaker transition the next caller
+        starts a new run (which the others then share), so a page refreshing on that change
+        shows health that agrees with the status it shows.
         """
+        version = self.status_version
         cached = self._health_cache
-        if cached is not None and max_age_s > 0 and self.clock.monotonic() - cached[0] < max_age_s:
-            return cached[1]
-        if self._health_inflight is None or self._health_inflight.done():
-            self._health_inflight = asyncio.create_task(self.health.run(), name="health-run")
-        report = await asyncio.shield(self._health_inflight)
-        self._health_cache = (self.clock.monotonic(), report)
+        if (
+            cached is not None
+            and max_age_s > 0
+            and cached[1] == version
+            and self.clock.monotonic() - cached[0] < max_age_s
+        ):
+            return cached[2]
+        stale = self._health_inflight
+        if stale is not None and not stale.done() and self._health_inflight_version != version:
+            # A run from before the change: its callers get it; this one waits (bounded by
+            # the checks' own timeouts) and then shares the run of the current status.
+            await asyncio.wait([stale])
+            version = self.status_version
+        task = self._health_inflight
+        if task is None or task.done() or self._health_inflight_version != version:
+            task = self._health_inflight = asyncio.create_task(self.health.run(), name="health-run")
+            self._health_inflight_version = version
+        report = await asyncio.shield(task)
+        self._health_cache = (self.clock.monotonic(), version, report)
         return report
 
 

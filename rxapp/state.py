@@ -14,7 +14,13 @@ awaits. The loop stops when the page's socket is gone (or, if Reflex's socket re
 cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page runs
 ``on_load`` again, which starts a new one. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
-``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes.
+``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes. Health is refreshed on every
+status change (:func:`health_for_round`), so every panel tells the same state in the
+same push; the runtime shares those runs between pages.
+
+The ``VITE_*`` settings reach the page as vars set in ``on_load`` from the running
+server's settings (the compiled page holds only the documented defaults), so a value set
+at run time applies to a page built elsewhere (the Docker image builds once).
 
 History (uptime bars, incidents, the breaker log) changes rarely and lives in the
 database, so pages do not query it themselves: each asks the shared
@@ -35,6 +41,8 @@ from typing import Any
 import reflex as rx
 
 from backend_core import status_view
+from backend_core.config import Settings, load_settings
+from backend_core.health import HealthReport
 from backend_core.runtime import Runtime
 from rxapp import history_logic, ui_logic
 from rxapp.runtime_ref import get_history_reader, get_runtime
@@ -45,10 +53,10 @@ log = logging.getLogger("rxapp.state")
 REFRESH_S = 1.0
 # A burst of status changes (one failed attempt sets several fields) becomes one update.
 COALESCE_S = 0.05
-# The health checks are cheap, but 20 pages need not run them every second each.
+# With no status change, health (the database, the event loop) is refreshed this often.
 HEALTH_REFRESH_S = 5.0
-# Pages share one health run: a report at most this old is reused (one run per second
-# however many pages are open, instead of one per page).
+# Pages share one health run: a report at most this old, of the current status, is reused
+# (one run per change or second however many pages are open, instead of one per page).
 HEALTH_SHARED_S = 1.0
 # A Retry outcome stays on the page this long (then the badge and detail say it all).
 RETRY_MESSAGE_S = 12.0
@@ -60,6 +68,21 @@ UNWATCHED_LIMIT_S = 600.0
 # The sparkline shows the last minute (at most this many ticks).
 SPARK_WINDOW_S = 60
 SPARK_MAX_POINTS = 120
+
+
+def browser_settings_of(settings: Settings) -> ui_logic.BrowserSettings:
+    """The ``VITE_*`` settings the page uses, from the running server's settings."""
+    return ui_logic.browser_settings(
+        reconnect_attempts=settings.VITE_WS_RECONNECT_ATTEMPTS,
+        interval_ms=settings.VITE_WS_RECONNECT_INTERVAL,
+        real_time=settings.VITE_ENABLE_REAL_TIME_UPDATES,
+        fallback=settings.VITE_WEBSOCKET_FALLBACK_ENABLED,
+    )
+
+
+# What the compiled page holds until the server's own values arrive: the documented
+# defaults, never the environment of the build (the Docker image builds elsewhere).
+BROWSER_DEFAULTS = browser_settings_of(load_settings({}))
 
 
 @dataclass
@@ -129,13 +152,18 @@ class StatusState(rx.State):
     uptime_rows: list[UptimeRow] = []
     incident_rows: list[dict[str, str]] = []
     transition_rows: list[dict[str, str]] = []
+    # The VITE_* settings of the running server (set on load; the build's are not used).
+    reconnect_attempts: int = BROWSER_DEFAULTS.reconnect_attempts
+    lost_after_attempts: int = BROWSER_DEFAULTS.lost_after
+    reconnect_interval_ms: int = BROWSER_DEFAULTS.interval_ms
+    real_time_updates: bool = BROWSER_DEFAULTS.real_time
+    fallback_enabled: bool = BROWSER_DEFAULTS.fallback
+    live_text: str = BROWSER_DEFAULTS.live_text
 
     _streaming: bool = False
     _history_version: int = -1
     _dismissed_error_at: str = ""
     _retry_message_until: float = 0.0
-    _health_results: list[tuple[str, str, str]] = []
-    _health_overall: str = ""
 
     # ------------------------------------------------------------------ applying a snapshot
 
@@ -187,11 +215,6 @@ class StatusState(rx.State):
             simulated=bool(upstream.get("simulated")),
             version=str(status["service"]["version"]),
         )
-        if self._health_overall:
-            health = ui_logic.health_view(self._health_overall, self._health_results)
-            self._set(
-                health_word=health.word, health_icon=health.icon, health_tone=health.tone, health_rows=health.rows
-            )
         self._apply_history(now)
 
     def _apply_history(self, now: float) -> None:
@@ -213,15 +236,28 @@ class StatusState(rx.State):
             transition_rows=history_logic.transition_rows(snapshot.transitions, now),
         )
 
-    def _set_health(self, report: Any) -> None:
-        self._health_overall = report.status
-        self._health_results = [(r.component_id, r.status, r.output) for r in report.results]
+    def _apply_settings(self, settings: Settings) -> None:
+        view = browser_settings_of(settings)
+        self._set(
+            reconnect_attempts=view.reconnect_attempts,
+            lost_after_attempts=view.lost_after,
+            reconnect_interval_ms=view.interval_ms,
+            real_time_updates=view.real_time,
+            fallback_enabled=view.fallback,
+            live_text=view.live_text,
+        )
+
+    def _set_health(self, report: HealthReport) -> None:
+        results = [(r.component_id, r.status, r.output) for r in report.results]
+        health = ui_logic.health_view(report.status, results)
+        self._set(health_word=health.word, health_icon=health.icon, health_tone=health.tone, health_rows=health.rows)
 
     # ------------------------------------------------------------------ events
 
     @rx.event
     def on_load(self) -> Any:
         """Show the status at once; the page's loop adds health (it awaits outside the state lock)."""
+        self._apply_settings(get_runtime().settings)
         self._apply(*_read_snapshot())
         return StatusState.stream
 
@@ -263,9 +299,8 @@ class StatusState(rx.State):
                     log.warning("status page loop ends: no Reflex socket registry for %.0f s", UNWATCHED_LIMIT_S)
                     break
                 try:
-                    report = None
-                    if changed or clock.monotonic() - health_at >= HEALTH_REFRESH_S:
-                        report = await runtime.health_report(max_age_s=HEALTH_SHARED_S)
+                    report = await health_for_round(runtime, changed=changed, health_at=health_at)
+                    if report is not None:
                         health_at = clock.monotonic()
                     status_version = runtime.status_version
                     schedule, fresh_after = history_logic.history_schedule(
@@ -309,6 +344,19 @@ class StatusState(rx.State):
         self._dismissed_error_at = str(last_error.get("at") or "")
         self.retry_message = ""
         self._apply(*_read_snapshot())
+
+
+async def health_for_round(runtime: Runtime, *, changed: bool, health_at: float) -> HealthReport | None:
+    """The health report a page's round applies, or None when it is not due.
+
+    Due on every status change, so the health panel agrees with the banner, the feed card
+    and the breakers within the same push, and otherwise every ``HEALTH_REFRESH_S``. The
+    runtime shares runs between pages and reuses a report only while the status it ran on
+    is current: a change seen by 20 pages is still one run.
+    """
+    if changed or runtime.clock.monotonic() - health_at >= HEALTH_REFRESH_S:
+        return await runtime.health_report(max_age_s=HEALTH_SHARED_S)
+    return None
 
 
 async def _next_round(runtime: Runtime, seen: int, period_s: float, *, real_time: bool) -> tuple[bool, int]:

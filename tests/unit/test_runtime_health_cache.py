@@ -58,3 +58,58 @@ async def test_pages_wait_for_a_status_change_or_their_period_on_the_runtime_clo
     runtime._signal_change()  # what a status event or a breaker transition does
     assert await waiting == seen + 1
     assert clock.deadlines == 0  # the wait's deadline went with it
+
+
+async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share_it(tmp_path: Path) -> None:
+    runtime, clock, runs = make_runtime(tmp_path)
+    before = await runtime.health_report(max_age_s=1.0)
+    clock.advance(0.1)  # still well inside max_age_s
+    runtime.breakers.websocket.force_open()  # a breaker transition signals a status change
+    await settle(runtime, 0)
+    reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
+    assert len(runs) == 2  # one run for the change, however many pages saw it
+    assert all(r is reports[0] for r in reports) and reports[0] is not before
+    assert breaker_state(reports[0]) == "open"
+    assert await runtime.health_report(max_age_s=1.0) is reports[0]  # no change since: reused
+
+
+async def settle(runtime: Runtime, version: int) -> None:
+    """Breaker listeners are told on the loop's next turns: wait (a few turns) for the change."""
+    for _ in range(10):
+        if runtime.status_version != version:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the breaker transition signalled no status change")
+
+
+def breaker_state(report: HealthReport) -> object:
+    return {r.component_id: r.observed_value for r in report.results}["circuitBreaker.websocket"]
+
+
+async def test_a_run_in_flight_from_before_a_change_is_not_handed_to_later_pages(tmp_path: Path) -> None:
+    runtime, clock, runs = make_runtime(tmp_path)
+    counting_run, gate, read = runtime.health.run, asyncio.Event(), []
+
+    async def first_run_is_slow() -> HealthReport:
+        report = await counting_run()  # the breakers are read now
+        read.append(1)
+        if len(runs) == 1:
+            await gate.wait()
+        return report
+
+    runtime.health.run = first_run_is_slow  # type: ignore[method-assign]
+    early = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
+    for _ in range(50):
+        if read:
+            break
+        await asyncio.sleep(0)
+    assert read, "the first run did not read the breakers"
+    runtime.breakers.websocket.force_open()
+    await settle(runtime, 0)
+    late = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
+    await asyncio.sleep(0)
+    assert not late.done()  # it does not take the run from before the change
+    gate.set()
+    assert breaker_state(await early) == "closed"
+    assert breaker_state(await late) == "open"
+    assert len(runs) == 2
