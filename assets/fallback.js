@@ -10,7 +10,10 @@
  *     poll, at most VITE_WS_RECONNECT_ATTEMPTS times) and shows the result in
  *     #fallback-region, with a Retry that works over plain HTTP;
  *   - marks <html data-live="paused"> so live-only sections are dimmed.
- * Settings come from #status-settings, rendered from the server's Settings at build time.
+ * Settings come from #status-settings, whose data attributes React renders from state vars
+ * the running server fills in when the page loads (VITE_* set at run time apply without a
+ * rebuild; before the first state arrives they hold the documented defaults), and from the
+ * "frontend" block of each polled /api/v1/status, which wins once one has been read.
  */
 (function () {
   "use strict";
@@ -36,18 +39,25 @@
   var lastData = null;
   var retryNote = "";
   var observed = null;
+  var served = null; // the server's VITE_* values, from the last polled status
 
   function readSettings() {
     var el = document.getElementById("status-settings");
     if (!el) return null;
     var d = el.dataset;
-    return {
+    var settings = {
       fallback: d.fallbackEnabled !== "false",
       interval: Math.max(100, parseInt(d.pollIntervalMs, 10) || 3000),
       attempts: Math.max(0, parseInt(d.reconnectAttempts, 10) || 0),
       base: backendBase(d.apiUrl),
       statusPath: d.statusPath || "/api/v1/status",
     };
+    if (served) {
+      if (typeof served.fallback_enabled === "boolean") settings.fallback = served.fallback_enabled;
+      if (served.reconnect_interval_ms > 0) settings.interval = Math.max(100, served.reconnect_interval_ms | 0);
+      if (served.reconnect_attempts >= 0) settings.attempts = served.reconnect_attempts | 0;
+    }
+    return settings;
   }
 
   // The same rule as Reflex's getBackendURL: a local api_url means "this page's host".
@@ -163,6 +173,7 @@
         lastData = data;
         lastOk = new Date();
         failures = 0;
+        if (data && data.frontend) served = data.frontend;
       })
       .catch(function () {
         failures += 1;
@@ -170,11 +181,12 @@
       .finally(function () {
         window.clearTimeout(abort);
         if (!polling) return;
-        var delay = Math.min(MAX_DELAY_MS, settings.interval * Math.pow(2, Math.min(failures, settings.attempts)));
+        var current = readSettings() || settings;
+        var delay = Math.min(MAX_DELAY_MS, current.interval * Math.pow(2, Math.min(failures, current.attempts)));
         nextAt = Date.now() + delay;
-        render(settings);
+        render(current);
         timer = window.setTimeout(function () {
-          poll(readSettings() || settings);
+          poll(readSettings() || current);
         }, delay);
       });
   }

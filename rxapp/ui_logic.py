@@ -704,3 +704,27 @@ def _health_look(status: str) -> tuple[str, str, str]:
     if status == "warn":
         return "Warning", "triangle-alert", TONE_DEGRADED
     return "Failing", "circle-x", TONE_DOWN
+
+
+# ---------------------------------------------------------------------------- the browser's settings
+
+
+@dataclass(frozen=True, slots=True)
+class BrowserSettings:
+    """The ``VITE_*`` settings as the page uses them (the running server's, not the build's)."""
+
+    reconnect_attempts: int
+    lost_after: int  # failed attempts of the page's own link before the card says "Lost"
+    interval_ms: int
+    real_time: bool
+    fallback: bool
+    live_text: str  # the browser link card's line while the link is up
+
+
+def browser_settings(*, reconnect_attempts: int, interval_ms: int, real_time: bool, fallback: bool) -> BrowserSettings:
+    live_text = (
+        "Live updates are streaming."
+        if real_time
+        else f"Refreshing every {interval_ms / 1000:g} s (real-time updates are off)."
+    )
+    return BrowserSettings(reconnect_attempts, max(1, reconnect_attempts), interval_ms, real_time, fallback, live_text)

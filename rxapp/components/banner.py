@@ -8,7 +8,6 @@ from reflex.config import get_config
 from rxapp import styles, ui_logic
 from rxapp.components.browser_link import browser_link_down
 from rxapp.components.common import state_icon
-from rxapp.runtime_ref import get_runtime
 from rxapp.state import StatusState
 
 PAGE_TITLE_OFFLINE = f"◌ Reconnecting… — {ui_logic.PRODUCT}"
@@ -75,18 +74,22 @@ def live_announcer() -> rx.Component:
     )
 
 
+def _flag(value: rx.Var) -> rx.Var:
+    return rx.cond(value, "true", "false")
+
+
 def browser_settings() -> rx.Component:
-    """The frontend settings, rendered into the page at build time for assets/fallback.js."""
-    settings = get_runtime().settings
+    """The frontend settings for assets/fallback.js: the running server's VITE_* values (state
+    vars filled in on load; until then the documented defaults), and the build's API URL."""
     return rx.el.div(
         id="status-settings",
         hidden=True,
         custom_attrs={
             "data-api-url": get_config().api_url,
             "data-status-path": "/api/v1/status",
-            "data-fallback-enabled": str(settings.VITE_WEBSOCKET_FALLBACK_ENABLED).lower(),
-            "data-real-time": str(settings.VITE_ENABLE_REAL_TIME_UPDATES).lower(),
-            "data-poll-interval-ms": str(settings.VITE_WS_RECONNECT_INTERVAL),
-            "data-reconnect-attempts": str(settings.VITE_WS_RECONNECT_ATTEMPTS),
+            "data-fallback-enabled": _flag(StatusState.fallback_enabled),
+            "data-real-time": _flag(StatusState.real_time_updates),
+            "data-poll-interval-ms": StatusState.reconnect_interval_ms.to_string(),
+            "data-reconnect-attempts": StatusState.reconnect_attempts.to_string(),
         },
     )

@@ -10,6 +10,10 @@ States: ``connecting`` (not hydrated yet), ``connected``, ``reconnecting`` (atte
 ``VITE_WS_RECONNECT_ATTEMPTS``), ``lost`` (that many attempts failed; Reflex keeps trying).
 The element carries ``data-state`` and ``data-attempts`` so ``assets/fallback.js`` can
 follow it: it times the state ("for 12 s") and polls ``/api/v1/status`` while it is down.
+
+The ``VITE_*`` settings come from :class:`~rxapp.state.StatusState` vars that the server
+fills in when the page loads, never from the build: the Docker image compiles the page
+once, and a setting changed at run time still reaches it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,7 @@ from reflex_components_core.core.banner import connection_error, connection_erro
 
 from rxapp import styles
 from rxapp.components.common import card, state_badge
-from rxapp.runtime_ref import get_runtime
-
-
-def reconnect_attempts() -> int:
-    return get_runtime().settings.VITE_WS_RECONNECT_ATTEMPTS
+from rxapp.state import StatusState
 
 
 def attempts_var() -> Any:
@@ -36,7 +36,7 @@ def browser_link_state() -> Any:
     """``connecting`` | ``connected`` | ``reconnecting`` | ``lost``, evaluated in the browser."""
     return rx.cond(
         has_connection_errors,
-        rx.cond(attempts_var() < max(1, reconnect_attempts()), "reconnecting", "lost"),
+        rx.cond(attempts_var() < StatusState.lost_after_attempts, "reconnecting", "lost"),
         rx.cond(rx.State.is_hydrated, "connected", "connecting"),
     )
 
@@ -46,22 +46,16 @@ def browser_link_down() -> Any:
 
 
 def _detail() -> rx.Component:
-    settings = get_runtime().settings
-    live_text = (
-        "Live updates are streaming."
-        if settings.VITE_ENABLE_REAL_TIME_UPDATES
-        else f"Refreshing every {settings.VITE_WS_RECONNECT_INTERVAL / 1000:g} s (real-time updates are off)."
-    )
-    attempts = reconnect_attempts()
+    attempts = StatusState.reconnect_attempts
     return rx.match(
         browser_link_state(),
-        ("connected", rx.text(live_text, **styles.muted)),
+        ("connected", rx.text(StatusState.live_text, **styles.muted)),
         ("connecting", rx.text("Opening the live link…", **styles.muted)),
         (
             "reconnecting",
-            rx.text("Reconnecting · attempt ", attempts_var(), f" of {attempts}", **styles.muted),
+            rx.text("Reconnecting · attempt ", attempts_var(), " of ", attempts, **styles.muted),
         ),
-        rx.text(f"Lost after {attempts} attempts · still trying in the background", **styles.muted),
+        rx.text("Lost after ", attempts, " attempts · still trying in the background", **styles.muted),
     )
 
 
