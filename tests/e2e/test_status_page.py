@@ -3,19 +3,21 @@
 Everything asserted is what a person would see or hear (text, titles, visible regions);
 every wait is an ``expect`` with an explicit bound, never a sleep. The tests share one app
 (module scope) and run in file order: live, outage, recovery with Retry, the browser's
-own link cut, keyboard use, then screenshots of the recovered page.
+own link cut, keyboard use, screenshots of the recovered page, then the page built by
+``make run`` served again, without a rebuild, by a server with other ``VITE_*`` settings.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
-from tests.app_process import RunningApp
+from tests.app_process import ROOT, RunningApp, start_app, stop_app
 from tests.e2e.conftest import DESKTOP, PHONE, publish_screenshot
 from tests.e2e.page_checks import NETWORK_CUT, assert_accessible, watch
 
@@ -41,6 +43,16 @@ def open_status_page(page: Page, app: RunningApp) -> None:
 def handshakes(app: RunningApp) -> int:
     body = httpx.get(f"{app.control_url}/stats", timeout=10).json()
     return int(body["result"]["handshake_attempts"])
+
+
+def breaker_card(page: Page, name: str) -> Locator:
+    """One breaker in the circuit breakers panel (the history's breaker log has them too)."""
+    return page.locator(f'#breakers [data-breaker="{name}"]')
+
+
+def health_row(page: Page, component: str) -> Locator:
+    """One row of the health panel (``upstream``, ``circuitBreakers``, ...)."""
+    return page.locator(f'#health [data-component="{component}"]')
 
 
 def start_outage(app: RunningApp) -> None:
@@ -80,6 +92,8 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
 
     start_outage(app)
     expect(feed).to_have_attribute("data-state", "reconnecting", timeout=ms(STATUS_VISIBLE_S))
+    # One truth: the health panel says what the feed card says, in the same push.
+    expect(health_row(page, "upstream")).to_contain_text("reconnecting", timeout=ms(STATUS_VISIBLE_S))
     expect(page.locator("#feed-detail")).to_have_text(re.compile(r"attempt [123] of 3"), timeout=ms(STATUS_VISIBLE_S))
     expect(page.locator("#feed-error")).to_have_text("The server refused the connection (HTTP 503).")
     expect(page.locator("#status-banner")).to_contain_text("Reconnecting to the market feed")
@@ -88,6 +102,13 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
 
     # The 4th failure opens the breaker: retries pause, with a countdown to the next probe.
     expect(feed).to_have_attribute("data-state", "circuit_open", timeout=ms(30))
+    # Every panel agrees at once: the breaker card, the health panel's breakers and feed link.
+    expect(breaker_card(page, "websocket")).to_have_attribute("data-state", "open", timeout=ms(STATUS_VISIBLE_S))
+    breakers_health = health_row(page, "circuitBreakers")
+    expect(breakers_health).to_have_attribute("data-status", "warn", timeout=ms(STATUS_VISIBLE_S))
+    expect(breakers_health).to_contain_text("open: calls are rejected", timeout=ms(STATUS_VISIBLE_S))
+    expect(health_row(page, "upstream")).to_contain_text("circuit breaker open", timeout=ms(STATUS_VISIBLE_S))
+    expect(page.locator("#status-banner")).to_contain_text("Market feed is down", timeout=ms(STATUS_VISIBLE_S))
     detail = page.locator("#feed-detail")
     expect(detail).to_have_text(re.compile(r"retries paused · next attempt in \d+ s"), timeout=ms(3))
     expect(page.locator("#feed-badge")).to_have_text("Circuit open")
@@ -95,7 +116,7 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
     expect(page).to_have_title("○ Down — Market feed status", timeout=ms(3))
     expect(page.locator('[data-tip="CircuitOpen"]')).to_contain_text("Automatic retries are paused")
     expect(page.locator('[data-tip="HandshakeRefused"]')).to_contain_text("refused the connection")
-    expect(page.locator('[data-breaker="websocket"]')).to_contain_text("Open")
+    expect(breaker_card(page, "websocket")).to_contain_text("Open")
     expect(page.locator("#live-announcer")).to_have_text(re.compile("Market feed is down"))
     # The countdown counts.
     shown = detail.inner_text()
@@ -136,6 +157,11 @@ def test_recovery_and_retry_bring_the_feed_back_with_one_upstream_attempt(
 
     expect(feed).to_have_attribute("data-state", "connected", timeout=ms(RECOVERY_S))
     expect(page.locator("#feed-badge")).to_have_text("Connected")
+    # ... and every panel says so with it.
+    expect(breaker_card(page, "websocket")).to_have_attribute("data-state", "closed", timeout=ms(STATUS_VISIBLE_S))
+    for key in ("upstream", "circuitBreakers"):
+        expect(health_row(page, key)).to_have_attribute("data-status", "pass", timeout=ms(STATUS_VISIBLE_S))
+        expect(health_row(page, key)).to_contain_text("Operational", timeout=ms(STATUS_VISIBLE_S))
     expect(page.locator("#retry-outcome")).to_have_text(
         re.compile("Retrying the market feed connection now|already connected|already under way")
     )
@@ -236,3 +262,75 @@ def test_screenshots_at_desktop_and_phone_width(browser: Browser, app: RunningAp
             recorder.assert_clean()
         finally:
             context.close()
+
+
+# The Docker image's way of serving (Dockerfile CMD and ENV): the page built before, no compile.
+PREBUILT_ENV = {
+    "REFLEX_ENV_MODE": "prod",
+    "__REFLEX_SKIP_COMPILE": "true",
+    "__REFLEX_MOUNT_FRONTEND_COMPILED_APP": "true",
+    "REFLEX_CHECK_LATEST_VERSION": "false",
+}
+# Not what the page was built with (conftest's APP_ENV) nor the defaults.
+RUN_TIME_VITE = {
+    "VITE_WS_RECONNECT_ATTEMPTS": "7",
+    "VITE_WS_RECONNECT_INTERVAL": "1500",
+    "VITE_ENABLE_REAL_TIME_UPDATES": "false",
+}
+
+
+def serve_prebuilt(app: RunningApp, env: dict[str, str]) -> None:
+    """Stop ``app`` and serve the page it built on the same port, as the image does (gunicorn,
+    no compile), with ``env`` on top of its settings. ``app`` is updated in place, so the
+    fixture stops the new server."""
+    leftovers = stop_app(app)
+    assert not leftovers, f"the app left processes behind: {leftovers}"
+    fresh = ("DERIV_SIMULATOR_PORT", "DERIV_SIMULATOR_CONTROL_PORT")
+    settings = {name: value for name, value in app.env.items() if name not in fresh}
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--worker-class",
+        "uvicorn.workers.UvicornH11Worker",
+        "--workers",
+        "1",
+        "--bind",
+        f"127.0.0.1:{app.port}",
+        "rxapp.rxapp:app()",
+    ]
+    log_path = app.log_path.with_name(f"{app.log_path.stem}.prebuilt{app.log_path.suffix}")
+    again = start_app(command, log_path, app.port, {**settings, **PREBUILT_ENV, **env})
+    for name in ("base_url", "simulator_port", "control_port", "process", "log_path", "log_file", "env"):
+        setattr(app, name, getattr(again, name))
+
+
+def test_vite_settings_set_at_run_time_reach_the_prebuilt_page(browser: Browser, app: RunningApp) -> None:
+    built = ROOT / ".web" / "build" / "client" / "index.html"  # what `make run` built
+    built_at = built.stat().st_mtime_ns
+    serve_prebuilt(app, RUN_TIME_VITE)
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        recorder = watch(page, allowed=NETWORK_CUT)
+        page.route("**/api/v1/status", lambda route: route.fulfill(response=route.fetch(timeout=5000)))
+        open_status_page(page, app)
+        link = page.locator("#browser-link")
+        settings = page.locator("#status-settings")
+        expect(settings).to_have_attribute("data-reconnect-attempts", "7", timeout=ms(STATUS_VISIBLE_S))
+        expect(settings).to_have_attribute("data-poll-interval-ms", "1500")
+        expect(settings).to_have_attribute("data-real-time", "false")
+        expect(link).to_contain_text("Refreshing every 1.5 s (real-time updates are off).")
+        expect(page.locator("#feed-link")).to_have_attribute("data-state", "connected", timeout=ms(RECOVERY_S))
+
+        context.set_offline(True)
+        expect(link).to_contain_text(
+            re.compile(r"Reconnecting · attempt \d+ of 7|Lost after 7 attempts"), timeout=ms(STATUS_VISIBLE_S)
+        )
+        expect(page.locator("#fallback-region")).to_contain_text("Market feed: Connected", timeout=ms(5))
+        context.set_offline(False)
+        expect(link).to_have_attribute("data-state", "connected", timeout=ms(RECOVERY_S))
+        recorder.assert_clean()
+        assert built.stat().st_mtime_ns == built_at, "the page was rebuilt: this proves nothing about run time"
+    finally:
+        context.close()
