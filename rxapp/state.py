@@ -18,8 +18,8 @@ cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page
 
 History (uptime bars, incidents, the breaker log) changes rarely and lives in the
 database, so pages do not query it themselves: each asks the shared
-:class:`~rxapp.history_reader.HistoryReader` when it loads, after a status change (at most
-every 10 s) and otherwise once a minute (:func:`rxapp.history_logic.history_schedule`), and
+:class:`~backend_core.history.reader.HistoryReader` when it loads, after a status change (at most
+every 10 s) and otherwise once a minute (:func:`backend_core.history.reader.history_schedule`), and
 applies what the reader last read. Asking never waits; a database that cannot answer only
 changes what the history section says.
 
@@ -35,9 +35,10 @@ from typing import Any
 import reflex as rx
 
 from backend_core import status_view
+from backend_core.history.reader import HISTORY_LOAD_MAX_AGE_S, HistorySchedule, history_schedule
 from backend_core.runtime import Runtime
-from rxapp import history_logic, ui_logic
-from rxapp.runtime_ref import get_history_reader, get_runtime
+from rxapp import history_view, ui_logic
+from rxapp.runtime_ref import get_runtime
 
 log = logging.getLogger("rxapp.state")
 
@@ -197,20 +198,20 @@ class StatusState(rx.State):
     def _apply_history(self, now: float) -> None:
         """The shared reader's last read; bars only when it changed, the lists every time
         (an ongoing incident's duration and the "5 min ago" words move on)."""
-        snapshot = get_history_reader().snapshot
+        snapshot = get_runtime().history_reader.snapshot
         if snapshot.version != self._history_version:
             self._history_version = snapshot.version
-            views = [history_logic.uptime_view(history) for history in snapshot.components]
+            views = [history_view.uptime_view(history) for history in snapshot.components]
             self._set(
-                history_state=history_logic.history_state(snapshot.version, has_data=snapshot.has_data),
-                history_notice=history_logic.history_notice(
+                history_state=history_view.history_state(snapshot.version, has_data=snapshot.has_data),
+                history_notice=history_view.history_notice(
                     snapshot.error, has_data=snapshot.has_data, updated_at=snapshot.read_at
                 ),
                 uptime_rows=[UptimeRow(v.key, v.name, v.summary, v.windows, v.bars) for v in views],
             )
         self._set(
-            incident_rows=history_logic.incident_rows(snapshot.incidents, now),
-            transition_rows=history_logic.transition_rows(snapshot.transitions, now),
+            incident_rows=history_view.incident_rows(snapshot.incidents, now),
+            transition_rows=history_view.transition_rows(snapshot.transitions, now),
         )
 
     def _set_health(self, report: Any) -> None:
@@ -240,9 +241,9 @@ class StatusState(rx.State):
         clock = runtime.clock
         seen = runtime.status_version
         health_at = clock.monotonic()
-        history = get_history_reader()
-        history.request(clock.monotonic() - history_logic.HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
-        schedule = history_logic.HistorySchedule(clock.monotonic(), seen)
+        history = runtime.history_reader
+        history.request(clock.monotonic() - HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
+        schedule = HistorySchedule(clock.monotonic(), seen)
         unwatched_since: float | None = None  # since when the socket registry could not be read
         failures = 0
         stopped = False
@@ -268,7 +269,7 @@ class StatusState(rx.State):
                         report = await runtime.health_report(max_age_s=HEALTH_SHARED_S)
                         health_at = clock.monotonic()
                     status_version = runtime.status_version
-                    schedule, fresh_after = history_logic.history_schedule(
+                    schedule, fresh_after = history_schedule(
                         schedule, status_version, clock.monotonic(), failing=bool(history.snapshot.error)
                     )
                     if fresh_after is not None:
