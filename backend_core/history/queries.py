@@ -95,7 +95,7 @@ class HistoryQueries:
                 future.add_done_callback(functools.partial(self._done, slots))
                 return await asyncio.shield(future)
         except TimeoutError:
-            raise StoreUnavailable(f"the history database did not answer within {self.timeout_s:.0f}s") from None
+            raise StoreUnavailable(f"the history database did not answer within {self.timeout_s:g}s") from None
         except StoreUnavailable:
             raise
         except Exception as exc:

@@ -438,6 +438,7 @@ async def test_the_migration_turns_old_prose_rows_into_codes_and_back(db: Databa
     url = normalize_db_url(db.url)
     engine = create_db_engine(url)
     rows = []
+    day_ago = time.time() - 86_400.0  # inside the retention: the store's first prune keeps them
     for i, (old, _) in enumerate(OLD_ROWS):
         component = {5: "breaker:websocket", 6: "breaker:api:/x", 7: "breaker:api:/y"}.get(i, "upstream")
         rows.append(
@@ -446,8 +447,8 @@ async def test_the_migration_turns_old_prose_rows_into_codes_and_back(db: Databa
                 "key": f"k{i}",
                 "instance": "old-host",
                 "component": component,
-                "started_at": datetime.fromtimestamp(DAY0 + i * 60, tz=UTC),
-                "ended_at": None if old["recovery"] is None else datetime.fromtimestamp(DAY0 + i * 60 + 30, tz=UTC),
+                "started_at": datetime.fromtimestamp(day_ago + i * 60, tz=UTC),
+                "ended_at": None if old["recovery"] is None else datetime.fromtimestamp(day_ago + i * 60 + 30, tz=UTC),
                 "planned": old["cause"] == "planned maintenance",
             }
         )
@@ -706,8 +707,9 @@ async def test_stop_writes_what_is_queued_when_the_database_is_up(db: Database) 
 
 
 async def test_reads_that_hang_never_delay_writes(db: Database) -> None:
-    async with running(make_store(db, query_timeout_s=0.5)) as store:
-        assert await store.incidents() == []  # the read pool is open
+    async with running(make_store(db)) as store:
+        assert await store.incidents() == []  # the read pool is open (a first connection may be slow)
+        store.queries.timeout_s = 0.5  # from now on reads give up quickly
         engine = store.queries.engine
         release = threading.Event()
 
