@@ -404,7 +404,7 @@ class AlertService:
     # ------------------------------------------------------------------ producers (never wait)
 
     def record_incidents(self, events: Sequence[IncidentEvent]) -> None:
-        """Incidents opened or closed (an :class:`~backend_core.store.IncidentFeed` subscriber)."""
+        """Incidents opened or closed (an :class:`~backend_core.incidents.IncidentFeed` subscriber)."""
         if self.enabled:
             try:
                 self._feed(events)

@@ -212,7 +212,7 @@ def uptime_windows(uptime_pct: Mapping[str, float | None]) -> list[dict[str, str
 
 
 def uptime_view(history: Mapping[str, Any]) -> UptimeView:
-    """A component's row from ``Store.history(component, days)``."""
+    """A component's row from ``HistoryStore.history(component, days)``."""
     component = str(history.get("component", ""))
     name = component_name(component)
     uptime = history.get("uptime_pct") or {}

@@ -104,7 +104,7 @@ class HistorySnapshot:
     """What the last read found; ``version`` changes with every finished read."""
 
     version: int = 0
-    components: tuple[Mapping[str, Any], ...] = ()  # Store.history() answers, in display order
+    components: tuple[Mapping[str, Any], ...] = ()  # HistoryStore.history() answers, in display order
     incidents: tuple[Mapping[str, Any], ...] = ()  # newest first
     transitions: tuple[Mapping[str, Any], ...] = ()  # newest first
     read_at: float | None = None  # wall time of the last successful read
