@@ -3,7 +3,7 @@
 What is sent
 ============
 
-The same incidents as the history: the Runtime's :class:`backend_core.store.IncidentFeed`
+The same incidents as the history: the Runtime's :class:`backend_core.incidents.IncidentFeed`
 hands both the same events (alerts never depend on the database being up):
 
 - ``breaker_opened`` / ``breaker_closed`` as soon as a circuit breaker opens / closes;
@@ -11,8 +11,10 @@ hands both the same events (alerts never depend on the database being up):
   (a shorter outage sends nothing at all), and ``upstream_recovered`` when it is back.
 
 When the service stops, every incident that fired is resolved with ``"recovered": false``
-and the recovery "not recovered: the service stopped", so a receiver never keeps a page
-open for a process that is gone.
+and the recovery ``service_stopped``, so a receiver never keeps a page open for a process
+that is gone. ``cause`` and ``recovery`` are the incident's codes
+(:class:`~backend_core.incidents.Cause`, :class:`~backend_core.incidents.Recovery`);
+``summary`` and ``message`` say it in words.
 
 De-duplication is by construction: each incident fires at most once and resolves at most
 once, and only an incident that fired can resolve. Every POST carries an
@@ -23,7 +25,7 @@ Body (``application/json``)::
 
     {"source": "deriv-status", "instance": "<host>", "event": "upstream_down",
      "status": "firing", "component": "upstream", "incident_id": "<hex>",
-     "summary": "...", "cause": "...", "error_code": "...", "message": "...",
+     "summary": "...", "cause": "connection_lost", "error_code": "...", "message": "...",
      "planned": false, "started_at": "<UTC ISO 8601>", "ended_at": null,
      "duration_s": 75.0, "recovery": null, "recovered": null, "attempts": null,
      "sent_at": "<UTC ISO 8601>"}
@@ -32,12 +34,15 @@ How it never blocks anything
 ============================
 
 ``record_incidents`` is synchronous: the pure step (:class:`AlertDecider`) runs and any alert is
-appended to a bounded queue (oldest dropped and counted when full). One sender task posts
-them in order with :class:`httpx.AsyncClient` (connect and total timeouts), retrying
-network errors, 408/425/429 and 5xx with capped exponential backoff and jitter (tenacity;
-``Retry-After`` is honoured up to the cap) for at most ``ALERT_GIVE_UP_AFTER_S``; any other
-4xx or a redirect is a configuration problem and is not retried. One timer task fires the
-upstream alert when its delay has passed. The webhook URL is a secret: it is never logged.
+appended to a bounded queue (the oldest waiting one dropped and counted when full; the one
+being delivered is not in the queue, so every alert is counted once: sent, failed or
+dropped). One sender task posts them in order with :class:`httpx.AsyncClient` (connect and
+total timeouts), retrying network errors, 408/425/429 and 5xx with capped full-jitter
+backoff (:class:`~backend_core.backoff.FullJitter` under tenacity; ``Retry-After`` is
+honoured up to the cap) for at most ``ALERT_GIVE_UP_AFTER_S`` on the injected clock; any
+other 4xx or a redirect is a configuration problem and is not retried. One timer task
+fires the upstream alert when its delay has passed. The webhook URL is a secret: it is
+never logged, and errors name only the exception type and the webhook's host.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import random
 import socket
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -54,19 +60,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from backend_core import __version__
+from backend_core.backoff import FullJitter
 from backend_core.clock import Clock, iso_utc, sleep_unless
 from backend_core.health import CheckResult
-from backend_core.logs import FaultLog
-from backend_core.store import (
+from backend_core.incidents import (
+    BREAKER_PREFIX,
+    BREAKER_REASON_WORDS,
     MAX_COMPONENTS,
-    NOT_RECOVERED,
+    Cause,
     IncidentClosed,
     IncidentEvent,
     IncidentOpened,
+    Recovery,
 )
+from backend_core.logs import FaultLog
 
 if TYPE_CHECKING:
     from backend_core.config import Settings
@@ -96,6 +106,42 @@ RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 AlertEvent = Literal["upstream_down", "upstream_recovered", "breaker_opened", "breaker_closed"]
 
+# The alerts' words for an incident's cause and recovery (the page has its own, longer ones).
+CAUSE_TEXT: Final[dict[Cause, str]] = {
+    Cause.CONNECTION_LOST: "connection lost",
+    Cause.COULD_NOT_CONNECT: "could not connect",
+    Cause.CIRCUIT_OPEN: "circuit breaker open",
+    Cause.PLANNED_MAINTENANCE: "planned maintenance",
+    Cause.BREAKER_OPENED: "circuit breaker opened",
+}
+RECOVERY_TEXT: Final[dict[Recovery, str]] = {
+    Recovery.RECONNECTED: "reconnected",
+    Recovery.MANUAL_RETRY: "manual retry",
+    Recovery.BREAKER_PROBE: "breaker probe",
+    Recovery.RESET: "reset by an admin",
+    Recovery.BREAKERS_ENABLED: "breakers re-enabled",
+    Recovery.BREAKERS_DISABLED: "breakers disabled",
+    Recovery.BREAKER_CLOSED: "closed",
+    Recovery.SERVICE_STOPPED: "not recovered: the service stopped",
+    Recovery.SERVICE_RESTARTED: "not recovered: the service restarted",
+}
+
+
+def recovery_text(recovery: Recovery, attempts: int | None) -> str:
+    """``"reconnected after 3 attempts"``, ``"manual retry"``, ...: the alerts' words."""
+    if recovery == Recovery.RECONNECTED and attempts:
+        return f"reconnected after {attempts} attempt" + ("" if attempts == 1 else "s")
+    return RECOVERY_TEXT.get(recovery, str(recovery))
+
+
+def incident_message(incident: IncidentOpened) -> str:
+    """The upstream's error message; for a breaker, why it opened, in words."""
+    if incident.kind == "breaker":
+        name = incident.component.removeprefix(BREAKER_PREFIX)
+        code = incident.error_code or ""
+        return f"Circuit '{name}' opened: {BREAKER_REASON_WORDS.get(code, code.replace('_', ' '))}."
+    return incident.message or "The market data link is down."
+
 
 # ---------------------------------------------------------------------------- pure
 
@@ -109,7 +155,7 @@ class Alert:
     incident: IncidentOpened
     at: float
     ended_at: float | None = None
-    recovery: str | None = None
+    recovery: Recovery | None = None
     attempts: int | None = None
 
     @property
@@ -118,26 +164,28 @@ class Alert:
 
     def summary(self) -> str:
         incident = self.incident
-        name = incident.component.removeprefix("breaker:")
+        name = incident.component.removeprefix(BREAKER_PREFIX)
         took = _duration_words((self.ended_at or self.at) - incident.started_at)
+        message = incident_message(incident)
         if self.event == "upstream_down":
-            reason = (
-                incident.message if incident.planned else f"{incident.error_code or incident.cause}: {incident.message}"
-            )
-            return f"Market data feed down for {took} ({reason})"
+            if incident.planned:
+                return f"Market data feed down for {took} ({message})"
+            reason = incident.error_code or CAUSE_TEXT.get(incident.cause, str(incident.cause))
+            return f"Market data feed down for {took} ({reason}: {message})"
         if self.event == "breaker_opened":
-            return f"Circuit breaker '{name}' opened ({incident.message})"
+            return f"Circuit breaker '{name}' opened ({message})"
         what = "Market data feed" if self.event == "upstream_recovered" else f"Circuit breaker '{name}'"
+        how = recovery_text(self.recovery, self.attempts) if self.recovery is not None else ""
         if not self.recovered:  # the service stopped while it was still down
-            return f"{what}: no longer watched after {took} ({self.recovery})"
+            return f"{what}: no longer watched after {took} ({how})"
         if self.event == "upstream_recovered":
-            return f"{what} back after {took} ({self.recovery})"
-        return f"{what} closed after {took} ({self.recovery})"
+            return f"{what} back after {took} ({how})"
+        return f"{what} closed after {took} ({how})"
 
     @property
     def recovered(self) -> bool | None:
         """For a resolved alert: did it recover (``False``: the service stopped first)."""
-        return None if self.recovery is None else not self.recovery.startswith(NOT_RECOVERED)
+        return None if self.recovery is None else self.recovery.recovered
 
     def payload(self, *, instance: str, sent_at: float) -> dict[str, Any]:
         incident = self.incident
@@ -151,14 +199,14 @@ class Alert:
             "component": incident.component,
             "incident_id": incident.key,
             "summary": self.summary(),
-            "cause": incident.cause,
+            "cause": incident.cause.value,
             "error_code": incident.error_code,
-            "message": incident.message,
+            "message": incident_message(incident),
             "planned": incident.planned,
             "started_at": iso_utc(incident.started_at),
             "ended_at": iso_utc(self.ended_at),
             "duration_s": round(max(0.0, end - incident.started_at), 1),
-            "recovery": self.recovery,
+            "recovery": self.recovery.value if self.recovery is not None else None,
             "recovered": self.recovered,
             "attempts": self.attempts,
             "sent_at": iso_utc(sent_at),
@@ -312,6 +360,7 @@ class AlertService:
         retry_max_s: float = ALERT_RETRY_MAX_S,
         give_up_after_s: float = ALERT_GIVE_UP_AFTER_S,
         timeout_s: float = ALERT_TIMEOUT_S,
+        rng: random.Random | None = None,
     ) -> None:
         secret = settings.ALERT_WEBHOOK_URL
         self._url = url if url is not None else (secret.get_secret_value() if secret is not None else None)
@@ -320,13 +369,18 @@ class AlertService:
         self._transport = transport
         self.instance = (instance or socket.gethostname() or "unknown")[:100]
         self.alert_after_s = settings.ALERT_AFTER_SECONDS
-        self._retry_initial_s = retry_initial_s
+        self._backoff = FullJitter(retry_initial_s, retry_max_s, rng)
         self._retry_max_s = retry_max_s
         self._give_up_after_s = give_up_after_s
         self._timeout_s = timeout_s
+        self._host = _host_of(self._url)
         self._decider = AlertDecider(settings.ALERT_AFTER_SECONDS)
-        self._queue: deque[Alert] = deque(maxlen=queue_size)
+        # Alerts not delivered yet: those waiting, and the one being delivered
+        # (``_in_flight``, not in the deque). A full queue drops the oldest *waiting*
+        # alert, never the one in delivery, so every alert is counted once.
+        self._queue: deque[Alert] = deque()
         self._queue_size = queue_size
+        self._in_flight: Alert | None = None
         self._counters = _AlertCounters()
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -343,14 +397,14 @@ class AlertService:
         self._has_work = asyncio.Event()
         self._timer_changed = asyncio.Event()
         self._idle = asyncio.Event()
-        if not self._queue:
+        if not self._queue and self._in_flight is None:
             self._idle.set()
         self._stopping = False
 
     # ------------------------------------------------------------------ producers (never wait)
 
     def record_incidents(self, events: Sequence[IncidentEvent]) -> None:
-        """Incidents opened or closed (an :class:`~backend_core.store.IncidentFeed` subscriber)."""
+        """Incidents opened or closed (an :class:`~backend_core.incidents.IncidentFeed` subscriber)."""
         if self.enabled:
             try:
                 self._feed(events)
@@ -365,8 +419,8 @@ class AlertService:
 
     def _enqueue(self, alerts: Iterable[Alert]) -> None:
         for alert in alerts:
-            if len(self._queue) == self._queue_size:
-                dropped = self._queue[0]
+            if self.pending >= self._queue_size and self._queue:
+                dropped = self._queue.popleft()
                 self._counters.dropped += 1
                 log.warning(
                     "alert queue full: dropped the oldest alert (%s %s)", dropped.event, dropped.incident.component
@@ -401,7 +455,7 @@ class AlertService:
             return
         self._stopping = True
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
+            async with self._clock.timeout(timeout_s):
                 await self._idle.wait()
         if self._queue:
             log.warning("alerts: %d alerts not delivered before shutdown", len(self._queue))
@@ -411,10 +465,13 @@ class AlertService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._in_flight is not None:  # cut off mid-delivery: neither sent nor given up
+            self._counters.dropped += 1
+            self._in_flight = None
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(timeout_s):
+                async with self._clock.timeout(timeout_s):
                     await client.aclose()
 
     # ------------------------------------------------------------------ tasks
@@ -436,18 +493,18 @@ class AlertService:
                 self._idle.set()
                 await self._has_work.wait()
                 continue
-            alert = self._queue[0]
+            alert = self._in_flight = self._queue.popleft()
             self.delivering = True
             try:
                 await self._deliver(alert)
             finally:
                 self.delivering = False
-            if self._queue and self._queue[0] is alert:
-                self._queue.popleft()
+            self._in_flight = None
 
     async def _deliver(self, alert: Alert) -> None:
+        give_up_at = self._clock.monotonic() + self._give_up_after_s
         retrying = AsyncRetrying(
-            stop=stop_after_delay(self._give_up_after_s),
+            stop=lambda state: self._clock.monotonic() >= give_up_at,
             wait=self._wait,
             retry=retry_if_exception(lambda exc: isinstance(exc, _RetryableDelivery)),
             sleep=self._sleep,
@@ -482,7 +539,8 @@ class AlertService:
                 headers={"content-type": "application/json", "idempotency-key": alert.idempotency_key},
             )
         except httpx.HTTPError as exc:
-            raise self._failed(_RetryableDelivery(f"{type(exc).__name__}: {self._redact(str(exc))}")) from None
+            # Never the exception's text: it may hold the URL (the secret), in any spelling.
+            raise self._failed(_RetryableDelivery(f"{type(exc).__name__} from the webhook at {self._host}")) from None
         verdict = delivery_verdict(response.status_code)
         if verdict == "delivered":
             return
@@ -497,13 +555,8 @@ class AlertService:
         self.last_error_at = self._clock.wall()
         return exc
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._url, "<ALERT_WEBHOOK_URL>") if self._url else text
-
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            multiplier=self._retry_initial_s, max=self._retry_max_s, jitter=self._retry_initial_s
-        )(state)
+        backoff = self._backoff(state)
         exc = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(exc, "retry_after_s", None)
         if isinstance(hint, float):
@@ -520,12 +573,13 @@ class AlertService:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Alerts not delivered yet (waiting, and the one being delivered)."""
+        return len(self._queue) + (self._in_flight is not None)
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until every queued alert is delivered or given up (tests and tools)."""
         try:
-            async with asyncio.timeout(timeout_s):
+            async with self._clock.timeout(timeout_s):
                 await self._idle.wait()
         except TimeoutError:
             return False
@@ -536,7 +590,7 @@ class AlertService:
         return {
             "enabled": self.enabled,
             "alert_after_s": self.alert_after_s,
-            "pending": len(self._queue),
+            "pending": self.pending,
             "max_pending": self._queue_size,
             "sent_total": c.sent,
             "sent_by_event": dict(c.by_event),
@@ -553,10 +607,21 @@ class AlertService:
     def health_check(self) -> list[CheckResult]:
         if not self.enabled:
             return [CheckResult("alerts", "component", "webhook", "pass", "disabled", None, "ALERT_WEBHOOK_URL unset")]
-        if self.last_error is not None and (self._queue or self._counters.failed):
-            output = f"alert webhook failing: {self.last_error}; {len(self._queue)} alerts waiting"
-            return [CheckResult("alerts", "component", "webhook", "warn", len(self._queue), None, output)]
-        return [CheckResult("alerts", "component", "webhook", "pass", len(self._queue), None, "delivering")]
+        pending = self.pending
+        if self.last_error is not None and (pending or self._counters.failed):
+            output = f"alert webhook failing: {self.last_error}; {pending} alerts waiting"
+            return [CheckResult("alerts", "component", "webhook", "warn", pending, None, output)]
+        return [CheckResult("alerts", "component", "webhook", "pass", pending, None, "delivering")]
+
+
+def _host_of(url: str | None) -> str:
+    """The webhook's host, the only part of the (secret) URL an error may name."""
+    if url is None:
+        return "unknown host"
+    try:
+        return httpx.URL(url).host or "unknown host"
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "unknown host"
 
 
 __all__ = [

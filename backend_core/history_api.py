@@ -6,11 +6,13 @@
 ``GET /api/v1/transitions?limit=100&name=...``         newest breaker transitions first
 =====================================================  ==========================================
 
-Handlers only read through :class:`~backend_core.store.Store`, whose queries run in its
-own threads with a timeout; they never touch the upstream (DESIGN.md rule 4). Parameters
+Handlers only read through :class:`~backend_core.history.store.HistoryStore`, whose
+queries run on its own read threads with a timeout; they never touch the upstream (DESIGN.md rule 4). Parameters
 are validated: a bad one gets ``400`` with ``{"error": "invalid_parameter", "message": ...}``
 naming it; a database that cannot answer gets ``503`` with ``Retry-After``. Components are
-``upstream`` and ``breaker:<name>`` (e.g. ``breaker:websocket``).
+``upstream`` and ``breaker:<name>`` (e.g. ``breaker:websocket``). An incident's ``cause``
+and ``recovery`` are codes (:class:`~backend_core.incidents.Cause`,
+:class:`~backend_core.incidents.Recovery`), with ``attempts`` for a reconnection.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backend_core.store import (
-    COMPONENT_CHARS,
+from backend_core.history.queries import (
     MAX_HISTORY_DAYS,
     MAX_INCIDENTS_LIMIT,
     MAX_TRANSITIONS_LIMIT,
-    UPSTREAM,
-    Store,
     StoreUnavailable,
 )
+from backend_core.history.store import HistoryStore
+from backend_core.incidents import COMPONENT_CHARS, UPSTREAM
 
 # Component and breaker names: what breakers.py can produce ("websocket", "api:<route
 # template>", "api:*") with the "breaker:" prefix. Anything else cannot match a row.
@@ -90,7 +91,7 @@ def _json(body: object) -> JSONResponse:
     return JSONResponse(body, headers={"cache-control": "no-store"})
 
 
-def history_routes(store: Store) -> list[Route]:
+def history_routes(store: HistoryStore) -> list[Route]:
     """The three routes, for ``create_api`` to add to its route list."""
 
     async def history(request: Request) -> Response:

@@ -43,7 +43,10 @@ from backend_core.health import (
     relay_check,
     upstream_check,
 )
+from backend_core.history.reader import HistoryReader
+from backend_core.history.store import HistoryStore
 from backend_core.hub import Closed, Dropped, InMemoryHub, Subscription
+from backend_core.incidents import IncidentFeed
 from backend_core.metrics import (
     AlertsCollector,
     BreakerCollector,
@@ -55,7 +58,6 @@ from backend_core.metrics import (
     UpstreamCollector,
 )
 from backend_core.relay import Relay
-from backend_core.store import IncidentFeed, Store
 
 log = logging.getLogger("backend_core.runtime")
 
@@ -97,12 +99,20 @@ class Runtime:
         self.relay = Relay(settings, self.hub, self._upstream_status, clock=self.clock)
         self.loop_lag = LoopLagProbe(self.clock)
         # History and alerts: their record_* calls never wait (bounded queues, own tasks).
-        self.store = Store(settings, self.clock)
+        self.store = HistoryStore(settings, self.clock)
         self.alerts = AlertService(settings, self.clock)
         # One incident tracker for both: the history and the alerts see the same incidents.
         self.incidents = IncidentFeed(self.clock)
         self.incidents.subscribe(self.store.record_incidents)
         self.incidents.subscribe(self.alerts.record_incidents)
+        # The status pages' one paced reader of the history (rxapp reads its snapshot).
+        self.history_reader = HistoryReader(
+            self.store,
+            self.clock,
+            breakers=lambda: [{"name": b.name, "state": str(b.state)} for b in self.breakers.snapshots()],
+            status_version=lambda: self.status_version,
+            shutting_down=lambda: self.shutting_down,
+        )
         self.metrics = Metrics()
         self.metrics.register(
             RelayCollector(self.relay),
@@ -213,6 +223,8 @@ class Runtime:
         self._status_sub = self.hub.subscribe((), name="runtime-status", queue_size=STATUS_QUEUE_SIZE)
         self._status_task = asyncio.create_task(self._watch_status(self._status_sub), name="runtime-status")
         on_stop("status watch", self._stop_status_watch)
+        self.history_reader.start()
+        on_stop("history reader", self.history_reader.stop)  # the pages' reads end before the store
         await self.manager.start()
         on_stop("upstream manager", self.manager.stop)
         on_stop("runtime tasks", self._stop_own_tasks)

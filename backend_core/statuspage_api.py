@@ -30,8 +30,8 @@ from starlette.routing import Route
 from backend_core import statuspage as sp
 from backend_core.events import LinkState
 from backend_core.health import HealthReport
+from backend_core.history.queries import StoreUnavailable
 from backend_core.runtime import Runtime
-from backend_core.store import StoreUnavailable
 
 # The documents reuse a health report at most this old: any number of pollers cost one run a second.
 HEALTH_MAX_AGE_S: Final = 1.0

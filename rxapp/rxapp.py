@@ -17,7 +17,7 @@ from backend_core.api import create_api
 from backend_core.logs import configure_logging
 from rxapp.components import page_title
 from rxapp.pages.index import index
-from rxapp.runtime_ref import get_history_reader, get_runtime
+from rxapp.runtime_ref import get_runtime
 from rxapp.state import StatusState
 
 runtime = get_runtime()
@@ -38,12 +38,7 @@ async def runtime_lifespan() -> AsyncIterator[None]:
         # does not pause the fan-out for ~100 ms scanning it. Once: a process runs one Runtime.
         gc.collect()
         gc.freeze()
-        get_history_reader().start()
-        try:
-            yield
-        finally:
-            # Before the runtime (and its store) stops: the pages' history reads end first.
-            await get_history_reader().stop()
+        yield
 
 
 app = rx.App(api_transformer=create_api(runtime))

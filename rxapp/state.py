@@ -24,8 +24,8 @@ at run time applies to a page built elsewhere (the Docker image builds once).
 
 History (uptime bars, incidents, the breaker log) changes rarely and lives in the
 database, so pages do not query it themselves: each asks the shared
-:class:`~rxapp.history_reader.HistoryReader` when it loads, after a status change (at most
-every 10 s) and otherwise once a minute (:func:`rxapp.history_logic.history_schedule`), and
+:class:`~backend_core.history.reader.HistoryReader` when it loads, after a status change (at most
+every 10 s) and otherwise once a minute (:func:`backend_core.history.reader.history_schedule`), and
 applies what the reader last read. Asking never waits; a database that cannot answer only
 changes what the history section says.
 
@@ -43,9 +43,10 @@ import reflex as rx
 from backend_core import status_view
 from backend_core.config import Settings, load_settings
 from backend_core.health import HealthReport
+from backend_core.history.reader import HISTORY_LOAD_MAX_AGE_S, HistorySchedule, history_schedule
 from backend_core.runtime import Runtime
-from rxapp import history_logic, ui_logic
-from rxapp.runtime_ref import get_history_reader, get_runtime
+from rxapp import history_view, ui_logic
+from rxapp.runtime_ref import get_runtime
 
 log = logging.getLogger("rxapp.state")
 
@@ -220,20 +221,20 @@ class StatusState(rx.State):
     def _apply_history(self, now: float) -> None:
         """The shared reader's last read; bars only when it changed, the lists every time
         (an ongoing incident's duration and the "5 min ago" words move on)."""
-        snapshot = get_history_reader().snapshot
+        snapshot = get_runtime().history_reader.snapshot
         if snapshot.version != self._history_version:
             self._history_version = snapshot.version
-            views = [history_logic.uptime_view(history) for history in snapshot.components]
+            views = [history_view.uptime_view(history) for history in snapshot.components]
             self._set(
-                history_state=history_logic.history_state(snapshot.version, has_data=snapshot.has_data),
-                history_notice=history_logic.history_notice(
+                history_state=history_view.history_state(snapshot.version, has_data=snapshot.has_data),
+                history_notice=history_view.history_notice(
                     snapshot.error, has_data=snapshot.has_data, updated_at=snapshot.read_at
                 ),
                 uptime_rows=[UptimeRow(v.key, v.name, v.summary, v.windows, v.bars) for v in views],
             )
         self._set(
-            incident_rows=history_logic.incident_rows(snapshot.incidents, now),
-            transition_rows=history_logic.transition_rows(snapshot.transitions, now),
+            incident_rows=history_view.incident_rows(snapshot.incidents, now),
+            transition_rows=history_view.transition_rows(snapshot.transitions, now),
         )
 
     def _apply_settings(self, settings: Settings) -> None:
@@ -276,9 +277,9 @@ class StatusState(rx.State):
         clock = runtime.clock
         seen = runtime.status_version
         health_at = clock.monotonic()
-        history = get_history_reader()
-        history.request(clock.monotonic() - history_logic.HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
-        schedule = history_logic.HistorySchedule(clock.monotonic(), seen)
+        history = runtime.history_reader
+        history.request(clock.monotonic() - HISTORY_LOAD_MAX_AGE_S, runtime.status_version)
+        schedule = HistorySchedule(clock.monotonic(), seen)
         unwatched_since: float | None = None  # since when the socket registry could not be read
         failures = 0
         stopped = False
@@ -303,7 +304,7 @@ class StatusState(rx.State):
                     if report is not None:
                         health_at = clock.monotonic()
                     status_version = runtime.status_version
-                    schedule, fresh_after = history_logic.history_schedule(
+                    schedule, fresh_after = history_schedule(
                         schedule, status_version, clock.monotonic(), failing=bool(history.snapshot.error)
                     )
                     if fresh_after is not None:

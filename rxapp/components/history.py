@@ -1,7 +1,7 @@
 """The history section: uptime bars, the incident list and the circuit breaker log.
 
-Everything shown is decided by :mod:`rxapp.history_logic` and stored on the state by the
-page's refresh loop (from the shared :class:`~rxapp.history_reader.HistoryReader`); these
+Everything shown is decided by :mod:`rxapp.history_view` and stored on the state by the
+page's refresh loop (from the runtime's :class:`~backend_core.history.reader.HistoryReader`); these
 functions only place it. Each uptime bar carries its date, uptime % and incident count as
 its tooltip (``title``) and accessible name (``role="img"`` with ``aria-label``), and a
 legend names the colours, so no state is told by colour alone. The bars shrink to fit any
@@ -14,7 +14,7 @@ from typing import Any
 
 import reflex as rx
 
-from rxapp import history_logic, styles
+from rxapp import history_view, styles
 from rxapp.components.common import card, section_heading, state_badge, state_icon
 from rxapp.state import StatusState
 
@@ -94,8 +94,8 @@ def _uptime_row(row: Any) -> rx.Component:
         ),
         rx.hstack(
             rx.text(
-                rx.el.span(f"{history_logic.HISTORY_DAYS} days ago", class_name="long-span"),
-                rx.el.span(f"{history_logic.PHONE_DAYS} days ago", class_name="short-span"),
+                rx.el.span(f"{history_view.HISTORY_DAYS} days ago", class_name="long-span"),
+                rx.el.span(f"{history_view.PHONE_DAYS} days ago", class_name="short-span"),
                 **styles.small_muted,
             ),
             rx.text("Today", **styles.small_muted),
@@ -118,7 +118,7 @@ def _legend() -> rx.Component:
                 spacing="1",
                 align="center",
             )
-            for word, tone in history_logic.LEGEND
+            for word, tone in history_view.LEGEND
         ],
         spacing="3",
         wrap="wrap",
@@ -133,7 +133,7 @@ def uptime_panel() -> rx.Component:
             section_heading(
                 "Uptime",
                 "calendar-days",
-                rx.text(f"last {history_logic.HISTORY_DAYS} days, one bar a day (UTC)", **styles.small_muted),
+                rx.text(f"last {history_view.HISTORY_DAYS} days, one bar a day (UTC)", **styles.small_muted),
                 heading_id="uptime-heading",
             ),
             rx.match(
@@ -244,13 +244,13 @@ def incidents_panel() -> rx.Component:
         anchor="incidents",
         title="Incidents",
         icon="history",
-        caption=f"newest first, the last {history_logic.MAX_INCIDENT_ROWS}",
+        caption=f"newest first, the last {history_view.MAX_INCIDENT_ROWS}",
         what="the incident list",
         rows=StatusState.incident_rows,
         item=_incident,
         empty=rx.hstack(
             rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
-            rx.text(f"No incidents in the last {history_logic.HISTORY_DAYS} days.", size="2", id="incidents-empty"),
+            rx.text(f"No incidents in the last {history_view.HISTORY_DAYS} days.", size="2", id="incidents-empty"),
             spacing="2",
             align="center",
             padding_y="0.5rem",
@@ -290,12 +290,12 @@ def transitions_panel() -> rx.Component:
         anchor="transitions",
         title="Circuit breaker log",
         icon="scroll-text",
-        caption=f"newest first, the last {history_logic.MAX_TRANSITION_ROWS}",
+        caption=f"newest first, the last {history_view.MAX_TRANSITION_ROWS}",
         what="the circuit breaker log",
         rows=StatusState.transition_rows,
         item=_transition,
         empty=rx.text(
-            f"No circuit breaker changes in the last {history_logic.HISTORY_DAYS} days.",
+            f"No circuit breaker changes in the last {history_view.HISTORY_DAYS} days.",
             size="2",
             padding_y="0.5rem",
             id="transitions-empty",

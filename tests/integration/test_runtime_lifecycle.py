@@ -1,4 +1,5 @@
-"""A whole Runtime (simulator, manager, relay, store on SQLite, alerts) leaves nothing behind.
+"""A whole Runtime (simulator, manager, relay, store on SQLite, alerts, the pages' history reader)
+leaves nothing behind.
 
 DESIGN.md rule 3: every task and thread the runtime starts is stopped on shutdown, also
 when the start fails halfway and when one stop step fails. Real sockets on 127.0.0.1:
@@ -128,6 +129,8 @@ async def test_a_whole_runtime_leaves_no_task_and_no_thread_behind(
             # Every part at work: a health run (checks the store), a history read (its threads).
             assert (await runtime.health_report()).status in ("pass", "warn")
             await runtime.store.incidents(10)
+            runtime.history_reader.request(runtime.clock.monotonic())  # the pages' reader starts its task
+            assert (await runtime.history_reader.read_once()).error == ""
             assert runtime.alerts.snapshot()["enabled"] is True
             assert leaks.fresh_threads() != []  # the store's: the check below has something to see
             await runtime.stop()

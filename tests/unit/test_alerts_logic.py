@@ -22,20 +22,20 @@ from backend_core.breakers import BreakerState, Transition
 from backend_core.clock import Clock, FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
-from backend_core.store import RECOVERY_STOPPED, IncidentClosed, IncidentFeed, IncidentOpened
+from backend_core.incidents import Cause, IncidentClosed, IncidentFeed, IncidentOpened, Recovery
 
 WALL = 1_700_000_000.0
 URL = "https://hooks.example.test/services/T000/B000/sekrit"
 
 
 def upstream_incident(key: str = "u1", planned: bool = False) -> IncidentOpened:
-    return IncidentOpened(key, "upstream", "upstream", WALL, "connection lost", "ConnectionLost", "dropped", planned)
+    return IncidentOpened(
+        key, "upstream", "upstream", WALL, Cause.CONNECTION_LOST, "ConnectionLost", "dropped", planned
+    )
 
 
 def breaker_incident(key: str = "b1") -> IncidentOpened:
-    return IncidentOpened(
-        key, "breaker:websocket", "breaker", WALL, "circuit breaker opened", "failure_threshold", "Circuit opened."
-    )
+    return IncidentOpened(key, "breaker:websocket", "breaker", WALL, Cause.BREAKER_OPENED, "failure_threshold", "")
 
 
 # ---------------------------------------------------------------------------- the decision
@@ -46,9 +46,15 @@ def test_a_breaker_alerts_at_once_and_resolves_once() -> None:
     [firing] = decider.on_incident(breaker_incident(), 0.0, WALL)
     assert (firing.event, firing.status, firing.idempotency_key) == ("breaker_opened", "firing", "b1:firing")
     assert decider.on_incident(breaker_incident(), 1.0, WALL) == []  # a repeat
-    [resolved] = decider.on_incident(IncidentClosed(breaker_incident(), WALL + 30, "breaker probe"), 30.0, WALL + 30)
-    assert (resolved.event, resolved.status, resolved.recovery) == ("breaker_closed", "resolved", "breaker probe")
-    assert decider.on_incident(IncidentClosed(breaker_incident(), WALL + 31, "x"), 31.0, WALL + 31) == []
+    closed = IncidentClosed(breaker_incident(), WALL + 30, Recovery.BREAKER_PROBE)
+    [resolved] = decider.on_incident(closed, 30.0, WALL + 30)
+    assert (resolved.event, resolved.status, resolved.recovery) == (
+        "breaker_closed",
+        "resolved",
+        Recovery.BREAKER_PROBE,
+    )
+    again = IncidentClosed(breaker_incident(), WALL + 31, Recovery.RESET)
+    assert decider.on_incident(again, 31.0, WALL + 31) == []
     assert decider.on_incident(breaker_incident(), 32.0, WALL + 32) == []  # resolved ids are remembered
 
 
@@ -60,7 +66,7 @@ def test_the_upstream_alerts_only_after_the_delay_and_only_once() -> None:
     [firing] = decider.due(160.0, WALL + 60)
     assert (firing.event, firing.at) == ("upstream_down", WALL + 60)
     assert decider.due(500.0, WALL + 400) == [] and decider.next_due() is None
-    closed = IncidentClosed(upstream_incident(), WALL + 90, "reconnected after 4 attempts", 4)
+    closed = IncidentClosed(upstream_incident(), WALL + 90, Recovery.RECONNECTED, 4)
     [resolved] = decider.on_incident(closed, 190.0, WALL + 90)
     assert (resolved.event, resolved.attempts, resolved.ended_at) == ("upstream_recovered", 4, WALL + 90)
 
@@ -68,7 +74,8 @@ def test_the_upstream_alerts_only_after_the_delay_and_only_once() -> None:
 def test_a_short_upstream_outage_sends_nothing() -> None:
     decider = AlertDecider(60)
     decider.on_incident(upstream_incident(), 100.0, WALL)
-    assert decider.on_incident(IncidentClosed(upstream_incident(), WALL + 59, "reconnected"), 159.0, WALL + 59) == []
+    closed = IncidentClosed(upstream_incident(), WALL + 59, Recovery.RECONNECTED)
+    assert decider.on_incident(closed, 159.0, WALL + 59) == []
     assert decider.due(1000.0, WALL + 900) == [] and decider.next_due() is None
 
 
@@ -101,7 +108,7 @@ def test_payload_and_summary() -> None:
         "component": "upstream",
         "incident_id": "u1",
         "summary": "Market data feed down for 75 s (ConnectionLost: dropped)",
-        "cause": "connection lost",
+        "cause": "connection_lost",
         "error_code": "ConnectionLost",
         "message": "dropped",
         "planned": False,
@@ -113,14 +120,29 @@ def test_payload_and_summary() -> None:
         "attempts": None,
         "sent_at": "2023-11-14T22:14:36.000Z",
     }
-    resolved = Alert("upstream_recovered", "resolved", upstream_incident(), WALL + 600, WALL + 600, "manual retry")
+    resolved = Alert(
+        "upstream_recovered", "resolved", upstream_incident(), WALL + 600, WALL + 600, Recovery.MANUAL_RETRY
+    )
     assert resolved.summary() == "Market data feed back after 10 min (manual retry)"
-    assert resolved.payload(instance="h", sent_at=WALL)["recovered"] is True
-    stopped = Alert("upstream_recovered", "resolved", upstream_incident(), WALL, WALL + 9000, "not recovered: x")
+    body = resolved.payload(instance="h", sent_at=WALL)
+    assert (body["recovery"], body["recovered"]) == ("manual_retry", True)
+    reconnected = Alert(
+        "upstream_recovered", "resolved", upstream_incident(), WALL + 90, WALL + 90, Recovery.RECONNECTED, 4
+    )
+    assert reconnected.summary() == "Market data feed back after 90 s (reconnected after 4 attempts)"
+    assert reconnected.payload(instance="h", sent_at=WALL)["attempts"] == 4
+    stopped = Alert("upstream_recovered", "resolved", upstream_incident(), WALL, WALL + 9000, Recovery.SERVICE_STOPPED)
     assert stopped.payload(instance="h", sent_at=WALL)["recovered"] is False
-    assert "2.5 h" in stopped.summary()
+    assert stopped.summary() == "Market data feed: no longer watched after 2.5 h (not recovered: the service stopped)"
     opened = Alert("breaker_opened", "firing", breaker_incident(), WALL)
-    assert opened.summary() == "Circuit breaker 'websocket' opened (Circuit opened.)"
+    assert (
+        opened.summary()
+        == "Circuit breaker 'websocket' opened (Circuit 'websocket' opened: too many failures in a row.)"
+    )
+    assert (
+        opened.payload(instance="h", sent_at=WALL)["message"]
+        == "Circuit 'websocket' opened: too many failures in a row."
+    )
     planned = Alert("upstream_down", "firing", upstream_incident(planned=True), WALL + 5)
     assert planned.summary() == "Market data feed down for 5 s (dropped)"
 
@@ -229,7 +251,7 @@ async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> 
             ("upstream_recovered", "resolved"),
         ]
         assert bodies[0]["incident_id"] == bodies[1]["incident_id"]
-        assert bodies[1]["duration_s"] == 660.0 and bodies[1]["recovery"] == "breaker probe"
+        assert bodies[1]["duration_s"] == 660.0 and bodies[1]["recovery"] == "breaker_probe"
         request = hook.requests[0]
         assert request.headers["content-type"] == "application/json"
         assert request.headers["idempotency-key"] == f"{bodies[0]['incident_id']}:firing"
@@ -251,7 +273,7 @@ async def test_breaker_transitions_alert_at_once_and_flaps_are_one_incident() ->
         assert await alerts.wait_idle(5)
         assert [(b["event"], b["recovery"]) for b in hook.bodies()] == [
             ("breaker_opened", None),
-            ("breaker_closed", "breaker probe"),
+            ("breaker_closed", "breaker_probe"),
         ]
 
 
@@ -289,15 +311,47 @@ async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
         assert alerts.snapshot()["failed_total"] == 1
 
 
-async def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
-    hook = Hook(*([503] * 1000))
-    async with running(hook, queue_size=3, stop_timeout_s=0.1) as (alerts, feed, clock):
-        for i in range(6):
-            feed.transition(Transition(f"api:/r{i}", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
+def opened(name: str) -> Transition:
+    return Transition(name, BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL)
+
+
+async def test_the_queue_is_bounded_drops_the_oldest_waiting_alert_and_counts_each_alert_once() -> None:
+    hook = Hook(503, 503)  # the first alert takes three attempts
+    async with running(hook, queue_size=3, retry_initial_s=1.0, retry_max_s=1.0) as (alerts, feed, clock):
+        feed.transition(opened("api:/r0"))
         await settle()
+        assert len(hook.requests) == 1 and alerts.delivering  # r0 is being delivered (and retried)
+        for i in range(1, 6):
+            feed.transition(opened(f"api:/r{i}"))
         snapshot = alerts.snapshot()
+        # r0 in delivery is never dropped; of the waiting ones the oldest go.
         assert snapshot["pending"] == 3 and snapshot["dropped_total"] == 3
-    assert alerts.snapshot()["pending"] == 0
+        for _ in range(5):
+            clock.advance(1.0)
+            await settle()
+        assert await alerts.wait_idle(5)
+        delivered = [body["component"] for body in hook.bodies()[2:]]
+        assert delivered == ["breaker:api:/r0", "breaker:api:/r4", "breaker:api:/r5"]
+        snapshot = alerts.snapshot()
+        assert (snapshot["sent_total"], snapshot["dropped_total"], snapshot["failed_total"]) == (3, 3, 0)
+
+
+async def test_stop_is_bounded_on_the_clock_and_counts_each_undelivered_alert_once() -> None:
+    clock = FakeClock(start_wall=WALL)
+    alerts = service(clock, Hook(*([503] * 100)), retry_initial_s=10.0, retry_max_s=10.0)
+    feed = fed(alerts, clock)
+    await alerts.start()
+    for i in range(3):
+        feed.transition(opened(f"api:/r{i}"))
+    await settle()
+    stopping = asyncio.ensure_future(alerts.stop(timeout_s=3.0))
+    await settle()
+    assert not stopping.done(), "stop waits (on the clock) for the queue to drain"
+    clock.advance(3.0)
+    await stopping
+    snapshot = alerts.snapshot()
+    assert snapshot["pending"] == 0
+    assert snapshot["sent_total"] + snapshot["failed_total"] + snapshot["dropped_total"] == 3
 
 
 async def test_a_disabled_service_does_nothing() -> None:
@@ -329,7 +383,8 @@ async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
     try:
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         await settle()
-        assert alerts.last_error is not None and "sekrit" not in alerts.last_error
+        # The type and the host only: the exception's text holds the URL (here with its path).
+        assert alerts.last_error == "ConnectError from the webhook at hooks.example.test"
         for _ in range(10):
             clock.advance(5)
             await settle()
@@ -360,7 +415,7 @@ async def test_incidents_that_fired_are_resolved_as_not_recovered_when_the_servi
         await settle()
         clock.advance(90)  # past ALERT_AFTER_SECONDS: upstream_down fires
         await settle()
-        feed.close_all(RECOVERY_STOPPED)  # what the Runtime does at stop
+        feed.close_all(Recovery.SERVICE_STOPPED)  # what the Runtime does at stop
         assert await alerts.wait_idle(5)
         bodies = hook.bodies()
         assert [(b["event"], b["status"], b["recovered"]) for b in bodies] == [

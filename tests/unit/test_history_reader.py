@@ -1,4 +1,4 @@
-"""The status pages' shared history reader: one paced read for many pages, calm failures.
+"""The status pages' shared history reader: one paced read for many pages, calm failures, and when pages ask.
 
 A fake store and a fake clock: no database, no sleeps (time moves only by ``advance``).
 """
@@ -13,8 +13,18 @@ from typing import Any
 import pytest
 
 from backend_core.clock import FakeClock
-from backend_core.store import StoreUnavailable
-from rxapp.history_reader import READ_GAP_S, SETTLE_S, HistoryReader
+from backend_core.history.queries import StoreUnavailable
+from backend_core.history.reader import (
+    HISTORY_SETTLE_S,
+    MAX_UPTIME_ROWS,
+    READ_GAP_S,
+    READ_TIMEOUT_S,
+    SETTLE_S,
+    HistoryReader,
+    HistorySchedule,
+    history_components,
+    history_schedule,
+)
 
 
 @dataclass
@@ -72,24 +82,42 @@ class FakeStore:
 
 @dataclass
 class FakeRuntime:
+    """What the Runtime hands the reader: the store, the clock, breakers, status version, shutdown flag."""
+
     clock: FakeClock = field(default_factory=FakeClock)
     store: FakeStore = field(default_factory=FakeStore)
     breakers: FakeBreakers = field(default_factory=FakeBreakers)
     status_version: int = 0
     shutting_down: bool = False
 
+    def reader(self) -> HistoryReader:
+        return HistoryReader(
+            self.store,
+            self.clock,
+            breakers=lambda: [{"name": b.name, "state": b.state} for b in self.breakers.snapshots()],
+            status_version=lambda: self.status_version,
+            shutting_down=lambda: self.shutting_down,
+        )
+
+
+RUNTIMES: dict[int, FakeRuntime] = {}
+
 
 @pytest.fixture
 async def reader() -> AsyncIterator[HistoryReader]:
-    reader = HistoryReader(FakeRuntime(), timeout_s=0.05)  # type: ignore[arg-type]
+    runtime = FakeRuntime()
+    reader = runtime.reader()
+    RUNTIMES[id(reader)] = runtime
+    reader.start()
     try:
         yield reader
     finally:
         await reader.stop()
+        del RUNTIMES[id(reader)]
 
 
 def runtime_of(reader: HistoryReader) -> FakeRuntime:
-    return reader._runtime  # type: ignore[return-value]
+    return RUNTIMES[id(reader)]
 
 
 async def settle() -> None:
@@ -137,8 +165,13 @@ async def test_a_database_that_never_answered_leaves_no_data(reader: HistoryRead
 
 
 async def test_a_hung_database_and_a_bug_are_bounded_and_never_raise(reader: HistoryReader) -> None:
-    runtime_of(reader).store.hang = True
-    assert (await reader.read_once()).error == "the history database did not answer in time"
+    runtime = runtime_of(reader)
+    runtime.store.hang = True
+    read = asyncio.ensure_future(reader.read_once())
+    await settle()
+    assert not read.done()
+    runtime.clock.advance(READ_TIMEOUT_S)  # the read's deadline runs on the clock
+    assert (await read).error == "the history database did not answer in time"
     runtime_of(reader).store.hang = False
     runtime_of(reader).store.fail = RuntimeError("a bug")
     assert (await reader.read_once()).error == "history could not be read"
@@ -227,8 +260,68 @@ async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: 
     assert reader.reads_total == 2
 
 
+async def test_a_reader_that_was_never_started_reads_nothing() -> None:
+    runtime = FakeRuntime()
+    reader = runtime.reader()
+    reader.request(runtime.clock.monotonic())
+    assert reader._task is None and reader.reads_total == 0
+
+
 async def test_no_reads_start_while_the_app_shuts_down(reader: HistoryReader) -> None:
     runtime_of(reader).shutting_down = True
     reader.request(runtime_of(reader).clock.monotonic())
     await settle()
     assert reader.reads_total == 0 and reader._task is None
+
+
+# ---------------------------------------------------------------------------- which components get bars
+
+
+def test_uptime_rows_are_the_feed_its_breaker_and_breakers_with_something_to_show() -> None:
+    breakers = [
+        {"name": "websocket", "state": "closed"},
+        {"name": "api:/api/v1/status", "state": "closed"},  # never failed: no row of green
+        {"name": "api:/api/v1/retry", "state": "open"},
+    ]
+    incidents = [
+        {"component": "upstream", "kind": "upstream"},
+        {"component": "breaker:api:/api/v1/ticks/{symbol}", "kind": "breaker"},
+    ]
+    assert history_components(breakers, incidents) == [
+        "upstream",
+        "breaker:websocket",
+        "breaker:api:/api/v1/retry",
+        "breaker:api:/api/v1/ticks/{symbol}",
+    ]
+
+
+def test_uptime_rows_are_bounded() -> None:
+    breakers = [{"name": f"api:/r{i}", "state": "open"} for i in range(50)]
+    chosen = history_components(breakers, [], limit=MAX_UPTIME_ROWS)
+    assert len(chosen) == MAX_UPTIME_ROWS
+    assert chosen[:2] == ["upstream", "breaker:websocket"]
+
+
+# ---------------------------------------------------------------------------- when a page asks again
+
+
+def test_a_page_asks_after_a_status_change_at_most_every_10_s_and_just_after_the_latest_change() -> None:
+    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
+    schedule, ask = history_schedule(schedule, 2, 101.0, failing=False)  # a change, too soon after loading
+    assert ask is None and schedule.change_at == 101.0
+    schedule, ask = history_schedule(schedule, 3, 105.0, failing=False)  # another: the latest counts
+    assert ask is None and schedule.change_at == 105.0
+    schedule, ask = history_schedule(schedule, 3, 110.0, failing=False)
+    assert ask == 105.0 + HISTORY_SETTLE_S
+    assert schedule == HistorySchedule(asked_at=110.0, seen_version=3, change_at=None)
+    schedule, ask = history_schedule(schedule, 3, 150.0, failing=False)  # nothing changed
+    assert ask is None
+
+
+def test_a_quiet_page_asks_once_a_minute_and_every_10_s_while_reads_fail() -> None:
+    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
+    assert history_schedule(schedule, 1, 159.0, failing=False)[1] is None
+    schedule, ask = history_schedule(schedule, 1, 160.0, failing=False)
+    assert ask == 100.0 and schedule.asked_at == 160.0  # any read from the last minute will do
+    schedule, ask = history_schedule(schedule, 1, 170.0, failing=True)
+    assert ask == 160.0

@@ -1,10 +1,10 @@
 """What the status page's history section says, decided by pure functions.
 
-The inputs are the answers of the history store (``Store.history``, ``Store.incidents``,
-``Store.transitions``, the same JSON ``/api/v1/history``, ``/api/v1/incidents`` and
-``/api/v1/transitions`` serve) and the current wall time; the outputs are the strings,
-tones and labels the page places. No Reflex, no clock, no I/O: every word is tested in
-``tests/unit/test_history_logic.py``.
+The inputs are the answers of the history store (``HistoryStore.history``, ``.incidents``,
+``.transitions``, the same JSON ``/api/v1/history``, ``/api/v1/incidents`` and
+``/api/v1/transitions`` serve: causes and recoveries as codes, attempts as numbers) and
+the current wall time; the outputs are the strings, tones and labels the page places.
+No Reflex, no clock, no I/O: every word is tested in ``tests/unit/test_history_view.py``.
 
 As in :mod:`rxapp.ui_logic`, tones are Radix colour names and nothing is said by colour
 alone: every uptime bar has a label (date, uptime %, incidents, state) used as its
@@ -14,11 +14,13 @@ tooltip and its accessible name, and a legend names the colours.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from backend_core.history.reader import HISTORY_DAYS, MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
+from backend_core.incidents import BREAKER_PREFIX, BREAKER_REASON_WORDS, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery
 from rxapp.ui_logic import (
     TIPS,
     TONE_DEGRADED,
@@ -30,33 +32,9 @@ from rxapp.ui_logic import (
     parse_iso,
 )
 
-# The bars cover the history the store keeps by default (HISTORY_RETENTION_DAYS=90).
-HISTORY_DAYS = 90
 # Below the xs breakpoint (520 px) only the newest bars are shown, so each stays wide
 # enough to see and to point at on a phone.
 PHONE_DAYS = 30
-# Incidents and breaker transitions listed: the newest few are what a reader wants; the
-# API (/api/v1/incidents, /api/v1/transitions) has the rest.
-MAX_INCIDENT_ROWS = 20
-MAX_TRANSITION_ROWS = 20
-# Uptime rows: the market feed, its breaker, and at most this many in all (other breakers
-# only when they have something to show), so a page never carries hundreds of bars.
-MAX_COMPONENTS = 6
-
-# When a page asks for history again (see history_schedule): after a status change at
-# most every HISTORY_MIN_INTERVAL_S (the latest change counts), HISTORY_SETTLE_S after it
-# (the store writes the change within milliseconds of the signal), and every
-# HISTORY_IDLE_S when nothing changes (today's bar moves on); while reads fail, every
-# HISTORY_MIN_INTERVAL_S, so history is back soon after the database.
-HISTORY_MIN_INTERVAL_S = 10.0
-HISTORY_SETTLE_S = 0.5
-HISTORY_IDLE_S = 60.0
-# A page that loads shows history another page read this recently, without a new read.
-HISTORY_LOAD_MAX_AGE_S = 10.0
-
-UPSTREAM = "upstream"
-BREAKER_PREFIX = "breaker:"
-WEBSOCKET_BREAKER = "breaker:websocket"
 TONE_MAINTENANCE = "blue"
 
 # worst_status of a day (the store's severity order) -> word, tone, phrase in a bar label.
@@ -71,7 +49,8 @@ DAY_LOOK: Mapping[str, tuple[str, str, str]] = {
 LEGEND: tuple[tuple[str, str], ...] = tuple(
     (DAY_LOOK[key][0], DAY_LOOK[key][1]) for key in ("up", "maintenance", "degraded", "down", "no_data")
 )
-UPTIME_WINDOWS: tuple[tuple[str, str], ...] = (("24h", "24 h"), ("7d", "7 d"), ("30d", "30 d"), ("90d", "90 d"))
+# The store's uptime windows ("24h", "7d", ...), as the page labels them.
+WINDOW_LABELS: tuple[tuple[str, str], ...] = tuple((key, key[:-1] + " " + key[-1]) for key in UPTIME_WINDOWS)
 
 BREAKER_STATE_WORDS: Mapping[str, str] = {
     "closed": "Closed",
@@ -85,38 +64,29 @@ BREAKER_STATE_TONES: Mapping[str, str] = {
     "half_open": TONE_DEGRADED,
     "disabled": TONE_NEUTRAL,
 }
-# Transition reasons (backend_core.breakers) in plain words.
-BREAKER_REASON_WORDS: Mapping[str, str] = {
-    "failure_threshold": "too many failures in a row",
-    "failure_rate": "too many of the recent calls failed",
-    "probe_failed": "the test call failed",
-    "probe_timeout": "the test call did not answer in time",
-    "forced_open": "held open by an admin",
-    "recovery_timeout": "pause over: testing one call",
-    "manual_probe": "a Retry asked for a test call",
-    "probe_succeeded": "the test call succeeded",
-    "reset": "reset by an admin",
-    "enabled": "circuit breakers switched on",
-    "disabled": "circuit breakers switched off",
-}
-# Upstream incident causes (backend_core.store.IncidentTracker) when no error code says more.
+# Upstream incident causes (backend_core.incidents.Cause) when no error code says more.
 CAUSE_WORDS: Mapping[str, str] = {
-    "connection lost": "The link to the market data server dropped",
-    "could not connect": "Could not connect to the market data server",
-    "circuit breaker open": "Retries were paused by the circuit breaker",
-    "planned maintenance": "Planned maintenance by Deriv",
+    Cause.CONNECTION_LOST: "The link to the market data server dropped",
+    Cause.COULD_NOT_CONNECT: "Could not connect to the market data server",
+    Cause.CIRCUIT_OPEN: "Retries were paused by the circuit breaker",
+    Cause.PLANNED_MAINTENANCE: "Planned maintenance by Deriv",
 }
-# How an incident ended (backend_core.store recovery strings) in plain words.
+# What an upstream incident without an error message says.
+NO_ERROR_MESSAGE = "The market data link is down."
+# How an incident ended (backend_core.incidents.Recovery) in plain words.
 RECOVERY_WORDS: Mapping[str, str] = {
-    "manual retry": "Recovered when someone pressed Retry",
-    "breaker probe": "Recovered: the circuit breaker's test connection succeeded",
-    "reconnected": "Reconnected by itself",
-    "reset by an admin": "Reset by an admin",
-    "breakers re-enabled": "Circuit breakers were switched back on",
-    "breakers disabled": "Circuit breakers were switched off",
-    "not recovered: the service stopped": "Not recovered: the service was stopped",
-    "not recovered: the service restarted": "Not recovered: the service restarted",
+    Recovery.MANUAL_RETRY: "Recovered when someone pressed Retry",
+    Recovery.BREAKER_PROBE: "Recovered: the circuit breaker's test connection succeeded",
+    Recovery.RECONNECTED: "Reconnected by itself",
+    Recovery.RESET: "Reset by an admin",
+    Recovery.BREAKERS_ENABLED: "Circuit breakers were switched back on",
+    Recovery.BREAKERS_DISABLED: "Circuit breakers were switched off",
+    Recovery.BREAKER_CLOSED: "Closed",
+    Recovery.SERVICE_STOPPED: "Not recovered: the service was stopped",
+    Recovery.SERVICE_RESTARTED: "Not recovered: the service restarted",
 }
+# Recoveries that mean the service stopped watching first: the incident "ended", it did not resolve.
+NOT_RECOVERED: frozenset[str] = frozenset(r.value for r in Recovery if not r.recovered)
 
 
 # ---------------------------------------------------------------------------- words for numbers and times
@@ -180,28 +150,6 @@ def component_name(component: str) -> str:
     return component
 
 
-def history_components(
-    breakers: Iterable[Mapping[str, Any]], incidents: Iterable[Mapping[str, Any]], limit: int = MAX_COMPONENTS
-) -> list[str]:
-    """The components that get uptime bars, in display order.
-
-    Always the market feed and its breaker; then, up to ``limit`` rows in all, every other
-    breaker that is not closed now or has a listed incident (the API breakers of routes
-    that never failed would only add rows of green).
-    """
-    chosen = [UPSTREAM, WEBSOCKET_BREAKER]
-    extra: set[str] = set()
-    for breaker in breakers:
-        if breaker.get("state") in ("open", "half_open"):
-            extra.add(BREAKER_PREFIX + str(breaker.get("name", "")))
-    for incident in incidents:
-        component = str(incident.get("component") or "")
-        if component.startswith(BREAKER_PREFIX):
-            extra.add(component)
-    chosen += sorted(extra - set(chosen))
-    return chosen[: max(0, limit)]
-
-
 # ---------------------------------------------------------------------------- uptime bars
 
 
@@ -260,11 +208,11 @@ def uptime_bars(bars: Sequence[Mapping[str, Any]], phone_days: int = PHONE_DAYS)
 
 def uptime_windows(uptime_pct: Mapping[str, float | None]) -> list[dict[str, str]]:
     """``[{"key": "24h", "label": "24 h", "value": "100%"}, ...]`` for 24 h / 7 d / 30 d / 90 d."""
-    return [{"key": key, "label": label, "value": format_uptime(uptime_pct.get(key))} for key, label in UPTIME_WINDOWS]
+    return [{"key": key, "label": label, "value": format_uptime(uptime_pct.get(key))} for key, label in WINDOW_LABELS]
 
 
 def uptime_view(history: Mapping[str, Any]) -> UptimeView:
-    """A component's row from ``Store.history(component, days)``."""
+    """A component's row from ``HistoryStore.history(component, days)``."""
     component = str(history.get("component", ""))
     name = component_name(component)
     uptime = history.get("uptime_pct") or {}
@@ -289,12 +237,19 @@ def incident_cause(incident: Mapping[str, Any]) -> tuple[str, str]:
     if incident.get("kind") == "breaker" or str(incident.get("component", "")).startswith(BREAKER_PREFIX):
         reason = BREAKER_REASON_WORDS.get(code, code.replace("_", " ") or "repeated failures")
         return f"Opened: {reason}", ""
-    if incident.get("planned") or cause == "planned maintenance":
-        return CAUSE_WORDS["planned maintenance"], message
+    message = message or NO_ERROR_MESSAGE
+    if incident.get("planned") or cause == Cause.PLANNED_MAINTENANCE:
+        return CAUSE_WORDS[Cause.PLANNED_MAINTENANCE], message
     if code in TIPS:
         return TIPS[code].title, message
-    headline = CAUSE_WORDS.get(cause) or (cause[:1].upper() + cause[1:] if cause else "The market feed was down")
+    headline = CAUSE_WORDS.get(cause) or (_sentence(cause) if cause else "The market feed was down")
     return headline, message
+
+
+def _sentence(code: str) -> str:
+    """A code this version has no words for, readable: ``"new_cause"`` -> ``"New cause"``."""
+    text = code.replace("_", " ")
+    return text[:1].upper() + text[1:]
 
 
 def incident_title(incident: Mapping[str, Any]) -> str:
@@ -303,24 +258,24 @@ def incident_title(incident: Mapping[str, Any]) -> str:
     if component.startswith(BREAKER_PREFIX):
         return f"Circuit breaker opened: {breaker_name(component.removeprefix(BREAKER_PREFIX))}"
     if component == UPSTREAM:
-        if incident.get("planned") or incident.get("cause") == "planned maintenance":
+        if incident.get("planned") or incident.get("cause") == Cause.PLANNED_MAINTENANCE:
             return "Market feed: planned maintenance"
         return "Market feed down"
     return f"{component_name(component)} down"
 
 
-def recovery_words(recovery: str | None, *, ongoing: bool) -> str:
+def recovery_words(recovery: str | None, *, ongoing: bool, attempts: int | None = None) -> str:
     """How it ended: ``"Reconnected by itself after 3 attempts"``, ``"Not recovered yet"``."""
     if ongoing:
         return "Not recovered yet"
     text = str(recovery or "")
     if not text:
         return "Ended (how is not recorded)"
+    if text == Recovery.RECONNECTED and attempts:
+        return f"{RECOVERY_WORDS[Recovery.RECONNECTED]} after {plural(attempts, 'attempt')}"
     if text in RECOVERY_WORDS:
         return RECOVERY_WORDS[text]
-    if text.startswith("reconnected after "):
-        return f"Reconnected by itself after {text.removeprefix('reconnected after ')}"
-    return text[:1].upper() + text[1:]
+    return _sentence(text)
 
 
 def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
@@ -337,7 +292,7 @@ def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
     recovery = str(incident.get("recovery") or "")
     if ongoing:
         state, word, icon, tone = "ongoing", "Ongoing", "circle-x", TONE_DOWN
-    elif recovery.startswith("not recovered"):
+    elif recovery in NOT_RECOVERED:
         state, word, icon, tone = "ended", "Ended", "circle-stop", TONE_NEUTRAL
     else:
         state, word, icon, tone = "resolved", "Resolved", "circle-check", TONE_LIVE
@@ -358,8 +313,12 @@ def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
         "started_iso": str(incident.get("started_at") or ""),
         "ago": format_ago(now - started) if started is not None else "",
         "duration": duration,
-        "recovery": recovery_words(recovery, ongoing=ongoing),
+        "recovery": recovery_words(recovery, ongoing=ongoing, attempts=_attempts(incident.get("attempts"))),
     }
+
+
+def _attempts(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def incident_rows(
@@ -437,35 +396,3 @@ def history_notice(error: str, *, has_data: bool, updated_at: float | None) -> s
         f"History is unavailable: the history database {reason}. "
         "Live status above is not affected; history will appear here when the database is back."
     )
-
-
-# ---------------------------------------------------------------------------- when a page asks again
-
-
-@dataclass(frozen=True, slots=True)
-class HistorySchedule:
-    """One page's memory of its history requests (monotonic seconds)."""
-
-    asked_at: float
-    seen_version: int
-    change_at: float | None = None  # the latest status change not asked about yet
-
-
-def history_schedule(
-    schedule: HistorySchedule, version: int, now: float, *, failing: bool
-) -> tuple[HistorySchedule, float | None]:
-    """Whether a page asks for history now: ``(new schedule, fresh_after or None)``.
-
-    ``version`` is the runtime's status version; ``fresh_after`` is what to pass to
-    ``HistoryReader.request`` (a read that starts at or after it).
-    """
-    change_at = schedule.change_at
-    seen = schedule.seen_version
-    if version != seen:
-        seen, change_at = version, now
-    if change_at is not None and now - schedule.asked_at >= HISTORY_MIN_INTERVAL_S:
-        return HistorySchedule(now, seen, None), change_at + HISTORY_SETTLE_S
-    idle_s = HISTORY_MIN_INTERVAL_S if failing else HISTORY_IDLE_S
-    if now - schedule.asked_at >= idle_s:
-        return HistorySchedule(now, seen, change_at), now - idle_s
-    return HistorySchedule(schedule.asked_at, seen, change_at), None

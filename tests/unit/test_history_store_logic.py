@@ -1,4 +1,5 @@
-"""The store's pure parts: incident tracking, minute sampling, verdicts, URL helpers, queue bounds."""
+"""The history store's pure parts and its shell without a database: minute sampling,
+verdicts, URL helpers, queue bounds, the history API's parameters."""
 
 from __future__ import annotations
 
@@ -16,30 +17,12 @@ from backend_core.breakers import BreakerState, Transition
 from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+from backend_core.history.db import is_transient, normalize_db_url, redact_db_url, sqlite_file
+from backend_core.history.minutes import MinuteSample, MinuteSampler, breaker_sample_status, upstream_sample_status
+from backend_core.history.queries import StoreUnavailable, uptime_pct
+from backend_core.history.store import HistoryStore, store_verdict
 from backend_core.history_api import history_routes
-from backend_core.store import (
-    CAUSE_PLANNED,
-    MESSAGE_CHARS,
-    RECOVERY_MANUAL,
-    RECOVERY_PROBE,
-    RECOVERY_STOPPED,
-    IncidentClosed,
-    IncidentFeed,
-    IncidentOpened,
-    IncidentTracker,
-    MinuteSample,
-    MinuteSampler,
-    Store,
-    StoreUnavailable,
-    breaker_sample_status,
-    is_transient,
-    normalize_db_url,
-    redact_db_url,
-    sqlite_file,
-    store_verdict,
-    upstream_sample_status,
-    uptime_pct,
-)
+from backend_core.incidents import IncidentFeed
 
 T0 = 1_700_000_040.0  # a whole minute (28,333,334 * 60)
 
@@ -70,261 +53,6 @@ def snap(
 def keys() -> Any:
     counter = itertools.count(1)
     return lambda: f"k{next(counter)}"
-
-
-def tracker() -> IncidentTracker:
-    return IncidentTracker(new_key=keys())
-
-
-# ---------------------------------------------------------------------------- upstream incidents
-
-
-def test_a_fresh_start_is_not_an_incident() -> None:
-    t = tracker()
-    assert t.upstream(snap(LinkState.STOPPED), T0) == []
-    assert t.upstream(snap(LinkState.CONNECTING, attempt=1, in_progress=True), T0) == []
-    assert t.upstream(snap(LinkState.CONNECTED), T0 + 1) == []
-    assert t.open_incidents == []
-
-
-def test_a_dropped_link_opens_an_incident_that_closes_with_the_attempt_count() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0 + 10)
-    assert isinstance(opened, IncidentOpened)
-    assert (opened.component, opened.kind, opened.cause) == ("upstream", "upstream", "connection lost")
-    assert (opened.error_code, opened.message, opened.started_at) == (
-        "ConnectionLost",
-        "ConnectionLost happened",
-        T0 + 10,
-    )
-    for attempt in (1, 1, 2, 2):
-        assert t.upstream(snap(LinkState.RECONNECTING, error="ConnectionRefused", attempt=attempt), T0 + 11) == []
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 20)
-    assert isinstance(closed, IncidentClosed)
-    assert closed.key == opened.key and closed.ended_at == T0 + 20
-    assert closed.recovery == "reconnected after 2 attempts" and closed.attempts == 2
-    assert t.open_incidents == []
-
-
-def test_attempts_are_summed_over_retry_cycles() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    for attempt in (1, 2, 3, 1, 2):
-        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt, in_progress=True), T0)
-        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt), T0)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 5)
-    assert isinstance(closed, IncidentClosed)
-    assert closed.recovery == "reconnected after 5 attempts"
-
-
-def test_one_attempt_is_singular() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 1)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == "reconnected after 1 attempt"
-
-
-def test_a_failed_start_is_an_incident_too() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTING, attempt=1, in_progress=True), T0)
-    [opened] = t.upstream(snap(LinkState.CONNECTING, error="ConnectionRefused", attempt=1), T0 + 1)
-    assert isinstance(opened, IncidentOpened) and opened.cause == "could not connect"
-
-
-def test_recovery_through_the_open_breaker_is_a_breaker_probe() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionRefused", next_at=T0 + 30), T0 + 3)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionRefused", attempt=1, in_progress=True), T0 + 33)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 34)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_PROBE
-
-
-def test_the_websocket_breaker_opening_during_an_outage_means_a_probe_recovery() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    t.transition("websocket", "closed", "open", "failure_threshold", T0 + 1)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 40)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_PROBE
-
-
-def test_a_manual_retry_that_connects_is_credited() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0)
-    t.manual_retry(T0 + 2)
-    # An older event still queued before the retry's own snapshot must not cancel it.
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0 + 2)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 2)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 3)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_MANUAL
-
-
-def test_a_manual_retry_is_recognised_from_the_snapshots_alone() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
-    # The manager marks a manual retry: in progress while the automatic countdown is still set.
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9, in_progress=True), T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 1)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 2)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_MANUAL
-
-
-def test_a_failed_manual_retry_is_not_credited_with_a_later_recovery() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
-    t.manual_retry(T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1, in_progress=True), T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1), T0 + 2)  # it failed
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=2, in_progress=True), T0 + 5)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 6)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == "reconnected after 2 attempts"
-
-
-def test_announced_maintenance_is_planned() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.CONNECTED, error="SiteUpdating", planned=True), T0 + 1)
-    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="SiteUpdating", planned=True), T0 + 2)
-    assert isinstance(opened, IncidentOpened)
-    assert opened.planned and opened.cause == CAUSE_PLANNED and opened.error_code == "SiteUpdating"
-
-
-def test_maintenance_announced_only_while_connected_still_counts_as_planned() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED, error="SiteUpdating", planned=True), T0)
-    [opened] = t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0 + 1)
-    assert isinstance(opened, IncidentOpened) and opened.planned
-
-
-def test_stopping_closes_the_open_incident_as_not_recovered() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    [closed] = t.upstream(snap(LinkState.STOPPED), T0 + 4)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == RECOVERY_STOPPED
-    assert t.upstream(snap(LinkState.STOPPED), T0 + 5) == []
-
-
-def test_long_upstream_text_is_clipped_to_the_column() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    snapshot = UpstreamSnapshot(
-        state=LinkState.RECONNECTING,
-        since=T0,
-        url="x",
-        simulated=True,
-        last_error=ErrorInfo("E" * 300, "m" * 5000, T0),
-    )
-    [opened] = t.upstream(snapshot, T0)
-    assert isinstance(opened, IncidentOpened)
-    assert len(opened.message) == MESSAGE_CHARS and opened.message.endswith("…")
-    assert opened.error_code is not None and len(opened.error_code) == 100
-
-
-# ---------------------------------------------------------------------------- breaker incidents
-
-
-def test_a_breaker_incident_spans_open_to_closed_including_half_open_flaps() -> None:
-    t = tracker()
-    [opened] = t.transition("websocket", "closed", "open", "failure_threshold", T0)
-    assert isinstance(opened, IncidentOpened)
-    assert (opened.component, opened.kind, opened.error_code) == ("breaker:websocket", "breaker", "failure_threshold")
-    assert "too many consecutive failures" in opened.message
-    assert t.transition("websocket", "open", "half_open", "recovery_timeout", T0 + 30) == []
-    assert t.transition("websocket", "half_open", "open", "probe_failed", T0 + 31) == []
-    assert t.transition("websocket", "open", "half_open", "recovery_timeout", T0 + 90) == []
-    [closed] = t.transition("websocket", "half_open", "closed", "probe_succeeded", T0 + 91)
-    assert isinstance(closed, IncidentClosed)
-    assert closed.key == opened.key and closed.recovery == RECOVERY_PROBE and closed.ended_at == T0 + 91
-
-
-def test_an_admin_reset_closes_a_breaker_incident() -> None:
-    t = tracker()
-    t.transition("api:/api/v1/status", "closed", "open", "failure_threshold", T0)
-    [closed] = t.transition("api:/api/v1/status", "open", "closed", "reset", T0 + 5)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == "reset by an admin"
-    assert closed.component == "breaker:api:/api/v1/status"
-
-
-def test_closing_a_breaker_that_never_opened_is_nothing() -> None:
-    assert tracker().transition("websocket", "half_open", "closed", "probe_succeeded", T0) == []
-
-
-def test_open_breaker_incidents_are_bounded() -> None:
-    t = IncidentTracker(new_key=keys(), max_open=2)
-    for name in ("a", "b", "c"):
-        t.transition(name, "closed", "open", "failure_threshold", T0)
-    assert len(t.open_incidents) == 2 and t.ignored_breaker_incidents == 1
-
-
-def test_close_all_closes_every_open_incident() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    t.transition("websocket", "closed", "open", "failure_threshold", T0)
-    closed = t.close_all(T0 + 9, RECOVERY_STOPPED)
-    assert {c.component for c in closed} == {"upstream", "breaker:websocket"}
-    assert all(c.recovery == RECOVERY_STOPPED and c.ended_at == T0 + 9 for c in closed)
-    assert t.open_incidents == []
-
-
-_states = st.sampled_from(list(LinkState))
-_step = st.one_of(
-    st.tuples(
-        st.just("up"),
-        _states,
-        st.sampled_from([None, "ConnectionLost"]),
-        st.integers(0, 3),
-        st.booleans(),
-        st.booleans(),
-    ),
-    st.tuples(
-        st.just("br"),
-        st.sampled_from(["websocket", "api:/x"]),
-        st.sampled_from(["closed", "open", "half_open", "disabled"]),
-        st.sampled_from(["failure_threshold", "probe_succeeded", "reset", "recovery_timeout"]),
-        st.booleans(),
-        st.booleans(),
-    ),
-    st.tuples(st.just("manual"), st.none(), st.none(), st.none(), st.booleans(), st.booleans()),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_step, max_size=60))
-def test_incident_events_are_well_formed_for_any_event_order(steps: list[tuple[Any, ...]]) -> None:
-    t = tracker()
-    opened: dict[str, IncidentOpened] = {}
-    closed: set[str] = set()
-    now = T0
-    for kind, a, b, c, d, e in steps:
-        now += 1
-        if kind == "up":
-            events = t.upstream(snap(a, error=b, attempt=c, in_progress=d, planned=e), now)
-        elif kind == "br":
-            events = t.transition(a, "closed", b, c, now)
-        else:
-            t.manual_retry(now)
-            events = []
-        for event in events:
-            if isinstance(event, IncidentOpened):
-                assert event.key not in opened
-                open_same = [o for k, o in opened.items() if k not in closed and o.component == event.component]
-                assert not open_same, "one open incident per component"
-                opened[event.key] = event
-            else:
-                assert event.key in opened and event.key not in closed
-                assert event.ended_at >= event.opened.started_at and event.recovery
-                closed.add(event.key)
-    assert {o.key for o in t.open_incidents} == set(opened) - closed
 
 
 # ---------------------------------------------------------------------------- minute samples
@@ -497,11 +225,11 @@ def test_transient_errors_are_told_apart_from_refused_rows() -> None:
 # ---------------------------------------------------------------------------- the shell without a database
 
 
-def make_store(**kwargs: Any) -> Store:
-    return Store(load_settings({}), FakeClock(start_wall=T0), db_url="sqlite:///unused.db", **kwargs)
+def make_store(**kwargs: Any) -> HistoryStore:
+    return HistoryStore(load_settings({}), FakeClock(start_wall=T0), db_url="sqlite:///unused.db", **kwargs)
 
 
-def fed(store: Store) -> IncidentFeed:
+def fed(store: HistoryStore) -> IncidentFeed:
     """The Runtime's wiring: one incident feed whose events reach the store."""
     feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
     feed.subscribe(store.record_incidents)
@@ -526,7 +254,7 @@ def test_producers_never_wait_and_overflow_is_counted() -> None:
 
 
 def test_a_bad_db_url_makes_the_store_unusable_not_the_app() -> None:
-    store = Store(load_settings({}), FakeClock(start_wall=T0), db_url="::not a url::")
+    store = HistoryStore(load_settings({}), FakeClock(start_wall=T0), db_url="::not a url::")
     assert store.unusable is not None
     fed(store).status(snap(LinkState.RECONNECTING, error="X"))
     assert store.dropped_events_total == 1
@@ -632,47 +360,3 @@ def test_a_bug_in_recording_never_reaches_the_caller(caplog: pytest.LogCaptureFi
     store.record_breaker_state("websocket", "closed")
     assert store.snapshot()["faults_total"] == 3
     assert sum("history: record_status failed" in r.getMessage() for r in caplog.records) == 1
-
-
-def test_the_incident_feed_survives_a_bug_in_tracking_or_in_a_subscriber(caplog: pytest.LogCaptureFixture) -> None:
-    feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
-    seen: list[Any] = []
-
-    def broken(*args: Any) -> Any:
-        raise RuntimeError("bug")
-
-    feed.subscribe(broken)
-    feed.subscribe(seen.extend)
-    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
-    # The broken subscriber loses the event; the next one still gets it.
-    assert [type(e) for e in seen] == [IncidentOpened] and feed.faults == 1
-    feed._tracker.transition = broken  # type: ignore[method-assign]
-    feed._tracker.manual_retry = broken  # type: ignore[method-assign]
-    feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, T0))
-    feed.manual_retry()
-    assert feed.faults == 3
-    assert sum(r.getMessage().startswith("incidents: ") for r in caplog.records) == 1, "logged once a minute"
-    feed.status(snap(LinkState.CONNECTED))
-    assert [type(e) for e in seen] == [IncidentOpened, IncidentClosed]
-
-
-def test_the_incident_feed_closes_everything_open_and_starts_afresh_after_a_reset() -> None:
-    feed = IncidentFeed(FakeClock(start_wall=T0), new_key=keys())
-    seen: list[Any] = []
-    feed.subscribe(seen.extend)
-    feed.status(snap(LinkState.CONNECTED))
-    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
-    feed.transition(Transition("api:/x", BreakerState.CLOSED, BreakerState.OPEN, "failure_threshold", 0.0, T0))
-    assert {o.component for o in feed.open_incidents} == {"upstream", "breaker:api:/x"}
-    feed.close_all()
-    closed = [e for e in seen if isinstance(e, IncidentClosed)]
-    assert {(c.component, c.recovery) for c in closed} == {
-        ("upstream", RECOVERY_STOPPED),
-        ("breaker:api:/x", RECOVERY_STOPPED),
-    }
-    assert feed.open_incidents == []
-    feed.status(snap(LinkState.RECONNECTING, error="ConnectionLost"))
-    assert seen[-1].cause == "connection lost"  # it was connected before: a lost connection
-    feed.reset()
-    feed.status(snap(LinkState.RECONNECTING, error="ConnectionRefused"))
-    assert seen[-1].cause == "could not connect"  # a new run has never been connected

@@ -1,9 +1,9 @@
-"""``python -m backend_core.migrations``: operator commands on the ``DB_URL`` database.
+"""``python -m backend_core.history.migrations``: operator commands on the ``DB_URL`` database.
 
-The app migrates by itself at start (:func:`backend_core.store.migrate`); these are for
-doing it by hand (before a rolling update, say), checking where a database is, pruning
+The app migrates by itself at start (:func:`backend_core.history.db.migrate`); these are
+for doing it by hand (before a rolling update, say), checking where a database is, pruning
 now, and, for developers, writing the next migration. There is no alembic.ini by design:
-the configuration is built in code (:func:`backend_core.store.alembic_config`).
+the configuration is built in code (:func:`backend_core.history.db.alembic_config`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from collections.abc import Sequence
 
 from sqlalchemy import exc as sa_exc
 
-from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
-from backend_core.store import (
-    Store,
+from backend_core.history.db import (
     alembic_config,
     create_db_engine,
     describe_db_error,
@@ -29,8 +27,9 @@ from backend_core.store import (
     schema_revision,
     sqlite_file,
 )
+from backend_core.history.writer import prune_blocking
 
-_USAGE = """usage: python -m backend_core.migrations COMMAND
+_USAGE = """usage: python -m backend_core.history.migrations COMMAND
 
   upgrade                  migrate the DB_URL database to the newest schema (also done at start)
   current                  print the database's schema revision and the newest one
@@ -66,9 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "current":
             print(f"{redact_db_url(url)}: schema at {schema_revision(engine)} (head {head_revision()})")
         elif args[0] == "prune":
-            store = Store(settings, SystemClock(), db_url=settings.DB_URL)
-            store.use_engine(engine)
-            deleted = store.prune_blocking(time.time() - settings.HISTORY_RETENTION_DAYS * 86_400.0)
+            deleted = prune_blocking(engine, time.time() - settings.HISTORY_RETENTION_DAYS * 86_400.0)
             print(f"pruned {deleted} rows older than {settings.HISTORY_RETENTION_DAYS} days")
         else:
             from alembic import command

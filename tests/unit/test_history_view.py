@@ -7,18 +7,18 @@ from typing import Any
 import pytest
 
 from backend_core.clock import iso_utc
-from rxapp import history_logic
-from rxapp.history_logic import (
-    HistorySchedule,
+from backend_core.history.reader import MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
+from backend_core.incidents import Cause, Recovery
+from rxapp.history_view import (
+    CAUSE_WORDS,
+    RECOVERY_WORDS,
     bar_label,
     component_name,
     format_ago,
     format_day,
     format_uptime,
     format_when_utc,
-    history_components,
     history_notice,
-    history_schedule,
     history_state,
     incident_cause,
     incident_row,
@@ -45,7 +45,7 @@ def iso(wall: float) -> str:
 
 
 def incident(**changes: Any) -> dict[str, Any]:
-    """An upstream incident as Store.incidents() answers (resolved, 95 s long)."""
+    """An upstream incident as HistoryStore.incidents() answers (resolved, 95 s long)."""
     base: dict[str, Any] = {
         "id": "9f1c",
         "component": "upstream",
@@ -54,10 +54,10 @@ def incident(**changes: Any) -> dict[str, Any]:
         "ended_at": iso(NOW - 505),
         "ongoing": False,
         "duration_s": 95.0,
-        "cause": "connection lost",
+        "cause": "connection_lost",
         "error_code": "HandshakeRefused",
         "message": "The server refused the connection (HTTP 503).",
-        "recovery": "manual retry",
+        "recovery": "manual_retry",
         "attempts": 4,
         "planned": False,
     }
@@ -69,10 +69,10 @@ def breaker_incident(**changes: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "component": "breaker:websocket",
         "kind": "breaker",
-        "cause": "circuit breaker opened",
+        "cause": "breaker_opened",
         "error_code": "failure_threshold",
-        "message": "Circuit 'websocket' opened: too many consecutive failures.",
-        "recovery": "breaker probe",
+        "message": "",
+        "recovery": "breaker_probe",
         "attempts": None,
     }
     return incident(**{**fields, **changes})
@@ -155,28 +155,6 @@ def test_component_names_say_what_it_is() -> None:
     assert component_name("breaker:api:/api/v1/status") == "Circuit breaker: API /api/v1/status"
 
 
-def test_uptime_rows_are_the_feed_its_breaker_and_breakers_with_something_to_show() -> None:
-    breakers = [
-        {"name": "websocket", "state": "closed"},
-        {"name": "api:/api/v1/status", "state": "closed"},  # never failed: no row of green
-        {"name": "api:/api/v1/retry", "state": "open"},
-    ]
-    incidents = [incident(), breaker_incident(component="breaker:api:/api/v1/ticks/{symbol}")]
-    assert history_components(breakers, incidents) == [
-        "upstream",
-        "breaker:websocket",
-        "breaker:api:/api/v1/retry",
-        "breaker:api:/api/v1/ticks/{symbol}",
-    ]
-
-
-def test_uptime_rows_are_bounded() -> None:
-    breakers = [{"name": f"api:/r{i}", "state": "open"} for i in range(50)]
-    chosen = history_components(breakers, [], limit=history_logic.MAX_COMPONENTS)
-    assert len(chosen) == history_logic.MAX_COMPONENTS
-    assert chosen[:2] == ["upstream", "breaker:websocket"]
-
-
 # ---------------------------------------------------------------------------- bars
 
 
@@ -257,22 +235,29 @@ def test_an_ongoing_incident_says_so_with_a_live_duration() -> None:
 
 
 def test_causes_without_a_known_code_fall_back_to_plain_words() -> None:
-    assert incident_cause(incident(error_code=None, cause="could not connect"))[0] == (
+    assert incident_cause(incident(error_code=None, cause=Cause.COULD_NOT_CONNECT))[0] == (
         "Could not connect to the market data server"
     )
-    assert incident_cause(incident(error_code="Brand new", cause="connection lost"))[0] == (
+    assert incident_cause(incident(error_code="Brand new", cause=Cause.CONNECTION_LOST))[0] == (
         "The link to the market data server dropped"
     )
-    assert incident_cause(incident(error_code=None, cause="something odd"))[0] == "Something odd"
+    assert incident_cause(incident(error_code=None, cause=Cause.CIRCUIT_OPEN))[0] == (
+        "Retries were paused by the circuit breaker"
+    )
+    assert incident_cause(incident(error_code=None, cause="something_odd"))[0] == "Something odd"
     assert incident_cause(incident(error_code=None, cause=""))[0] == "The market feed was down"
 
 
 def test_planned_maintenance_is_told_apart() -> None:
     planned = incident(
-        planned=True, cause="planned maintenance", error_code="SiteUpdating", message="Deriv is updating"
+        planned=True, cause="planned_maintenance", error_code="SiteUpdating", message="Deriv is updating"
     )
     assert incident_title(planned) == "Market feed: planned maintenance"
     assert incident_cause(planned) == ("Planned maintenance by Deriv", "Deriv is updating")
+
+
+def test_an_upstream_incident_without_a_message_says_the_link_was_down() -> None:
+    assert incident_cause(incident(error_code=None, message=""))[1] == "The market data link is down."
 
 
 def test_breaker_incidents_say_which_breaker_and_why_it_opened() -> None:
@@ -287,32 +272,44 @@ def test_breaker_incidents_say_which_breaker_and_why_it_opened() -> None:
 
 
 @pytest.mark.parametrize(
-    ("recovery", "text"),
+    ("recovery", "attempts", "text"),
     [
-        ("reconnected after 3 attempts", "Reconnected by itself after 3 attempts"),
-        ("reconnected after 1 attempt", "Reconnected by itself after 1 attempt"),
-        ("reconnected", "Reconnected by itself"),
-        ("breaker probe", "Recovered: the circuit breaker's test connection succeeded"),
-        ("reset by an admin", "Reset by an admin"),
-        ("not recovered: the service stopped", "Not recovered: the service was stopped"),
-        ("not recovered: the service restarted", "Not recovered: the service restarted"),
-        ("something new", "Something new"),
-        (None, "Ended (how is not recorded)"),
+        ("reconnected", 3, "Reconnected by itself after 3 attempts"),
+        ("reconnected", 1, "Reconnected by itself after 1 attempt"),
+        ("reconnected", None, "Reconnected by itself"),
+        ("manual_retry", 2, "Recovered when someone pressed Retry"),
+        ("breaker_probe", None, "Recovered: the circuit breaker's test connection succeeded"),
+        ("reset", None, "Reset by an admin"),
+        ("breakers_enabled", None, "Circuit breakers were switched back on"),
+        ("service_stopped", 2, "Not recovered: the service was stopped"),
+        ("service_restarted", None, "Not recovered: the service restarted"),
+        ("something_new", None, "Something new"),
+        (None, None, "Ended (how is not recorded)"),
     ],
 )
-def test_recoveries_in_plain_words(recovery: str | None, text: str) -> None:
-    assert recovery_words(recovery, ongoing=False) == text
+def test_recoveries_in_plain_words(recovery: str | None, attempts: int | None, text: str) -> None:
+    assert recovery_words(recovery, ongoing=False, attempts=attempts) == text
+
+
+def test_every_recovery_and_upstream_cause_has_words() -> None:
+    assert set(RECOVERY_WORDS) == set(Recovery)
+    assert set(CAUSE_WORDS) == set(Cause) - {Cause.BREAKER_OPENED}  # a breaker's reason says why
+
+
+def test_a_reconnection_lists_its_attempts() -> None:
+    row = incident_row(incident(recovery="reconnected", attempts=4), NOW)
+    assert row["recovery"] == "Reconnected by itself after 4 attempts"
 
 
 def test_an_incident_the_service_stopped_in_is_ended_not_resolved() -> None:
-    row = incident_row(incident(recovery="not recovered: the service stopped"), NOW)
+    row = incident_row(incident(recovery="service_stopped"), NOW)
     assert (row["state"], row["word"], row["icon"], row["tone"]) == ("ended", "Ended", "circle-stop", "gray")
 
 
 def test_the_incident_list_is_bounded_and_keeps_the_stores_order() -> None:
     many = [incident(id=str(i)) for i in range(30)]
     rows = incident_rows(many, NOW)
-    assert len(rows) == history_logic.MAX_INCIDENT_ROWS
+    assert len(rows) == MAX_INCIDENT_ROWS
     assert [r["id"] for r in rows[:3]] == ["0", "1", "2"]
     assert incident_rows([], NOW) == []
 
@@ -356,7 +353,7 @@ def test_a_transition_says_which_breaker_from_to_why_and_when() -> None:
 
 def test_the_breaker_log_is_bounded() -> None:
     row = {"name": "websocket", "from_state": "open", "to_state": "half_open", "reason": "recovery_timeout"}
-    assert len(transition_rows([row] * 50, NOW)) == history_logic.MAX_TRANSITION_ROWS
+    assert len(transition_rows([row] * 50, NOW)) == MAX_TRANSITION_ROWS
 
 
 # ---------------------------------------------------------------------------- when history cannot be read
@@ -385,28 +382,3 @@ def test_a_database_that_cannot_answer_is_said_calmly_without_internals() -> Non
     assert stale.startswith("History may be out of date")
     assert "08:00 UTC" in stale
     assert history_notice("", has_data=True, updated_at=NOW) == ""
-
-
-# ---------------------------------------------------------------------------- when a page asks again
-
-
-def test_a_page_asks_after_a_status_change_at_most_every_10_s_and_just_after_the_latest_change() -> None:
-    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
-    schedule, ask = history_schedule(schedule, 2, 101.0, failing=False)  # a change, too soon after loading
-    assert ask is None and schedule.change_at == 101.0
-    schedule, ask = history_schedule(schedule, 3, 105.0, failing=False)  # another: the latest counts
-    assert ask is None and schedule.change_at == 105.0
-    schedule, ask = history_schedule(schedule, 3, 110.0, failing=False)
-    assert ask == 105.0 + history_logic.HISTORY_SETTLE_S
-    assert schedule == HistorySchedule(asked_at=110.0, seen_version=3, change_at=None)
-    schedule, ask = history_schedule(schedule, 3, 150.0, failing=False)  # nothing changed
-    assert ask is None
-
-
-def test_a_quiet_page_asks_once_a_minute_and_every_10_s_while_reads_fail() -> None:
-    schedule = HistorySchedule(asked_at=100.0, seen_version=1)
-    assert history_schedule(schedule, 1, 159.0, failing=False)[1] is None
-    schedule, ask = history_schedule(schedule, 1, 160.0, failing=False)
-    assert ask == 100.0 and schedule.asked_at == 160.0  # any read from the last minute will do
-    schedule, ask = history_schedule(schedule, 1, 170.0, failing=True)
-    assert ask == 160.0

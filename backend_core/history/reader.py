@@ -1,6 +1,6 @@
-"""One shared, paced reader of the history store for every open status page.
+"""One shared, paced reader of the history for every open status page (owned by the Runtime).
 
-History changes rarely and its queries touch the database (in the store's own threads,
+History changes rarely and its queries touch the database (on the store's read pool,
 each bounded by its timeout), so the pages do not query it themselves. Each page asks
 this reader for history "no older than" some moment (:meth:`HistoryReader.request`, which
 never waits), and applies whatever :attr:`HistoryReader.snapshot` holds when its
@@ -8,7 +8,7 @@ never waits), and applies whatever :attr:`HistoryReader.snapshot` holds when its
 every ``READ_GAP_S`` however many pages ask, and runs the queries of one read one after
 the other, so the status page never holds more than one of the store's read slots (the
 history API keeps the others). Twenty open pages asking after the same status change cost
-one read.
+one read. When each page asks is :func:`history_schedule`'s decision (pure).
 
 A read that fails (database down, slow, unusable) keeps the last good answer and records
 why, so the page can say calmly that history is unavailable or may be out of date; the
@@ -21,17 +21,15 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from backend_core.store import StoreUnavailable
-from rxapp import history_logic
+from backend_core.clock import Clock
+from backend_core.history.queries import StoreUnavailable
+from backend_core.incidents import BREAKER_PREFIX, UPSTREAM, WEBSOCKET_BREAKER
 
-if TYPE_CHECKING:
-    from backend_core.runtime import Runtime
-
-log = logging.getLogger("rxapp.history")
+log = logging.getLogger("backend_core.history.reader")
 
 # Reads start at most this often, whatever the number of pages asking: a flapping feed
 # that changes state every second costs one read per gap, not one per page per change.
@@ -44,13 +42,69 @@ READ_TIMEOUT_S: Final = 15.0
 # A read that keeps failing is logged once, then at most this often.
 ERROR_LOG_INTERVAL_S: Final = 60.0
 
+# What one read fetches. The bars cover the history the store keeps by default
+# (HISTORY_RETENTION_DAYS=90); the newest few incidents and breaker transitions are what
+# a reader wants (the API has the rest).
+HISTORY_DAYS: Final = 90
+MAX_INCIDENT_ROWS: Final = 20
+MAX_TRANSITION_ROWS: Final = 20
+# Uptime rows: the market feed, its breaker, and at most this many in all (other breakers
+# only when they have something to show), so a page never carries hundreds of bars.
+MAX_UPTIME_ROWS: Final = 6
+
+# When a page asks for history again (see history_schedule): after a status change at
+# most every HISTORY_MIN_INTERVAL_S (the latest change counts), HISTORY_SETTLE_S after it
+# (the store writes the change within milliseconds of the signal), and every
+# HISTORY_IDLE_S when nothing changes (today's bar moves on); while reads fail, every
+# HISTORY_MIN_INTERVAL_S, so history is back soon after the database.
+HISTORY_MIN_INTERVAL_S: Final = 10.0
+HISTORY_SETTLE_S: Final = 0.5
+HISTORY_IDLE_S: Final = 60.0
+# A page that loads shows history another page read this recently, without a new read.
+HISTORY_LOAD_MAX_AGE_S: Final = 10.0
+
+
+class HistorySource(Protocol):
+    """What the reader reads (:class:`~backend_core.history.store.HistoryStore`)."""
+
+    @property
+    def reachable(self) -> bool | None: ...
+
+    async def incidents(self, limit: int = ..., component: str | None = ...) -> list[dict[str, Any]]: ...
+
+    async def transitions(self, limit: int = ..., name: str | None = ...) -> list[dict[str, Any]]: ...
+
+    async def history(self, component: str = ..., days: int = ...) -> dict[str, Any]: ...
+
+
+def history_components(
+    breakers: Iterable[Mapping[str, Any]], incidents: Iterable[Mapping[str, Any]], limit: int = MAX_UPTIME_ROWS
+) -> list[str]:
+    """The components that get uptime bars, in display order.
+
+    Always the market feed and its breaker; then, up to ``limit`` rows in all, every other
+    breaker that is not closed now or has a listed incident (the API breakers of routes
+    that never failed would only add rows of green).
+    """
+    chosen = [UPSTREAM, WEBSOCKET_BREAKER]
+    extra: set[str] = set()
+    for breaker in breakers:
+        if breaker.get("state") in ("open", "half_open"):
+            extra.add(BREAKER_PREFIX + str(breaker.get("name", "")))
+    for incident in incidents:
+        component = str(incident.get("component") or "")
+        if component.startswith(BREAKER_PREFIX):
+            extra.add(component)
+    chosen += sorted(extra - set(chosen))
+    return chosen[: max(0, limit)]
+
 
 @dataclass(frozen=True, slots=True)
 class HistorySnapshot:
     """What the last read found; ``version`` changes with every finished read."""
 
     version: int = 0
-    components: tuple[Mapping[str, Any], ...] = ()  # Store.history() answers, in display order
+    components: tuple[Mapping[str, Any], ...] = ()  # HistoryStore.history() answers, in display order
     incidents: tuple[Mapping[str, Any], ...] = ()  # newest first
     transitions: tuple[Mapping[str, Any], ...] = ()  # newest first
     read_at: float | None = None  # wall time of the last successful read
@@ -62,10 +116,29 @@ class HistorySnapshot:
 
 
 class HistoryReader:
-    """Reads incidents, breaker transitions and uptime bars for the status pages."""
+    """Reads incidents, breaker transitions and uptime bars for the status pages.
 
-    def __init__(self, runtime: Runtime, *, read_gap_s: float = READ_GAP_S, timeout_s: float = READ_TIMEOUT_S) -> None:
-        self._runtime = runtime
+    ``breakers`` gives each breaker's ``name`` and ``state`` now, ``status_version`` the
+    runtime's status version, and ``shutting_down`` whether the service is stopping (no
+    new read starts then). The Runtime builds, starts and stops it.
+    """
+
+    def __init__(
+        self,
+        store: HistorySource,
+        clock: Clock,
+        *,
+        breakers: Callable[[], Iterable[Mapping[str, str]]],
+        status_version: Callable[[], int],
+        shutting_down: Callable[[], bool] = lambda: False,
+        read_gap_s: float = READ_GAP_S,
+        timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._breakers = breakers
+        self._status_version = status_version
+        self._shutting_down = shutting_down
         self._read_gap_s = read_gap_s
         self._timeout_s = timeout_s
         self.snapshot = HistorySnapshot()
@@ -76,7 +149,7 @@ class HistoryReader:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_error_log: float | None = None
-        self._closed = False
+        self._closed = True  # until start()
 
     def request(self, fresh_after: float, status_version: int | None = None) -> None:
         """Ask for a read that starts at or after ``fresh_after`` (monotonic seconds).
@@ -87,10 +160,10 @@ class HistoryReader:
         in the future delays the read until then (a page passes "just after the status
         change", so the store has written the change first).
         """
-        if self._closed or self._runtime.shutting_down:
-            return  # no new task while the app stops (the lifespan stops this reader)
+        if self._closed or self._shutting_down():
+            return  # no new task while the service stops (the runtime stops this reader)
         if status_version is not None and self._started_version not in (None, status_version):
-            fresh_after = max(fresh_after, self._runtime.clock.monotonic() + SETTLE_S)
+            fresh_after = max(fresh_after, self._clock.monotonic() + SETTLE_S)
         if self._started_at >= fresh_after:
             return
         self._wanted_after = max(self._wanted_after, fresh_after)
@@ -101,11 +174,11 @@ class HistoryReader:
             self._task = asyncio.create_task(self._run(), name="history-reader")
 
     def start(self) -> None:
-        """Accept requests (again, after a stop: the app's lifespan calls this)."""
+        """Accept requests (again, after a stop: the runtime calls this when it starts)."""
         self._closed = False
 
     async def stop(self) -> None:
-        """Stop the reader's task (the app's lifespan calls this before the runtime stops)."""
+        """Stop the reader's task (the runtime calls this before it stops the store)."""
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
@@ -114,7 +187,7 @@ class HistoryReader:
                 await task
 
     async def _run(self) -> None:
-        clock = self._runtime.clock
+        clock = self._clock
         assert self._wake is not None
         while True:
             await self._wake.wait()
@@ -124,25 +197,23 @@ class HistoryReader:
             if delay > 0:
                 await clock.sleep(delay)
             self._started_at = clock.monotonic()
-            self._started_version = self._runtime.status_version
+            self._started_version = self._status_version()
             await self.read_once()
             if self._started_at < self._wanted_after:
                 self._wake.set()  # someone asked for a fresher read while this one ran
 
     async def read_once(self) -> HistorySnapshot:
         """One read of everything the history section shows; never raises."""
-        runtime = self._runtime
-        store = runtime.store
+        store = self._store
         previous = self.snapshot
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with self._clock.timeout(self._timeout_s):
                 # One query at a time: the page holds at most one of the store's read slots.
-                incidents = await store.incidents(history_logic.MAX_INCIDENT_ROWS)
-                transitions = await store.transitions(history_logic.MAX_TRANSITION_ROWS)
-                breakers = [{"name": b.name, "state": str(b.state)} for b in runtime.breakers.snapshots()]
+                incidents = await store.incidents(MAX_INCIDENT_ROWS)
+                transitions = await store.transitions(MAX_TRANSITION_ROWS)
                 components = []
-                for component in history_logic.history_components(breakers, incidents):
-                    components.append(await store.history(component, history_logic.HISTORY_DAYS))
+                for component in history_components(self._breakers(), incidents):
+                    components.append(await store.history(component, HISTORY_DAYS))
         except StoreUnavailable as exc:
             error = str(exc) or "unavailable"
             if store.reachable is False and "unreachable" not in error:
@@ -164,7 +235,7 @@ class HistoryReader:
                 components=tuple(components),
                 incidents=tuple(incidents),
                 transitions=tuple(transitions),
-                read_at=runtime.clock.wall(),
+                read_at=self._clock.wall(),
             )
             self._last_error_log = None
         self.reads_total += 1
@@ -172,10 +243,49 @@ class HistoryReader:
         return snapshot
 
     def _log_failure(self, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = self._runtime.clock.monotonic()
+        now = self._clock.monotonic()
         if self._last_error_log is None or now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
             self._last_error_log = now
             log.warning(message, *args, exc_info=exc_info)
 
 
-__all__ = ["HistoryReader", "HistorySnapshot"]
+@dataclass(frozen=True, slots=True)
+class HistorySchedule:
+    """One page's memory of its history requests (monotonic seconds)."""
+
+    asked_at: float
+    seen_version: int
+    change_at: float | None = None  # the latest status change not asked about yet
+
+
+def history_schedule(
+    schedule: HistorySchedule, version: int, now: float, *, failing: bool
+) -> tuple[HistorySchedule, float | None]:
+    """Whether a page asks for history now: ``(new schedule, fresh_after or None)``.
+
+    ``version`` is the runtime's status version; ``fresh_after`` is what to pass to
+    ``HistoryReader.request`` (a read that starts at or after it).
+    """
+    change_at = schedule.change_at
+    seen = schedule.seen_version
+    if version != seen:
+        seen, change_at = version, now
+    if change_at is not None and now - schedule.asked_at >= HISTORY_MIN_INTERVAL_S:
+        return HistorySchedule(now, seen, None), change_at + HISTORY_SETTLE_S
+    idle_s = HISTORY_MIN_INTERVAL_S if failing else HISTORY_IDLE_S
+    if now - schedule.asked_at >= idle_s:
+        return HistorySchedule(now, seen, change_at), now - idle_s
+    return HistorySchedule(schedule.asked_at, seen, change_at), None
+
+
+__all__ = [
+    "HISTORY_DAYS",
+    "MAX_INCIDENT_ROWS",
+    "MAX_TRANSITION_ROWS",
+    "MAX_UPTIME_ROWS",
+    "HistoryReader",
+    "HistorySchedule",
+    "HistorySnapshot",
+    "history_components",
+    "history_schedule",
+]

@@ -1,1 +1,0 @@
-"""Alembic migrations of the history schema (see backend_core.store.migrate)."""

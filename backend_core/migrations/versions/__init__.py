@@ -1,1 +1,0 @@
-"""Migration scripts, applied in order by backend_core.store.migrate()."""
