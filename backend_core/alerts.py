@@ -66,11 +66,11 @@ from backend_core import __version__
 from backend_core.backoff import FullJitter
 from backend_core.clock import Clock, iso_utc, sleep_unless
 from backend_core.health import CheckResult
+from backend_core.incident_words import CAUSE_TEXT, recovery_text
 from backend_core.incidents import (
     BREAKER_PREFIX,
     BREAKER_REASON_WORDS,
     MAX_COMPONENTS,
-    Cause,
     IncidentClosed,
     IncidentEvent,
     IncidentOpened,
@@ -105,33 +105,6 @@ REMEMBERED_RESOLVED: Final = 1000
 RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 AlertEvent = Literal["upstream_down", "upstream_recovered", "breaker_opened", "breaker_closed"]
-
-# The alerts' words for an incident's cause and recovery (the page has its own, longer ones).
-CAUSE_TEXT: Final[dict[Cause, str]] = {
-    Cause.CONNECTION_LOST: "connection lost",
-    Cause.COULD_NOT_CONNECT: "could not connect",
-    Cause.CIRCUIT_OPEN: "circuit breaker open",
-    Cause.PLANNED_MAINTENANCE: "planned maintenance",
-    Cause.BREAKER_OPENED: "circuit breaker opened",
-}
-RECOVERY_TEXT: Final[dict[Recovery, str]] = {
-    Recovery.RECONNECTED: "reconnected",
-    Recovery.MANUAL_RETRY: "manual retry",
-    Recovery.BREAKER_PROBE: "breaker probe",
-    Recovery.RESET: "reset by an admin",
-    Recovery.BREAKERS_ENABLED: "breakers re-enabled",
-    Recovery.BREAKERS_DISABLED: "breakers disabled",
-    Recovery.BREAKER_CLOSED: "closed",
-    Recovery.SERVICE_STOPPED: "not recovered: the service stopped",
-    Recovery.SERVICE_RESTARTED: "not recovered: the service restarted",
-}
-
-
-def recovery_text(recovery: Recovery, attempts: int | None) -> str:
-    """``"reconnected after 3 attempts"``, ``"manual retry"``, ...: the alerts' words."""
-    if recovery == Recovery.RECONNECTED and attempts:
-        return f"reconnected after {attempts} attempt" + ("" if attempts == 1 else "s")
-    return RECOVERY_TEXT.get(recovery, str(recovery))
 
 
 def incident_message(incident: IncidentOpened) -> str:

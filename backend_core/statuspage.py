@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from backend_core.clock import iso_utc
+from backend_core.incident_words import CAUSE_TEXT, recovery_text
+from backend_core.incidents import Cause, Recovery
 
 ComponentStatus = Literal["operational", "degraded_performance", "partial_outage", "major_outage", "under_maintenance"]
 Indicator = Literal["none", "minor", "major", "critical", "maintenance"]
@@ -193,7 +195,8 @@ def component_json(component: Component, status: str, *, created_at: float, upda
 
 @dataclass(frozen=True, slots=True)
 class IncidentRecord:
-    """One incident of the history, in plain fields (``cause``/``recovery`` as words or enum values)."""
+    """One incident of the history, in plain fields (``cause``/``recovery``: the
+    :class:`~backend_core.incidents.Cause` / :class:`~backend_core.incidents.Recovery` codes)."""
 
     key: str
     component: str  # "upstream" or "breaker:<name>"
@@ -204,15 +207,26 @@ class IncidentRecord:
     message: str
     recovery: str | None
     planned: bool
+    attempts: int | None = None
 
     @property
     def resolved(self) -> bool:
         return self.ended_at is not None
 
 
-def words(value: str) -> str:
-    """A cause or recovery as words: English sentences stay, enum values lose their underscores."""
-    return value.replace("_", " ").strip()
+def cause_words(code: str) -> str:
+    """A cause code in the words the alerts use too; a code this version does not know, as is."""
+    try:
+        return CAUSE_TEXT[Cause(code)]
+    except (ValueError, KeyError):
+        return code.replace("_", " ").strip()
+
+
+def recovery_words(code: str, attempts: int | None) -> str:
+    try:
+        return recovery_text(Recovery(code), attempts)
+    except ValueError:
+        return code.replace("_", " ").strip()
 
 
 def incident_component(record: IncidentRecord) -> Component:
@@ -242,8 +256,8 @@ def _outage_status(record: IncidentRecord) -> ComponentStatus:
 def incident_name(record: IncidentRecord) -> str:
     component = incident_component(record)
     if record.component.startswith("breaker:"):
-        return f"{component.name}: {words(record.cause)} ({record.component.removeprefix('breaker:')})"
-    return f"{component.name}: {words(record.cause)}"
+        return f"{component.name}: {cause_words(record.cause)} ({record.component.removeprefix('breaker:')})"
+    return f"{component.name}: {cause_words(record.cause)}"
 
 
 def _first_status(record: IncidentRecord) -> IncidentStatus:
@@ -274,7 +288,7 @@ def incident_json(record: IncidentRecord, *, page_url: str) -> dict[str, Any]:
         )
     ]
     if record.resolved:
-        how = words(record.recovery) if record.recovery else "recovered"
+        how = recovery_words(record.recovery, record.attempts) if record.recovery else "recovered"
         updates.insert(
             0,
             _update(

@@ -79,6 +79,7 @@ async def incident_records(runtime: Runtime, limit: int, *, history: bool) -> li
                     message=str(row["message"] or ""),
                     recovery=None if row["recovery"] is None else str(row["recovery"]),
                     planned=bool(row["planned"]),
+                    attempts=row.get("attempts"),
                 )
             )
     except (StoreUnavailable, TimeoutError):

@@ -75,7 +75,7 @@ def outage(**changes: Any) -> sp.IncidentRecord:
         "component": "upstream",
         "started_at": T0 + 60,
         "ended_at": None,
-        "cause": "connection lost",
+        "cause": "connection_lost",
         "error_code": "ConnectionLost",
         "message": "The market data link dropped.",
         "recovery": None,
@@ -234,7 +234,7 @@ def test_an_ongoing_upstream_incident() -> None:
 
 
 def test_a_resolved_incident_has_its_resolution_first() -> None:
-    record = outage(ended_at=T0 + 150, recovery="reconnected after 3 attempts")
+    record = outage(ended_at=T0 + 150, recovery="reconnected", attempts=3)
     [incident] = sp.incidents_document(state(incidents=[record]))["incidents"]
     assert incident["status"] == "resolved"
     assert incident["resolved_at"] == incident["updated_at"] == "2026-05-28T20:29:10.000Z"
@@ -245,18 +245,23 @@ def test_a_resolved_incident_has_its_resolution_first() -> None:
     assert incident["components"][0]["status"] == "operational"
 
 
-def test_enum_valued_causes_read_as_words() -> None:
+def test_cause_and_recovery_codes_read_as_the_alerts_words() -> None:
     record = outage(cause="could_not_connect", error_code=None, ended_at=T0 + 70, recovery="breaker_probe")
     [incident] = sp.incidents_document(state(incidents=[record]))["incidents"]
     assert incident["name"] == "Market feed link: could not connect"
     assert incident["incident_updates"][-1]["status"] == "investigating"  # no error code: not identified
     assert incident["incident_updates"][0]["body"] == "Resolved: breaker probe."
+    # A code from a newer version still reads as words.
+    newer = outage(cause="solar_flare", ended_at=T0 + 70, recovery="it_went_away")
+    [incident] = sp.incidents_document(state(incidents=[newer]))["incidents"]
+    assert incident["name"] == "Market feed link: solar flare"
+    assert incident["incident_updates"][0]["body"] == "Resolved: it went away."
 
 
 def test_breaker_and_planned_incidents() -> None:
-    api = outage(component="breaker:api:/api/v1/ticks/{symbol}", cause="circuit breaker opened", error_code="failures")
-    ws = outage(component="breaker:websocket", cause="circuit breaker opened")
-    planned = outage(cause="planned maintenance", planned=True, error_code=None)
+    api = outage(component="breaker:api:/api/v1/ticks/{symbol}", cause="breaker_opened", error_code="failures")
+    ws = outage(component="breaker:websocket", cause="breaker_opened")
+    planned = outage(cause="planned_maintenance", planned=True, error_code=None)
     docs = {
         i["components"][0]["id"] + i["impact"]: i
         for i in sp.incidents_document(state(incidents=[api, ws, planned]))["incidents"]
@@ -292,7 +297,7 @@ def test_incidents_json_keeps_the_latest_fifty() -> None:
 def test_the_atom_feed_is_valid_and_ids_are_stable() -> None:
     records = [
         outage(key=uuid.UUID(int=1).hex, started_at=T0 + 300),
-        outage(key="not-a-uuid", ended_at=T0 + 120, recovery="manual retry", message="<b>&amp;</b>"),
+        outage(key="not-a-uuid", ended_at=T0 + 120, recovery="manual_retry", message="<b>&amp;</b>"),
     ]
     text = sp.atom_feed(state(incidents=records), feed_url=f"{PAGE}/history.atom", now=T0 + 500)
     feed = feedparser.parse(text)
