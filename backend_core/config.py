@@ -9,6 +9,7 @@ line and exits 2, which is how ``make run`` checks before it starts anything.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -62,6 +63,9 @@ _ACCEPTED: dict[str, str] = {
     "HISTORY_RETENTION_DAYS": "a whole number of days from 1 to 3650",
     "ALERT_WEBHOOK_URL": "an http:// or https:// URL of at most 2048 characters, or unset for no alerts",
     "ALERT_AFTER_SECONDS": "a number of seconds from 0 to 86400",
+    "API_RATE_LIMIT_PER_S": "a number of requests a second greater than 0 and at most 100000",
+    "API_RATE_LIMIT_BURST": "a whole number from 1 to 100000",
+    "TRUSTED_PROXIES": "a comma-separated list of IP addresses or CIDR networks, or empty",
 }
 
 
@@ -114,6 +118,9 @@ class Settings(BaseSettings):
     # A webhook URL often carries its own credential (a Slack or Teams hook): kept secret.
     ALERT_WEBHOOK_URL: SecretStr | None = None
     ALERT_AFTER_SECONDS: float = Field(60.0, ge=0, le=86_400)
+    API_RATE_LIMIT_PER_S: float = Field(10.0, gt=0, le=100_000)
+    API_RATE_LIMIT_BURST: int = Field(50, ge=1, le=100_000)
+    TRUSTED_PROXIES: Annotated[tuple[str, ...], NoDecode] = ()
 
     @classmethod
     def settings_customise_sources(
@@ -164,6 +171,15 @@ class Settings(BaseSettings):
         if not 1 <= len(items) <= 50 or not all(_SYMBOL.match(s) for s in items):
             raise ValueError("bad symbol list")
         return tuple(dict.fromkeys(items))  # de-duplicated, order kept
+
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[str, ...]:
+        items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
+        items = [s for s in items if s]
+        if len(items) > 100:
+            raise ValueError("too many proxies")
+        return tuple(str(ipaddress.ip_network(s, strict=False)) for s in items)
 
     @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
     @classmethod

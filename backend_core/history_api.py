@@ -17,13 +17,13 @@ and ``recovery`` are codes (:class:`~backend_core.incidents.Cause`,
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backend_core.http_input import BadParameter, error_response, parse_int, parse_name
 from backend_core.history.queries import (
     MAX_HISTORY_DAYS,
     MAX_INCIDENTS_LIMIT,
@@ -31,60 +31,17 @@ from backend_core.history.queries import (
     StoreUnavailable,
 )
 from backend_core.history.store import HistoryStore
-from backend_core.incidents import COMPONENT_CHARS, UPSTREAM
+from backend_core.incidents import UPSTREAM
 
-# Component and breaker names: what breakers.py can produce ("websocket", "api:<route
-# template>", "api:*") with the "breaker:" prefix. Anything else cannot match a row.
-_NAME: Final = re.compile(r"^[A-Za-z0-9_:./{}*\-]+$")
-# ASCII digits only (str.isdigit accepts '²'), and short enough that int() stays cheap.
-_DIGITS: Final = re.compile(r"^[0-9]{1,6}$")
 # How long a client should wait before asking again when the database is down.
 RETRY_AFTER_S: Final = 10
 DEFAULT_DAYS: Final = 90
 DEFAULT_INCIDENTS: Final = 50
 DEFAULT_TRANSITIONS: Final = 100
-# A bad value is echoed back (as a repr) at most this long.
-_ECHO_CHARS: Final = 40
-
-
-class _BadParameter(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
-
-
-def _echo(value: str) -> str:
-    return repr(value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "…")
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    text = raw.strip()
-    if not _DIGITS.match(text) or not low <= int(text) <= high:
-        raise _BadParameter(f"{name} must be a whole number from {low} to {high}, not {_echo(raw)}.")
-    return int(text)
-
-
-def _name_param(request: Request, name: str, default: str | None) -> str | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    if len(raw) > COMPONENT_CHARS or not _NAME.match(raw):
-        raise _BadParameter(
-            f"{name} must be a component name such as 'upstream' or 'breaker:websocket' "
-            f"(letters, digits and _:./{{}}*-, at most {COMPONENT_CHARS}), not {_echo(raw)}."
-        )
-    return raw
 
 
 def _unavailable(exc: StoreUnavailable) -> JSONResponse:
-    return _error(503, "history_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
+    return error_response(503, "history_unavailable", str(exc), headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _json(body: object) -> JSONResponse:
@@ -96,10 +53,12 @@ def history_routes(store: HistoryStore) -> list[Route]:
 
     async def history(request: Request) -> Response:
         try:
-            component = _name_param(request, "component", UPSTREAM) or UPSTREAM
-            days = _int_param(request, "days", DEFAULT_DAYS, 1, MAX_HISTORY_DAYS)
-        except _BadParameter as exc:
-            return _error(400, "invalid_parameter", exc.message)
+            component = parse_name(request.query_params.get("component"), "component", default=UPSTREAM) or UPSTREAM
+            days = parse_int(
+                request.query_params.get("days"), "days", default=DEFAULT_DAYS, low=1, high=MAX_HISTORY_DAYS
+            )
+        except BadParameter as exc:
+            return exc.response()
         try:
             return _json(await store.history(component, days))
         except StoreUnavailable as exc:
@@ -107,10 +66,12 @@ def history_routes(store: HistoryStore) -> list[Route]:
 
     async def incidents(request: Request) -> Response:
         try:
-            limit = _int_param(request, "limit", DEFAULT_INCIDENTS, 1, MAX_INCIDENTS_LIMIT)
-            component = _name_param(request, "component", None)
-        except _BadParameter as exc:
-            return _error(400, "invalid_parameter", exc.message)
+            limit = parse_int(
+                request.query_params.get("limit"), "limit", default=DEFAULT_INCIDENTS, low=1, high=MAX_INCIDENTS_LIMIT
+            )
+            component = parse_name(request.query_params.get("component"), "component", default=None)
+        except BadParameter as exc:
+            return exc.response()
         try:
             rows = await store.incidents(limit, component)
         except StoreUnavailable as exc:
@@ -119,10 +80,16 @@ def history_routes(store: HistoryStore) -> list[Route]:
 
     async def transitions(request: Request) -> Response:
         try:
-            limit = _int_param(request, "limit", DEFAULT_TRANSITIONS, 1, MAX_TRANSITIONS_LIMIT)
-            name = _name_param(request, "name", None)
-        except _BadParameter as exc:
-            return _error(400, "invalid_parameter", exc.message)
+            limit = parse_int(
+                request.query_params.get("limit"),
+                "limit",
+                default=DEFAULT_TRANSITIONS,
+                low=1,
+                high=MAX_TRANSITIONS_LIMIT,
+            )
+            name = parse_name(request.query_params.get("name"), "name", default=None)
+        except BadParameter as exc:
+            return exc.response()
         try:
             rows = await store.transitions(limit, name)
         except StoreUnavailable as exc:

@@ -1,47 +1,50 @@
-"""Per-route circuit breakers for the HTTP routes of the mounted API, as plain ASGI.
+"""Per-route circuit breakers for the HTTP routes that read a dependency, as plain ASGI.
 
-One "api:<route template>" breaker per route (``/api/v1/ticks/{symbol}``, not the
-concrete path, so the number of breakers is bounded by the number of routes and one
-broken route never takes the others down). An exception or a 5xx response counts as a
-failure; while a breaker is open its route answers 503 at once with ``Retry-After`` and
-a JSON reason, without running the handler.
+A breaker guards a dependency (the history database), not a route's input: DESIGN.md
+rule 8 says a client can never open it. One "api:<route template>" breaker per guarded
+route (``/api/v1/history``, not the concrete path, so the number of breakers is bounded
+by the number of routes and one broken dependency never takes other routes down).
 
-Health, liveness, readiness and metrics routes are exempt: health must always tell the
-truth. Requests that match none of the API's own routes (Reflex's pages, its event
-socket, static files) pass through untouched, as do WebSocket scopes.
+What a breaker counts (docs/operations.md, "Security"):
+
+- **failure**: the handler answered 502, 503 or 504 (the way a handler says "my
+  dependency failed, was unavailable or timed out": the history routes answer 503 when
+  the store cannot), or it raised :class:`TimeoutError`;
+- **success**: any other answer below 500, 4xx included (a bad request proves the route
+  works);
+- **neither** (the permit is released): a 500 or any other exception (a bug in this
+  server, which a request could provoke: it is logged by the server and must not switch
+  the route off for everyone), and a client that went away or a cancelled request
+  (disconnect, shutdown).
+
+While a breaker is open its route answers 503 at once with ``Retry-After`` and a JSON
+reason, without running the handler. Routes not given to the middleware (health, the
+in-memory REST fallback, Reflex's pages, WebSocket scopes) pass through untouched.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend_core.breakers import BreakerRegistry
 from backend_core.errors import CircuitOpenError
+from backend_core.http_input import error_response
 
-EXEMPT_PREFIXES = ("/health", "/livez", "/readyz", "/metrics")
+# A handler's own way of saying its dependency failed (bad gateway, unavailable, timeout).
+DEPENDENCY_FAILURE_STATUSES = frozenset({502, 503, 504})
 
 
 class BreakerMiddleware:
-    """Wraps ``app``; ``routes`` are the API's own routes (their path templates name the breakers)."""
+    """Wraps ``app``; ``routes`` are the guarded routes (their path templates name the breakers)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        registry: BreakerRegistry,
-        routes: Iterable[BaseRoute],
-        exempt: Callable[[str], bool] | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, registry: BreakerRegistry, routes: Iterable[BaseRoute]) -> None:
         self.app = app
         self._registry = registry
         self._routes = [r for r in routes if isinstance(r, Route)]
-        self._exempt = exempt or (lambda template: template.startswith(EXEMPT_PREFIXES))
 
     def _template_for(self, scope: Scope) -> str | None:
         for route in self._routes:
@@ -55,14 +58,14 @@ class BreakerMiddleware:
             await self.app(scope, receive, send)
             return
         template = self._template_for(scope)
-        if template is None or self._exempt(template):
+        if template is None:
             await self.app(scope, receive, send)
             return
         breaker = self._registry.api(template)
         try:
             permit = breaker.acquire()
         except CircuitOpenError as exc:
-            await _send_open(send, template, exc.retry_after_s)
+            await _send_open(scope, receive, send, template, exc.retry_after_s)
             return
 
         status_code = 0
@@ -75,37 +78,31 @@ class BreakerMiddleware:
 
         try:
             await self.app(scope, receive, capture)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                breaker.record_failure(permit, exc)
-            else:  # cancellation or shutdown: neither success nor failure
-                breaker.release(permit)
+        except TimeoutError as exc:
+            breaker.record_failure(permit, exc)
             raise
-        if status_code >= 500:
+        except BaseException:
+            # A bug (500), a client that went away, a cancelled request: none of them
+            # says anything about the dependency.
+            breaker.release(permit)
+            raise
+        if status_code in DEPENDENCY_FAILURE_STATUSES:
             breaker.record_failure(permit, RuntimeError(f"HTTP {status_code}"))
-        else:
+        elif 0 < status_code < 500:
             breaker.record_success(permit)
+        else:
+            breaker.release(permit)
 
 
-async def _send_open(send: Send, template: str, retry_after_s: float) -> None:
+async def _send_open(scope: Scope, receive: Receive, send: Send, template: str, retry_after_s: float) -> None:
     retry_after = max(1, math.ceil(retry_after_s))
-    body: dict[str, Any] = {
-        "error": "circuit_open",
-        "message": f"This endpoint is temporarily disabled after repeated failures; retry in {retry_after} s.",
-        "breaker": f"api:{template}",
-        "retry_after_s": round(retry_after_s, 3),
-    }
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"retry-after", str(retry_after).encode()),
-                (b"content-length", str(len(payload)).encode()),
-                (b"cache-control", b"no-store"),
-            ],
-        }
+    response = error_response(
+        503,
+        "circuit_open",
+        f"This endpoint is temporarily disabled after repeated failures of what it depends on; "
+        f"retry in {retry_after} s.",
+        {"Retry-After": str(retry_after)},
+        breaker=f"api:{template}",
+        retry_after_s=round(retry_after_s, 3),
     )
-    await send({"type": "http.response.body", "body": payload})
+    await response(scope, receive, send)

@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.routing import Route
+from websockets.asyncio.client import connect
 
 from backend_core import status_view
 from backend_core.api import create_api
@@ -145,32 +147,66 @@ async def test_rest_fallback_serves_ticks_from_the_ring_buffer(
         assert [t["epoch"] for t in since][: len(epochs) - 3] == epochs[3:]
 
 
-@pytest.mark.parametrize(
-    ("path", "status", "code"),
-    [
-        ("/api/v1/ticks/latest?symbols=NOPE", 404, "unknown_symbol"),
-        ("/api/v1/ticks/latest?symbols=,", 400, "invalid_symbols"),
-        ("/api/v1/ticks/NOPE", 404, "unknown_symbol"),
-        ("/api/v1/ticks/R_50?since=yesterday", 400, "invalid_since"),
-        ("/api/v1/ticks/R_50?since=-1", 400, "invalid_since"),
-        ("/api/v1/ticks/R_50?limit=0", 400, "invalid_limit"),
-        ("/api/v1/ticks/R_50?limit=99999", 400, "invalid_limit"),
-    ],
-)
-async def test_bad_rest_input_gets_a_specific_4xx(
-    asgi_server: Callable[..., Awaitable[ServedApp]], path: str, status: int, code: str
+HOSTILE = [
+    ("/api/v1/ticks/latest?symbols=NOPE", 400, "unknown_symbol"),
+    ("/api/v1/ticks/latest?symbols=,", 400, "invalid_symbols"),
+    ("/api/v1/ticks/latest?symbols=R%0A50", 400, "invalid_symbols"),
+    ("/api/v1/ticks/latest?symbols=" + ",".join(["R_50"] * 51), 400, "invalid_symbols"),
+    ("/api/v1/ticks/latest?symbols=%C2%B2%C2%B2", 400, "unknown_symbol"),
+    ("/api/v1/ticks/NOPE", 404, "unknown_symbol"),
+    ("/api/v1/ticks/R_50%0A", 404, "unknown_symbol"),
+    ("/api/v1/ticks/R_50?since=yesterday", 400, "invalid_since"),
+    ("/api/v1/ticks/R_50?since=-1", 400, "invalid_since"),
+    ("/api/v1/ticks/R_50?since=%C2%B2", 400, "invalid_since"),  # '²': str.isdigit() says yes
+    ("/api/v1/ticks/R_50?since=%D9%A1%D9%A2", 400, "invalid_since"),  # Arabic-Indic digits
+    ("/api/v1/ticks/R_50?since=1e3", 400, "invalid_since"),
+    ("/api/v1/ticks/R_50?since=%201", 400, "invalid_since"),
+    ("/api/v1/ticks/R_50?since=" + "9" * 5000, 400, "invalid_since"),
+    ("/api/v1/ticks/R_50?limit=0", 400, "invalid_limit"),
+    ("/api/v1/ticks/R_50?limit=99999", 400, "invalid_limit"),
+    ("/api/v1/ticks/R_50?limit=%C2%B9", 400, "invalid_limit"),  # '¹': used to drop the connection
+    ("/api/v1/ticks/R_50?limit=1.0", 400, "invalid_limit"),
+    ("/api/v1/history?days=%C2%B2", 400, "invalid_parameter"),
+    ("/api/v1/history?days=0", 400, "invalid_parameter"),
+    ("/api/v1/history?component=up%0Astream", 400, "invalid_parameter"),
+    ("/api/v1/incidents?limit=%EF%BC%91", 400, "invalid_parameter"),  # fullwidth one
+    ("/api/v1/incidents?component=" + "x" * 300, 400, "invalid_parameter"),
+    ("/api/v1/transitions?limit=-5", 400, "invalid_parameter"),
+    ("/api/v1/transitions?name=a%00b", 400, "invalid_parameter"),
+]
+
+
+async def test_hostile_input_gets_a_specific_4xx_and_never_opens_a_breaker(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
 ) -> None:
-    async with serve_runtime(asgi_server) as (runtime, client):
-        response = await client.get(path)
-        assert response.status_code == status
-        assert response.json()["error"] == code
-        assert response.json()["message"]
+    # A low threshold: if any of these counted as a failure, the breakers would open at once.
+    env = {"API_CB_FAILURE_THRESHOLD": "1", "API_RATE_LIMIT_BURST": "1000"}
+    async with serve_runtime(asgi_server, **env) as (runtime, client):
+        await until(live(runtime))
+        for _ in range(3):
+            for path, status, code in HOSTILE:
+                response = await client.get(path)
+                assert response.status_code == status, path
+                assert response.headers["content-type"] == "application/json", path
+                assert response.json()["error"] == code, path
+                assert response.json()["message"], path
+        assert all(b.state == "closed" for b in runtime.breakers.snapshots())
+        for path in (
+            "/api/v1/ticks/R_50?since=0&limit=5",
+            "/api/v1/ticks/latest?symbols=R_50",
+            "/api/v1/history",
+            "/api/v1/incidents",
+            "/api/v1/transitions",
+            "/api/v1/status",
+        ):
+            assert (await client.get(path)).status_code == 200, path
 
 
 async def test_admin_reset_rules_and_audit(
     asgi_server: Callable[..., Awaitable[ServedApp]], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="backend_core")
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
     async with serve_runtime(asgi_server) as (runtime, client):
         url = "/health/circuit-breakers/websocket/reset"
         none = await client.post(url)
@@ -179,15 +215,26 @@ async def test_admin_reset_rules_and_audit(
         assert wrong.status_code == 401
         basic = await client.post(url, headers={"Authorization": f"Basic {ADMIN}"})
         assert basic.status_code == 401
-        unknown = await client.post("/health/circuit-breakers/nope/reset", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert unknown.status_code == 404
+        unknown = await client.post("/health/circuit-breakers/nope/reset", headers=bearer)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_breaker"
+        forged = await client.post("/health/circuit-breakers/websocket%0Aforged audit line/reset", headers=bearer)
+        assert forged.status_code == 400 and forged.json()["error"] == "invalid_breaker_name"
+        control = await client.post("/health/circuit-breakers/web%1Bsocket/reset", headers=bearer)
+        assert control.status_code == 400
         runtime.breakers.websocket.force_open()
-        ok = await client.post(url, headers={"Authorization": f"Bearer {ADMIN}"})
+        ok = await client.post(url, headers=bearer)
         assert ok.status_code == 200
         assert ok.json()["breaker"]["state"] == "closed"
         assert ADMIN not in ok.text
-        assert any("breaker reset by admin" in r.getMessage() for r in caplog.records)
-        assert all(ADMIN not in r.getMessage() for r in caplog.records)
+        # An "api:<route>" breaker's name holds slashes: it is reachable too.
+        runtime.breakers.api("/api/v1/history").force_open()
+        api = await client.post("/health/circuit-breakers/api:/api/v1/history/reset", headers=bearer)
+        assert api.status_code == 200 and api.json()["breaker"]["state"] == "closed"
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("breaker reset by admin: breaker=websocket" in m for m in messages)
+        assert any("breaker=api:/api/v1/history" in m for m in messages)
+        assert all(ADMIN not in m for m in messages)
+        assert all("forged" not in m and "\n" not in m and "\x1b" not in m for m in messages)
 
 
 async def test_admin_reset_is_refused_without_admin_token(
@@ -242,13 +289,84 @@ async def test_manual_retry_endpoint_coalesces(asgi_server: Callable[..., Awaita
         await until(live(runtime))
 
 
-async def test_no_output_leaks_secrets(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
-    async with serve_runtime(asgi_server, DERIV_API_TOKEN="simulator-demo-token") as (runtime, client):
+async def test_public_health_shows_relay_counts_and_only_the_admin_sees_clients(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
         await until(live(runtime))
-        for path in ("/health", "/health/detailed", "/health/websocket", "/health/circuit-breakers", "/api/v1/status"):
-            text = (await client.get(path)).text
-            assert "simulator-demo-token" not in text and ADMIN not in text, path
-            assert "Traceback" not in text
+        ws_url = str(client.base_url).replace("http://", "ws://").rstrip("/") + "/api/v1/ws"
+        async with connect(ws_url) as ws:
+            local_port = str(ws.local_address[1])
+            await until(lambda: runtime.relay.snapshot()["active"] == 1)
+            public = await client.get("/health/websocket")
+            assert public.json()["relay"]["active"] == 1
+            assert "peer" not in public.text and local_port not in public.text
+            assert "connections" not in public.json()["relay"]
+            assert local_port not in (await client.get("/api/v1/status")).text
+            assert local_port not in (await client.get("/health/detailed")).text
+            assert local_port not in (await client.get("/metrics")).text
+
+            url = "/health/websocket/connections"
+            refused = await client.get(url)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+            wrong = await client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"})
+            assert wrong.status_code == 401
+            detail = await client.get(url, headers={"Authorization": f"Bearer {ADMIN}"})
+            assert detail.status_code == 200
+            [entry] = detail.json()["connections"]
+            assert entry["peer"].endswith(f":{local_port}")
+
+
+async def test_connection_detail_is_refused_without_admin_token(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
+        response = await client.get(
+            "/health/websocket/connections", headers={"Authorization": "Bearer anything-at-all-here"}
+        )
+        assert response.status_code == 403 and response.json()["error"] == "admin_disabled"
+
+
+async def test_retry_on_a_stopped_service_is_503(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50"}), configure_logs=False)
+    served = await asgi_server(create_api(runtime))  # never started
+    async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
+        response = await client.post("/api/v1/retry")
+        assert response.status_code == 503 and response.json()["status"] == "stopped"
+
+
+async def test_openapi_describes_exactly_the_http_routes(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50,R_100"}), configure_logs=False)
+    app = create_api(runtime)
+    served = await asgi_server(app)
+    async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
+        spec = (await client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.1")
+    described = {(path, method.upper()) for path, item in spec["paths"].items() for method in item}
+    routes = {(r.path_format, m) for r in app.routes if isinstance(r, Route) for m in r.methods or () if m != "HEAD"}
+    assert described == routes
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], (path, method)
+
+
+async def test_one_client_over_its_rate_gets_429_and_health_stays_open(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    # One token a minute: the burst is all this client gets during the test.
+    env = {"API_RATE_LIMIT_PER_S": "0.0166", "API_RATE_LIMIT_BURST": "20"}
+    async with serve_runtime(asgi_server, **env) as (runtime, client):
+        responses = []
+        for _ in range(8):  # 400 requests, 50 at once
+            responses += await asyncio.gather(*(client.get("/api/v1/status") for _ in range(50)))
+        codes = [r.status_code for r in responses]
+        assert codes.count(200) == 20 and codes.count(429) == 380
+        refused = next(r for r in responses if r.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"] == "rate_limited"
+        for path in ("/health", "/health/detailed", "/livez", "/readyz", "/metrics"):
+            assert (await client.get(path)).status_code in (200, 503), path
+        assert all(b.state == "closed" for b in runtime.breakers.snapshots())
 
 
 async def test_alerts_and_history_tell_of_the_same_incidents(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:

@@ -1,6 +1,13 @@
-"""Per-route breakers as ASGI middleware: in-process ASGI calls, a fake clock, no sockets."""
+"""Per-route breakers as ASGI middleware: in-process ASGI calls, a fake clock, no sockets.
+
+A breaker counts only what the server cannot blame on the request: a handler's 502/503/504
+(its dependency failed) and a TimeoutError. A 4xx, a 500 (a bug a request may provoke) and
+a cancelled request never move it towards open.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import httpx
 from starlette.applications import Starlette
@@ -8,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from backend_core.breakers import BreakerRegistry
 from backend_core.clock import FakeClock
@@ -15,18 +23,24 @@ from backend_core.config import load_settings
 from backend_core.middleware import BreakerMiddleware
 
 
-def build() -> tuple[httpx.AsyncClient, BreakerRegistry, FakeClock, dict[str, int]]:
+def build() -> tuple[httpx.AsyncClient, BreakerRegistry, FakeClock, dict[str, int], Starlette]:
     clock = FakeClock()
     settings = load_settings({"API_CB_FAILURE_THRESHOLD": "2", "API_CB_RECOVERY_TIMEOUT": "10"})
     registry = BreakerRegistry.from_settings(settings, clock=clock)
-    calls = {"broken": 0, "item": 0, "other": 0}
+    calls = {"database": 0, "item": 0, "other": 0}
 
-    async def broken(request: Request) -> Response:
-        calls["broken"] += 1
-        return JSONResponse({"error": "boom"}, status_code=500)
+    async def database_down(request: Request) -> Response:
+        calls["database"] += 1
+        return JSONResponse({"error": "history_unavailable", "message": "down"}, status_code=503)
 
-    async def raises(request: Request) -> Response:
+    async def times_out(request: Request) -> Response:
+        raise TimeoutError
+
+    async def buggy(request: Request) -> Response:
         raise RuntimeError("kaboom")
+
+    async def server_error(request: Request) -> Response:
+        return PlainTextResponse("bug", status_code=500)
 
     async def item(request: Request) -> Response:
         calls["item"] += 1
@@ -37,56 +51,121 @@ def build() -> tuple[httpx.AsyncClient, BreakerRegistry, FakeClock, dict[str, in
     async def not_found(request: Request) -> Response:
         return PlainTextResponse("missing", status_code=404)
 
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "fail"}, status_code=503)
+    async def unguarded(request: Request) -> Response:
+        return JSONResponse({"error": "x", "message": "y"}, status_code=503)
 
     async def other(scope, receive, send):  # type: ignore[no-untyped-def]
         calls["other"] += 1
-        await PlainTextResponse("reflex page", status_code=500)(scope, receive, send)
+        await PlainTextResponse("reflex page", status_code=503)(scope, receive, send)
 
-    routes = [
-        Route("/api/broken", broken),
-        Route("/api/raises", raises),
+    guarded = [
+        Route("/api/database", database_down),
+        Route("/api/timeout", times_out),
+        Route("/api/buggy", buggy),
+        Route("/api/error", server_error),
         Route("/api/items/{name}", item),
         Route("/api/missing", not_found),
-        Route("/health", health),
     ]
     app = Starlette(
-        routes=[*routes, Mount("/", app=other)],
-        middleware=[Middleware(BreakerMiddleware, registry=registry, routes=routes)],
+        routes=[*guarded, Route("/api/unguarded", unguarded), Mount("/", app=other)],
+        middleware=[Middleware(BreakerMiddleware, registry=registry, routes=guarded)],
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test"), registry, clock, calls
+    return httpx.AsyncClient(transport=transport, base_url="http://test"), registry, clock, calls, app
 
 
-async def test_repeated_5xx_opens_the_route_breaker_and_it_answers_503_at_once() -> None:
-    client, registry, clock, calls = build()
+def state(registry: BreakerRegistry, template: str) -> str:
+    return registry.get(f"api:{template}").snapshot().state
+
+
+async def test_a_failing_dependency_opens_the_route_breaker_and_it_answers_503_at_once() -> None:
+    client, registry, clock, calls, _ = build()
     async with client:
-        assert (await client.get("/api/broken")).status_code == 500
-        assert (await client.get("/api/broken")).status_code == 500
-        response = await client.get("/api/broken")
+        assert (await client.get("/api/database")).status_code == 503
+        assert (await client.get("/api/database")).status_code == 503
+        response = await client.get("/api/database")
         assert response.status_code == 503
         assert response.headers["retry-after"] == "10"
         body = response.json()
-        assert body["error"] == "circuit_open" and body["breaker"] == "api:/api/broken"
-        assert calls["broken"] == 2, "the handler ran while the breaker was open"
+        assert body["error"] == "circuit_open" and body["breaker"] == "api:/api/database" and body["message"]
+        assert calls["database"] == 2, "the handler ran while the breaker was open"
         clock.advance(10)
-        assert (await client.get("/api/broken")).status_code == 500  # the half-open probe ran
-        assert calls["broken"] == 3
+        assert (await client.get("/api/database")).status_code == 503  # the half-open probe ran
+        assert calls["database"] == 3
+
+
+async def test_timeouts_count_as_failures() -> None:
+    client, registry, clock, calls, _ = build()
+    async with client:
+        for _ in range(2):
+            assert (await client.get("/api/timeout")).status_code == 500
+        assert state(registry, "/api/timeout") == "open"
+
+
+async def test_bugs_and_client_errors_never_open_a_breaker() -> None:
+    client, registry, clock, calls, _ = build()
+    async with client:
+        for _ in range(10):
+            assert (await client.get("/api/buggy")).status_code == 500
+            assert (await client.get("/api/error")).status_code == 500
+            assert (await client.get("/api/missing")).status_code == 404
+        assert state(registry, "/api/buggy") == "closed"
+        assert state(registry, "/api/error") == "closed"
+        assert state(registry, "/api/missing") == "closed"
+        assert registry.get("api:/api/missing").snapshot().successes_total == 10
+
+
+async def test_a_cancelled_request_is_neither_success_nor_failure() -> None:
+    _, registry, clock, calls, _ = build()
+    started = asyncio.Event()
+
+    async def receive() -> Message:
+        raise AssertionError("not read")
+
+    async def send(message: Message) -> None:
+        raise AssertionError("nothing is sent")
+
+    scope: Scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/database",
+        "raw_path": b"/api/database",
+        "query_string": b"",
+        "headers": [],
+        "root_path": "",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 1),
+        "http_version": "1.1",
+    }
+
+    async def hang(scope: Scope, receive: Receive, send: Send) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a slow query; the client goes away meanwhile
+
+    middleware = BreakerMiddleware(hang, registry=registry, routes=[Route("/api/database", hang)])
+    for _ in range(5):
+        started.clear()
+        task = asyncio.create_task(middleware(scope, receive, send))
+        await started.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    snap = registry.get("api:/api/database").snapshot()
+    assert snap.state == "closed" and snap.failures_total == 0 and snap.in_flight_probes == 0
 
 
 async def test_one_broken_route_never_takes_others_down() -> None:
-    client, registry, clock, calls = build()
+    client, registry, clock, calls, _ = build()
     async with client:
         for _ in range(3):
-            await client.get("/api/raises")
-        assert registry.get("api:/api/raises").snapshot().state == "open"
+            await client.get("/api/database")
+        assert state(registry, "/api/database") == "open"
         assert (await client.get("/api/items/fine")).text == "ok"
-        assert registry.get("api:/api/items/{name}").snapshot().state == "closed"
+        assert state(registry, "/api/items/{name}") == "closed"
 
 
 async def test_breakers_are_per_route_template_not_per_path() -> None:
-    client, registry, clock, calls = build()
+    client, registry, clock, calls, _ = build()
     async with client:
         await client.get("/api/items/bad")
         await client.get("/api/items/bad")
@@ -94,20 +173,11 @@ async def test_breakers_are_per_route_template_not_per_path() -> None:
         assert "api:/api/items/bad" not in registry.names()
 
 
-async def test_4xx_is_not_a_failure() -> None:
-    client, registry, clock, calls = build()
+async def test_routes_not_given_to_it_pass_untouched() -> None:
+    client, registry, clock, calls, _ = build()
     async with client:
         for _ in range(5):
-            assert (await client.get("/api/missing")).status_code == 404
-        assert registry.get("api:/api/missing").snapshot().state == "closed"
-
-
-async def test_health_and_foreign_routes_are_exempt() -> None:
-    client, registry, clock, calls = build()
-    async with client:
-        for _ in range(5):
-            assert (await client.get("/health")).status_code == 503
-            assert (await client.get("/some/reflex/page")).status_code == 500
+            assert (await client.get("/api/unguarded")).status_code == 503
+            assert (await client.get("/some/reflex/page")).status_code == 503
         assert calls["other"] == 5
-        assert not any(name.startswith("api:/health") for name in registry.names())
-        assert all(not name.endswith("/some/reflex/page") for name in registry.names())
+        assert registry.names() == ["websocket"]
