@@ -79,7 +79,7 @@ def parse_name(raw: str | None, name: str, *, default: str | None) -> str | None
     if not NAME_PATTERN.fullmatch(raw):
         raise BadParameter(
             "invalid_parameter",
-            f"{name} must be a name such as 'upstream', 'websocket' or 'breaker:websocket' "
+            f"{name} must be a component name such as 'upstream' or 'breaker:websocket' "
             f"(letters, digits and _:./{{}}*-, at most {NAME_CHARS}), not {echo(raw)}.",
         )
     return raw

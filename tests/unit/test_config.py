@@ -47,6 +47,9 @@ DEFAULTS = {
     "HISTORY_RETENTION_DAYS": 90,
     "ALERT_WEBHOOK_URL": None,
     "ALERT_AFTER_SECONDS": 60.0,
+    "API_RATE_LIMIT_PER_S": 10.0,
+    "API_RATE_LIMIT_BURST": 50,
+    "TRUSTED_PROXIES": (),
 }
 
 
@@ -112,6 +115,9 @@ def test_every_variable_is_documented_in_env_example() -> None:
         ("ALERT_AFTER_SECONDS", "-1", "number of seconds from 0 to 86400"),
         ("ALERT_AFTER_SECONDS", "nan", "number of seconds from 0 to 86400"),
         ("ALERT_AFTER_SECONDS", "86401", "number of seconds from 0 to 86400"),
+        ("API_RATE_LIMIT_PER_S", "0", "requests a second greater than 0"),
+        ("API_RATE_LIMIT_BURST", "0", "whole number from 1 to 100000"),
+        ("TRUSTED_PROXIES", "10.0.0.1,proxy.local", "IP addresses or CIDR networks"),
     ],
 )
 def test_bad_value_names_variable_value_and_what_is_accepted(variable: str, value: str, accepted: str) -> None:
