@@ -34,23 +34,24 @@ WAIT_S = 15.0
 async def serve_runtime(
     asgi_server: Callable[..., Awaitable[ServedApp]], **env: str
 ) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
-    settings = load_settings(
-        {
-            "DERIV_SYMBOLS": "1HZ100V,R_50",
-            "DERIV_SIMULATOR_TIME_SCALE": "20",
-            "DERIV_PING_INTERVAL": "0.5",
-            "WEBSOCKET_CONNECTION_TIMEOUT": "1",
-            "WEBSOCKET_CB_RECOVERY_TIMEOUT": "30",
-            "ADMIN_TOKEN": ADMIN,
-            "DB_URL": f"sqlite:///{tempfile.mkdtemp(prefix='deriv-status-test-')}/status.db",
-            **env,
-        }
-    )
-    runtime = Runtime(settings)
-    async with runtime.lifespan():
-        served = await asgi_server(create_api(runtime))
-        async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
-            yield runtime, client
+    with tempfile.TemporaryDirectory(prefix="deriv-status-test-", ignore_cleanup_errors=True) as data:
+        settings = load_settings(
+            {
+                "DERIV_SYMBOLS": "1HZ100V,R_50",
+                "DERIV_SIMULATOR_TIME_SCALE": "20",
+                "DERIV_PING_INTERVAL": "0.5",
+                "WEBSOCKET_CONNECTION_TIMEOUT": "1",
+                "WEBSOCKET_CB_RECOVERY_TIMEOUT": "30",
+                "ADMIN_TOKEN": ADMIN,
+                "DB_URL": f"sqlite:///{data}/status.db",
+                **env,
+            }
+        )
+        runtime = Runtime(settings)
+        async with runtime.lifespan():
+            served = await asgi_server(create_api(runtime))
+            async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
+                yield runtime, client
 
 
 async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
@@ -328,7 +329,7 @@ async def test_connection_detail_is_refused_without_admin_token(
 
 
 async def test_retry_on_a_stopped_service_is_503(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
-    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50"}), configure_logs=False)
+    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50"}))
     served = await asgi_server(create_api(runtime))  # never started
     async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
         response = await client.post("/api/v1/retry")
@@ -336,7 +337,7 @@ async def test_retry_on_a_stopped_service_is_503(asgi_server: Callable[..., Awai
 
 
 async def test_openapi_describes_exactly_the_http_routes(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
-    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50,R_100"}), configure_logs=False)
+    runtime = Runtime(load_settings({"DERIV_SYMBOLS": "R_50,R_100"}))
     app = create_api(runtime)
     served = await asgi_server(app)
     async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
