@@ -68,8 +68,9 @@ _PER_CONNECTION_KEYS = frozenset({"connections"})
 # Health, liveness, readiness and metrics answer every caller at any rate: orchestrators
 # and scrapers must always get the truth. Admin routes are not among them (a token guess
 # is a request like any other).
-RATE_LIMIT_EXEMPT = ("/health", "/health/detailed", "/health/websocket", "/health/circuit-breakers")
-RATE_LIMIT_EXEMPT_PREFIXES = ("/livez", "/readyz", "/metrics")
+RATE_LIMIT_EXEMPT = frozenset(
+    {"/health", "/health/detailed", "/health/websocket", "/health/circuit-breakers", "/livez", "/readyz", "/metrics"}
+)
 
 
 class _AnyText(Convertor[str]):
@@ -167,19 +168,18 @@ def create_api(runtime: Runtime) -> Starlette:
         )
 
     async def reset_breaker(request: Request) -> Response:
-        raw_name: str = request.path_params["name"]
+        name: str = request.path_params["name"]
         refusal = admin_refusal(request, "breaker reset")
         if refusal is not None:
             return refusal
         # The name comes from the URL (percent-decoded, so it may hold a newline): it is
         # checked before it reaches a log line or an answer.
-        if not is_breaker_name(raw_name):
+        if not is_breaker_name(name):
             return error_response(
                 400,
                 "invalid_breaker_name",
                 "A breaker name is 1 to 255 letters, digits or _:./{}*- (see /health/circuit-breakers).",
             )
-        name = raw_name
         try:
             before = runtime.breakers.get(name).snapshot().state
             runtime.breakers.reset(name)
@@ -290,9 +290,6 @@ def create_api(runtime: Runtime) -> Starlette:
         limits={"days": MAX_HISTORY_DAYS, "incidents": MAX_INCIDENTS_LIMIT, "transitions": MAX_TRANSITIONS_LIMIT},
     )
 
-    def rate_exempt(template: str) -> bool:
-        return template in RATE_LIMIT_EXEMPT or template.startswith(RATE_LIMIT_EXEMPT_PREFIXES)
-
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", "No such resource; /openapi.json lists them.")
 
@@ -312,7 +309,7 @@ def create_api(runtime: Runtime) -> Starlette:
                 burst=settings.API_RATE_LIMIT_BURST,
                 trusted_proxies=settings.TRUSTED_PROXIES,
                 clock=runtime.clock,
-                exempt=rate_exempt,
+                exempt=RATE_LIMIT_EXEMPT.__contains__,
             ),
             # Only the routes that read the database: the others depend on nothing that can fail.
             Middleware(BreakerMiddleware, registry=runtime.breakers, routes=history),
