@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from backend_core import status_view
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
 from backend_core.logs import JsonFormatter
@@ -109,7 +110,7 @@ async def drive(asgi_server: Callable[..., Awaitable[ServedApp]]) -> tuple[list[
             # Faults: the upstream refuses and drops; the database is down throughout.
             sim.refuse_connections(60)
             await sim.drop_all()
-            await until(lambda: runtime.upstream_status()["state"] == "circuit_open")
+            await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
             await until(lambda: len(receiver.attempts) >= 2)  # the first alerts fail: error messages
             # Bad input and wrong credentials.
             for path, _, _ in HOSTILE:
@@ -152,7 +153,7 @@ async def drive(asgi_server: Callable[..., Awaitable[ServedApp]]) -> tuple[list[
             found += leaks("alerts snapshot", repr(alerts))
             found += leaks("alerts health", repr(runtime.alerts.health_check()))
             found += leaks("store snapshot", repr(runtime.store.snapshot()))
-            found += leaks("status", repr(runtime.status()))
+            found += leaks("status", repr(status_view.status(runtime)))
     # The webhook's own credential reaches the receiver (that is how it checks its caller);
     # the alert bodies carry none of it.
     found += leaks("alert bodies", repr([body for _, body in receiver.attempts]))
