@@ -19,6 +19,8 @@ from backend_core.http_input import MAX_SYMBOLS_PER_REQUEST, NAME_CHARS
 JSON: Final = "application/json"
 HEALTH_JSON: Final = "application/health+json"
 PROMETHEUS_TEXT: Final = "text/plain"
+ATOM: Final = "application/atom+xml"
+SVG: Final = "image/svg+xml"
 
 Schema = dict[str, Any]
 
@@ -324,6 +326,7 @@ def _paths(symbols: tuple[str, ...], max_ticks: int, max_epoch: int, limits: dic
                 _query("limit", "at most this many ticks, the newest", _digits(1, max_ticks, max_ticks)),
             ],
         ),
+        **_statuspage_paths(),
         "/api/v1/history": _get(
             "per-day uptime bars and 24h/7d/30d/90d uptime",
             {"200": _json("ok", _ref("History")), **history_ok},
@@ -342,6 +345,32 @@ def _paths(symbols: tuple[str, ...], max_ticks: int, max_epoch: int, limits: dic
                 _query("name", "a breaker name", _name_schema()),
             ],
         ),
+    }
+
+
+def _statuspage_paths() -> dict[str, Schema]:
+    """The Statuspage-compatible documents, the feed and the badge (docs/statuspage-api.md)."""
+    page = _object({"id": STRING, "name": STRING})
+    status = _object({"indicator": STRING, "description": STRING})
+    incidents = {"type": "array", "items": _object({"id": STRING, "status": STRING})}
+    components = {"type": "array", "items": _object({"id": STRING, "name": STRING, "status": STRING})}
+
+    def document(summary: str, schema: Schema) -> Schema:
+        return _get(summary, {"200": _json("ok", schema), "429": RATE_LIMITED})
+
+    return {
+        "/api/v2/status.json": document("page and overall indicator", _object({"page": page, "status": status})),
+        "/api/v2/summary.json": document(
+            "page, components, unresolved incidents, indicator",
+            _object({"page": page, "components": components, "incidents": incidents, "status": status}),
+        ),
+        "/api/v2/components.json": document("page and components", _object({"page": page, "components": components})),
+        "/api/v2/incidents.json": document("the latest incidents", _object({"page": page, "incidents": incidents})),
+        "/api/v2/incidents/unresolved.json": document(
+            "the incidents still going on", _object({"page": page, "incidents": incidents})
+        ),
+        "/history.atom": _get("the incidents as Atom 1.0", {"200": _json("feed", STRING, ATOM), "429": RATE_LIMITED}),
+        "/badge.svg": _get("a shields-style status badge", {"200": _json("badge", STRING, SVG), "429": RATE_LIMITED}),
     }
 
 
