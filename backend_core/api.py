@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from backend_core import __version__, status_view
+from backend_core.history.queries import MAX_HISTORY_DAYS, MAX_INCIDENTS_LIMIT, MAX_TRANSITIONS_LIMIT
 from backend_core.history_api import history_routes
 from backend_core.http_input import (
     BadParameter,
@@ -55,7 +56,6 @@ from backend_core.openapi import openapi_document
 from backend_core.ratelimit import RateLimitMiddleware
 from backend_core.runtime import Runtime
 from backend_core.statuspage_api import routes as statuspage_routes
-from backend_core.history.queries import MAX_HISTORY_DAYS, MAX_INCIDENTS_LIMIT, MAX_TRANSITIONS_LIMIT
 
 audit = logging.getLogger("backend_core.audit")
 

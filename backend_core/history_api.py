@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backend_core.http_input import BadParameter, error_response, parse_int, parse_name
 from backend_core.history.queries import (
     MAX_HISTORY_DAYS,
     MAX_INCIDENTS_LIMIT,
@@ -31,6 +30,7 @@ from backend_core.history.queries import (
     StoreUnavailable,
 )
 from backend_core.history.store import HistoryStore
+from backend_core.http_input import BadParameter, error_response, parse_int, parse_name
 from backend_core.incidents import UPSTREAM
 
 # How long a client should wait before asking again when the database is down.
