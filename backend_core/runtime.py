@@ -89,6 +89,7 @@ class Runtime:
             self.simulator = DerivSimulator(
                 settings.DERIV_SIMULATOR_HOST,
                 settings.DERIV_SIMULATOR_PORT,
+                allow_remote=settings.DERIV_SIMULATOR_ALLOW_REMOTE,
                 clock=self.clock,
                 time_scale=settings.DERIV_SIMULATOR_TIME_SCALE,
                 # The simulator accepts the configured token, so authorize works end to end.
