@@ -1,247 +1,346 @@
 """Settings: every environment variable, read once, validated, immutable.
 
+:class:`Settings` is a pydantic-settings ``BaseSettings``: it reads the process
+environment itself, and pydantic types state what each variable accepts (URL types,
+string patterns from :mod:`backend_core.deriv.protocol`, secret strings, IP networks).
 The names and defaults of the first table in DESIGN.md come from the system this
-replaces and must not change, so an existing ``.env`` keeps working. A bad value stops
-start-up with one line naming the variable, the value and what is accepted
-(:class:`~backend_core.errors.ConfigError`); ``python -m backend_core.config`` prints that
-line and exits 2, which is how ``make run`` checks before it starts anything.
+replaces and must not change, so an existing ``.env`` keeps working.
+
+A bad value stops start-up with one line (:class:`~backend_core.errors.ConfigError`) built
+from the first validation error: the variable, its value, the rule it broke and the
+field's description. The values of :data:`SECRET_VARIABLES` are never shown, only their
+length. ``python -m backend_core.config`` prints that line and exits 2, which is how
+``make run`` checks before it starts anything.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import os
-import re
 import sys
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    AnyUrl,
+    BeforeValidator,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
+    ValidationInfo,
+    WebsocketUrl,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from backend_core.deriv.protocol import APP_ID_PATTERN, SYMBOL_PATTERN, TOKEN_PATTERN
+from backend_core.deriv.sim.server import is_loopback_host
 from backend_core.errors import ConfigError
 
-# Deriv's rule for app_id (deriv-protocol.md section 1).
-_APP_ID = re.compile(r"^(?!0)[0-9]{1,19}$")
-# Deriv's rule for a ticks symbol (section 3.3).
-_SYMBOL = re.compile(r"^\w{2,30}$")
-# Deriv's rule for an API token (section 3.8).
-_TOKEN = re.compile(r"^[\w\-]{1,128}$")
-# An alert webhook: http(s), a host (optionally with port), an optional path, no whitespace.
-_HTTP_URL = re.compile(r"^https?://[^\s/?#]+([/?#]\S*)?$")
-
-# What each kind of field accepts, in words for the one-line error.
-_ACCEPTED: dict[str, str] = {
-    "WEBSOCKET_ENABLED": "true or false",
-    "WEBSOCKET_MAX_CONNECTIONS": "a whole number from 1 to 100000",
-    "WEBSOCKET_HEARTBEAT_INTERVAL": "a number of seconds greater than 0 and at most 3600",
-    "WEBSOCKET_CONNECTION_TIMEOUT": "a number of seconds greater than 0 and at most 600",
-    "WEBSOCKET_MAX_RETRY_ATTEMPTS": "a whole number from 1 to 100",
-    "CIRCUIT_BREAKER_ENABLED": "true or false",
-    "WEBSOCKET_CB_FAILURE_THRESHOLD": "a whole number from 1 to 10000",
-    "WEBSOCKET_CB_RECOVERY_TIMEOUT": "a number of seconds greater than 0 and at most 86400",
-    "API_CB_FAILURE_THRESHOLD": "a whole number from 1 to 10000",
-    "API_CB_RECOVERY_TIMEOUT": "a number of seconds greater than 0 and at most 86400",
-    "VITE_WS_URL": "a ws:// or wss:// URL, or unset",
-    "VITE_WS_RECONNECT_ATTEMPTS": "a whole number from 0 to 1000",
-    "VITE_WS_RECONNECT_INTERVAL": "a whole number of milliseconds from 100 to 600000",
-    "VITE_ENABLE_REAL_TIME_UPDATES": "true or false",
-    "VITE_WEBSOCKET_FALLBACK_ENABLED": "true or false",
-    "DERIV_WS_URL": "a ws:// or wss:// URL ending in /websockets/v3, or unset for the embedded simulator",
-    "DERIV_APP_ID": "digits not starting with 0, at most 19 (Deriv's app_id rule)",
-    "DERIV_API_TOKEN": "letters, digits, '_' or '-', 1 to 128 characters, or unset",
-    "DERIV_SYMBOLS": "a comma-separated list of 1 to 50 symbols, each 2 to 30 letters, digits or '_'",
-    "DERIV_PING_INTERVAL": "a number of seconds greater than 0 and below 120 (Deriv's idle timeout)",
-    "DERIV_SIMULATOR_HOST": "a loopback host name or address",
-    "DERIV_SIMULATOR_PORT": "a port from 0 (any free port) to 65535",
-    "DERIV_SIMULATOR_CONTROL_PORT": "a port from 0 (any free port) to 65535",
-    "DERIV_SIMULATOR_TIME_SCALE": "a number from 0.01 to 1000 (1 is real time)",
-    "ADMIN_TOKEN": "at least 16 characters, or unset to refuse admin actions",
-    "DB_URL": "a SQLAlchemy URL such as sqlite:///data/status.db or postgresql+psycopg://...",
-    "LOG_FORMAT": "text or json",
-    "LOG_LEVEL": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
-    "HISTORY_RETENTION_DAYS": "a whole number of days from 1 to 3650",
-    "ALERT_WEBHOOK_URL": "an http:// or https:// URL of at most 2048 characters, or unset for no alerts",
-    "ALERT_AFTER_SECONDS": "a number of seconds from 0 to 86400",
-    "API_RATE_LIMIT_PER_S": "a number of requests a second greater than 0 and at most 100000",
-    "API_RATE_LIMIT_BURST": "a whole number from 1 to 100000",
-    "TRUSTED_PROXIES": "a comma-separated list of IP addresses or CIDR networks, or empty",
-}
+# Variables whose value is never shown in an error (a webhook URL usually carries its own
+# credential; DB_URL may hold a password anywhere, in the user part or the query).
+SECRET_VARIABLES: Final = frozenset({"ADMIN_TOKEN", "DERIV_API_TOKEN", "ALERT_WEBHOOK_URL", "DB_URL"})
+# A shown (non-secret) value is clipped to this many characters: the error stays one line.
+SHOWN_VALUE_MAX_CHARS: Final = 80
+# An alert webhook URL longer than this is refused (no receiver needs more).
+WEBHOOK_URL_MAX_CHARS: Final = 2048
 
 
-def _check_ws_url(value: str | None) -> str | None:
-    if value is None or value.strip() == "":
-        return None
-    value = value.strip()
-    if not re.match(r"^wss?://[^\s/]+(/\S*)?$", value):
-        raise ValueError("not a ws:// or wss:// URL")
+def _blank_is_unset(value: Any) -> Any:
+    """An empty (or blank) optional variable means unset, as in ``.env.example``."""
+    return None if isinstance(value, str) and value.strip() == "" else value
+
+
+def _comma_separated(value: Any) -> Any:
+    """``"a, b,,c"`` → ``("a", "b", "c")``; empty items are dropped."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _unique(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(items))  # order kept
+
+
+def _rule_only(exc: ValidationError) -> PydanticCustomError:
+    """The first error of a nested validation, with its own rule and without its input
+    (which may be a secret)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    return PydanticCustomError(first["type"], first["msg"], first.get("ctx"))
+
+
+def _url_text(url_type: Any, *, path_required: bool = False) -> Callable[[str], str]:
+    """Check a string with one of pydantic's URL types and keep the text as written."""
+    adapter: TypeAdapter[AnyUrl] = TypeAdapter(url_type)
+
+    def check(text: str) -> str:
+        try:
+            url = adapter.validate_python(text)
+        except ValidationError as exc:
+            raise _rule_only(exc) from None
+        if path_required and url.path in (None, "", "/"):
+            raise PydanticCustomError("url_path", "URL should have a path, such as /websockets/v3")
+        return text
+
+    return check
+
+
+def _secret_text(text_type: Any) -> BeforeValidator:
+    """Validate a secret's text with ``text_type`` before it becomes a ``SecretStr`` (whose
+    own schema takes no pattern or URL type)."""
+    adapter: TypeAdapter[str] = TypeAdapter(text_type)
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            raise _rule_only(exc) from None
+
+    return BeforeValidator(check)
+
+
+def _origin(url: AnyUrl) -> str:
+    """An origin as browsers send it (``https://status.example.com``, no default port)."""
+    if url.path not in (None, "", "/") or url.query or url.fragment or url.username or url.password:
+        raise PydanticCustomError("origin", "an origin is scheme://host[:port], with no path, query or user")
+    return str(url).rstrip("/")
+
+
+def _loopback_unless_allowed(host: str, info: ValidationInfo) -> str:
+    # The simulator's own rule, checked here too so that a bad host is one start-up line.
+    if not info.data.get("DERIV_SIMULATOR_ALLOW_REMOTE", False) and not is_loopback_host(host):
+        raise PydanticCustomError(
+            "loopback",
+            "the embedded simulator listens on loopback only (127.0.0.1, ::1 or localhost); "
+            "set DERIV_SIMULATOR_ALLOW_REMOTE=true to allow another address",
+        )
+    return host
+
+
+def _sqlalchemy_url(text: str) -> str:
+    try:
+        make_url(text)
+    except (ArgumentError, ValueError):
+        raise PydanticCustomError(
+            "db_url", "not a SQLAlchemy URL such as sqlite:///data/status.db or postgresql+psycopg://..."
+        ) from None
+    return text
+
+
+_Stripped = Annotated[str, StringConstraints(strip_whitespace=True)]
+_WsUrlText = Annotated[_Stripped, AfterValidator(_url_text(WebsocketUrl))]
+_DerivWsUrlText = Annotated[_Stripped, AfterValidator(_url_text(WebsocketUrl, path_required=True))]
+_WebhookUrlText = Annotated[
+    _Stripped,
+    AfterValidator(
+        _url_text(
+            Annotated[
+                AnyUrl,
+                UrlConstraints(max_length=WEBHOOK_URL_MAX_CHARS, allowed_schemes=["http", "https"], host_required=True),
+            ]
+        )
+    ),
+]
+_Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+_Origin = Annotated[
+    AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True), AfterValidator(_origin)
+]
+_BlankIsUnset = BeforeValidator(_blank_is_unset)
+_CommaSeparated = BeforeValidator(_comma_separated)
 
 
 class Settings(BaseSettings):
     """The validated, frozen configuration of one process."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=True, env_file=None)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", case_sensitive=True, env_file=None, allow_inf_nan=False
+    )
 
     # --- kept from the system this replaces (names and defaults are fixed) ---
-    WEBSOCKET_ENABLED: bool = True
-    WEBSOCKET_MAX_CONNECTIONS: int = Field(100, ge=1, le=100_000)
-    WEBSOCKET_HEARTBEAT_INTERVAL: float = Field(60.0, gt=0, le=3600)
-    WEBSOCKET_CONNECTION_TIMEOUT: float = Field(30.0, gt=0, le=600)
-    WEBSOCKET_MAX_RETRY_ATTEMPTS: int = Field(3, ge=1, le=100)
-    CIRCUIT_BREAKER_ENABLED: bool = True
-    WEBSOCKET_CB_FAILURE_THRESHOLD: int = Field(3, ge=1, le=10_000)
-    WEBSOCKET_CB_RECOVERY_TIMEOUT: float = Field(30.0, gt=0, le=86_400)
-    API_CB_FAILURE_THRESHOLD: int = Field(10, ge=1, le=10_000)
-    API_CB_RECOVERY_TIMEOUT: float = Field(120.0, gt=0, le=86_400)
-    VITE_WS_URL: str | None = None
-    VITE_WS_RECONNECT_ATTEMPTS: int = Field(5, ge=0, le=1000)
-    VITE_WS_RECONNECT_INTERVAL: int = Field(3000, ge=100, le=600_000)
-    VITE_ENABLE_REAL_TIME_UPDATES: bool = True
-    VITE_WEBSOCKET_FALLBACK_ENABLED: bool = True
+    WEBSOCKET_ENABLED: bool = Field(True, description="true or false: serve the /api/v1/ws relay")
+    WEBSOCKET_MAX_CONNECTIONS: int = Field(100, ge=1, le=100_000, description="relay clients at once")
+    WEBSOCKET_HEARTBEAT_INTERVAL: float = Field(
+        60.0, gt=0, le=3600, description="seconds between server pings to relay clients"
+    )
+    WEBSOCKET_CONNECTION_TIMEOUT: float = Field(
+        30.0, gt=0, le=600, description="seconds to connect upstream and to wait for a pong"
+    )
+    WEBSOCKET_MAX_RETRY_ATTEMPTS: int = Field(3, ge=1, le=100, description="upstream attempts per retry cycle")
+    CIRCUIT_BREAKER_ENABLED: bool = Field(True, description="true or false; false: every breaker passes calls through")
+    WEBSOCKET_CB_FAILURE_THRESHOLD: int = Field(
+        3, ge=1, le=10_000, description="failures that open the 'websocket' breaker"
+    )
+    WEBSOCKET_CB_RECOVERY_TIMEOUT: float = Field(
+        30.0, gt=0, le=86_400, description="seconds the 'websocket' breaker stays open"
+    )
+    API_CB_FAILURE_THRESHOLD: int = Field(10, ge=1, le=10_000, description="failures that open an 'api:' breaker")
+    API_CB_RECOVERY_TIMEOUT: float = Field(120.0, gt=0, le=86_400, description="seconds an 'api:' breaker stays open")
+    VITE_WS_URL: Annotated[_WsUrlText | None, _BlankIsUnset] = Field(
+        None, description="a ws:// or wss:// URL where browsers reach the relay, or unset"
+    )
+    VITE_WS_RECONNECT_ATTEMPTS: int = Field(5, ge=0, le=1000, description="browser-side reconnect attempts")
+    VITE_WS_RECONNECT_INTERVAL: int = Field(
+        3000, ge=100, le=600_000, description="milliseconds, base of the browser-side backoff"
+    )
+    VITE_ENABLE_REAL_TIME_UPDATES: bool = Field(
+        True, description="true or false; false: the page polls instead of streaming"
+    )
+    VITE_WEBSOCKET_FALLBACK_ENABLED: bool = Field(
+        True, description="true or false: poll the REST fallback while the link is down"
+    )
 
     # --- new in this system ---
-    DERIV_WS_URL: str | None = None
-    DERIV_APP_ID: str = "1089"
-    DERIV_API_TOKEN: SecretStr | None = None
-    DERIV_SYMBOLS: Annotated[tuple[str, ...], NoDecode] = ("R_50", "R_100", "1HZ100V")
-    DERIV_PING_INTERVAL: float = Field(30.0, gt=0, lt=120)
-    DERIV_SIMULATOR_HOST: str = "127.0.0.1"
-    DERIV_SIMULATOR_PORT: int = Field(0, ge=0, le=65535)
-    DERIV_SIMULATOR_CONTROL_PORT: int = Field(0, ge=0, le=65535)
-    DERIV_SIMULATOR_TIME_SCALE: float = Field(1.0, ge=0.01, le=1000)
-    ADMIN_TOKEN: SecretStr | None = None
-    DB_URL: str = "sqlite:///data/status.db"
-    LOG_FORMAT: Literal["text", "json"] = "text"
-    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    HISTORY_RETENTION_DAYS: int = Field(90, ge=1, le=3650)
-    # A webhook URL often carries its own credential (a Slack or Teams hook): kept secret.
-    ALERT_WEBHOOK_URL: SecretStr | None = None
-    ALERT_AFTER_SECONDS: float = Field(60.0, ge=0, le=86_400)
-    API_RATE_LIMIT_PER_S: float = Field(10.0, gt=0, le=100_000)
-    API_RATE_LIMIT_BURST: int = Field(50, ge=1, le=100_000)
-    TRUSTED_PROXIES: Annotated[tuple[str, ...], NoDecode] = ()
+    DERIV_WS_URL: Annotated[_DerivWsUrlText | None, _BlankIsUnset] = Field(
+        None, description="the Deriv API, e.g. wss://ws.derivws.com/websockets/v3; unset: the embedded simulator"
+    )
+    DERIV_APP_ID: Annotated[_Stripped, StringConstraints(pattern=APP_ID_PATTERN)] = Field(
+        "1089", description="your Deriv app_id: digits, not starting with 0"
+    )
+    DERIV_API_TOKEN: Annotated[
+        Annotated[SecretStr, _secret_text(Annotated[str, StringConstraints(pattern=TOKEN_PATTERN)])] | None,
+        _BlankIsUnset,
+    ] = Field(None, description="a Deriv API token: letters, digits, '_' or '-'; or unset")
+    DERIV_SYMBOLS: Annotated[tuple[_Symbol, ...], NoDecode, _CommaSeparated, AfterValidator(_unique)] = Field(
+        ("R_50", "R_100", "1HZ100V"), min_length=1, max_length=50, description="comma-separated symbols to stream"
+    )
+    DERIV_PING_INTERVAL: float = Field(
+        30.0, gt=0, lt=120, description="seconds between pings upstream; Deriv drops a link idle for 120 s"
+    )
+    # Declared before the host: the host's check reads it.
+    DERIV_SIMULATOR_ALLOW_REMOTE: bool = Field(
+        False, description="true or false; true: the embedded simulator may listen on a non-loopback address"
+    )
+    DERIV_SIMULATOR_HOST: Annotated[_Stripped, AfterValidator(_loopback_unless_allowed)] = Field(
+        "127.0.0.1", description="the embedded simulator's address"
+    )
+    DERIV_SIMULATOR_PORT: int = Field(0, ge=0, le=65535, description="the embedded simulator's port (0: any free)")
+    DERIV_SIMULATOR_CONTROL_PORT: int = Field(
+        0, ge=0, le=65535, description="the embedded simulator's control port, on loopback (0: any free)"
+    )
+    DERIV_SIMULATOR_TIME_SCALE: float = Field(1.0, ge=0.01, le=1000, description="simulator speed (1 is real time)")
+    ADMIN_TOKEN: Annotated[
+        Annotated[SecretStr, _secret_text(Annotated[str, StringConstraints(strip_whitespace=True, min_length=16)])]
+        | None,
+        _BlankIsUnset,
+    ] = Field(None, description="the Bearer token for admin actions; unset: admin actions are refused")
+    DB_URL: Annotated[_Stripped, AfterValidator(_sqlalchemy_url)] = Field(
+        "sqlite:///data/status.db", description="the history database"
+    )
+    LOG_FORMAT: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        "text", description="the log line format"
+    )
+    LOG_LEVEL: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        BeforeValidator(_upper),
+    ] = Field("INFO", description="the lowest level logged")
+    HISTORY_RETENTION_DAYS: int = Field(90, ge=1, le=3650, description="days of history kept")
+    ALERT_WEBHOOK_URL: Annotated[Annotated[SecretStr, _secret_text(_WebhookUrlText)] | None, _BlankIsUnset] = Field(
+        None, description="an http(s) URL that receives alerts; unset: no alerts"
+    )
+    ALERT_AFTER_SECONDS: float = Field(
+        60.0, ge=0, le=86_400, description="seconds the upstream must be down before an alert"
+    )
 
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: Any, init_settings: Any, *args: Any, **kwargs: Any
-    ) -> tuple[Any, ...]:
-        # load_settings() reads the environment exactly once and passes it in; no other
-        # source (dotenv files, secrets dirs) may add values behind its back.
-        return (init_settings,)
-
-    @field_validator("VITE_WS_URL", "DERIV_WS_URL", mode="before")
-    @classmethod
-    def _ws_url(cls, value: Any) -> str | None:
-        return _check_ws_url(value)
-
-    @field_validator("DERIV_APP_ID", mode="before")
-    @classmethod
-    def _app_id(cls, value: Any) -> str:
-        text = str(value).strip()
-        if not _APP_ID.match(text):
-            raise ValueError("bad app_id")
-        return text
-
-    @field_validator("DERIV_API_TOKEN", mode="before")
-    @classmethod
-    def _token(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        if not _TOKEN.match(text):
-            raise ValueError("bad token")
-        return text
-
-    @field_validator("ADMIN_TOKEN", mode="before")
-    @classmethod
-    def _admin_token(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value == ""):
-            return None
-        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        if len(text) < 16 or text.strip() != text:
-            raise ValueError("admin token too short")
-        return text
-
-    @field_validator("DERIV_SYMBOLS", mode="before")
-    @classmethod
-    def _symbols(cls, value: Any) -> tuple[str, ...]:
-        items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
-        items = [s for s in items if s]
-        if not 1 <= len(items) <= 50 or not all(_SYMBOL.match(s) for s in items):
-            raise ValueError("bad symbol list")
-        return tuple(dict.fromkeys(items))  # de-duplicated, order kept
-
-    @field_validator("TRUSTED_PROXIES", mode="before")
-    @classmethod
-    def _proxies(cls, value: Any) -> tuple[str, ...]:
-        items = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
-        items = [s for s in items if s]
-        if len(items) > 100:
-            raise ValueError("too many proxies")
-        return tuple(str(ipaddress.ip_network(s, strict=False)) for s in items)
-
-    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
-    @classmethod
-    def _case(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        return (
-            value.strip().upper()
-            if value.strip().upper() in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
-            else value.strip().lower()
-        )
-
-    @field_validator("ALERT_WEBHOOK_URL", mode="before")
-    @classmethod
-    def _webhook_url(cls, value: Any) -> Any:
-        if value is None or (isinstance(value, str) and value.strip() == ""):
-            return None
-        text = (value.get_secret_value() if isinstance(value, SecretStr) else str(value)).strip()
-        if len(text) > 2048 or not _HTTP_URL.match(text):
-            raise ValueError("bad webhook url")
-        return text
-
-    @field_validator("DB_URL", mode="before")
-    @classmethod
-    def _db_url(cls, value: Any) -> str:
-        text = str(value).strip()
-        if not re.match(r"^[a-z][a-z0-9+]*://", text):
-            raise ValueError("bad db url")
-        return text
+    # --- the public API ---
+    ALLOWED_ORIGINS: Annotated[tuple[_Origin, ...], NoDecode, _CommaSeparated, AfterValidator(_unique)] = Field(
+        (),
+        max_length=100,
+        description="comma-separated origins such as https://status.example.com for /api/v1/ws; empty: same host",
+    )
+    TRUSTED_PROXIES: Annotated[tuple[IPvAnyNetwork, ...], NoDecode, _CommaSeparated, AfterValidator(_unique)] = Field(
+        (),
+        max_length=100,
+        description="comma-separated IP addresses or CIDRs whose X-Forwarded-For is believed; empty: none",
+    )
+    API_RATE_LIMIT_PER_S: float = Field(10.0, gt=0, description="requests per second per client on the HTTP API")
+    API_RATE_LIMIT_BURST: int = Field(50, ge=1, description="requests a client may send at once before the limit")
 
     @property
     def uses_simulator(self) -> bool:
         """True when no DERIV_WS_URL is set: the app runs its embedded simulator."""
         return self.DERIV_WS_URL is None
 
-    def public_view(self) -> dict[str, Any]:
-        """The settings with secrets reduced to whether they are set (for health and the UI)."""
-        out: dict[str, Any] = {}
-        for name, value in self.model_dump().items():
-            if name in {"DERIV_API_TOKEN", "ADMIN_TOKEN", "ALERT_WEBHOOK_URL"}:
-                out[name] = "<set>" if value is not None else None
-            elif name == "DB_URL":
-                out[name] = re.sub(r"//[^@/]*@", "//<credentials>@", str(value))
-            else:
-                out[name] = list(value) if isinstance(value, tuple) else value
-        return out
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``
+    (the way its cloud secret sources feed their own mappings)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret string the settings hold, and the secret parts of the URLs: what no
+    output may show (the log redaction masks these)."""
+    values: list[str] = []
+    for secret in (settings.ADMIN_TOKEN, settings.DERIV_API_TOKEN, settings.ALERT_WEBHOOK_URL):
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    if settings.ALERT_WEBHOOK_URL is not None:
+        webhook = urllib.parse.urlsplit(settings.ALERT_WEBHOOK_URL.get_secret_value())
+        values += [webhook.password or "", webhook.query]
+        values += [value for _, value in urllib.parse.parse_qsl(webhook.query)]
+    with contextlib.suppress(ValueError, ArgumentError):
+        values.append(make_url(settings.DB_URL).password or "")
+    return [value for value in values if value]
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the environment (``os.environ`` by default).
+    """Validate the process environment, or ``environ`` in its place when given (tests).
 
-    Raises :class:`ConfigError` naming the first bad variable, its value and what is
-    accepted.
+    Raises :class:`ConfigError` naming the first bad variable, its value (masked for a
+    secret) and the rule it broke.
     """
-    env = dict(os.environ if environ is None else environ)
-    known = {k: v for k, v in env.items() if k in Settings.model_fields}
     try:
-        return Settings(**known)  # type: ignore[arg-type]
+        if environ is None:
+            return Settings()
+        return Settings(_build_sources=((_MappingEnvSource(Settings, environ),), {}))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        variable = str(error["loc"][0]) if error["loc"] else "?"
-        raise ConfigError(variable, known.get(variable, ""), _ACCEPTED.get(variable, "a valid value")) from None
+        first = exc.errors(include_url=False)[0]
+    # Raised outside the except block, so no exception context carries the raw input.
+    raise _config_error(first, os.environ if environ is None else environ)
+
+
+def _config_error(error: ErrorDetails, environ: Mapping[str, str]) -> ConfigError:
+    """The one-line error for a validation error of :class:`Settings`."""
+    loc = error["loc"]
+    variable = str(loc[0]) if loc else "?"
+    raw = environ.get(variable)
+    value = raw if raw is not None else str(error.get("input", ""))
+    rule = error["msg"]
+    if variable in SECRET_VARIABLES:
+        shown = f"(hidden, {len(value)} characters)"
+        if len(value) >= 4:
+            rule = rule.replace(value, "(hidden)")
+    else:
+        shown = repr(value) if len(value) <= SHOWN_VALUE_MAX_CHARS else f"{value[:SHOWN_VALUE_MAX_CHARS]!r}…"
+    item = f"item {loc[1] + 1}: " if len(loc) > 1 and isinstance(loc[1], int) else ""
+    field = Settings.model_fields.get(variable)
+    description = f" ({field.description})" if field is not None and field.description else ""
+    return ConfigError(variable, shown, f"{item}{rule}{description}")
 
 
 def main() -> int:

@@ -35,11 +35,13 @@ class ConfigError(BackendCoreError):
 
     code = "ConfigError"
 
-    def __init__(self, variable: str, value: str, accepted: str) -> None:
+    def __init__(self, variable: str, shown: str, rule: str) -> None:
+        # ``shown`` is the value as it may be printed: quoted and clipped, or masked for a
+        # secret. The raw value is never kept here.
         self.variable = variable
-        self.value = value
-        self.accepted = accepted
-        super().__init__(f"Invalid configuration: {variable}={value!r} is not accepted; expected {accepted}.")
+        self.shown = shown
+        self.rule = rule
+        super().__init__(f"Invalid configuration: {variable}={shown} is not accepted: {rule}.")
 
 
 class CircuitOpenError(BackendCoreError):

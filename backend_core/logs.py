@@ -1,14 +1,19 @@
 """Logging set-up: one line per event, as text or as JSON (``LOG_FORMAT``).
 
 Configured once by the Runtime. Secrets never reach a log line: nothing in backend_core
-formats a token into a message, and :class:`JsonFormatter` only emits the message, the
-logger name, the level, the time and explicitly passed ``extra`` context fields.
+formats a token into a message, :class:`JsonFormatter` only emits the message, the logger
+name, the level, the time and explicitly passed ``extra`` context fields, and while a
+Runtime runs, :class:`SecretRedaction` masks the configured secrets in every record of
+every logger, the libraries' included (httpx logs request URLs at INFO, websockets logs
+frames at DEBUG: an authorize frame carries the API token).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from backend_core.clock import Clock, iso_utc
@@ -37,9 +42,65 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 data[key] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
         if record.exc_info and record.exc_info[0] is not None:
-            data["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-            data["traceback"] = self.formatException(record.exc_info)
+            error = getattr(record, "_error_text", None)
+            data["error"] = error or f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+            data["traceback"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(data, separators=(",", ":"))
+
+
+# A secret shorter than this is not masked: it would mask ordinary words and numbers.
+MIN_SECRET_CHARS: Final = 4
+MASK: Final = "***"
+
+
+class SecretRedaction:
+    """Masks known secret values in every log record made while it is installed.
+
+    Installed as the process's log record factory, so it sees the records of every logger
+    (a filter on one logger misses its children and the libraries'). The message, and an
+    exception's text and traceback, are rendered once and masked; the record then carries
+    the masked text only.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        self._formatter = logging.Formatter()
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = logging.getLogRecordFactory()
+        if not self._secrets:
+            yield
+            return
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            self._mask(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        try:
+            yield
+        finally:
+            logging.setLogRecordFactory(previous)
+
+    def _mask(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: the handler reports it later
+            return
+        masked = self.redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = self.redact(self._formatter.formatException(record.exc_info))
+            record._error_text = self.redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")  # type: ignore[attr-defined]
 
 
 def configure_logging(log_format: str, level: str) -> None:

@@ -114,9 +114,10 @@ class RateLimiter:
         return client in self._buckets
 
 
-def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """``TRUSTED_PROXIES`` entries (addresses or CIDRs) as networks; ValueError for a bad one."""
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries if entry.strip())
+def parse_networks(entries: Iterable[str | Network]) -> tuple[Network, ...]:
+    """``TRUSTED_PROXIES`` entries (networks, or addresses and CIDRs as text) as networks;
+    ValueError for a bad one."""
+    return tuple(ipaddress.ip_network(str(entry).strip(), strict=False) for entry in entries if str(entry).strip())
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -164,7 +165,7 @@ class RateLimitMiddleware:
         routes: Iterable[BaseRoute],
         rate_per_s: float,
         burst: int,
-        trusted_proxies: Iterable[str],
+        trusted_proxies: Iterable[str | Network],
         clock: Clock,
         exempt: Callable[[str], bool],
         max_clients: int = MAX_CLIENTS,

@@ -29,7 +29,7 @@ from backend_core import status_view
 from backend_core.alerts import AlertService
 from backend_core.breakers import BreakerRegistry, Transition
 from backend_core.clock import Clock, SystemClock
-from backend_core.config import Settings
+from backend_core.config import Settings, secret_values
 from backend_core.deriv.manager import DerivManager, RetryOutcome
 from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, UpstreamSnapshot
@@ -47,6 +47,7 @@ from backend_core.history.reader import HistoryReader
 from backend_core.history.store import HistoryStore
 from backend_core.hub import Closed, Dropped, InMemoryHub, Subscription
 from backend_core.incidents import IncidentFeed
+from backend_core.logs import SecretRedaction
 from backend_core.metrics import (
     AlertsCollector,
     BreakerCollector,
@@ -89,6 +90,7 @@ class Runtime:
             self.simulator = DerivSimulator(
                 settings.DERIV_SIMULATOR_HOST,
                 settings.DERIV_SIMULATOR_PORT,
+                allow_remote=settings.DERIV_SIMULATOR_ALLOW_REMOTE,
                 clock=self.clock,
                 time_scale=settings.DERIV_SIMULATOR_TIME_SCALE,
                 # The simulator accepts the configured token, so authorize works end to end.
@@ -193,6 +195,9 @@ class Runtime:
     async def _start_components(self, stack: contextlib.AsyncExitStack) -> None:
         def on_stop(name: str, step: StopStep) -> None:
             stack.push_async_callback(_stop_step, name, step)
+
+        # First in, last out: no log line of any logger shows a secret while the runtime runs.
+        stack.enter_context(SecretRedaction(secret_values(self.settings)).installed())
 
         url = self.settings.DERIV_WS_URL
         if self.simulator is not None:

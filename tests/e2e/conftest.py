@@ -5,6 +5,7 @@ port, embedded simulator) with settings that make fault scenarios take seconds i
 of minutes. ``browser`` drives ``/usr/bin/chromium`` through Playwright (which cannot
 download browsers here). Screenshots go to ``artifacts/`` (gitignored); run with
 ``UPDATE_DOC_SCREENSHOTS=1`` to refresh the committed copies in ``docs/screenshots/``.
+Without Chromium every e2e test skips, or fails when ``REQUIRE_E2E_TESTS=1`` (``.ci/run``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,21 @@ APP_ENV = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def chromium() -> str:
+    """Every e2e test needs Debian's Chromium: without it they skip, or fail when
+    ``REQUIRE_E2E_TESTS`` is set (CI), so that CI never passes on skipped browser tests.
+    Session-scoped and autouse, so it is checked before any module starts an app."""
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
+        if os.environ.get("REQUIRE_E2E_TESTS"):
+            pytest.fail(f"REQUIRE_E2E_TESTS is set but {reason}")
+        pytest.skip(reason)
+    return CHROMIUM
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     tmp = tmp_path_factory.mktemp("e2e-app")
     env = {**APP_ENV, "DB_URL": f"sqlite:///{tmp / 'status.db'}"}
     with running_app(tmp, env) as running:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from tests.app_process import RunningApp, free_port, running_app
-from tests.e2e.conftest import APP_ENV, CHROMIUM
+from tests.e2e.conftest import APP_ENV
 from tests.e2e.test_status_page import HISTORY_S, LOAD_S, ms, open_status_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -23,8 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
     tmp = tmp_path_factory.mktemp("e2e-app-no-db")
     env = {**APP_ENV, "DB_URL": f"postgresql+psycopg://status:status@127.0.0.1:{free_port()}/status"}
     with running_app(tmp, env) as running:

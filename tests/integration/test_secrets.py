@@ -169,17 +169,11 @@ async def test_no_output_and_no_log_line_of_the_app_shows_a_secret(
     assert found + log_leaks(capture, own=True) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="libraries log secrets at INFO/DEBUG: httpx logs the alert webhook URL (alerts.py's client), "
-    "websockets logs the authorize frame with DERIV_API_TOKEN (the manager's connection); see the report",
-)
 async def test_no_library_log_line_shows_a_secret(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
     _, capture = await drive(asgi_server)
     assert log_leaks(capture, own=False) == []
 
 
-@pytest.mark.xfail(strict=True, reason="config.py's one-line error still echoes the value (config branch fixes it)")
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

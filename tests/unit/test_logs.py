@@ -99,3 +99,37 @@ def test_throttle_keys_from_outside_are_bounded() -> None:
     throttle = LogThrottle(logging.getLogger("backend_core.test"), interval_s=60.0, max_keys=3)
     assert [throttle.due(0.0, f"code{i}") for i in range(10)] == [0, 0, 0, 0, None, None, None, None, None, None]
     assert len(throttle._seen) == 4  # three keys and the shared "other"
+
+
+def test_secret_redaction_masks_every_logger_while_installed_and_nothing_after() -> None:
+    import logging as std_logging
+
+    from backend_core.logs import JsonFormatter, SecretRedaction
+
+    seen: list[std_logging.LogRecord] = []
+
+    class Keep(std_logging.Handler):
+        def emit(self, record: std_logging.LogRecord) -> None:
+            seen.append(record)
+
+    library = std_logging.getLogger("some.library.deep.child")
+    library.setLevel(std_logging.DEBUG)
+    keep = Keep()
+    library.addHandler(keep)
+    try:
+        with SecretRedaction(["hunter2-token", "abc"]).installed():
+            library.debug("sending %s", {"authorize": "hunter2-token"})
+            try:
+                raise ValueError("bad url http://u:hunter2-token@host")
+            except ValueError:
+                library.exception("failed")
+        library.info("after: hunter2-token")
+    finally:
+        library.removeHandler(keep)
+    first, second, after = seen
+    assert first.getMessage() == "sending {'authorize': '***'}"
+    text = std_logging.Formatter().format(second)
+    assert "hunter2-token" not in text and "***" in text
+    assert "hunter2-token" not in JsonFormatter().format(second)
+    assert after.getMessage() == "after: hunter2-token"  # uninstalled: the factory is back
+    assert "abc" in SecretRedaction(["abc"]).redact("abc")  # too short to mask safely

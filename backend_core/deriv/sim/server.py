@@ -617,6 +617,8 @@ class DerivSimulator:
         try:
             client.outbound.put_nowait(item)
         except asyncio.QueueFull:
+            if client.connection.transport.is_closing():
+                return  # already dropped: once per client, not once per frame (the feed catches up in bursts)
             # A client this far behind would make us buffer without limit: drop it.
             self._slow_dropped += 1
             logger.warning("simulator client too slow (%d frames queued); dropping it", OUTBOUND_QUEUE_FRAMES)
