@@ -44,13 +44,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from backend_core.breakers import MAX_API_BREAKERS
+from backend_core.breakers.registry import MAX_API_BREAKERS
 from backend_core.clock import Clock
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.logs import FaultLog
 
 if TYPE_CHECKING:
-    from backend_core.breakers import Transition
+    from backend_core.breakers.breaker import Transition
 
 log = logging.getLogger("backend_core.incidents")
 

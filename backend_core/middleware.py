@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend_core.breakers import BreakerRegistry
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.errors import CircuitOpenError
 from backend_core.http_input import error_response
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from backend_core import status_view
 from backend_core.alerts import AlertService
-from backend_core.breakers import BreakerRegistry, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import Clock, SystemClock
 from backend_core.config import Settings, secret_values
 from backend_core.deriv.manager import DerivManager, RetryOutcome

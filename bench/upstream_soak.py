@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend_core.breakers import BreakerRegistry
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.config import load_settings
 from backend_core.deriv.manager import DerivManager
 from backend_core.deriv.sim.server import DerivSimulator

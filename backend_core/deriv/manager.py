@@ -49,7 +49,8 @@ import websockets
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from backend_core.backoff import FullJitter
-from backend_core.breakers import CircuitBreaker, Permit
+from backend_core.breakers.breaker import CircuitBreaker
+from backend_core.breakers.core import Permit
 from backend_core.clock import Clock, SystemClock, sleep_unless
 from backend_core.config import Settings
 from backend_core.deriv import protocol

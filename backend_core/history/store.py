@@ -70,7 +70,7 @@ from backend_core.incidents import (
 from backend_core.logs import FaultLog
 
 if TYPE_CHECKING:
-    from backend_core.breakers import Transition
+    from backend_core.breakers.breaker import Transition
     from backend_core.config import Settings
 
 log = logging.getLogger("backend_core.history")

@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backend_core.alerts import AlertService
-from backend_core.breakers import BreakerState, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.core import BreakerState
 from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot

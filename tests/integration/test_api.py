@@ -222,13 +222,18 @@ async def test_admin_reset_rules_and_audit(
         assert forged.status_code == 400 and forged.json()["error"] == "invalid_breaker_name"
         control = await client.post("/health/circuit-breakers/web%1Bsocket/reset", headers=bearer)
         assert control.status_code == 400
-        runtime.breakers.websocket.force_open()
+        websocket = runtime.breakers.websocket
+        for _ in range(websocket.config.failure_threshold):  # open it the way failures do
+            websocket.record_failure(websocket.acquire())
+        assert websocket.state == "open"
         ok = await client.post(url, headers=bearer)
         assert ok.status_code == 200
         assert ok.json()["breaker"]["state"] == "closed"
         assert ADMIN not in ok.text
         # An "api:<route>" breaker's name holds slashes: it is reachable too.
-        runtime.breakers.api("/api/v1/history").force_open()
+        history = runtime.breakers.api("/api/v1/history")
+        for _ in range(history.config.failure_threshold):
+            history.record_failure(history.acquire())
         api = await client.post("/health/circuit-breakers/api:/api/v1/history/reset", headers=bearer)
         assert api.status_code == 200 and api.json()["breaker"]["state"] == "closed"
         messages = [r.getMessage() for r in caplog.records]

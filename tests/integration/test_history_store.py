@@ -36,7 +36,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 
-from backend_core.breakers import BreakerState, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.core import BreakerState
 from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot

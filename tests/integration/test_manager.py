@@ -20,7 +20,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from backend_core.breakers import BreakerRegistry
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.config import Settings, load_settings
 from backend_core.deriv import protocol
 from backend_core.deriv.manager import DerivManager

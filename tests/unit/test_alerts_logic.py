@@ -18,7 +18,8 @@ from backend_core.alerts import (
     delivery_verdict,
     retry_after_seconds,
 )
-from backend_core.breakers import BreakerState, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.core import BreakerState
 from backend_core.clock import Clock, FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot

@@ -1,132 +1,249 @@
-"""Property-based tests of the breaker's invariants over a fake clock.
+"""A black-box model of the circuit breaker, checked by a hypothesis state machine.
 
-Calls are driven by hand, without an event loop: each protected call awaits a
-:class:`Step`, which suspends it until the test decides its outcome (success, failure,
-ignored, cancelled). Each call runs in its own ``contextvars`` context, as an asyncio
-task would, so every shape (``call``, decorator, ``async with``, permits) can be kept in
-flight at once and settled in any order, at any fake time.
+:class:`Spec` is the breaker as documented (``backend_core.breakers.core``'s docstring),
+written from the rules and not from the implementation: its own notion of generations,
+its own windows, its own open periods. The machine drives a real
+:class:`~backend_core.breakers.breaker.CircuitBreaker` on a fake clock through the permit
+API (admissions, verdicts in any order, releases, double settlements, time, resets,
+manual probes) and compares only what the public surface shows: admissions, rejections
+and their ``retry_after_s``, the transitions listeners hear, ``state``, ``retry_after_s``
+and ``snapshot()``. The one figure read back from the breaker is a jittered open period,
+and only after checking that it lies within the documented bounds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
-from collections.abc import Coroutine, Generator
-from dataclasses import dataclass
-from typing import Any
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, event, given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from backend_core.breakers import BreakerConfig, BreakerState, CircuitBreaker, Permit, SlidingWindow
+from backend_core.breakers.breaker import CircuitBreaker, Transition
+from backend_core.breakers.core import TIME_WINDOW_BUCKETS, BreakerConfig, BreakerState, SlidingWindow
 from backend_core.clock import FakeClock
 from backend_core.errors import CircuitOpenError
 
-VALID_STATES = set(BreakerState)
+CLOSED, OPEN, HALF_OPEN, DISABLED = (
+    BreakerState.CLOSED,
+    BreakerState.OPEN,
+    BreakerState.HALF_OPEN,
+    BreakerState.DISABLED,
+)
+# At most this many calls in flight at once: plenty to fill every probe slot.
+MAX_IN_FLIGHT = 12
+# Settled permits kept around to settle again (which must change nothing).
+MAX_SETTLED = 4
+# Failures twice as often as successes: enough of them to open and to fail probes.
+OUTCOMES = st.sampled_from(["success", "failure", "failure", "release"])
+# Controls are rare: each one starts the breaker over.
+CONTROLS = st.sampled_from(["reset", "allow_probe_now", None, None, None, None, None, None])
+
+
+@dataclass
+class Held:
+    """A permit the test holds, with what the spec says about it."""
+
+    permit: object
+    epoch: int  # the spec's generation when it was admitted
+    probe: bool
+    admitted_at: float
+
+
+@dataclass
+class Spec:
+    """The documented breaker. Times are the fake clock's monotonic seconds."""
+
+    config: BreakerConfig
+    enabled: bool
+    state: BreakerState = CLOSED
+    epoch: int = 0
+    failures: int = 0
+    probes: set[int] = field(default_factory=set)  # ids of current probe permits
+    half_open_deadline: float = 0.0
+    open_until: float = 0.0
+    level: int = 0
+    period: float = 0.0
+    period_unknown: bool = False  # just opened: the (jittered) period is read back once
+    opened_now: float = 0.0
+    outage_started: float | None = None
+    last_outage_s: float | None = None
+    last_failure: str | None = None
+    last_failure_at: float | None = None
+    successes_total: int = 0
+    failures_total: int = 0
+    rejections_total: int = 0
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    count_window: deque[bool] = field(default_factory=deque)
+    time_window: list[tuple[int, bool]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            self.state = DISABLED
+
+    # -- the failure-rate window, as documented: last N calls, or the last T seconds in
+    # TIME_WINDOW_BUCKETS buckets (old calls leave in steps of T / buckets)
+    def _bucket(self, now: float) -> int:
+        assert self.config.window is not None
+        return int(now // (self.config.window.size / TIME_WINDOW_BUCKETS))
+
+    def window_totals(self, now: float) -> tuple[int, int]:
+        window = self.config.window
+        if window is None:
+            return 0, 0
+        if window.kind == "count":
+            return len(self.count_window), sum(self.count_window)
+        oldest = self._bucket(now) - TIME_WINDOW_BUCKETS
+        kept = [(bucket, failed) for bucket, failed in self.time_window if bucket > oldest]
+        self.time_window = kept
+        return len(kept), sum(failed for _, failed in kept)
+
+    def _record(self, failed: bool, now: float) -> None:
+        window = self.config.window
+        if window is None:
+            return
+        if window.kind == "count":
+            if len(self.count_window) == int(window.size):
+                self.count_window.popleft()
+            self.count_window.append(failed)
+        else:
+            self.time_window.append((self._bucket(now), failed))
+
+    def _rate_exceeded(self, now: float) -> bool:
+        window = self.config.window
+        if window is None:
+            return False
+        calls, failed = self.window_totals(now)
+        return calls >= window.minimum_calls and failed >= window.failure_rate_threshold * calls
+
+    # -- transitions
+    def _to(self, to_state: BreakerState, reason: str, now: float) -> None:
+        self.transitions.append((str(self.state), str(to_state), reason))
+        self.state = to_state
+        self.epoch += 1
+        self.probes = set()
+        if to_state is CLOSED:
+            self._clear()
+            if self.outage_started is not None:
+                self.last_outage_s = now - self.outage_started
+            self.outage_started = None
+            self.period = 0.0
+        elif to_state is OPEN and self.outage_started is None:
+            self.outage_started = now
+
+    def _clear(self) -> None:
+        self.failures = 0
+        self.level = 0
+        self.probes = set()
+        self.count_window.clear()
+        self.time_window.clear()
+
+    def _open(self, reason: str, now: float, *, after_probe: bool) -> None:
+        self.level = self.level + 1 if after_probe else 0
+        self.period_unknown = True
+        self.opened_now = now
+        self._to(OPEN, reason, now)
+
+    def learn_period(self, period: float) -> None:
+        """The breaker's period for the open it just made, checked against the rules."""
+        config = self.config
+        base = config.recovery_timeout_s
+        cap = config.max_recovery_timeout_s if config.max_recovery_timeout_s is not None else base
+        grown = min(cap, base * 2**self.level)
+        if self.level == 0 or config.jitter_ratio == 0:
+            assert period == (base if self.level == 0 else grown), (period, self.level)
+        else:
+            assert max(base, grown * (1 - config.jitter_ratio)) - 1e-9 <= period <= grown + 1e-9, (period, self.level)
+        self.period = period
+        self.open_until = self.opened_now + period
+        self.period_unknown = False
+
+    def due(self, now: float) -> None:
+        """Time-driven transitions, applied by every admission and every read."""
+        if self.state is OPEN and now >= self.open_until:
+            self._to(HALF_OPEN, "recovery_timeout", now)
+        elif self.state is HALF_OPEN and self.probes and now >= self.half_open_deadline:
+            self._open("probe_timeout", now, after_probe=True)
+
+    # -- the permit API
+    def admit(self, now: float) -> tuple[bool, bool, float | None]:
+        """(admitted, probe, retry_after_s or None when it depends on a period to learn)."""
+        if self.state is CLOSED or self.state is DISABLED:
+            return True, False, None
+        if self.state is OPEN and now < self.open_until:
+            self.rejections_total += 1
+            return False, False, self.open_until - now
+        self.due(now)
+        if self.state is OPEN:
+            self.rejections_total += 1
+            return False, False, None
+        if len(self.probes) < self.config.half_open_max_probes:
+            if not self.probes:
+                self.half_open_deadline = now + self.config.half_open_max_wait_s
+            return True, True, None
+        self.rejections_total += 1
+        return False, False, min(max(0.0, self.half_open_deadline - now), self.config.recovery_timeout_s)
+
+    def settle(self, held: Held, outcome: str, now: float) -> None:
+        if not self.enabled:
+            return
+        current = held.epoch == self.epoch
+        if outcome == "release":
+            if held.probe and current:
+                self.probes.discard(id(held))
+            return
+        slow_s = self.config.slow_call_threshold_s
+        if outcome == "success" and slow_s is not None and now - held.admitted_at >= slow_s:
+            outcome = "slow"
+        if outcome == "success":
+            self.successes_total += 1
+            if not current:
+                return
+            if self.state is CLOSED:
+                self.failures = 0
+                self._record(False, now)
+                if self._rate_exceeded(now):
+                    self._open("failure_rate", now, after_probe=False)
+            elif self.state is HALF_OPEN:
+                self._to(CLOSED, "probe_succeeded", now)
+            return
+        self.failures_total += 1
+        self.last_failure = "SlowCall" if outcome == "slow" else "Boom: down"
+        self.last_failure_at = now
+        if not current:
+            return
+        if self.state is CLOSED:
+            self.failures += 1
+            self._record(True, now)
+            if self.failures >= self.config.failure_threshold:
+                self._open("failure_threshold", now, after_probe=False)
+            elif self._rate_exceeded(now):
+                self._open("failure_rate", now, after_probe=False)
+        elif self.state is HALF_OPEN:
+            self._open("probe_failed", now, after_probe=True)
+
+    def reset(self, now: float) -> None:
+        if self.state is CLOSED or self.state is DISABLED:
+            self.epoch += 1  # calls in flight become stale; nothing to tell
+            self._clear()
+        else:
+            self._to(CLOSED, "reset", now)
+
+    def allow_probe_now(self, now: float) -> bool:
+        self.due(now)
+        if self.state is OPEN:
+            self.open_until = now
+            self._to(HALF_OPEN, "manual_probe", now)
+        return self.state is HALF_OPEN
 
 
 class Boom(Exception):
     pass
-
-
-class Step:
-    """An awaitable that suspends once; the test then says what the await gives."""
-
-    def __init__(self) -> None:
-        self.outcome: Any = None
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        yield self
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-
-async def protected(step: Step) -> Any:
-    return await step
-
-
-@dataclass
-class InFlight:
-    shape: str
-    step: Step
-    coro: Coroutine[Any, Any, Any] | None
-    context: contextvars.Context
-    permit: Permit | None
-    generation: int  # of the breaker when it was admitted
-    probe: bool
-    started_at: float
-
-
-def start(breaker: CircuitBreaker, shape: str) -> InFlight | None:
-    """Begin one call; None when the breaker rejected it."""
-    step = Step()
-    generation = breaker._generation
-    if shape == "permit":
-        try:
-            permit = breaker.acquire()
-        except CircuitOpenError:
-            return None
-        started_at = breaker._clock.monotonic()
-        return InFlight(shape, step, None, contextvars.Context(), permit, permit.generation, permit.probe, started_at)
-    coro: Coroutine[Any, Any, Any]
-    if shape == "call":
-        coro = breaker.call(protected, step)
-    elif shape == "decorator":
-        coro = breaker(protected)(step)
-    else:
-
-        async def block() -> Any:
-            async with breaker:
-                return await step
-
-        coro = block()
-    context = contextvars.Context()
-    try:
-        context.run(coro.send, None)
-    except CircuitOpenError:
-        return None
-    # The call is suspended inside the protected function: it was admitted. A transition
-    # (OPEN -> HALF_OPEN) may have happened on the way in.
-    if breaker._generation != generation:
-        generation = breaker._generation
-    probe = breaker._state is BreakerState.HALF_OPEN
-    return InFlight(shape, step, coro, context, None, generation, probe, breaker._clock.monotonic())
-
-
-def finish(breaker: CircuitBreaker, call: InFlight, outcome: str) -> None:
-    """Settle a call in flight: "success", "failure", "ignored" or "cancelled"."""
-    if call.permit is not None:
-        if outcome == "success":
-            breaker.record_success(call.permit)
-        elif outcome == "failure":
-            breaker.record_exception(call.permit, Boom())
-        elif outcome == "ignored":
-            breaker.record_exception(call.permit, KeyError("ignored"))
-        else:
-            breaker.release(call.permit)
-        return
-    assert call.coro is not None
-    expected: type[BaseException] | None
-    if outcome == "cancelled":
-        expected = asyncio.CancelledError
-        thrown: BaseException | None = asyncio.CancelledError()
-    else:
-        thrown = None
-        call.step.outcome = {"success": "value", "failure": Boom(), "ignored": KeyError("ignored")}[outcome]
-        expected = {"success": None, "failure": Boom, "ignored": KeyError}[outcome]
-    try:
-        if thrown is not None:
-            call.context.run(call.coro.throw, thrown)
-        else:
-            call.context.run(call.coro.send, None)
-    except StopIteration as stop:
-        assert expected is None and stop.value == "value"
-    except BaseException as exc:
-        assert expected is not None and isinstance(exc, expected), exc
-    else:
-        raise AssertionError("the call did not finish")
 
 
 @st.composite
@@ -152,210 +269,187 @@ def configs(draw: st.DrawFn) -> BreakerConfig:
         half_open_max_wait_s=draw(st.sampled_from([2.0, 15.0])),
         window=window,
         slow_call_threshold_s=draw(st.sampled_from([None, 3.0])),
-        ignore=KeyError,
-        failure_result=draw(st.sampled_from([None, lambda result: result == "never"])),
-        backoff_multiplier=2.0 if growth else 1.0,
         max_recovery_timeout_s=recovery * 4 if growth else None,
-        jitter_ratio=draw(st.sampled_from([0.0, 0.5])) if growth else 0.0,
+        jitter_ratio=draw(st.sampled_from([0.0, 0.5])),
     )
 
 
-class Model:
-    """Drives one breaker through a sequence of operations and checks every invariant."""
+class BreakerMachine(RuleBasedStateMachine):
+    """Drives one breaker and the spec side by side; every rule compares what is visible."""
 
-    def __init__(self, config: BreakerConfig, random_value: float) -> None:
+    @initialize(config=configs(), enabled=st.sampled_from([True] * 9 + [False]), seed=st.integers(0, 2**32))
+    def start(self, config: BreakerConfig, enabled: bool, seed: int) -> None:
         self.clock = FakeClock()
-        self.config = config
-        self.breaker = CircuitBreaker("prop", config, clock=self.clock, random=lambda: random_value)
-        self.in_flight: list[InFlight] = []
-        self.model_generation = 0
-        self.model_failures = 0  # consecutive failures of the current CLOSED generation
-        self.totals = (0, 0, 0, 0)
-        self.transitions = 0
-        self.states_seen: set[BreakerState] = set()
-        self.undo: tuple[int, str] | None = None  # (operations left, control that undoes)
+        self.breaker = CircuitBreaker("prop", config, clock=self.clock, rng=random.Random(seed), enabled=enabled)
+        self.heard: list[Transition] = []
+        self.breaker.add_listener(self.heard.append)  # no loop runs: delivered at once
+        self.spec = Spec(config, enabled)
+        self.held: list[Held] = []
+        self.settled: list[Held] = []
+        self.generation = -1
 
-    def apply(self, op: tuple[Any, ...]) -> None:
-        kind = op[0]
-        if kind == "start":
-            for shape in op[1]:
-                if len(self.in_flight) < MAX_IN_FLIGHT:
-                    self.start_call(shape)
-        elif kind == "finish" and self.in_flight:
-            self.finish_call(op[1], op[2])
-        elif kind == "advance":
-            self.clock.advance(op[1])
-            if op[2]:
-                self.check_snapshot()
-        elif kind == "to_retry_time" and self.breaker._state is BreakerState.OPEN and not self.breaker._forced:
-            # Land just before, on, or just after the retry time: where boundary bugs live.
-            self.clock.advance(max(0.0, self.breaker._open_until - self.clock.monotonic() + op[1]))
-        elif kind == "to_probe_deadline" and self.breaker._state is BreakerState.HALF_OPEN:
-            if self.breaker._probes_in_flight:
-                self.clock.advance(max(0.0, self.breaker._half_open_deadline - self.clock.monotonic() + op[1]))
-        elif kind == "control" and op[1] is not None:
-            getattr(self.breaker, op[1])()
-            if op[1] in ("disable", "force_open"):
-                # Both last until undone; undo a few operations later to get back to work.
-                self.undo = (op[2], "enable" if op[1] == "disable" else "reset")
-        if self.undo is not None:
-            left, control = self.undo
-            self.undo = (left - 1, control) if left else None
-            if not left:
-                getattr(self.breaker, control)()
-        self._sync_model()
-        self.check_invariants()
+    def _learn_period(self) -> None:
+        if self.spec.period_unknown:
+            self.spec.learn_period(self.breaker.snapshot().open_period_s)
 
-    def _sync_model(self) -> None:
-        if self.breaker._generation != self.model_generation:
-            self.model_generation = self.breaker._generation
-            self.model_failures = 0
+    # ------------------------------------------------------------------ calls
 
-    def start_call(self, shape: str) -> None:
-        breaker = self.breaker
+    @precondition(lambda self: len(self.held) < MAX_IN_FLIGHT)
+    @rule()
+    def acquire(self) -> None:
         now = self.clock.monotonic()
-        state = breaker._state
-        open_until = breaker._open_until
-        forced = breaker._forced
-        probes = breaker._probes_in_flight
-        hung = state is BreakerState.HALF_OPEN and probes and now >= breaker._half_open_deadline
-        call = start(breaker, shape)
-        if hung:
-            assert call is None and breaker._state is BreakerState.OPEN, "a hung probe was not reclaimed"
-        if state is BreakerState.OPEN and (forced or now < open_until):
-            assert call is None, "OPEN admitted a call before its retry time"
-        if state is BreakerState.CLOSED or state is BreakerState.DISABLED:
-            assert call is not None, f"{state} rejected a call"
-        if state is BreakerState.HALF_OPEN and probes >= self.config.half_open_max_probes:
-            assert call is None, "a full HALF_OPEN admitted another probe"
-        self._sync_model()
-        if call is not None:
-            self.in_flight.append(call)
-
-    def finish_call(self, index: int, outcome: str) -> None:
-        breaker = self.breaker
-        call = self.in_flight.pop(index % len(self.in_flight))
-        before = (breaker._state, breaker._generation, breaker._failure_count, breaker._probes_in_flight)
-        current = call.generation == breaker._generation
-        slow_s = self.config.slow_call_threshold_s
-        slow = slow_s is not None and self.clock.monotonic() - call.started_at >= slow_s
-        finish(breaker, call, outcome)
-        after = (breaker._state, breaker._generation, breaker._failure_count, breaker._probes_in_flight)
-        if not current:
-            assert after == before, "a result of an older generation changed the breaker"
+        admitted, probe, retry_after = self.spec.admit(now)
+        try:
+            permit = self.breaker.acquire()
+        except CircuitOpenError as rejected:
+            self._learn_period()
+            assert not admitted, "the breaker rejected a call the spec admits"
+            if retry_after is None:  # a hung probe was found: open for a new period
+                retry_after = self.spec.open_until - now
+            assert rejected.retry_after_s == retry_after
             return
-        if before[0] is BreakerState.CLOSED and outcome in ("success", "failure"):
-            failed = outcome == "failure" or slow
-            self.model_failures = self.model_failures + 1 if failed else 0
-            if self.model_failures >= self.config.failure_threshold:
-                assert breaker._state is BreakerState.OPEN, "threshold consecutive failures left it closed"
-        if before[0] is BreakerState.HALF_OPEN:
-            if outcome in ("ignored", "cancelled"):
-                assert after[0] is BreakerState.HALF_OPEN and after[3] == before[3] - 1
-            elif outcome == "failure" or slow:
-                assert after[0] is BreakerState.OPEN
-            else:
-                assert after[0] is BreakerState.CLOSED
+        assert admitted, f"the breaker admitted a call the spec rejects ({self.spec.state})"
+        held = Held(permit, self.spec.epoch, probe, now)
+        if probe:
+            self.spec.probes.add(id(held))
+        self.held.append(held)
 
-    def check_snapshot(self) -> None:
+    @precondition(lambda self: bool(self.held))
+    @rule(index=st.integers(0, MAX_IN_FLIGHT - 1), outcome=OUTCOMES)
+    def settle(self, index: int, outcome: str) -> None:
+        held = self.held.pop(index % len(self.held))
+        self._settle(held, outcome)
+        self.settled = [*self.settled[-(MAX_SETTLED - 1) :], held]
+        self.spec.settle(held, outcome, self.clock.monotonic())
+        self._learn_period()
+
+    @precondition(lambda self: len(self.held) < MAX_IN_FLIGHT)
+    @rule(outcome=OUTCOMES)
+    def call_through(self, outcome: str) -> None:
+        """A whole call at one instant: admitted (or not) and settled at once."""
+        before = len(self.held)
+        self.acquire()
+        if len(self.held) > before:
+            self.settle(len(self.held) - 1, outcome)
+
+    @precondition(lambda self: bool(self.settled))
+    @rule(index=st.integers(0, MAX_SETTLED - 1), outcome=st.sampled_from(["success", "failure", "release"]))
+    def settle_again(self, index: int, outcome: str) -> None:
+        self._settle(self.settled[index % len(self.settled)], outcome)  # the spec: nothing happens
+
+    def _settle(self, held: Held, outcome: str) -> None:
+        permit = held.permit
+        if outcome == "success":
+            self.breaker.record_success(permit)  # type: ignore[arg-type]
+        elif outcome == "failure":
+            self.breaker.record_failure(permit, Boom("down"))  # type: ignore[arg-type]
+        else:
+            self.breaker.release(permit)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ time
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 4.0, 10.0, 30.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @precondition(lambda self: self.spec.state is OPEN)
+    @rule(offset=st.sampled_from([-1e-3, 0.0, 1e-3]))
+    def to_retry_time(self, offset: float) -> None:
+        """Just before, on, or just after the retry time: where boundary bugs live."""
+        self.clock.advance(max(0.0, self.spec.open_until - self.clock.monotonic() + offset))
+
+    @precondition(lambda self: self.spec.state is HALF_OPEN and bool(self.spec.probes))
+    @rule(offset=st.sampled_from([-1e-3, 0.0]))
+    def to_probe_deadline(self, offset: float) -> None:
+        self.clock.advance(max(0.0, self.spec.half_open_deadline - self.clock.monotonic() + offset))
+
+    # ------------------------------------------------------------------ controls and reads
+
+    @rule(control=CONTROLS)
+    def control(self, control: str | None) -> None:
+        """Now and then an operator's reset or a person's Retry (each starts things over)."""
+        if control == "reset":
+            self.reset()
+        elif control == "allow_probe_now":
+            self.allow_probe_now()
+
+    def reset(self) -> None:
+        self.breaker.reset()
+        self.spec.reset(self.clock.monotonic())
+
+    def allow_probe_now(self) -> None:
+        got = self.breaker.allow_probe_now()
+        expected = self.spec.allow_probe_now(self.clock.monotonic()) if self.spec.enabled else False
+        self._learn_period()
+        assert got is expected
+
+    @rule(what=st.sampled_from(["retry_after", "snapshot"]))
+    def read(self, what: str) -> None:
+        if what == "retry_after":
+            self.read_retry_after()
+        else:
+            self.observe()
+
+    def read_retry_after(self) -> None:
+        got = self.breaker.retry_after_s
+        now = self.clock.monotonic()
+        if self.spec.enabled:
+            self.spec.due(now)
+        self._learn_period()
+        assert got == (self.spec.open_until - now if self.spec.state is OPEN else 0.0)
+
+    def observe(self) -> None:
         snapshot = self.breaker.snapshot()
-        self._sync_model()
-        assert snapshot.state in VALID_STATES
-        if snapshot.state is not BreakerState.OPEN:
-            assert snapshot.retry_after_s == 0
-            assert not snapshot.forced
-        elif not snapshot.forced:
-            assert 0 < snapshot.retry_after_s <= snapshot.open_period_s + 1e-9  # float rounding of now + period - now
-        if snapshot.state in (BreakerState.CLOSED, BreakerState.DISABLED):
+        spec = self.spec
+        now = self.clock.monotonic()
+        if spec.enabled:
+            spec.due(now)
+        self._learn_period()
+        assert snapshot.state is spec.state
+        assert snapshot.failure_count == spec.failures
+        assert snapshot.in_flight_probes == len(spec.probes)
+        assert snapshot.retry_after_s == (spec.open_until - now if spec.state is OPEN else 0.0)
+        assert snapshot.open_period_s == (spec.period if spec.state is OPEN else 0.0)
+        assert (snapshot.successes_total, snapshot.failures_total, snapshot.rejections_total) == (
+            spec.successes_total,
+            spec.failures_total,
+            spec.rejections_total,
+        )
+        assert snapshot.transition_count == len(spec.transitions)
+        wall = self.clock.wall()
+        if spec.outage_started is None:
             assert snapshot.opened_at is None
         else:
-            assert snapshot.opened_at is not None
-        if snapshot.state is BreakerState.CLOSED:
-            assert snapshot.failure_count < self.config.failure_threshold
-        if snapshot.failure_rate is not None:
-            assert 0 <= snapshot.failure_rate <= 1
-            assert snapshot.calls_in_window > 0
-        window = self.config.window
-        if window is None:
-            assert snapshot.calls_in_window == 0
-        elif window.kind == "count":
-            assert snapshot.calls_in_window <= window.size
-        assert snapshot.in_flight_probes <= self.config.half_open_max_probes
-        assert snapshot.generation == self.breaker._generation
+            assert snapshot.opened_at == pytest.approx(wall - (now - spec.outage_started), abs=1e-6)
+        if spec.last_outage_s is None:
+            assert snapshot.last_outage_s is None
+        else:
+            assert snapshot.last_outage_s == pytest.approx(spec.last_outage_s, abs=1e-9)
+        if spec.last_failure is None:
+            assert snapshot.last_failure is None and snapshot.last_failure_at is None
+        else:
+            assert snapshot.last_failure is not None and snapshot.last_failure.startswith(spec.last_failure)
+            assert spec.last_failure_at is not None
+            assert snapshot.last_failure_at == pytest.approx(wall - (now - spec.last_failure_at), abs=1e-6)
+        calls, failed = spec.window_totals(now)
+        assert snapshot.calls_in_window == calls
+        assert snapshot.failure_rate == (pytest.approx(failed / calls) if calls else None)
+        assert snapshot.generation >= self.generation  # generations only move forward
+        self.generation = snapshot.generation
         json.dumps(snapshot.to_dict())
 
-    def check_invariants(self) -> None:
-        breaker = self.breaker
-        self.states_seen.add(breaker._state)
-        # The state is always one of the valid ones; forced only ever means OPEN.
-        assert breaker._state in VALID_STATES
-        assert breaker._forced is False or breaker._state is BreakerState.OPEN
-        # In-flight probes never exceed the limit, and each one is a call we hold.
-        assert 0 <= breaker._probes_in_flight <= self.config.half_open_max_probes
-        ours = sum(1 for call in self.in_flight if call.probe and call.generation == breaker._generation)
-        assert breaker._probes_in_flight == (ours if breaker._state is BreakerState.HALF_OPEN else 0)
-        # CLOSED counts exactly the consecutive failures of its own generation.
-        if breaker._state is BreakerState.CLOSED:
-            assert breaker._failure_count == self.model_failures
-            assert breaker._failure_count < self.config.failure_threshold
-        # Counters only grow.
-        totals = (
-            breaker._successes_total,
-            breaker._failures_total,
-            breaker._rejections_total,
-            breaker._ignored_total,
-        )
-        assert all(now >= before for now, before in zip(totals, self.totals, strict=True))
-        assert breaker._transition_count >= self.transitions
-        self.totals = totals
-        self.transitions = breaker._transition_count
-
-    def close(self) -> None:
-        for call in self.in_flight:
-            if call.coro is not None:
-                call.context.run(call.coro.close)
+    @invariant()
+    def listeners_heard_exactly_the_specified_transitions(self) -> None:
+        if hasattr(self, "spec"):
+            heard = [(str(t.from_state), str(t.to_state), t.reason) for t in self.heard]
+            assert heard == self.spec.transitions
+            assert all(t.name == "prop" for t in self.heard)
 
 
-# At most this many calls in flight at once: plenty to fill every probe slot.
-MAX_IN_FLIGHT = 12
-
-SHAPES = st.sampled_from(["call", "decorator", "with", "permit"])
-OUTCOMES = st.sampled_from(["success", "failure", "failure", "failure", "ignored", "cancelled"])
-KINDS = st.sampled_from(
-    ["start"] * 3 + ["finish"] * 3 + ["to_retry_time"] * 2 + ["advance", "deadline", "control"],
+BreakerMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
-START = st.tuples(st.just("start"), st.lists(SHAPES, min_size=1, max_size=4))
-FINISH = st.tuples(st.just("finish"), st.integers(0, MAX_IN_FLIGHT - 1), OUTCOMES)
-ARGUMENTS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
-    "start": START,
-    "finish": FINISH,
-    "to_retry_time": st.tuples(st.just("to_retry_time"), st.sampled_from([-1e-3, 0.0, 1e-3])),
-    "advance": st.tuples(st.just("advance"), st.sampled_from([0.5, 1.0, 2.5, 4.0, 10.0, 30.0]), st.booleans()),
-    "deadline": st.tuples(st.just("to_probe_deadline"), st.sampled_from([-1e-3, 0.0])),
-    "control": st.tuples(
-        st.just("control"),
-        st.sampled_from(["reset", "force_open", "disable", "enable", "allow_probe_now", None]),
-        st.integers(0, 4),
-    ),
-}
-# The kind is drawn first from a weighted list: mostly calls and outcomes, often at the
-# end of the open period, now and then an operator's control.
-OPERATIONS = KINDS.flatmap(ARGUMENTS.__getitem__)
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(config=configs(), random_value=st.floats(0.0, 0.999), operations=st.lists(OPERATIONS, min_size=30, max_size=80))
-def test_invariants_hold_over_any_sequence_of_calls_outcomes_time_and_controls(
-    config: BreakerConfig, random_value: float, operations: list[tuple[Any, ...]]
-) -> None:
-    model = Model(config, random_value)
-    try:
-        for op in operations:
-            model.apply(op)
-        model.check_snapshot()
-    finally:
-        model.close()
-    event(f"states seen: {sorted(model.states_seen)}")
+test_the_breaker_behaves_as_its_spec = BreakerMachine.TestCase
 
 
 @settings(max_examples=200, deadline=None)
@@ -363,25 +457,53 @@ def test_invariants_hold_over_any_sequence_of_calls_outcomes_time_and_controls(
 def test_count_mode_opens_exactly_when_threshold_consecutive_failures_happen(
     threshold: int, outcomes: list[bool]
 ) -> None:
-    """The permit-free fast path: open iff some run of failures reached the threshold."""
-    breaker = CircuitBreaker("fast", BreakerConfig(failure_threshold=threshold), clock=FakeClock())
+    breaker = CircuitBreaker("count", BreakerConfig(failure_threshold=threshold), clock=FakeClock())
     run = 0
     should_be_open = False
     for failed in outcomes:
-        step = Step()
-        step.outcome = Boom() if failed else "ok"
-        coro = breaker.call(protected, step)
         try:
-            coro.send(None)  # suspends in the protected call (or is rejected)
-            coro.send(None)
-        except StopIteration:
-            assert not should_be_open
-        except Boom:
-            assert not should_be_open
+            permit = breaker.acquire()
         except CircuitOpenError:
             assert should_be_open
             continue
+        assert not should_be_open
+        if failed:
+            breaker.record_failure(permit, Boom())
+        else:
+            breaker.record_success(permit)
         run = run + 1 if failed else 0
         should_be_open = should_be_open or run >= threshold
         assert (breaker.state is BreakerState.OPEN) == should_be_open
         assert breaker.snapshot().failure_count == run  # an open breaker shows the run that tripped it
+    assert math.isfinite(breaker.retry_after_s)
+
+
+@st.composite
+def windowed_configs(draw: st.DrawFn) -> BreakerConfig:
+    if draw(st.booleans()):
+        size = draw(st.integers(2, 8))
+        window = SlidingWindow.count(size, draw(st.sampled_from([0.3, 0.5, 1.0])), draw(st.integers(1, size)))
+    else:
+        window = SlidingWindow.time(draw(st.sampled_from([5.0, 20.0])), draw(st.sampled_from([0.3, 0.5, 1.0])))
+    return BreakerConfig(
+        failure_threshold=draw(st.integers(2, 6)),
+        recovery_timeout_s=draw(st.sampled_from([1.0, 5.0])),
+        window=window,
+        slow_call_threshold_s=draw(st.sampled_from([None, 3.0])),
+    )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    config=windowed_configs(),
+    steps=st.lists(st.tuples(st.sampled_from([0.0, 0.0, 0.5, 2.0, 6.0]), OUTCOMES), min_size=5, max_size=40),
+)
+def test_failure_rate_mode_follows_the_spec_call_by_call(config: BreakerConfig, steps: list[tuple[float, str]]) -> None:
+    """Whole calls in a row, with time passing between them: where the window rules live."""
+    machine = BreakerMachine()
+    machine.start(config, True, 0)
+    for seconds, outcome in steps:
+        machine.advance(seconds)
+        machine.call_through(outcome)
+        machine.listeners_heard_exactly_the_specified_transitions()
+        machine.observe()

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 
-from backend_core.breakers import BreakerState, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.core import BreakerState
 from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend_core.breakers import BreakerState, Transition
+from backend_core.breakers.breaker import Transition
+from backend_core.breakers.core import BreakerState
 from backend_core.clock import FakeClock
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
 from backend_core.incidents import (

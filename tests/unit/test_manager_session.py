@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import websockets
 
-from backend_core.breakers import BreakerRegistry
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import FakeClock
 from backend_core.config import Settings, load_settings
 from backend_core.deriv import protocol

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from backend_core.breakers import BreakerRegistry
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.middleware import BreakerMiddleware
