@@ -57,10 +57,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_new_object: Final = object.__new__
+
 # Longest "Type: message" kept for last_failure: enough to say what went wrong, short
 # enough for a status page and a health payload (and never a traceback).
 LAST_FAILURE_MAX_CHARS: Final = 200
 
+_CLOSED: Final = BreakerState.CLOSED
 _OPEN: Final = BreakerState.OPEN
 _HALF_OPEN: Final = BreakerState.HALF_OPEN
 _DISABLED: Final = BreakerState.DISABLED
@@ -208,7 +211,18 @@ def describe(exc: BaseException | None) -> str:
 class CircuitBreaker:
     """One circuit breaker (see :mod:`backend_core.breakers.core` for the state machine)."""
 
-    __slots__ = ("_clock", "_core", "_delivery", "_listeners", "_monotonic", "_seen", "_shared", "_store", "name")
+    __slots__ = (
+        "_clock",
+        "_core",
+        "_delivery",
+        "_fast_successes",
+        "_listeners",
+        "_monotonic",
+        "_seen",
+        "_shared",
+        "_store",
+        "name",
+    )
 
     def __init__(
         self,
@@ -235,6 +249,7 @@ class CircuitBreaker:
         self._listeners: tuple[Listener, ...] = tuple(listeners)
         self._delivery = delivery if delivery is not None else Delivery()
         self._seen: BreakerRecord | None = None  # the record last written or taken
+        self._fast_successes = 0  # successes counted by the fast path of record_success
         if enabled:
             self._sync(self._monotonic(), publish=False)
 
@@ -246,11 +261,18 @@ class CircuitBreaker:
     def acquire(self) -> Permit:
         """Leave to make one call, or :class:`CircuitOpenError` (a fresh one each time)."""
         core = self._core
+        if core.clock_free and core.state is _CLOSED and not self._shared:
+            # The core's answer is known and changes nothing (see BreakerCore): give the
+            # permit here, without its calls and frames (the app's every call; the bench).
+            permit = _new_object(Permit)
+            permit.generation = core.generation
+            permit.admitted_at_monotonic = 0.0
+            permit.probe = permit.settled = False
+            permit.change = None
+            return permit
+        now = self._monotonic()
         if self._shared:
-            now = self._monotonic()
             self._sync(now)
-        else:
-            now = 0.0 if core.clock_free else self._monotonic()
         admitted = core.admit(now)
         if admitted.change is not None:
             self._publish(admitted.change)
@@ -261,7 +283,12 @@ class CircuitBreaker:
     def record_success(self, permit: Permit) -> None:
         """The call of ``permit`` succeeded (a slow one still counts as a failure)."""
         core = self._core
-        change = core.settle(permit, SUCCESS, 0.0 if core.clock_free else self._monotonic())
+        if core.clock_free and not core.failure_count and core.state is _CLOSED and not permit.settled:
+            # All the core would do is count it (see BreakerCore): count it here.
+            permit.settled = True
+            self._fast_successes += 1
+            return
+        change = core.settle(permit, SUCCESS, self._monotonic())
         if change is not None:
             self._publish(change)
 
@@ -337,7 +364,7 @@ class CircuitBreaker:
             transition_count=core.transition_count,
             generation=core.generation,
             last_outage_s=core.last_outage_s,
-            successes_total=core.successes_total,
+            successes_total=core.successes_total + self._fast_successes,
             failures_total=core.failures_total,
             rejections_total=core.rejections_total,
             config=core.config.summary(),

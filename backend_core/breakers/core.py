@@ -112,8 +112,6 @@ _DISABLED: Final = BreakerState.DISABLED
 # The generation of permits admitted while disabled: never equal to a real one.
 UNTRACKED: Final = -1
 
-_new_object: Final = object.__new__
-
 
 @dataclass(frozen=True, slots=True)
 class SlidingWindow:
@@ -322,8 +320,11 @@ class BreakerCore:
 
     The public attributes are for reading (snapshots); only the methods change them.
     ``clock_free`` is True while :meth:`admit` and a SUCCESS :meth:`settle` ignore ``now``
-    (CLOSED or DISABLED, with no slow-call rule and no failure-rate window): the caller may
-    then pass 0.0 instead of reading its clock on the call path.
+    (CLOSED or DISABLED, with no slow-call rule and no failure-rate window). While it is
+    True and the state is CLOSED, :meth:`admit` is ``Permit(generation, now, False)`` and
+    changes nothing, and a SUCCESS (of any generation) while ``failure_count == 0`` changes
+    nothing but ``successes_total``: a caller may take those two steps itself, reading only
+    (the shell's fast path, ``breaker.py``).
     """
 
     __slots__ = (
@@ -391,14 +392,7 @@ class BreakerCore:
         """A permit for one call, or a rejection with the seconds to wait."""
         state = self.state
         if state is _CLOSED:
-            # Permit(self.generation, now, False) without the __init__ frame: this is the
-            # one allocation of every admitted call (bench/breaker_bench.py).
-            permit = _new_object(Permit)
-            permit.generation = self.generation
-            permit.admitted_at_monotonic = now
-            permit.probe = permit.settled = False
-            permit.change = None
-            return permit
+            return Permit(self.generation, now, False)
         if state is _DISABLED:
             disabled = Permit(UNTRACKED, now, False)
             disabled.settled = True  # born settled: nothing about it is ever counted

@@ -238,6 +238,7 @@ class Spec:
         self.due(now)
         if self.state is OPEN:
             self.open_until = now
+            self.period_unknown = False  # over before it could be read (a hung probe just found)
             self._to(HALF_OPEN, "manual_probe", now)
         return self.state is HALF_OPEN
 
