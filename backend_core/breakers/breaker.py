@@ -47,12 +47,14 @@ from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.errors import CircuitOpenError
 
 __all__ = [
+    "LAST_FAILURE_MAX_CHARS",
     "BreakerSnapshot",
     "CircuitBreaker",
     "CircuitOpenRejection",
     "Delivery",
     "Listener",
     "Transition",
+    "describe",
 ]
 
 logger = logging.getLogger(__name__)
