@@ -64,7 +64,9 @@ async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share
     runtime, clock, runs = make_runtime(tmp_path)
     before = await runtime.health_report(max_age_s=1.0)
     clock.advance(0.1)  # still well inside max_age_s
-    runtime.breakers.websocket.force_open()  # a breaker transition signals a status change
+    # Open the breaker: a breaker transition signals a status change.
+    for _ in range(runtime.breakers.websocket.config.failure_threshold):
+        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
     await settle(runtime, 0)
     reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
     assert len(runs) == 2  # one run for the change, however many pages saw it
@@ -104,7 +106,8 @@ async def test_a_run_in_flight_from_before_a_change_is_not_handed_to_later_pages
             break
         await asyncio.sleep(0)
     assert read, "the first run did not read the breakers"
-    runtime.breakers.websocket.force_open()
+    for _ in range(runtime.breakers.websocket.config.failure_threshold):
+        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
     await settle(runtime, 0)
     late = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
     await asyncio.sleep(0)

@@ -52,7 +52,8 @@ def health_row(state: StatusState, key: str) -> dict[str, str]:
 async def open_breaker(runtime: Runtime) -> None:
     """Open the market feed's breaker; its transition signals a change on the loop's next turns."""
     version = runtime.status_version
-    runtime.breakers.websocket.force_open()
+    for _ in range(runtime.breakers.websocket.config.failure_threshold):
+        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
     for _ in range(10):
         if runtime.status_version != version:
             return
