@@ -199,6 +199,8 @@ class Runtime:
 
         # First in, last out: no log line of any logger shows a secret while the runtime runs.
         stack.enter_context(SecretRedaction(secret_values(self.settings)).installed())
+        # Last to stop: no breaker listener (store, incidents, page) runs after the runtime stopped.
+        on_stop("breaker listeners", self.breakers.close)
 
         url = self.settings.DERIV_WS_URL
         if self.simulator is not None:
