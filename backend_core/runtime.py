@@ -57,7 +57,7 @@ from backend_core.metrics import (
     RelayCollector,
     UpstreamCollector,
 )
-from backend_core.relay import Relay
+from backend_core.relay.server import Relay
 
 log = logging.getLogger("backend_core.runtime")
 

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/relay_fanout.py`` (100 and 1,000 clients; ``--quic
 Two contenders, in the same run, one after the other, with the same clients:
 
 - **relay**: uvicorn (its default ``websockets-sansio`` protocol) + Starlette +
-  :class:`backend_core.relay.Relay` + :class:`backend_core.hub.InMemoryHub`. Every client
+  :class:`backend_core.relay.server.Relay` + :class:`backend_core.hub.InMemoryHub`. Every client
   subscribes to one symbol; the bench calls ``hub.publish_tick`` at a fixed rate, exactly
   as the Deriv manager does.
 - **floor**: a bare ``websockets.asyncio.server`` that sends the same frame text to every
@@ -77,7 +77,8 @@ from websockets.exceptions import ConnectionClosed
 from backend_core.config import load_settings
 from backend_core.events import Tick
 from backend_core.hub import InMemoryHub
-from backend_core.relay import Relay, tick_frame
+from backend_core.relay.protocol import tick_frame
+from backend_core.relay.server import Relay
 
 SYMBOL = "R_50"
 OFFERED_FRAMES_PER_S = 20_000  # total across clients; about what one client process can take in

@@ -11,26 +11,27 @@ from hypothesis import strategies as st
 from backend_core.clock import FakeClock
 from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
-from backend_core.relay import (
-    ClientError,
+from backend_core.relay.policy import (
     Heartbeat,
     MessageRateLimiter,
-    PingRequest,
-    PongReply,
     RateVerdict,
     SendWatch,
-    SubscribeRequest,
     TokenBucket,
+    heartbeat_step,
+    origin_allowed,
+)
+from backend_core.relay.protocol import (
+    ClientError,
+    PingRequest,
+    PongReply,
+    SubscribeRequest,
     UnsubscribeRequest,
     error_frame,
-    heartbeat_step,
-    is_stale,
-    origin_allowed,
     parse_client_message,
-    plan_resume,
     status_frame,
     tick_frame,
 )
+from backend_core.relay.resume import is_stale, plan_resume
 
 KNOWN = frozenset({"R_50", "R_100", "1HZ100V"})
 

@@ -1,11 +1,11 @@
-"""The ``/api/v1/ws`` endpoint: fan ticks and upstream status out to API clients.
+"""The I/O shell of ``/api/v1/ws``: fan ticks and upstream status out to API clients.
 
-The JSON protocol is documented in ``docs/websocket-api.md``. This module is split the way
-DESIGN.md rule 2 asks: the decisions are pure and unit-tested without sockets
-(:func:`parse_client_message`, :class:`MessageRateLimiter`, :func:`plan_resume`,
-:func:`origin_allowed`, :func:`heartbeat_step`, the frame builders); :class:`Relay` only
-moves data between a Starlette :class:`~starlette.websockets.WebSocket` and a hub
-:class:`~backend_core.hub.Subscription`.
+The decisions live beside it, pure and unit-tested without sockets: the client protocol
+(:mod:`backend_core.relay.protocol`, mirroring ``docs/websocket-api.md``), the policies
+(:mod:`backend_core.relay.policy`: rate limit, origin, heartbeat, send watch) and resume
+planning (:mod:`backend_core.relay.resume`). :class:`Relay` only moves data between a
+Starlette :class:`~starlette.websockets.WebSocket` and a hub
+:class:`~backend_core.hub.Subscription`, and calls them.
 
 Per connection there are three coroutines and no shared locks:
 
@@ -24,22 +24,22 @@ and clients whose socket is stuck (send watch: a send not finished within
 would, without a timer per send: arming and disarming one costs about 4 us, which at
 1,000 clients is as much CPU as a third of a bare broadcast's whole cost per frame. The
 rare one-off waits (handshake, close frame, refusal) do use ``asyncio.timeout``.
+
+The frame size limit belongs in the ASGI server, which otherwise buffers a whole message
+before the relay sees it: production serving sets it there (``gunicorn.conf.py``); the
+check in the reader is the fallback for servers without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import heapq
 import itertools
-import json
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -47,38 +47,49 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.config import Settings
 from backend_core.events import Tick, UpstreamSnapshot
-from backend_core.hub import DEFAULT_RING_SIZE, Closed, Dropped, Hub, Subscription
+from backend_core.hub import Closed, Dropped, Hub, Subscription
+from backend_core.relay.policy import (
+    RATE_BURST,
+    RATE_PER_S,
+    Heartbeat,
+    MessageRateLimiter,
+    RateVerdict,
+    SendWatch,
+    heartbeat_step,
+    origin_allowed,
+)
+from backend_core.relay.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    MAX_FRAME_BYTES,
+    PING_FRAME,
+    ClientError,
+    PingRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
+    close_reason,
+    dumps_frame,
+    error_frame,
+    frame_size,
+    parse_client_message,
+    status_frame,
+    tick_frame,
+)
+from backend_core.relay.resume import plan_resume
 
 logger = logging.getLogger("backend_core.relay")
-
-# --- limits (DESIGN.md rule 5) ------------------------------------------------------------
-
-# The largest legitimate client message, a subscribe naming 50 symbols with a resume
-# epoch each, is under 2 KiB; twice that leaves room for ids and whitespace.
-MAX_FRAME_BYTES = 4096
-
-# A client needs a handful of messages a minute (subscribe, pong). 20/s sustained with a
-# burst of 40 lets a UI re-subscribe everything at once and still stops a flood.
-RATE_PER_S = 20.0
-RATE_BURST = 40
-# A client that keeps sending after 20 `rate_limited` errors within 10 s is ignoring them;
-# it is closed with 1008 rather than answered forever.
-RATE_MAX_REJECTIONS = 20
-RATE_REJECTION_WINDOW_S = 10.0
 
 # Control frames (acks, errors, pongs, pings, status) waiting for the writer. Replies to a
 # full burst of 40 messages plus status and pings fit many times over; more means the
 # client sends but does not read.
 MAX_OUTBOX_FRAMES = 256
 
-# Ticks replayed per symbol on resume; the hub keeps no more than this by default.
-MAX_REPLAY_PER_SYMBOL = DEFAULT_RING_SIZE
-
 # How long the close frame may take to be written before the connection is abandoned.
 CLOSE_TIMEOUT_S = 5.0
-
-# Client-chosen ids are echoed back; long ones would let a client inflate every reply.
-MAX_ID_LENGTH = 64
 
 # The supervisor sweeps every connection a few times per the shortest deadline it enforces,
 # bounded so that tiny test settings do not spin and long ones still react within 1 s.
@@ -96,430 +107,8 @@ PROVIDER_ERROR_LOG_INTERVAL_S = 60.0
 # client); cleared whenever it reaches this size.
 TICK_TEXT_CACHE_SIZE = 256
 
-# At most this many connections are listed one by one in snapshot() (totals cover all).
-SNAPSHOT_MAX_CONNECTIONS = 1000
-
-# WebSocket close codes used (RFC 6455 section 7.4.1).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-
-ACTIONS = ("subscribe", "unsubscribe", "ping", "pong")
-
-PING_FRAME = '{"type":"ping"}'
-
-
-# --- client messages (pure) ------------------------------------------------------------------
-
-MessageId = str | int | None
-
-
-@dataclass(frozen=True, slots=True)
-class SubscribeRequest:
-    symbols: tuple[str, ...]
-    resume: Mapping[str, int] = field(default_factory=dict)
-    id: MessageId = None
-
-
-@dataclass(frozen=True, slots=True)
-class UnsubscribeRequest:
-    symbols: tuple[str, ...] | None  # None: every symbol
-    id: MessageId = None
-
-
-@dataclass(frozen=True, slots=True)
-class PingRequest:
-    id: MessageId = None
-
-
-@dataclass(frozen=True, slots=True)
-class PongReply:
-    id: MessageId = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClientError:
-    """A client frame that cannot be served: becomes an ``error`` frame."""
-
-    code: str
-    message: str
-    id: MessageId = None
-
-
-ClientMessage = SubscribeRequest | UnsubscribeRequest | PingRequest | PongReply
-
-
-def _check_id(data: Mapping[str, Any]) -> tuple[MessageId, ClientError | None]:
-    raw = data.get("id")
-    if raw is None:
-        return None, None
-    if isinstance(raw, bool) or not isinstance(raw, str | int):
-        return None, ClientError("invalid_message", "'id' must be a string or an integer")
-    if isinstance(raw, str) and len(raw) > MAX_ID_LENGTH:
-        return None, ClientError("invalid_message", f"'id' must be at most {MAX_ID_LENGTH} characters")
-    if isinstance(raw, int) and not -(2**53) < raw < 2**53:
-        return None, ClientError("invalid_message", "'id' must be an integer within +/-2**53")
-    return raw, None
-
-
-def _check_symbols(
-    raw: Any, known: frozenset[str], message_id: MessageId
-) -> tuple[tuple[str, ...], ClientError | None]:
-    if not isinstance(raw, list) or not raw:
-        return (), ClientError("invalid_message", "'symbols' must be a non-empty list of strings", message_id)
-    if len(raw) > len(known):
-        return (), ClientError(
-            "invalid_message", f"'symbols' lists {len(raw)} entries; at most {len(known)} exist", message_id
-        )
-    if not all(isinstance(s, str) for s in raw):
-        return (), ClientError("invalid_message", "'symbols' must be a non-empty list of strings", message_id)
-    unknown = [s for s in raw if s not in known]
-    if unknown:
-        named = ", ".join(repr(s[:32]) for s in unknown[:5])
-        return (), ClientError(
-            "unknown_symbol", f"unknown symbol {named}; available: {', '.join(sorted(known))}", message_id
-        )
-    return tuple(dict.fromkeys(raw)), None
-
-
-def parse_client_message(text: str, known_symbols: frozenset[str]) -> ClientMessage | ClientError:
-    """Validate one text frame from a client (size and rate are checked before this).
-
-    The action is named by ``action`` (``type`` is accepted as an alias, so a client may
-    answer ``{"type": "ping"}`` with ``{"type": "pong"}``). Unknown extra fields are
-    ignored, so clients may send fields from newer protocol versions.
-    """
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return ClientError("invalid_json", "the message is not valid JSON")
-    if not isinstance(data, dict):
-        return ClientError("invalid_message", "a message must be a JSON object")
-    message_id, error = _check_id(data)
-    if error is not None:
-        return error
-    action = data["action"] if "action" in data else data.get("type")
-    if action is None:
-        return ClientError("invalid_message", "missing 'action'", message_id)
-    if not isinstance(action, str):
-        return ClientError("invalid_message", "'action' must be a string", message_id)
-    if action not in ACTIONS:
-        return ClientError(
-            "unknown_action", f"unknown action {action[:32]!r}; expected one of {', '.join(ACTIONS)}", message_id
-        )
-    if action == "ping":
-        return PingRequest(message_id)
-    if action == "pong":
-        return PongReply(message_id)
-    if action == "unsubscribe":
-        if data.get("symbols") is None:
-            return UnsubscribeRequest(None, message_id)
-        symbols, error = _check_symbols(data["symbols"], known_symbols, message_id)
-        return error if error is not None else UnsubscribeRequest(symbols, message_id)
-
-    symbols, error = _check_symbols(data.get("symbols"), known_symbols, message_id)
-    if error is not None:
-        return error
-    raw_resume = data.get("resume")
-    resume: dict[str, int] = {}
-    if raw_resume is not None:
-        if not isinstance(raw_resume, dict):
-            return ClientError("invalid_message", "'resume' must be an object of symbol to epoch", message_id)
-        for symbol, epoch in raw_resume.items():
-            if symbol not in symbols:
-                return ClientError(
-                    "invalid_message", f"'resume' names {symbol[:32]!r}, which is not in 'symbols'", message_id
-                )
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch < 2**63:
-                return ClientError(
-                    "invalid_message", f"'resume' epoch of {symbol} must be a non-negative integer", message_id
-                )
-            resume[symbol] = epoch
-    return SubscribeRequest(symbols, resume, message_id)
-
-
-# --- rate limiting (pure) -------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate_per_s`` tokens a second, at most ``burst`` saved up; time is passed in."""
-
-    __slots__ = ("_tokens", "_updated", "burst", "rate_per_s")
-
-    def __init__(self, rate_per_s: float, burst: int, now: float) -> None:
-        if rate_per_s <= 0 or burst < 1:
-            raise ValueError("rate_per_s must be positive and burst at least 1")
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = float(burst)
-        self._updated = now
-
-    def take(self, now: float) -> bool:
-        elapsed = max(0.0, now - self._updated)
-        self._updated = now
-        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate_per_s)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    @property
-    def tokens(self) -> float:
-        return self._tokens
-
-
-class RateVerdict(enum.Enum):
-    ALLOW = "allow"
-    REJECT = "reject"  # answer with a rate_limited error, do not act on the message
-    CLOSE = "close"  # the client ignores the errors: close with 1008
-
-
-class MessageRateLimiter:
-    """A token bucket plus a count of rejections within a fixed window."""
-
-    __slots__ = ("_bucket", "_rejections", "_window_start", "max_rejections", "window_s")
-
-    def __init__(
-        self,
-        now: float,
-        rate_per_s: float = RATE_PER_S,
-        burst: int = RATE_BURST,
-        max_rejections: int = RATE_MAX_REJECTIONS,
-        window_s: float = RATE_REJECTION_WINDOW_S,
-    ) -> None:
-        self._bucket = TokenBucket(rate_per_s, burst, now)
-        self.max_rejections = max_rejections
-        self.window_s = window_s
-        self._window_start = now
-        self._rejections = 0
-
-    def check(self, now: float) -> RateVerdict:
-        if self._bucket.take(now):
-            return RateVerdict.ALLOW
-        if now - self._window_start >= self.window_s:
-            self._window_start = now
-            self._rejections = 0
-        self._rejections += 1
-        return RateVerdict.CLOSE if self._rejections > self.max_rejections else RateVerdict.REJECT
-
-
-# --- resume (pure) -------------------------------------------------------------------------
-
-
-class TickHistory(Protocol):
-    """The part of the hub that resume reads."""
-
-    def ticks_since(self, symbol: str, epoch: int, limit: int) -> list[Tick]: ...
-
-    def evicted_through(self, symbol: str) -> int | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePlan:
-    """What to replay for a ``resume`` request, and how to join the live stream after it.
-
-    ``replay`` holds the missed ticks of every symbol, merged in epoch order.
-    ``live_after`` is, per symbol, the epoch up to which the client now has everything:
-    live ticks at or below it are duplicates and must be skipped. ``report`` goes into the
-    ``subscribed`` ack (``replayed`` count; ``truncated`` when some missed ticks are no
-    longer retained, so the client knows it has a gap).
-    """
-
-    replay: tuple[Tick, ...]
-    live_after: dict[str, int]
-    report: dict[str, dict[str, Any]]
-
-
-def plan_resume(
-    requested: Mapping[str, int], history: TickHistory, limit_per_symbol: int = MAX_REPLAY_PER_SYMBOL
-) -> ResumePlan:
-    per_symbol: list[list[Tick]] = []
-    live_after: dict[str, int] = {}
-    report: dict[str, dict[str, Any]] = {}
-    for symbol, epoch in requested.items():
-        # One more than the limit tells whether the limit cut the replay short.
-        ticks = history.ticks_since(symbol, epoch, limit_per_symbol + 1)
-        cut = len(ticks) > limit_per_symbol
-        ticks = ticks[:limit_per_symbol]
-        evicted = history.evicted_through(symbol)
-        truncated = cut or (evicted is not None and evicted > epoch)
-        per_symbol.append(ticks)
-        live_after[symbol] = ticks[-1].epoch if ticks else epoch
-        report[symbol] = {"from_epoch": epoch, "replayed": len(ticks), "truncated": truncated}
-    replay = tuple(heapq.merge(*per_symbol, key=lambda t: t.epoch))
-    return ResumePlan(replay, live_after, report)
-
-
-def is_stale(tick: Tick, live_after: Mapping[str, int]) -> bool:
-    """True when the client already has ``tick`` (it was replayed, or sent live before)."""
-    last = live_after.get(tick.symbol)
-    return last is not None and tick.epoch <= last
-
-
-# --- admission and heartbeat (pure) --------------------------------------------------------
-
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def _host_port(netloc: str, default_port: int | None) -> tuple[str, int | None] | None:
-    try:
-        parts = urlsplit("//" + netloc)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return None
-    if not host:
-        return None
-    return host.lower(), port if port is not None else default_port
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str] = ()) -> bool:
-    """May a handshake with this ``Origin`` header proceed?
-
-    Absent Origin: yes (non-browser clients send none; browsers always do, so this does
-    not open cross-site access). Otherwise the origin must be in ``allowed`` (exact
-    ``scheme://host[:port]``, case-insensitive; ``*`` allows all) or name the same host
-    and port as the request's ``Host`` header. Anything unparsable, including ``null``,
-    is refused.
-    """
-    if origin is None:
-        return True
-    normalized = origin.strip().lower().rstrip("/")
-    allowed_set = {a.strip().lower().rstrip("/") for a in allowed}
-    if "*" in allowed_set or normalized in allowed_set:
-        return True
-    if host is None:
-        return False
-    try:
-        parts = urlsplit(normalized)
-    except ValueError:
-        return False
-    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
-        return False
-    default_port = _DEFAULT_PORTS[parts.scheme]
-    origin_hp = _host_port(parts.netloc, default_port)
-    host_hp = _host_port(host.strip(), default_port)
-    return origin_hp is not None and origin_hp == host_hp
-
-
-class Heartbeat(enum.Enum):
-    WAIT = "wait"
-    PING = "ping"
-    TIMEOUT = "timeout"
-
-
-def heartbeat_step(
-    now: float, ping_outstanding_since: float | None, last_ping_at: float, interval_s: float, timeout_s: float
-) -> Heartbeat:
-    """The heartbeat decision for one connection.
-
-    Any frame from the client answers an outstanding ping (the reader clears
-    ``ping_outstanding_since``). A ping unanswered for ``timeout_s`` ends the connection;
-    otherwise a new ping goes out every ``interval_s``.
-    """
-    if ping_outstanding_since is not None:
-        return Heartbeat.TIMEOUT if now - ping_outstanding_since >= timeout_s else Heartbeat.WAIT
-    return Heartbeat.PING if now - last_ping_at >= interval_s else Heartbeat.WAIT
-
-
-class SendWatch:
-    """Finds a send that has been pending too long, from periodic observations.
-
-    The writer only flips ``in_send`` and counts completed sends; the supervisor calls
-    :meth:`observe` each sweep. A send counts as pending from the first sweep that saw
-    it, so a stuck one is found within ``timeout`` plus two sweeps.
-    """
-
-    __slots__ = ("_seen_sent", "_since")
-
-    def __init__(self) -> None:
-        self._seen_sent = -1
-        self._since: float | None = None
-
-    def observe(self, now: float, in_send: bool, sends_completed: int) -> float:
-        """Seconds the current send has been pending (0.0 when none is)."""
-        if not in_send:
-            self._since = None
-            return 0.0
-        if self._since is None or sends_completed != self._seen_sent:
-            self._seen_sent = sends_completed
-            self._since = now
-            return 0.0
-        return now - self._since
-
-
-# --- frames (pure) --------------------------------------------------------------------------
-
-
-def _dumps(frame: Mapping[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), default=str)
-
-
-def tick_frame(tick: Tick, replay: bool = False) -> dict[str, Any]:
-    frame: dict[str, Any] = {
-        "type": "tick",
-        "symbol": tick.symbol,
-        "epoch": tick.epoch,
-        "quote": tick.quote,
-        "bid": tick.bid,
-        "ask": tick.ask,
-        "pip_size": tick.pip_size,
-        "backfill": tick.backfill,
-    }
-    if tick.gap_from is not None:
-        frame["gap_from"] = tick.gap_from
-    if replay:
-        frame["replay"] = True
-    return frame
-
-
-def error_frame(code: str, message: str, message_id: MessageId = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if message_id is not None:
-        frame["id"] = message_id
-    return frame
-
-
-def status_frame(
-    snapshot: UpstreamSnapshot | None, provided: Mapping[str, Any] | None, now_wall: float
-) -> dict[str, Any]:
-    """A ``status`` frame: ``status_provider()``'s view, filled in from the hub's last status.
-
-    The provider (the runtime, which also knows the breaker) wins where both say something.
-    """
-    frame: dict[str, Any] = {"type": "status"}
-    if snapshot is not None:
-        error = snapshot.last_error
-        frame.update(
-            state=snapshot.state.value,
-            since=iso_utc(snapshot.since),
-            last_error=None
-            if error is None
-            else {"code": error.code, "message": error.message, "at": iso_utc(error.at)},
-            last_message_at=iso_utc(snapshot.last_message_at),
-            reconnect_count=snapshot.reconnect_count,
-            next_attempt_at=iso_utc(snapshot.next_attempt_at),
-            simulated=snapshot.simulated,
-        )
-    else:
-        frame.update(state="unknown", since=None, last_error=None)
-    if provided:
-        frame.update({k: v for k, v in provided.items() if k != "type"})
-    frame.setdefault("retry_after_s", None)
-    frame.setdefault("breaker_state", None)
-    frame["at"] = iso_utc(now_wall)
-    return frame
-
-
-def _close_reason(text: str) -> str:
-    """A close reason fits in 123 bytes of UTF-8 (RFC 6455 section 5.5)."""
-    encoded = text.encode("utf-8")
-    if len(encoded) <= 123:
-        return text
-    return encoded[:120].decode("utf-8", "ignore") + "..."
+# At most this many connections are listed one by one by connections() (snapshot() counts all).
+MAX_LISTED_CONNECTIONS = 1000
 
 
 # --- the I/O shell -------------------------------------------------------------------------
@@ -605,7 +194,7 @@ class _Connection:
         if self.closing.is_set():
             return
         self.close_code = code
-        self.close_reason = _close_reason(reason)
+        self.close_reason = close_reason(reason)
         self.close_key = key
         self.closing.set()
 
@@ -616,6 +205,12 @@ class Relay:
     ``status_provider()`` returns a JSON-able dict about the upstream (``state``,
     ``since``, ``retry_after_s``, ``breaker_state``, ``last_error`` ...); it is merged into
     every status frame. It must be cheap and must not await anything.
+
+    ``allowed_origins`` lists the browser origins allowed besides the request's own host
+    (see :func:`~backend_core.relay.policy.origin_allowed`); empty: the same host only.
+
+    :meth:`snapshot` holds counts only, for public health and metrics output;
+    :meth:`connections` lists each client (address, symbols, counters), for operators only.
     """
 
     def __init__(
@@ -623,7 +218,7 @@ class Relay:
         settings: Settings,
         hub: Hub,
         status_provider: Callable[[], dict[str, Any]],
-        clock: Clock = SystemClock(),
+        clock: Clock | None = None,
         *,
         allowed_origins: Iterable[str] = (),
         max_frame_bytes: int = MAX_FRAME_BYTES,
@@ -636,7 +231,7 @@ class Relay:
         self._settings = settings
         self._hub = hub
         self._status_provider = status_provider
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
         self._allowed_origins = tuple(allowed_origins)
         self._known_symbols = frozenset(settings.DERIV_SYMBOLS)
         self._max_frame_bytes = max_frame_bytes
@@ -669,6 +264,8 @@ class Relay:
         self._ticks_sent = 0
         self._refused: dict[str, int] = {"full": 0, "disabled": 0, "origin": 0, "shutting_down": 0}
         self._closed_by: dict[str, int] = {}
+        # Connections subscribed to each symbol, kept as symbols are added and removed.
+        self._subscribers: Counter[str] = Counter()
 
     # --- public --------------------------------------------------------------------------
 
@@ -699,10 +296,32 @@ class Relay:
         self._supervisor = None
 
     def snapshot(self) -> dict[str, Any]:
+        """Counts only, safe for public output (DESIGN.md rule 9): no client address in it."""
+        return {
+            "enabled": self._settings.WEBSOCKET_ENABLED,
+            "accepting": self.accepting,
+            "max_connections": self.max_connections,
+            "active": len(self._connections),
+            "subscribed": sum(1 for conn in self._connections.values() if conn.symbols),
+            "subscribers": {symbol: self._subscribers[symbol] for symbol in sorted(self._subscribers)},
+            "totals": {
+                "accepted": self._accepted_total,
+                "refused_full": self._refused["full"],
+                "refused_disabled": self._refused["disabled"],
+                "refused_origin": self._refused["origin"],
+                "refused_shutting_down": self._refused["shutting_down"],
+                "ticks_sent": self._ticks_sent,
+                "closed": dict(self._closed_by),
+            },
+        }
+
+    def connections(self, limit: int = MAX_LISTED_CONNECTIONS) -> list[dict[str, Any]]:
+        """Each connection (at most ``limit``, oldest first): id, peer address, symbols and
+        counters. Client addresses are personal data: show this to operators only."""
         now = self._clock.monotonic()
         wall = self._clock.wall()
         listed = []
-        for conn in itertools.islice(self._connections.values(), SNAPSHOT_MAX_CONNECTIONS):
+        for conn in itertools.islice(self._connections.values(), max(0, limit)):
             sub = conn.sub
             listed.append(
                 {
@@ -718,23 +337,7 @@ class Relay:
                     "oldest_pending_age_s": round(sub.oldest_pending_age_s, 3) if sub else 0.0,
                 }
             )
-        return {
-            "enabled": self._settings.WEBSOCKET_ENABLED,
-            "accepting": self.accepting,
-            "max_connections": self.max_connections,
-            "active": len(self._connections),
-            "connections": listed,
-            "connections_truncated": len(self._connections) > SNAPSHOT_MAX_CONNECTIONS,
-            "totals": {
-                "accepted": self._accepted_total,
-                "refused_full": self._refused["full"],
-                "refused_disabled": self._refused["disabled"],
-                "refused_origin": self._refused["origin"],
-                "refused_shutting_down": self._refused["shutting_down"],
-                "ticks_sent": self._ticks_sent,
-                "closed": dict(self._closed_by),
-            },
-        }
+        return listed
 
     async def endpoint(self, websocket: WebSocket) -> None:
         """The ASGI WebSocket handler of ``/api/v1/ws``."""
@@ -767,6 +370,7 @@ class Relay:
         finally:
             self._connections.pop(conn.id, None)
             self._endpoints_done.pop(conn.id, None)
+            self._count_subscribers(conn.symbols, -1)
             done.set()
 
     # --- per connection ----------------------------------------------------------------------
@@ -851,7 +455,9 @@ class Relay:
             if message["type"] == "websocket.disconnect":
                 conn.peer_closed = True
                 code = int(message.get("code") or 1005)
-                conn.request_close(code, str(message.get("reason") or ""), "client_closed")
+                # 1009 here: the ASGI server refused an oversize frame before buffering it.
+                key = "message_too_big" if code == CLOSE_TOO_BIG else "client_closed"
+                conn.request_close(code, str(message.get("reason") or ""), key)
                 return
             now = self._clock.monotonic()
             conn.last_seen_mono = now
@@ -859,7 +465,7 @@ class Relay:
             conn.messages_in += 1
             text: str | None = message.get("text")
             data: bytes | None = message.get("bytes")
-            size = _frame_size(text, data)
+            size = frame_size(text, data)
             if size > max_bytes:
                 conn.request_close(CLOSE_TOO_BIG, f"message too big: {size} bytes > {max_bytes}", "message_too_big")
                 return
@@ -893,6 +499,7 @@ class Relay:
                 error_frame("resume_busy", "an earlier replay is still being sent; resume again after it", request.id),
             )
             return
+        self._count_subscribers(set(request.symbols) - conn.symbols, +1)
         conn.symbols.update(request.symbols)
         # Subscribe first, then read the ring: nothing can be published in between (no
         # await), and live ticks already covered by the replay are skipped by live_after.
@@ -914,6 +521,7 @@ class Relay:
         assert conn.sub is not None
         removed = sorted(conn.symbols if request.symbols is None else conn.symbols.intersection(request.symbols))
         conn.symbols.difference_update(removed)
+        self._count_subscribers(removed, -1)
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "unsubscribed", "symbols": removed, "subscribed": sorted(conn.symbols)}
         if request.id is not None:
@@ -921,7 +529,7 @@ class Relay:
         self._reply(conn, ack)
 
     def _reply(self, conn: _Connection, frame: Mapping[str, Any]) -> None:
-        self._enqueue(conn, _dumps(frame))
+        self._enqueue(conn, dumps_frame(frame))
 
     def _enqueue(self, conn: _Connection, item: _Outgoing) -> None:
         if len(conn.outbox) >= MAX_OUTBOX_FRAMES:
@@ -934,16 +542,14 @@ class Relay:
             conn.sub.wake()
 
     async def _write_loop(self, conn: _Connection) -> None:
-        # The hot path of the relay: one pass per frame per client. Lookups are hoisted
-        # and the send is inlined (not self._send) because at 1,000 clients each extra
-        # call here costs a measurable share of a frame's budget.
+        # The hot path of the relay: one pass per frame per client, so lookups are hoisted.
         sub = conn.sub
         assert sub is not None
         outbox = conn.outbox
         symbols = conn.symbols  # mutated in place by the reader, never replaced
         live_after = conn.live_after
         get_nowait = sub.get_nowait
-        send_text = conn.websocket.send_text
+        send = self._send
         while True:
             is_tick = False
             if outbox:
@@ -972,24 +578,15 @@ class Relay:
                     text = self._status_text(event)
                 elif isinstance(event, Dropped):
                     conn.drops += event.count
-                    if not await self._send(conn, _dumps({"type": "dropped", "count": event.count})):
+                    if not await self._send(conn, dumps_frame({"type": "dropped", "count": event.count})):
                         return
                     # A dropped event may have been a status change: resynchronise.
                     text = self._status_text(self._hub.status())
                 else:
                     self._closed_by_hub(conn, event)
                     return
-            # Inlined _send (see there for how it is bounded).
-            conn.in_send = True
-            try:
-                await send_text(text)
-            except (WebSocketDisconnect, OSError, RuntimeError):
-                conn.peer_closed = True
-                conn.request_close(1006, "connection lost", "connection_lost")
+            if not await send(conn, text):
                 return
-            finally:
-                conn.in_send = False
-            conn.messages_out += 1
             if is_tick:
                 self._ticks_sent += 1
 
@@ -999,7 +596,7 @@ class Relay:
             tick = ticks.popleft()
             conn.replay_pending = len(ticks)
             if tick.symbol in conn.symbols:
-                if not await self._send(conn, _dumps(tick_frame(tick, replay=True))):
+                if not await self._send(conn, dumps_frame(tick_frame(tick, replay=True))):
                     return False
                 self._ticks_sent += 1
         conn.replay_pending = 0
@@ -1080,7 +677,7 @@ class Relay:
             return entry[1]
         if len(self._tick_text) >= TICK_TEXT_CACHE_SIZE:
             self._tick_text.clear()
-        text = _dumps(tick_frame(tick))
+        text = dumps_frame(tick_frame(tick))
         self._tick_text[id(tick)] = (tick, text)
         return text
 
@@ -1103,10 +700,10 @@ class Relay:
                 self._provider_error_logged_at = now
                 logger.exception("relay status_provider failed; status frames carry the hub's view only")
         try:
-            text = _dumps(status_frame(snapshot, provided, self._clock.wall()))
+            text = dumps_frame(status_frame(snapshot, provided, self._clock.wall()))
         except (TypeError, ValueError):
             logger.exception("relay status_provider returned something that is not JSON-able")
-            text = _dumps(status_frame(snapshot, None, self._clock.wall()))
+            text = dumps_frame(status_frame(snapshot, None, self._clock.wall()))
         self._status_cache = (snapshot, now, text)
         return text
 
@@ -1131,6 +728,15 @@ class Relay:
                 await websocket.accept()
                 await websocket.close(code, reason)
 
+    def _count_subscribers(self, symbols: Iterable[str], change: int) -> None:
+        counts = self._subscribers
+        for symbol in symbols:
+            count = counts[symbol] + change
+            if count > 0:
+                counts[symbol] = count
+            else:
+                del counts[symbol]
+
     def _count_close(self, key: str) -> None:
         self._closed_by[key] = self._closed_by.get(key, 0) + 1
 
@@ -1140,37 +746,3 @@ def _peer(websocket: WebSocket) -> str:
     if client is None:
         return "-"
     return f"{client.host}:{client.port}"
-
-
-def _frame_size(text: str | None, data: bytes | None) -> int:
-    if data is not None:
-        return len(data)
-    if text is None:
-        return 0
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-__all__ = [
-    "ACTIONS",
-    "MAX_FRAME_BYTES",
-    "ClientError",
-    "ClientMessage",
-    "Heartbeat",
-    "MessageRateLimiter",
-    "PingRequest",
-    "PongReply",
-    "RateVerdict",
-    "Relay",
-    "ResumePlan",
-    "SubscribeRequest",
-    "TokenBucket",
-    "UnsubscribeRequest",
-    "error_frame",
-    "heartbeat_step",
-    "is_stale",
-    "origin_allowed",
-    "parse_client_message",
-    "plan_resume",
-    "status_frame",
-    "tick_frame",
-]
