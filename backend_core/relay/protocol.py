@@ -51,6 +51,7 @@ class SubscribeRequest:
     symbols: tuple[str, ...]
     resume: Mapping[str, int] = field(default_factory=dict)
     id: MessageId = None
+    batch: bool | None = None  # None: leave the connection's batching as it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,10 @@ def parse_client_message(text: str, known_symbols: frozenset[str]) -> ClientMess
                     "invalid_message", f"'resume' epoch of {symbol} must be a non-negative integer", message_id
                 )
             resume[symbol] = epoch
-    return SubscribeRequest(symbols, resume, message_id)
+    batch = data.get("batch")
+    if batch is not None and not isinstance(batch, bool):
+        return ClientError("invalid_message", "'batch' must be true or false", message_id)
+    return SubscribeRequest(symbols, resume, message_id, batch)
 
 
 # --- frames (pure) --------------------------------------------------------------------------

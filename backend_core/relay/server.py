@@ -7,14 +7,23 @@ planning (:mod:`backend_core.relay.resume`). :class:`Relay` only moves data betw
 Starlette :class:`~starlette.websockets.WebSocket` and a hub
 :class:`~backend_core.hub.Subscription`, and calls them.
 
-Per connection there are three coroutines and no shared locks:
+Per connection there are two coroutines and no shared locks:
 
-- the endpoint coroutine, which admits the client, starts the other two, waits until
+- the endpoint coroutine, which admits the client, starts the reader, waits until
   something decides the connection is over, then cleans up and sends the close frame;
 - a reader, which validates each client frame and answers through the connection's
-  bounded outbox (it never sends itself);
-- one writer, the only code that sends: it drains the outbox first (acks, errors, pongs,
-  replays), then the hub subscription (live ticks, status, drop markers).
+  bounded outbox.
+
+Sending needs no task per connection. Each connection's hub subscription queues its
+events (bounded, drop-oldest: the hub's policy); one pump task per relay wakes once per
+publish and :meth:`Relay._flush` es the connections it concerns: it drains the outbox
+first (acks, errors, pongs, replays), then the subscription (live ticks, status, drop
+markers), writing each frame through the ASGI ``send`` without awaiting it
+(:mod:`backend_core.relay.eager`). A tick is encoded once for every client. Only when a
+send would block (the client's socket is full) does the connection get a task, which
+finishes that send and then flushes the rest; until then nothing else writes to it, so
+frames keep their order. Connections that asked for ``batch`` get every frame waiting at
+a flush in one newline-delimited message.
 
 One supervisor task per relay (running only while there are connections) sends
 application-level pings, closes clients that stop answering (heartbeat), clients that
@@ -36,32 +45,33 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.config import Settings
 from backend_core.events import Tick, UpstreamSnapshot
-from backend_core.hub import Closed, Dropped, Hub, Subscription
+from backend_core.hub import Closed, Dropped, Hub
+from backend_core.relay.connection import Connection, Outgoing, Replay
+from backend_core.relay.eager import finish, send_eagerly
+from backend_core.relay.frames import FrameCache
 from backend_core.relay.policy import (
     RATE_BURST,
     RATE_PER_S,
     Heartbeat,
     MessageRateLimiter,
     RateVerdict,
-    SendWatch,
     heartbeat_step,
     origin_allowed,
 )
 from backend_core.relay.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
-    CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
@@ -71,12 +81,10 @@ from backend_core.relay.protocol import (
     PingRequest,
     SubscribeRequest,
     UnsubscribeRequest,
-    close_reason,
     dumps_frame,
     error_frame,
     frame_size,
     parse_client_message,
-    status_frame,
     tick_frame,
 )
 from backend_core.relay.resume import plan_resume
@@ -96,107 +104,19 @@ CLOSE_TIMEOUT_S = 5.0
 MIN_SWEEP_S = 0.01
 MAX_SWEEP_S = 1.0
 
-# One status frame text is shared by every connection for this long (status_provider()
-# is called once per change, not once per client).
-STATUS_CACHE_S = 0.25
-
-# A failing status_provider is logged at most this often.
-PROVIDER_ERROR_LOG_INTERVAL_S = 60.0
-
-# Encoded tick frames kept for re-use across connections (the same tick goes to every
-# client); cleared whenever it reaches this size.
-TICK_TEXT_CACHE_SIZE = 256
-
 # At most this many connections are listed one by one by connections() (snapshot() counts all).
 MAX_LISTED_CONNECTIONS = 1000
 
+# A batched message holds at most this much: 64 KiB is 500 ticks, yet far below every
+# client library's default message limit (1 MiB in python-websockets).
+MAX_BATCH_BYTES = 65536
+
+# The pump lets other tasks run after flushing this many connections in one go, so that a
+# burst to thousands of clients does not hold the event loop for the whole of it.
+PUMP_YIELD_EVERY = 256
+
 
 # --- the I/O shell -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Replay:
-    ticks: deque[Tick]
-
-
-_Outgoing = str | _Replay
-
-
-class _Connection:
-    """Everything the relay knows about one client. Touched only on the event loop."""
-
-    __slots__ = (
-        "close_code",
-        "close_key",
-        "close_reason",
-        "closing",
-        "connected_mono",
-        "connected_wall",
-        "drops",
-        "id",
-        "in_send",
-        "last_ping_mono",
-        "last_seen_mono",
-        "limiter",
-        "live_after",
-        "messages_in",
-        "messages_out",
-        "origin",
-        "outbox",
-        "peer",
-        "peer_closed",
-        "ping_outstanding_since",
-        "replay_pending",
-        "send_watch",
-        "sub",
-        "symbols",
-        "websocket",
-    )
-
-    def __init__(
-        self,
-        conn_id: str,
-        websocket: WebSocket,
-        peer: str,
-        origin: str | None,
-        now: float,
-        wall: float,
-        limiter: MessageRateLimiter,
-    ) -> None:
-        self.id = conn_id
-        self.websocket = websocket
-        self.peer = peer
-        self.origin = origin
-        self.sub: Subscription | None = None
-        self.symbols: set[str] = set()
-        self.live_after: dict[str, int] = {}
-        self.connected_mono = now
-        self.connected_wall = wall
-        self.last_seen_mono = now
-        self.last_ping_mono = now
-        self.ping_outstanding_since: float | None = None
-        self.messages_in = 0
-        self.messages_out = 0
-        self.in_send = False
-        self.send_watch = SendWatch()
-        self.drops = 0
-        self.outbox: deque[_Outgoing] = deque()
-        self.replay_pending = 0
-        self.limiter = limiter
-        self.closing = asyncio.Event()
-        self.close_code = CLOSE_NORMAL
-        self.close_reason = ""
-        self.close_key = ""
-        self.peer_closed = False
-
-    def request_close(self, code: int, reason: str, key: str) -> None:
-        """Ask the endpoint to end this connection; the first request wins."""
-        if self.closing.is_set():
-            return
-        self.close_code = code
-        self.close_reason = close_reason(reason)
-        self.close_key = key
-        self.closing.set()
 
 
 class Relay:
@@ -211,6 +131,9 @@ class Relay:
 
     :meth:`snapshot` holds counts only, for public health and metrics output;
     :meth:`connections` lists each client (address, symbols, counters), for operators only.
+
+    :attr:`endpoint` is a plain ASGI app (Starlette mounts it as it is), so frames go to the
+    server's ``send`` with no wrapper in between.
     """
 
     def __init__(
@@ -230,7 +153,6 @@ class Relay:
     ) -> None:
         self._settings = settings
         self._hub = hub
-        self._status_provider = status_provider
         self._clock: Clock = clock or SystemClock()
         self._allowed_origins = tuple(allowed_origins)
         self._known_symbols = frozenset(settings.DERIV_SYMBOLS)
@@ -252,20 +174,20 @@ class Relay:
 
         self._accepting = True
         self._ids = itertools.count(1)
-        self._connections: dict[str, _Connection] = {}
+        self._connections: dict[str, Connection] = {}
         self._endpoints_done: dict[str, asyncio.Event] = {}
         self._supervisor: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.endpoint = _Endpoint(self)
 
-        self._tick_text: dict[int, tuple[Tick, str]] = {}
-        self._status_cache: tuple[UpstreamSnapshot | None, float, str] | None = None
-        self._provider_error_logged_at: float | None = None
+        self._frames = FrameCache(self._clock, status_provider)
 
         self._accepted_total = 0
         self._ticks_sent = 0
         self._refused: dict[str, int] = {"full": 0, "disabled": 0, "origin": 0, "shutting_down": 0}
         self._closed_by: dict[str, int] = {}
         # Connections subscribed to each symbol, kept as symbols are added and removed.
-        self._subscribers: Counter[str] = Counter()
+        self._by_symbol: dict[str, set[Connection]] = {}
 
     # --- public --------------------------------------------------------------------------
 
@@ -288,12 +210,12 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout_s + 1.0):
                     await asyncio.gather(*waits)
-        supervisor = self._supervisor
-        if supervisor is not None and not supervisor.done():
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        self._supervisor = None
+        for task in (self._supervisor, self._pump):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._supervisor = self._pump = None
 
     def snapshot(self) -> dict[str, Any]:
         """Counts only, safe for public output (DESIGN.md rule 9): no client address in it."""
@@ -303,7 +225,7 @@ class Relay:
             "max_connections": self.max_connections,
             "active": len(self._connections),
             "subscribed": sum(1 for conn in self._connections.values() if conn.symbols),
-            "subscribers": {symbol: self._subscribers[symbol] for symbol in sorted(self._subscribers)},
+            "subscribers": {symbol: len(self._by_symbol[symbol]) for symbol in sorted(self._by_symbol)},
             "totals": {
                 "accepted": self._accepted_total,
                 "refused_full": self._refused["full"],
@@ -339,8 +261,9 @@ class Relay:
             )
         return listed
 
-    async def endpoint(self, websocket: WebSocket) -> None:
-        """The ASGI WebSocket handler of ``/api/v1/ws``."""
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI WebSocket handler of ``/api/v1/ws`` (mounted as :attr:`endpoint`)."""
+        websocket = WebSocket(scope, receive=receive, send=send)
         peer = _peer(websocket)
         origin = websocket.headers.get("origin")
         if not self._settings.WEBSOCKET_ENABLED:
@@ -361,7 +284,7 @@ class Relay:
         # Reserve the slot before the first await, so concurrent handshakes cannot overshoot.
         now = self._clock.monotonic()
         limiter = MessageRateLimiter(now, self._rate_per_s, self._rate_burst)
-        conn = _Connection(f"c{next(self._ids)}", websocket, peer, origin, now, self._clock.wall(), limiter)
+        conn = Connection(f"c{next(self._ids)}", websocket, send, peer, origin, now, self._clock.wall(), limiter)
         done = asyncio.Event()
         self._connections[conn.id] = conn
         self._endpoints_done[conn.id] = done
@@ -370,12 +293,12 @@ class Relay:
         finally:
             self._connections.pop(conn.id, None)
             self._endpoints_done.pop(conn.id, None)
-            self._count_subscribers(conn.symbols, -1)
+            self._index(conn, conn.symbols, add=False)
             done.set()
 
     # --- per connection ----------------------------------------------------------------------
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, conn: Connection) -> None:
         websocket = conn.websocket
         try:
             async with asyncio.timeout(self.close_timeout_s):
@@ -386,8 +309,8 @@ class Relay:
             return
         self._accepted_total += 1
         sub = conn.sub = self._hub.subscribe((), name=f"relay:{conn.id}")
-        self._enqueue(conn, self._status_text(self._hub.status()))
-        self._ensure_supervisor()
+        self._ensure_tasks()
+        self._enqueue(conn, self._frames.status(self._hub.status()))
         logger.info(
             "relay open id=%s peer=%s origin=%r active=%d",
             conn.id,
@@ -396,16 +319,16 @@ class Relay:
             len(self._connections),
         )
         reader = asyncio.create_task(self._guard(conn, self._read_loop, "reader"), name=f"relay-read-{conn.id}")
-        writer = asyncio.create_task(self._guard(conn, self._write_loop, "writer"), name=f"relay-write-{conn.id}")
         try:
             await conn.closing.wait()
         except asyncio.CancelledError:
             conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
             raise
         finally:
-            for task in (reader, writer):
+            tasks = [reader] if conn.flusher is None else [reader, conn.flusher]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             sub.close("connection closed")
             # Counted and logged before the close frame goes out: sending it may wait (up to
             # close_timeout_s) or be cancelled by a server shutdown.
@@ -424,7 +347,7 @@ class Relay:
             )
             await self._send_close(conn)
 
-    async def _guard(self, conn: _Connection, loop: Callable[[_Connection], Awaitable[None]], role: str) -> None:
+    async def _guard(self, conn: Connection, loop: Callable[[Connection], Awaitable[None]], role: str) -> None:
         try:
             await loop(conn)
         except asyncio.CancelledError:
@@ -433,7 +356,7 @@ class Relay:
             logger.exception("relay connection crashed id=%s peer=%s in=%s", conn.id, conn.peer, role)
             conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
 
-    async def _send_close(self, conn: _Connection) -> None:
+    async def _send_close(self, conn: Connection) -> None:
         websocket = conn.websocket
         if conn.peer_closed or websocket.application_state != WebSocketState.CONNECTED:
             return
@@ -442,7 +365,7 @@ class Relay:
             async with asyncio.timeout(self.close_timeout_s):
                 await websocket.close(conn.close_code, conn.close_reason)
 
-    async def _read_loop(self, conn: _Connection) -> None:
+    async def _read_loop(self, conn: Connection) -> None:
         websocket = conn.websocket
         max_bytes = self._max_frame_bytes
         while True:
@@ -491,7 +414,7 @@ class Relay:
                 self._reply(conn, {"type": "pong"} if parsed.id is None else {"type": "pong", "id": parsed.id})
             # PongReply: liveness is already recorded above.
 
-    def _subscribe(self, conn: _Connection, request: SubscribeRequest) -> None:
+    def _subscribe(self, conn: Connection, request: SubscribeRequest) -> None:
         assert conn.sub is not None
         if request.resume and conn.replay_pending:
             self._reply(
@@ -499,14 +422,18 @@ class Relay:
                 error_frame("resume_busy", "an earlier replay is still being sent; resume again after it", request.id),
             )
             return
-        self._count_subscribers(set(request.symbols) - conn.symbols, +1)
+        self._index(conn, set(request.symbols) - conn.symbols, add=True)
         conn.symbols.update(request.symbols)
+        if request.batch is not None:
+            conn.batch = request.batch
         # Subscribe first, then read the ring: nothing can be published in between (no
         # await), and live ticks already covered by the replay are skipped by live_after.
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "subscribed", "symbols": sorted(conn.symbols)}
         if request.id is not None:
             ack["id"] = request.id
+        if conn.batch:
+            ack["batch"] = True
         plan = plan_resume(request.resume, self._hub) if request.resume else None
         if plan is not None:
             ack["resume"] = plan.report
@@ -515,119 +442,202 @@ class Relay:
         self._reply(conn, ack)
         if plan is not None and plan.replay:
             conn.replay_pending = len(plan.replay)
-            self._enqueue(conn, _Replay(deque(plan.replay)))
+            self._enqueue(conn, Replay(deque(plan.replay)))
 
-    def _unsubscribe(self, conn: _Connection, request: UnsubscribeRequest) -> None:
+    def _unsubscribe(self, conn: Connection, request: UnsubscribeRequest) -> None:
         assert conn.sub is not None
         removed = sorted(conn.symbols if request.symbols is None else conn.symbols.intersection(request.symbols))
         conn.symbols.difference_update(removed)
-        self._count_subscribers(removed, -1)
+        self._index(conn, removed, add=False)
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "unsubscribed", "symbols": removed, "subscribed": sorted(conn.symbols)}
         if request.id is not None:
             ack["id"] = request.id
         self._reply(conn, ack)
 
-    def _reply(self, conn: _Connection, frame: Mapping[str, Any]) -> None:
+    def _reply(self, conn: Connection, frame: Mapping[str, Any]) -> None:
         self._enqueue(conn, dumps_frame(frame))
 
-    def _enqueue(self, conn: _Connection, item: _Outgoing) -> None:
+    def _enqueue(self, conn: Connection, item: Outgoing) -> None:
         if len(conn.outbox) >= MAX_OUTBOX_FRAMES:
             conn.request_close(
                 CLOSE_POLICY_VIOLATION, f"slow consumer: {MAX_OUTBOX_FRAMES} replies unread", "slow_consumer"
             )
             return
         conn.outbox.append(item)
-        if conn.sub is not None:
-            conn.sub.wake()
+        self._flush(conn)
 
-    async def _write_loop(self, conn: _Connection) -> None:
-        # The hot path of the relay: one pass per frame per client, so lookups are hoisted.
+    # --- sending ----------------------------------------------------------------------------
+
+    def _flush(self, conn: Connection) -> None:
+        """Send everything waiting for ``conn``, in order, until its socket would block.
+
+        The hot path of the relay: one pass per frame per client, so lookups are hoisted.
+        """
         sub = conn.sub
-        assert sub is not None
+        if conn.stalled is not None or sub is None or conn.closing.is_set():
+            return
         outbox = conn.outbox
         symbols = conn.symbols  # mutated in place by the reader, never replaced
         live_after = conn.live_after
         get_nowait = sub.get_nowait
-        send = self._send
+        batch: list[str] | None = [] if conn.batch else None
+        batch_bytes = batch_ticks = 0
         while True:
-            is_tick = False
+            message: dict[str, Any] | None = None
+            ticks = 0
             if outbox:
-                item = outbox.popleft()
-                if isinstance(item, _Replay):
-                    if not await self._send_replay(conn, item):
-                        return
-                    continue
-                text = item
+                item = outbox[0]
+                if isinstance(item, Replay):
+                    if not item.ticks:
+                        outbox.popleft()
+                        conn.replay_pending = 0
+                        continue
+                    tick = item.ticks.popleft()
+                    conn.replay_pending = len(item.ticks)
+                    if tick.symbol not in symbols:
+                        continue
+                    text = dumps_frame(tick_frame(tick, replay=True))
+                    ticks = 1
+                else:
+                    outbox.popleft()
+                    text = item
             else:
                 event = get_nowait()
                 if event is None:
-                    await sub.wait()
-                    continue
-                if isinstance(event, Tick):
+                    break
+                if type(event) is Tick:
                     symbol = event.symbol
                     if symbol not in symbols:
                         continue
-                    last = live_after.get(symbol)
-                    if last is not None and event.epoch <= last:
-                        continue  # already replayed or sent
-                    live_after[symbol] = event.epoch
-                    text = self._tick_text_for(event)
-                    is_tick = True
+                    if live_after:
+                        last = live_after.get(symbol)
+                        if last is not None and event.epoch <= last:
+                            continue  # already replayed or sent
+                        live_after[symbol] = event.epoch
+                    text, message = self._frames.tick(event)
+                    ticks = 1
                 elif isinstance(event, UpstreamSnapshot):
-                    text = self._status_text(event)
+                    text = self._frames.status(event)
                 elif isinstance(event, Dropped):
                     conn.drops += event.count
-                    if not await self._send(conn, dumps_frame({"type": "dropped", "count": event.count})):
-                        return
-                    # A dropped event may have been a status change: resynchronise.
-                    text = self._status_text(self._hub.status())
+                    text = dumps_frame({"type": "dropped", "count": event.count})
+                    # A dropped event may have been a status change: resynchronise next.
+                    outbox.appendleft(self._frames.status(self._hub.status()))
                 else:
+                    assert isinstance(event, Closed)
                     self._closed_by_hub(conn, event)
                     return
-            if not await send(conn, text):
+            if batch is None:
+                if not self._send_now(conn, message or {"type": "websocket.send", "text": text}, ticks):
+                    return
+                continue
+            if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
+                if not self._send_now(conn, {"type": "websocket.send", "text": "\n".join(batch)}, batch_ticks):
+                    return
+                batch.clear()
+                batch_bytes = batch_ticks = 0
+            batch.append(text)
+            batch_bytes += len(text) + 1
+            batch_ticks += ticks
+        if batch:
+            self._send_now(conn, {"type": "websocket.send", "text": "\n".join(batch)}, batch_ticks)
+
+    def _send_now(self, conn: Connection, message: dict[str, Any], ticks: int) -> bool:
+        """Write one message without awaiting; False when the connection cannot take more now.
+
+        A send that must wait is finished by the connection's flusher task (bounded by the
+        supervisor's send watch), which then flushes the rest.
+        """
+        try:
+            suspended = send_eagerly(conn.send, message)
+        except (OSError, RuntimeError):  # the client is gone (uvicorn: ClientDisconnected)
+            conn.peer_closed = True
+            conn.request_close(1006, "connection lost", "connection_lost")
+            return False
+        if suspended is None:
+            conn.messages_out += 1
+            self._ticks_sent += ticks
+            return True
+        conn.stalled = (suspended, ticks)
+        if conn.flusher is None or conn.flusher.done():
+            conn.flusher = asyncio.create_task(
+                self._guard(conn, self._finish_stalled, "writer"), name=f"relay-write-{conn.id}"
+            )
+        return False
+
+    async def _finish_stalled(self, conn: Connection) -> None:
+        while conn.stalled is not None:
+            suspended, ticks = conn.stalled
+            try:
+                await finish(suspended)
+            except (OSError, RuntimeError):
+                conn.peer_closed = True
+                conn.request_close(1006, "connection lost", "connection_lost")
                 return
-            if is_tick:
-                self._ticks_sent += 1
+            conn.stalled = None
+            conn.messages_out += 1
+            self._ticks_sent += ticks
+            self._flush(conn)  # may stall again: this loop then finishes that one too
 
-    async def _send_replay(self, conn: _Connection, replay: _Replay) -> bool:
-        ticks = replay.ticks
-        while ticks:
-            tick = ticks.popleft()
-            conn.replay_pending = len(ticks)
-            if tick.symbol in conn.symbols:
-                if not await self._send(conn, dumps_frame(tick_frame(tick, replay=True))):
-                    return False
-                self._ticks_sent += 1
-        conn.replay_pending = 0
-        return True
-
-    def _closed_by_hub(self, conn: _Connection, event: Closed) -> None:
+    def _closed_by_hub(self, conn: Connection, event: Closed) -> None:
         if event.slow:
             conn.request_close(CLOSE_POLICY_VIOLATION, event.reason, "slow_consumer")
         else:
             conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
 
-    async def _send(self, conn: _Connection, text: str) -> bool:
-        # Bounded by the supervisor's send watch (see the module docstring): past
-        # send_timeout_s it closes the connection, which cancels this await.
-        conn.in_send = True
-        try:
-            await conn.websocket.send_text(text)
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            conn.peer_closed = True
-            conn.request_close(1006, "connection lost", "connection_lost")
-            return False
-        finally:
-            conn.in_send = False
-        conn.messages_out += 1
-        return True
+    async def _pump_loop(self) -> None:
+        """Wake once per publish; flush the connections the published events concern."""
+        while True:
+            sub = self._hub.subscribe(None, name="relay")
+            try:
+                while True:
+                    event = sub.get_nowait()
+                    if event is None:
+                        await sub.wait()
+                        continue
+                    everyone = False
+                    symbols: set[str] = set()
+                    while event is not None:
+                        if type(event) is Tick:
+                            symbols.add(event.symbol)
+                        else:
+                            everyone = True  # status, a drop marker, or the hub closing
+                            if isinstance(event, Closed):
+                                break
+                        event = sub.get_nowait()
+                    await self._flush_many(symbols, everyone)
+                    if isinstance(event, Closed):
+                        break
+            finally:
+                sub.close("relay pump stopped")
+            if not (event.slow if isinstance(event, Closed) else False):
+                return  # the hub closed; a slow pump (a stalled loop) subscribes again
+
+    async def _flush_many(self, symbols: set[str], everyone: bool) -> None:
+        if everyone:
+            targets: Iterable[Connection] = list(self._connections.values())
+        elif len(symbols) == 1:
+            targets = list(self._by_symbol.get(next(iter(symbols)), ()))
+        else:
+            targets = set().union(*(self._by_symbol.get(symbol, ()) for symbol in symbols))
+        flush = self._flush
+        for done, conn in enumerate(targets, 1):
+            try:
+                flush(conn)
+            except Exception:
+                logger.exception("relay flush failed id=%s peer=%s", conn.id, conn.peer)
+                conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
+            if done % PUMP_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     # --- supervisor ---------------------------------------------------------------------------
 
-    def _ensure_supervisor(self) -> None:
+    def _ensure_tasks(self) -> None:
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = asyncio.create_task(self._supervise(), name="relay-supervisor")
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._pump_loop(), name="relay-pump")
 
     async def _supervise(self) -> None:
         while self._connections:
@@ -640,10 +650,10 @@ class Relay:
                     logger.exception("relay supervisor failed on id=%s peer=%s", conn.id, conn.peer)
                     conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
 
-    def _check(self, conn: _Connection, now: float) -> None:
+    def _check(self, conn: Connection, now: float) -> None:
         if conn.closing.is_set() or conn.sub is None:
             return
-        pending_s = conn.send_watch.observe(now, conn.in_send, conn.messages_out)
+        pending_s = conn.send_watch.observe(now, conn.stalled is not None, conn.messages_out)
         if pending_s > self.send_timeout_s:
             conn.request_close(
                 CLOSE_POLICY_VIOLATION, f"slow consumer: a send took over {self.send_timeout_s:g} s", "send_timeout"
@@ -669,44 +679,6 @@ class Relay:
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _tick_text_for(self, tick: Tick) -> str:
-        # Keyed by identity (hashing a Tick costs more than the lookup); the entry holds the
-        # tick itself, so its id cannot be reused while the entry exists.
-        entry = self._tick_text.get(id(tick))
-        if entry is not None and entry[0] is tick:
-            return entry[1]
-        if len(self._tick_text) >= TICK_TEXT_CACHE_SIZE:
-            self._tick_text.clear()
-        text = dumps_frame(tick_frame(tick))
-        self._tick_text[id(tick)] = (tick, text)
-        return text
-
-    def _status_text(self, snapshot: UpstreamSnapshot | None) -> str:
-        now = self._clock.monotonic()
-        cached = self._status_cache
-        if cached is not None and cached[0] is snapshot and now - cached[1] < STATUS_CACHE_S:
-            return cached[2]
-        provided: dict[str, Any] | None
-        try:
-            provided = self._status_provider()
-            if not isinstance(provided, Mapping):
-                raise TypeError(f"status_provider returned {type(provided).__name__}, not a dict")
-        except Exception:
-            provided = None
-            if (
-                self._provider_error_logged_at is None
-                or now - self._provider_error_logged_at >= PROVIDER_ERROR_LOG_INTERVAL_S
-            ):
-                self._provider_error_logged_at = now
-                logger.exception("relay status_provider failed; status frames carry the hub's view only")
-        try:
-            text = dumps_frame(status_frame(snapshot, provided, self._clock.wall()))
-        except (TypeError, ValueError):
-            logger.exception("relay status_provider returned something that is not JSON-able")
-            text = dumps_frame(status_frame(snapshot, None, self._clock.wall()))
-        self._status_cache = (snapshot, now, text)
-        return text
-
     async def _refuse(self, websocket: WebSocket, peer: str, key: str, reason: str) -> None:
         """Refuse before the handshake completes: HTTP 403 with the reason as the body where
         the server supports the denial-response extension, else close 1008 (which servers
@@ -728,14 +700,17 @@ class Relay:
                 await websocket.accept()
                 await websocket.close(code, reason)
 
-    def _count_subscribers(self, symbols: Iterable[str], change: int) -> None:
-        counts = self._subscribers
+    def _index(self, conn: Connection, symbols: Iterable[str], *, add: bool) -> None:
+        by_symbol = self._by_symbol
         for symbol in symbols:
-            count = counts[symbol] + change
-            if count > 0:
-                counts[symbol] = count
-            else:
-                del counts[symbol]
+            if add:
+                by_symbol.setdefault(symbol, set()).add(conn)
+                continue
+            subscribed = by_symbol.get(symbol)
+            if subscribed is not None:
+                subscribed.discard(conn)
+                if not subscribed:
+                    del by_symbol[symbol]
 
     def _count_close(self, key: str) -> None:
         self._closed_by[key] = self._closed_by.get(key, 0) + 1
@@ -746,3 +721,16 @@ def _peer(websocket: WebSocket) -> str:
     if client is None:
         return "-"
     return f"{client.host}:{client.port}"
+
+
+class _Endpoint:
+    """The relay as a plain ASGI app: Starlette wraps functions and methods in a WebSocket
+    session (whose ``send`` wrapper would cost a coroutine per frame), not other callables."""
+
+    __slots__ = ("_relay",)
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._relay._handle(scope, receive, send)

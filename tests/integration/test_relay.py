@@ -177,6 +177,30 @@ async def test_subscribe_then_live_ticks_in_order(start_relay: StartRelay) -> No
         assert set(got[0]) == {"type", "symbol", "epoch", "quote", "bid", "ask", "pip_size", "backfill"}
 
 
+async def test_batch_sends_waiting_frames_as_one_newline_delimited_message(start_relay: StartRelay) -> None:
+    h = await start_relay()
+    async with h.connect() as plain, h.connect() as batched:
+        await recv(plain)
+        await recv(batched)
+        assert await subscribe(plain, "R_50", "R_100") == {"type": "subscribed", "symbols": ["R_100", "R_50"]}
+        ack = await subscribe(batched, "R_50", "R_100", batch=True)
+        assert ack == {"type": "subscribed", "symbols": ["R_100", "R_50"], "batch": True}
+        published = h.publish("R_50", 3) + h.publish("R_100", 2)  # at once: all wait for one flush
+        async with asyncio.timeout(WAIT_S):
+            message = await batched.recv()
+        assert isinstance(message, str)
+        lines = [json.loads(line) for line in message.split("\n")]
+        assert [(f["type"], f["epoch"]) for f in lines] == [("tick", e) for e in published]
+        singles = [await recv_type(plain, "tick") for _ in published]
+        assert singles == lines  # the same frames, one message each
+        (epoch,) = h.publish("R_50")  # a lone frame is a plain one-line message
+        assert await recv_type(batched, "tick") == await recv_type(plain, "tick")
+        await batched.send(json.dumps({"action": "subscribe", "symbols": ["R_50"], "batch": False}))
+        assert "batch" not in await recv_type(batched, "subscribed")
+        h.publish("R_50", 2)
+        assert [(await recv_type(batched, "tick"))["epoch"] for _ in range(2)] == [epoch + 1, epoch + 2]
+
+
 async def test_resume_replays_then_goes_live_without_gap_or_duplicate(start_relay: StartRelay) -> None:
     h = await start_relay()
     before = h.publish("R_50", 30)

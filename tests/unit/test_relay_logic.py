@@ -48,6 +48,14 @@ def test_subscribe_with_resume_and_id() -> None:
     assert msg == SubscribeRequest(("R_50", "R_100"), {"R_50": 5}, "a1")
 
 
+def test_subscribe_batch_option() -> None:
+    assert parse({"action": "subscribe", "symbols": ["R_50"], "batch": True}) == SubscribeRequest(
+        ("R_50",), {}, None, True
+    )
+    assert parse({"action": "subscribe", "symbols": ["R_50"], "batch": False}).batch is False  # type: ignore[attr-defined]
+    assert parse({"action": "subscribe", "symbols": ["R_50"]}).batch is None  # type: ignore[attr-defined]
+
+
 def test_simple_actions() -> None:
     assert parse({"action": "ping", "id": 7}) == PingRequest(7)
     assert parse({"action": "pong"}) == PongReply(None)
@@ -92,6 +100,8 @@ def test_deeply_nested_json_is_invalid_not_a_crash() -> None:
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_50": True}}, "invalid_message"),
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_50": 1.5}}, "invalid_message"),
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_100": 1}}, "invalid_message"),
+        ({"action": "subscribe", "symbols": ["R_50"], "batch": "yes"}, "invalid_message"),
+        ({"action": "subscribe", "symbols": ["R_50"], "batch": 1}, "invalid_message"),
         ({"action": "ping", "id": True}, "invalid_message"),
         ({"action": "ping", "id": [1]}, "invalid_message"),
         ({"action": "ping", "id": "x" * 65}, "invalid_message"),
