@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend_core.relay.serving import RelayFrameLimitProtocol
+from backend_core.relay.serving import RelayWebSocketProtocol
 
 
 def post_fork(server: Any, worker: Any) -> None:
     config = getattr(worker, "config", None)  # uvicorn workers only
     if config is not None and config.ws == "auto":
-        config.ws = RelayFrameLimitProtocol
+        config.ws = RelayWebSocketProtocol

@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket
 
 from backend_core.events import Tick
 from backend_core.hub import Subscription
-from backend_core.relay.eager import AsgiSend, Suspended
+from backend_core.relay.eager import AsgiSend, SendNow, Suspended
 from backend_core.relay.policy import MessageRateLimiter, SendWatch
 from backend_core.relay.protocol import CLOSE_NORMAL, close_reason
 
@@ -50,6 +50,7 @@ class Connection:
         "ping_outstanding_since",
         "replay_pending",
         "send",
+        "send_now",
         "send_watch",
         "stalled",
         "sub",
@@ -62,6 +63,7 @@ class Connection:
         conn_id: str,
         websocket: WebSocket,
         send: AsgiSend,
+        send_now: SendNow | None,
         peer: str,
         origin: str | None,
         now: float,
@@ -70,7 +72,8 @@ class Connection:
     ) -> None:
         self.id = conn_id
         self.websocket = websocket
-        self.send = send  # the server's own ASGI send: no wrapper in between
+        self.send = send
+        self.send_now = send_now  # the server's synchronous write, where it offers one
         self.peer = peer
         self.origin = origin
         self.sub: Subscription | None = None

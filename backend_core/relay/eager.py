@@ -1,4 +1,6 @@
-"""Writing to an ASGI ``send`` without an ``await`` when the server completes it at once.
+"""Writing to a client without an ``await`` per frame, where the server allows it.
+
+Where the server offers :data:`SEND_NOW_EXTENSION`, the relay writes through it. Elsewhere:
 
 An ASGI server's ``send`` is a coroutine function, but servers such as uvicorn only
 suspend in it when the socket's write buffer is full (backpressure); otherwise the frame
@@ -18,6 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
+
+# The ASGI extension (in ``scope["extensions"]``) of servers that can write a frame
+# synchronously: ``{"send_text": callable(data: bytes) -> bool}``, True once written, False
+# (nothing written) when the frame must go through the ASGI ``send`` instead.
+# backend_core.relay.serving provides it under uvicorn.
+SEND_NOW_EXTENSION = "backend_core.relay.send_now"
+SendNow = Callable[[bytes], bool]
 
 
 @dataclass(slots=True)

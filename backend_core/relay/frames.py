@@ -35,23 +35,24 @@ class FrameCache:
     def __init__(self, clock: Clock, status_provider: Callable[[], dict[str, Any]]) -> None:
         self._clock = clock
         self._status_provider = status_provider
-        self._tick_text: dict[int, tuple[Tick, str, dict[str, Any]]] = {}
+        self._tick_text: dict[int, tuple[Tick, str, dict[str, Any], bytes]] = {}
         self._status_cache: tuple[UpstreamSnapshot | None, float, str] | None = None
         self._provider_error_logged_at: float | None = None
 
-    def tick(self, tick: Tick) -> tuple[str, dict[str, Any]]:
-        """The frame text of ``tick`` and its ASGI message, built once for every client."""
+    def tick(self, tick: Tick) -> tuple[str, dict[str, Any], bytes]:
+        """The frame of ``tick`` as text, as an ASGI message and as UTF-8, built once for every client."""
         # Keyed by identity (hashing a Tick costs more than the lookup); the entry holds the
         # tick itself, so its id cannot be reused while the entry exists.
         entry = self._tick_text.get(id(tick))
         if entry is not None and entry[0] is tick:
-            return entry[1], entry[2]
+            return entry[1], entry[2], entry[3]
         if len(self._tick_text) >= TICK_TEXT_CACHE_SIZE:
             self._tick_text.clear()
         text = dumps_frame(tick_frame(tick))
         message = {"type": "websocket.send", "text": text}  # servers only read it
-        self._tick_text[id(tick)] = (tick, text, message)
-        return text, message
+        data = text.encode()
+        self._tick_text[id(tick)] = (tick, text, message, data)
+        return text, message, data
 
     def status(self, snapshot: UpstreamSnapshot | None) -> str:
         """The ``status`` frame text for ``snapshot``, merged with ``status_provider()``'s view."""

@@ -58,7 +58,7 @@ from backend_core.config import Settings
 from backend_core.events import Tick, UpstreamSnapshot
 from backend_core.hub import Closed, Dropped, Hub
 from backend_core.relay.connection import Connection, Outgoing, Replay
-from backend_core.relay.eager import finish, send_eagerly
+from backend_core.relay.eager import SEND_NOW_EXTENSION, SendNow, finish, send_eagerly
 from backend_core.relay.frames import FrameCache
 from backend_core.relay.policy import (
     RATE_BURST,
@@ -264,6 +264,7 @@ class Relay:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI WebSocket handler of ``/api/v1/ws`` (mounted as :attr:`endpoint`)."""
         websocket = WebSocket(scope, receive=receive, send=send)
+        send_now: SendNow | None = scope.get("extensions", {}).get(SEND_NOW_EXTENSION, {}).get("send_text")
         peer = _peer(websocket)
         origin = websocket.headers.get("origin")
         if not self._settings.WEBSOCKET_ENABLED:
@@ -284,7 +285,9 @@ class Relay:
         # Reserve the slot before the first await, so concurrent handshakes cannot overshoot.
         now = self._clock.monotonic()
         limiter = MessageRateLimiter(now, self._rate_per_s, self._rate_burst)
-        conn = Connection(f"c{next(self._ids)}", websocket, send, peer, origin, now, self._clock.wall(), limiter)
+        conn = Connection(
+            f"c{next(self._ids)}", websocket, send, send_now, peer, origin, now, self._clock.wall(), limiter
+        )
         done = asyncio.Event()
         self._connections[conn.id] = conn
         self._endpoints_done[conn.id] = done
@@ -481,10 +484,13 @@ class Relay:
         symbols = conn.symbols  # mutated in place by the reader, never replaced
         live_after = conn.live_after
         get_nowait = sub.get_nowait
+        encoded_tick = self._frames.tick
+        send = self._send_now
         batch: list[str] | None = [] if conn.batch else None
         batch_bytes = batch_ticks = 0
         while True:
             message: dict[str, Any] | None = None
+            data: bytes | None = None
             ticks = 0
             if outbox:
                 item = outbox[0]
@@ -515,7 +521,7 @@ class Relay:
                         if last is not None and event.epoch <= last:
                             continue  # already replayed or sent
                         live_after[symbol] = event.epoch
-                    text, message = self._frames.tick(event)
+                    text, message, data = encoded_tick(event)
                     ticks = 1
                 elif isinstance(event, UpstreamSnapshot):
                     text = self._frames.status(event)
@@ -529,11 +535,11 @@ class Relay:
                     self._closed_by_hub(conn, event)
                     return
             if batch is None:
-                if not self._send_now(conn, message or {"type": "websocket.send", "text": text}, ticks):
+                if not send(conn, text, data, message, ticks):
                     return
                 continue
             if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
-                if not self._send_now(conn, {"type": "websocket.send", "text": "\n".join(batch)}, batch_ticks):
+                if not send(conn, "\n".join(batch), None, None, batch_ticks):
                     return
                 batch.clear()
                 batch_bytes = batch_ticks = 0
@@ -541,16 +547,28 @@ class Relay:
             batch_bytes += len(text) + 1
             batch_ticks += ticks
         if batch:
-            self._send_now(conn, {"type": "websocket.send", "text": "\n".join(batch)}, batch_ticks)
+            send(conn, "\n".join(batch), None, None, batch_ticks)
 
-    def _send_now(self, conn: Connection, message: dict[str, Any], ticks: int) -> bool:
-        """Write one message without awaiting; False when the connection cannot take more now.
+    def _send_now(
+        self, conn: Connection, text: str, data: bytes | None, message: dict[str, Any] | None, ticks: int
+    ) -> bool:
+        """Write one text message without awaiting; False when the connection cannot take more now.
 
-        A send that must wait is finished by the connection's flusher task (bounded by the
-        supervisor's send watch), which then flushes the rest.
+        ``data`` and ``message`` are ``text`` encoded and as an ASGI message, when already
+        built (shared by every client). The server's synchronous write is used where it is
+        offered; otherwise, or when the socket is full, the ASGI ``send``. A send that must
+        wait is finished by the connection's flusher task (bounded by the supervisor's send
+        watch), which then flushes the rest.
         """
+        send_now = conn.send_now
+        if send_now is not None and send_now(text.encode() if data is None else data):
+            conn.messages_out += 1
+            self._ticks_sent += ticks
+            return True
         try:
-            suspended = send_eagerly(conn.send, message)
+            suspended = send_eagerly(
+                conn.send, {"type": "websocket.send", "text": text} if message is None else message
+            )
         except (OSError, RuntimeError):  # the client is gone (uvicorn: ClientDisconnected)
             conn.peer_closed = True
             conn.request_close(1006, "connection lost", "connection_lost")

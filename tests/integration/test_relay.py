@@ -34,7 +34,7 @@ from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
 from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
 from backend_core.relay.server import Relay
-from backend_core.relay.serving import RelayFrameLimitProtocol
+from backend_core.relay.serving import RelayWebSocketProtocol
 from tests.app_process import ROOT, free_port
 from tests.integration.conftest import ServedApp
 from tests.integration.relay_app import routes
@@ -76,9 +76,14 @@ async def _health(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-@pytest.fixture
-async def start_relay(asgi_server: Callable[..., Awaitable[ServedApp]]) -> AsyncIterator[StartRelay]:
+@pytest.fixture(params=["asgi_send", "send_now"])
+async def start_relay(
+    asgi_server: Callable[..., Awaitable[ServedApp]], request: pytest.FixtureRequest
+) -> AsyncIterator[StartRelay]:
+    """Every test runs twice: under plain uvicorn, where the relay writes through the ASGI
+    ``send``, and under the protocol production serves, which offers a synchronous write."""
     harnesses: list[Harness] = []
+    default_server = {"ws": RelayWebSocketProtocol} if request.param == "send_now" else {}
 
     async def start(
         env: dict[str, str] | None = None,
@@ -91,7 +96,7 @@ async def start_relay(asgi_server: Callable[..., Awaitable[ServedApp]]) -> Async
         provided: dict[str, Any] = {"breaker_state": "closed", "retry_after_s": None}
         relay = Relay(settings, hub, lambda: dict(provided), **relay_kwargs)
         app = Starlette(routes=[Route("/health", _health), *routes(relay)])
-        served = await asgi_server(app, **(server or {}))
+        served = await asgi_server(app, **(default_server if server is None else server))
         harness = Harness(served, relay, hub, provided)
         harnesses.append(harness)
         return harness
@@ -305,7 +310,7 @@ async def test_bad_input_gets_a_specific_error_and_others_are_untouched(
 
 async def test_oversized_frame_closes_1009_where_the_server_sets_no_limit(start_relay: StartRelay) -> None:
     # Plain uvicorn (16 MiB) or granian (make dev): the relay's own check is the fallback.
-    h = await start_relay()
+    h = await start_relay(server={})
     async with h.connect() as witness, h.connect() as ws:
         await recv(witness)
         await subscribe(witness, "R_100")
@@ -369,7 +374,7 @@ async def big_message_echoes(ws_url: str) -> bool:
 
 
 async def test_the_server_refuses_an_oversize_frame_before_buffering_it(start_relay: StartRelay) -> None:
-    h = await start_relay(server={"ws": RelayFrameLimitProtocol})
+    h = await start_relay(server={"ws": RelayWebSocketProtocol})
     async with h.connect() as witness:
         await recv(witness)
         await subscribe(witness, "R_100")
@@ -419,9 +424,9 @@ async def test_an_oversize_frame_before_the_app_accepted_drops_the_socket_quietl
     from uvicorn.server import ServerState
 
     h = await start_relay()
-    config = uvicorn.Config(h.served.server.config.app, ws=RelayFrameLimitProtocol, lifespan="off")
+    config = uvicorn.Config(h.served.server.config.app, ws=RelayWebSocketProtocol, lifespan="off")
     config.load()
-    protocol = RelayFrameLimitProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    protocol = RelayWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     transport = _FakeTransport()
     protocol.connection_made(transport)
     client = ClientProtocol(parse_uri(h.url))
