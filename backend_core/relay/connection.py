@@ -77,7 +77,8 @@ class Connection:
         self.peer = peer
         self.origin = origin
         self.sub: Subscription | None = None
-        self.symbols: set[str] = set()
+        # Replaced, never mutated: connections with the same set share one (Relay._intern).
+        self.symbols: frozenset[str] = frozenset()
         self.live_after: dict[str, int] = {}
         self.connected_mono = now
         self.connected_wall = wall

@@ -18,8 +18,10 @@ Sending needs no task per connection. Each connection's hub subscription queues 
 events (bounded, drop-oldest: the hub's policy); one pump task per relay wakes once per
 publish and :meth:`Relay._flush` es the connections it concerns: it drains the outbox
 first (acks, errors, pongs, replays), then the subscription (live ticks, status, drop
-markers), writing each frame through the ASGI ``send`` without awaiting it
-(:mod:`backend_core.relay.eager`). A tick is encoded once for every client. Only when a
+markers), writing each frame without an await: through the server's synchronous write
+where it offers one (:mod:`backend_core.relay.serving` under uvicorn), else by running the
+ASGI ``send`` eagerly (:mod:`backend_core.relay.eager`). A tick is encoded once for every
+client. Only when a
 send would block (the client's socket is full) does the connection get a task, which
 finishes that send and then flushes the rest; until then nothing else writes to it, so
 frames keep their order. Connections that asked for ``batch`` get every frame waiting at
@@ -111,6 +113,10 @@ MAX_LISTED_CONNECTIONS = 1000
 # client library's default message limit (1 MiB in python-websockets).
 MAX_BATCH_BYTES = 65536
 
+# Distinct symbol sets shared between connections; past this many, new sets are not shared
+# (clients normally pick from a few: all symbols, one, a page's handful).
+MAX_SHARED_SYMBOL_SETS = 1024
+
 # The pump lets other tasks run after flushing this many connections in one go, so that a
 # burst to thousands of clients does not hold the event loop for the whole of it.
 PUMP_YIELD_EVERY = 256
@@ -188,6 +194,7 @@ class Relay:
         self._closed_by: dict[str, int] = {}
         # Connections subscribed to each symbol, kept as symbols are added and removed.
         self._by_symbol: dict[str, set[Connection]] = {}
+        self._symbol_sets: dict[frozenset[str], frozenset[str]] = {}
 
     # --- public --------------------------------------------------------------------------
 
@@ -426,7 +433,7 @@ class Relay:
             )
             return
         self._index(conn, set(request.symbols) - conn.symbols, add=True)
-        conn.symbols.update(request.symbols)
+        conn.symbols = self._intern(conn.symbols.union(request.symbols))
         if request.batch is not None:
             conn.batch = request.batch
         # Subscribe first, then read the ring: nothing can be published in between (no
@@ -450,7 +457,7 @@ class Relay:
     def _unsubscribe(self, conn: Connection, request: UnsubscribeRequest) -> None:
         assert conn.sub is not None
         removed = sorted(conn.symbols if request.symbols is None else conn.symbols.intersection(request.symbols))
-        conn.symbols.difference_update(removed)
+        conn.symbols = self._intern(conn.symbols.difference(removed))
         self._index(conn, removed, add=False)
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "unsubscribed", "symbols": removed, "subscribed": sorted(conn.symbols)}
@@ -481,7 +488,7 @@ class Relay:
         if conn.stalled is not None or sub is None or conn.closing.is_set():
             return
         outbox = conn.outbox
-        symbols = conn.symbols  # mutated in place by the reader, never replaced
+        symbols = conn.symbols  # replaced by the reader, which cannot run during a flush
         live_after = conn.live_after
         get_nowait = sub.get_nowait
         encoded_tick = self._frames.tick
@@ -717,6 +724,17 @@ class Relay:
             async with asyncio.timeout(self.close_timeout_s):
                 await websocket.accept()
                 await websocket.close(code, reason)
+
+    def _intern(self, symbols: frozenset[str]) -> frozenset[str]:
+        """One shared object per distinct symbol set (the hub keeps the same one): thousands
+        of clients on the same 50 symbols need one set, not thousands of copies."""
+        shared = self._symbol_sets.get(symbols)
+        if shared is not None:
+            return shared
+        if len(self._symbol_sets) >= MAX_SHARED_SYMBOL_SETS:
+            return symbols
+        self._symbol_sets[symbols] = symbols
+        return symbols
 
     def _index(self, conn: Connection, symbols: Iterable[str], *, add: bool) -> None:
         by_symbol = self._by_symbol

@@ -35,10 +35,18 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request
 
 from backend_core.relay.eager import SEND_NOW_EXTENSION
 from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
+
+# permessage-deflate on the relay's path: the compressor's state is most of a connection's
+# memory (uvicorn's default, a 4 KiB window at memLevel 5, holds 32 KiB per connection).
+# A 1 KiB window still spans several of the ~130-byte tick frames, which is where the
+# repetition is; at memLevel 3 the state is 8 KiB.
+RELAY_DEFLATE_WINDOW_BITS = 10
+RELAY_DEFLATE_MEM_LEVEL = 3
 
 
 class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -53,6 +61,14 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         relay = event.path.partition("?")[0] == RELAY_PATH
         if not relay:
             self.conn.max_message_size = self.config.ws_max_size
+        elif self.config.ws_per_message_deflate:
+            self.conn.available_extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
+                    client_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
+                    compress_settings={"memLevel": RELAY_DEFLATE_MEM_LEVEL},
+                )
+            ]
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # None: the handshake was refused
         if relay and scope is not None:
