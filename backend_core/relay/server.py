@@ -271,7 +271,7 @@ class Relay:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI WebSocket handler of ``/api/v1/ws`` (mounted as :attr:`endpoint`)."""
         websocket = WebSocket(scope, receive=receive, send=send)
-        send_now: SendNow | None = scope.get("extensions", {}).get(SEND_NOW_EXTENSION, {}).get("send_text")
+        send_now: SendNow | None = (scope.get("extensions") or {}).get(SEND_NOW_EXTENSION, {}).get("send_text")
         peer = _peer(websocket)
         origin = websocket.headers.get("origin")
         if not self._settings.WEBSOCKET_ENABLED:
