@@ -255,28 +255,36 @@ class Client(asyncio.Protocol):
             if "permessage-deflate" in head:
                 self.inflater = zlib.decompressobj(-15)
             self.handshaken.set_result(None)
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1] & 0x7F
-            offset = 2
-            if second == 126:
-                if len(buffer) < 4:
-                    return
-                second, offset = int.from_bytes(buffer[2:4], "big"), 4
-            elif second == 127:
-                if len(buffer) < 10:
-                    return
-                second, offset = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < offset + second:
-                return
-            payload = bytes(buffer[offset : offset + second])
-            del buffer[: offset + second]
-            opcode = first & 0x0F
-            if first & 0x40 and self.inflater is not None:
-                payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
-            if opcode == 0x1:
-                self.on_text(payload)
-            elif opcode == 0x9:
-                self.send_frame(0xA, payload)
+        # Parse every complete frame, then drop them from the buffer once: deleting each frame
+        # as it is parsed would move the rest of a large read every time (quadratic).
+        view = memoryview(buffer)
+        start, size = 0, len(buffer)
+        try:
+            while size - start >= 2:
+                first, length = view[start], view[start + 1] & 0x7F
+                offset = start + 2
+                if length == 126:
+                    if size - start < 4:
+                        break
+                    length, offset = int.from_bytes(view[start + 2 : start + 4], "big"), start + 4
+                elif length == 127:
+                    if size - start < 10:
+                        break
+                    length, offset = int.from_bytes(view[start + 2 : start + 10], "big"), start + 10
+                if size < offset + length:
+                    break
+                payload = bytes(view[offset : offset + length])
+                start = offset + length
+                opcode = first & 0x0F
+                if first & 0x40 and self.inflater is not None:
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+                if opcode == 0x1:
+                    self.on_text(payload)
+                elif opcode == 0x9:
+                    self.send_frame(0xA, payload)
+        finally:
+            view.release()
+        del buffer[:start]
 
     def on_text(self, payload: bytes) -> None:
         now = time.monotonic()
