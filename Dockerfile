@@ -32,7 +32,8 @@ RUN python -m venv /opt/venv
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
-COPY rxconfig.py ./
+# gunicorn.conf.py: gunicorn reads it from /app (uvicorn enforces the relay's frame limit).
+COPY rxconfig.py gunicorn.conf.py ./
 COPY reflex.lock ./reflex.lock
 COPY assets ./assets
 COPY backend_core ./backend_core

@@ -48,6 +48,7 @@ $(CLIENTS_JS): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json | $(RUN_STAM
 	touch $@
 
 ## run: start the app (page and API on one port, http://localhost:$(PORT)) on the embedded simulator
+# reflex starts gunicorn from here, which reads ./gunicorn.conf.py (the relay's frame limit in uvicorn).
 run: $(RUN_STAMP)
 	@$(PY) -m backend_core.config
 	exec reflex run --env prod --single-port --frontend-port $(PORT) --backend-port $(PORT)

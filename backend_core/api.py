@@ -157,12 +157,13 @@ def create_api(runtime: Runtime) -> Starlette:
         refusal = admin_refusal(request, "relay connection list")
         if refusal is not None:
             return refusal
-        snapshot = runtime.relay.snapshot()
+        active = runtime.relay.snapshot()["active"]
+        listed = runtime.relay.connections()
         return JSONResponse(
             {
-                "active": snapshot["active"],
-                "connections": snapshot["connections"],
-                "connections_truncated": snapshot["connections_truncated"],
+                "active": active,
+                "connections": listed,
+                "connections_truncated": active > len(listed),
             },
             headers={"cache-control": "no-store"},
         )

@@ -59,7 +59,7 @@ from backend_core.metrics import (
     RelayCollector,
     UpstreamCollector,
 )
-from backend_core.relay import Relay
+from backend_core.relay.server import Relay
 
 log = logging.getLogger("backend_core.runtime")
 
@@ -99,7 +99,13 @@ class Runtime:
                 control_port=settings.DERIV_SIMULATOR_CONTROL_PORT,
             )
         self.manager: DerivManager | None = None
-        self.relay = Relay(settings, self.hub, self._upstream_status, clock=self.clock)
+        self.relay = Relay(
+            settings,
+            self.hub,
+            self._upstream_status,
+            clock=self.clock,
+            allowed_origins=[str(origin) for origin in settings.ALLOWED_ORIGINS],
+        )
         self.loop_lag = LoopLagProbe(self.clock)
         # History and alerts: their record_* calls never wait (bounded queues, own tasks).
         self.store = HistoryStore(settings, self.clock)

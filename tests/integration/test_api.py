@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -409,3 +410,20 @@ async def test_alerts_and_history_tell_of_the_same_incidents(asgi_server: Callab
     upstream = [a for a in alerts if a["component"] == "upstream"]
     assert [a["event"] for a in upstream] == ["upstream_down", "upstream_recovered"]
     assert upstream[0]["error_code"] == "ConnectionLost"  # the drop opened it
+
+
+async def test_allowed_origins_setting_governs_the_relay(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    async with serve_runtime(asgi_server, ALLOWED_ORIGINS="https://status.example.com") as (runtime, client):
+        ws_url = str(client.base_url).replace("http://", "ws://").rstrip("/") + "/api/v1/ws"
+        async with connect(ws_url, origin="https://status.example.com", open_timeout=5) as ws:  # type: ignore[arg-type]
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "status"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(ws_url, origin="https://evil.example", open_timeout=5):  # type: ignore[arg-type]
+                pass
+        assert refused.value.response.status_code == 403
+        # The page's own origin (same host) stays allowed next to the listed ones.
+        async with connect(ws_url, origin=str(client.base_url).rstrip("/"), open_timeout=5) as ws:  # type: ignore[arg-type]
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "status"

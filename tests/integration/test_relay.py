@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,16 +21,23 @@ import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 from websockets.typing import Origin
+from websockets.uri import parse_uri
 
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
-from backend_core.relay import Relay
+from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
+from backend_core.relay.server import Relay
+from backend_core.relay.serving import RelayWebSocketProtocol
+from tests.app_process import ROOT, free_port
 from tests.integration.conftest import ServedApp
+from tests.integration.relay_app import routes
 
 WAIT_S = 10.0  # upper bound of any single wait; a healthy run needs milliseconds
 
@@ -67,17 +76,27 @@ async def _health(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-@pytest.fixture
-async def start_relay(asgi_server: Callable[..., Awaitable[ServedApp]]) -> AsyncIterator[StartRelay]:
+@pytest.fixture(params=["asgi_send", "send_now"])
+async def start_relay(
+    asgi_server: Callable[..., Awaitable[ServedApp]], request: pytest.FixtureRequest
+) -> AsyncIterator[StartRelay]:
+    """Every test runs twice: under plain uvicorn, where the relay writes through the ASGI
+    ``send``, and under the protocol production serves, which offers a synchronous write."""
     harnesses: list[Harness] = []
+    default_server = {"ws": RelayWebSocketProtocol} if request.param == "send_now" else {}
 
-    async def start(env: dict[str, str] | None = None, hub: InMemoryHub | None = None, **relay_kwargs: Any) -> Harness:
+    async def start(
+        env: dict[str, str] | None = None,
+        hub: InMemoryHub | None = None,
+        server: dict[str, Any] | None = None,
+        **relay_kwargs: Any,
+    ) -> Harness:
         settings = load_settings({"DERIV_SYMBOLS": "R_50,R_100", **(env or {})})
         hub = hub or InMemoryHub()
         provided: dict[str, Any] = {"breaker_state": "closed", "retry_after_s": None}
         relay = Relay(settings, hub, lambda: dict(provided), **relay_kwargs)
-        app = Starlette(routes=[Route("/health", _health), WebSocketRoute("/api/v1/ws", relay.endpoint)])
-        served = await asgi_server(app)
+        app = Starlette(routes=[Route("/health", _health), *routes(relay)])
+        served = await asgi_server(app, **(default_server if server is None else server))
         harness = Harness(served, relay, hub, provided)
         harnesses.append(harness)
         return harness
@@ -161,6 +180,30 @@ async def test_subscribe_then_live_ticks_in_order(start_relay: StartRelay) -> No
         assert [f["epoch"] for f in got] == published
         assert all(f["symbol"] == "R_50" and "replay" not in f and f["backfill"] is False for f in got)
         assert set(got[0]) == {"type", "symbol", "epoch", "quote", "bid", "ask", "pip_size", "backfill"}
+
+
+async def test_batch_sends_waiting_frames_as_one_newline_delimited_message(start_relay: StartRelay) -> None:
+    h = await start_relay()
+    async with h.connect() as plain, h.connect() as batched:
+        await recv(plain)
+        await recv(batched)
+        assert await subscribe(plain, "R_50", "R_100") == {"type": "subscribed", "symbols": ["R_100", "R_50"]}
+        ack = await subscribe(batched, "R_50", "R_100", batch=True)
+        assert ack == {"type": "subscribed", "symbols": ["R_100", "R_50"], "batch": True}
+        published = h.publish("R_50", 3) + h.publish("R_100", 2)  # at once: all wait for one flush
+        async with asyncio.timeout(WAIT_S):
+            message = await batched.recv()
+        assert isinstance(message, str)
+        lines = [json.loads(line) for line in message.split("\n")]
+        assert [(f["type"], f["epoch"]) for f in lines] == [("tick", e) for e in published]
+        singles = [await recv_type(plain, "tick") for _ in published]
+        assert singles == lines  # the same frames, one message each
+        (epoch,) = h.publish("R_50")  # a lone frame is a plain one-line message
+        assert await recv_type(batched, "tick") == await recv_type(plain, "tick")
+        await batched.send(json.dumps({"action": "subscribe", "symbols": ["R_50"], "batch": False}))
+        assert "batch" not in await recv_type(batched, "subscribed")
+        h.publish("R_50", 2)
+        assert [(await recv_type(batched, "tick"))["epoch"] for _ in range(2)] == [epoch + 1, epoch + 2]
 
 
 async def test_resume_replays_then_goes_live_without_gap_or_duplicate(start_relay: StartRelay) -> None:
@@ -265,8 +308,9 @@ async def test_bad_input_gets_a_specific_error_and_others_are_untouched(
         await witness_alive(h, witness)
 
 
-async def test_oversized_frame_closes_1009(start_relay: StartRelay) -> None:
-    h = await start_relay()
+async def test_oversized_frame_closes_1009_where_the_server_sets_no_limit(start_relay: StartRelay) -> None:
+    # Plain uvicorn (16 MiB) or granian (make dev): the relay's own check is the fallback.
+    h = await start_relay(server={})
     async with h.connect() as witness, h.connect() as ws:
         await recv(witness)
         await subscribe(witness, "R_100")
@@ -276,6 +320,165 @@ async def test_oversized_frame_closes_1009(start_relay: StartRelay) -> None:
         assert code == 1009 and "too big" in reason
         await witness_alive(h, witness)
     assert h.relay.snapshot()["totals"]["closed"]["message_too_big"] == 1
+
+
+# A frame header announcing far more than the limit, followed by only the start of it.
+ANNOUNCED_BYTES = 1 << 20
+SENT_BYTES = 1024
+
+
+def _masked_text_frame_head(length: int) -> bytes:
+    # FIN + text; MASK + 64-bit length (RFC 6455 section 5.2); an all-zero mask.
+    return bytes([0x81, 0x80 | 127]) + length.to_bytes(8, "big") + bytes(4)
+
+
+async def announce_oversize_frame(host: str, port: int, path: str) -> int | None:
+    """Open a WebSocket on ``path``, announce a 1 MiB frame and send only its first KiB.
+
+    Returns the close code the server sends. A server that buffers the frame before
+    checking its size would wait for the other 1,047,552 bytes, which never come, and
+    this would time out: a close code proves the frame was refused from its header.
+    """
+    protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"))
+    protocol.send_request(protocol.connect())
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            writer.write(b"".join(protocol.data_to_send()))
+            while protocol.state is State.CONNECTING:
+                data = await reader.read(65536)
+                assert data, "the server closed during the handshake"
+                protocol.receive_data(data)
+            assert protocol.handshake_exc is None
+            writer.write(_masked_text_frame_head(ANNOUNCED_BYTES) + b" " * SENT_BYTES)
+            await writer.drain()
+            while protocol.close_rcvd is None:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                protocol.receive_data(data)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return None if protocol.close_rcvd is None else protocol.close_rcvd.code
+
+
+async def big_message_echoes(ws_url: str) -> bool:
+    """The server's other WebSocket (Reflex's event socket in the app) keeps its own limit."""
+    message = "y" * (16 * MAX_FRAME_BYTES)
+    async with connect(ws_url + "/echo", open_timeout=WAIT_S, close_timeout=2) as ws:
+        await ws.send(message)
+        async with asyncio.timeout(WAIT_S):
+            return await ws.recv() == message
+
+
+async def test_the_server_refuses_an_oversize_frame_before_buffering_it(start_relay: StartRelay) -> None:
+    h = await start_relay(server={"ws": RelayWebSocketProtocol})
+    async with h.connect() as witness:
+        await recv(witness)
+        await subscribe(witness, "R_100")
+        assert await announce_oversize_frame(h.served.host, h.served.port, RELAY_PATH) == 1009
+        await witness_alive(h, witness)
+        async with asyncio.timeout(WAIT_S):
+            while h.relay.snapshot()["totals"]["closed"].get("message_too_big", 0) == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # the relay learns of it from the disconnect event
+        # A legitimate frame at the limit still passes.
+        await witness.send(json.dumps({"action": "ping", "pad": "x" * (MAX_FRAME_BYTES - 40)}))
+        assert (await recv_type(witness, "pong"))["type"] == "pong"
+    assert await big_message_echoes(h.served.ws_url)
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_an_oversize_frame_before_the_app_accepted_drops_the_socket_quietly(
+    start_relay: StartRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame that races the handshake (sent before the 101 arrived) meets the parser while
+    the connection is still CONNECTING: there is no close frame to send, only the socket to
+    drop. Driven by hand, so that no event-loop turn lets the app accept in between."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    h = await start_relay()
+    config = uvicorn.Config(h.served.server.config.app, ws=RelayWebSocketProtocol, lifespan="off")
+    config.load()
+    protocol = RelayWebSocketProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    transport = _FakeTransport()
+    protocol.connection_made(transport)
+    client = ClientProtocol(parse_uri(h.url))
+    client.send_request(client.connect())
+    protocol.data_received(b"".join(client.data_to_send()))  # the handshake: the app starts
+    protocol.data_received(_masked_text_frame_head(ANNOUNCED_BYTES))  # before it could accept
+    assert transport.closed
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    protocol.connection_lost(None)
+    async with asyncio.timeout(WAIT_S):
+        while protocol.tasks:  # noqa: ASYNC110 - the app task ends on the disconnect event
+            await asyncio.sleep(0.01)
+
+
+async def test_production_serving_sets_the_frame_limit_in_uvicorn(tmp_path: Any) -> None:
+    """gunicorn + uvicorn worker, started with the command ``reflex run --env prod`` builds,
+    from the project root (where gunicorn.conf.py is)."""
+    from unittest import mock
+
+    from reflex.utils import exec as reflex_exec
+    from reflex.utils import processes
+    from reflex_base.constants import LogLevel
+
+    port = free_port()
+    built: list[list[str]] = []
+    with mock.patch.object(processes, "new_process", lambda command, **_: built.append(command)):
+        reflex_exec.run_uvicorn_backend_prod(
+            "127.0.0.1", port, LogLevel.WARNING, app_target="tests.integration.relay_app:app"
+        )
+    (command,) = built
+    assert "gunicorn" in command and "--config" not in command  # gunicorn finds the file itself
+    log = (tmp_path / "gunicorn.log").open("wb")
+    server = await asyncio.create_subprocess_exec(*command, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    _, probe = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    assert server.returncode is None, (tmp_path / "gunicorn.log").read_text()
+                    await asyncio.sleep(0.1)
+                    continue
+                probe.close()
+                break
+        assert await announce_oversize_frame("127.0.0.1", port, RELAY_PATH) == 1009
+        assert await big_message_echoes(f"ws://127.0.0.1:{port}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await server.wait()
+        log.close()
 
 
 async def test_flooding_gets_rate_limited_then_closed_1008(start_relay: StartRelay) -> None:
@@ -538,6 +741,26 @@ async def test_with_and_without_permessage_deflate(start_relay: StartRelay, comp
         await witness_alive(h, ws, "R_50")
 
 
+async def test_snapshot_counts_subscribers_per_symbol(start_relay: StartRelay) -> None:
+    h = await start_relay()
+    async with h.connect() as a, h.connect() as b:
+        for ws in (a, b):
+            await recv(ws)
+        await subscribe(a, "R_50", "R_100")
+        await subscribe(b, "R_50")
+        await subscribe(b, "R_50")  # again: still one subscriber
+        assert h.relay.snapshot()["subscribers"] == {"R_100": 1, "R_50": 2}
+        await a.send(json.dumps({"action": "unsubscribe", "symbols": ["R_100"]}))
+        await recv_type(a, "unsubscribed")
+        assert h.relay.snapshot()["subscribers"] == {"R_50": 2}
+    async with asyncio.timeout(WAIT_S):
+        while h.relay.snapshot()["active"]:  # noqa: ASYNC110 - polling a snapshot, nothing to wait on
+            await asyncio.sleep(0.01)
+    snapshot = h.relay.snapshot()
+    assert (snapshot["subscribers"], snapshot["subscribed"]) == ({}, 0)
+    assert h.relay.connections() == []
+
+
 async def test_snapshot_and_logs(start_relay: StartRelay, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="backend_core.relay")
     h = await start_relay()
@@ -546,9 +769,11 @@ async def test_snapshot_and_logs(start_relay: StartRelay, caplog: pytest.LogCapt
         await subscribe(ws, "R_50")
         await witness_alive(h, ws, "R_50")
         snapshot = h.relay.snapshot()
-        assert snapshot["active"] == 1
-        (conn,) = snapshot["connections"]
-        assert conn["id"] == "c1" and conn["symbols"] == ["R_50"]
+        assert snapshot["active"] == 1 and snapshot["subscribed"] == 1
+        assert snapshot["subscribers"] == {"R_50": 1}
+        assert "127.0.0.1" not in json.dumps(snapshot)  # public output: counts, no address
+        (conn,) = h.relay.connections()
+        assert conn["id"] == "c1" and conn["symbols"] == ["R_50"] and conn["peer"].startswith("127.0.0.1:")
         assert conn["connected_at"].endswith("Z") and conn["last_seen_at"].endswith("Z")
         assert conn["messages_in"] == 1 and conn["messages_out"] == 3  # status, ack, tick
         assert conn["drops"] == 0

@@ -11,26 +11,27 @@ from hypothesis import strategies as st
 from backend_core.clock import FakeClock
 from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
-from backend_core.relay import (
-    ClientError,
+from backend_core.relay.policy import (
     Heartbeat,
     MessageRateLimiter,
-    PingRequest,
-    PongReply,
     RateVerdict,
     SendWatch,
-    SubscribeRequest,
     TokenBucket,
+    heartbeat_step,
+    origin_allowed,
+)
+from backend_core.relay.protocol import (
+    ClientError,
+    PingRequest,
+    PongReply,
+    SubscribeRequest,
     UnsubscribeRequest,
     error_frame,
-    heartbeat_step,
-    is_stale,
-    origin_allowed,
     parse_client_message,
-    plan_resume,
     status_frame,
     tick_frame,
 )
+from backend_core.relay.resume import is_stale, plan_resume
 
 KNOWN = frozenset({"R_50", "R_100", "1HZ100V"})
 
@@ -45,6 +46,14 @@ def parse(obj: object) -> object:
 def test_subscribe_with_resume_and_id() -> None:
     msg = parse({"action": "subscribe", "symbols": ["R_50", "R_100", "R_50"], "resume": {"R_50": 5}, "id": "a1"})
     assert msg == SubscribeRequest(("R_50", "R_100"), {"R_50": 5}, "a1")
+
+
+def test_subscribe_batch_option() -> None:
+    assert parse({"action": "subscribe", "symbols": ["R_50"], "batch": True}) == SubscribeRequest(
+        ("R_50",), {}, None, True
+    )
+    assert parse({"action": "subscribe", "symbols": ["R_50"], "batch": False}).batch is False  # type: ignore[attr-defined]
+    assert parse({"action": "subscribe", "symbols": ["R_50"]}).batch is None  # type: ignore[attr-defined]
 
 
 def test_simple_actions() -> None:
@@ -91,6 +100,8 @@ def test_deeply_nested_json_is_invalid_not_a_crash() -> None:
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_50": True}}, "invalid_message"),
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_50": 1.5}}, "invalid_message"),
         ({"action": "subscribe", "symbols": ["R_50"], "resume": {"R_100": 1}}, "invalid_message"),
+        ({"action": "subscribe", "symbols": ["R_50"], "batch": "yes"}, "invalid_message"),
+        ({"action": "subscribe", "symbols": ["R_50"], "batch": 1}, "invalid_message"),
         ({"action": "ping", "id": True}, "invalid_message"),
         ({"action": "ping", "id": [1]}, "invalid_message"),
         ({"action": "ping", "id": "x" * 65}, "invalid_message"),

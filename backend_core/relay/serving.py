@@ -1,0 +1,102 @@
+"""uvicorn's WebSocket protocol as the relay needs it: the frame limit, and writes without awaits.
+
+**The frame size limit, enforced before a frame is buffered.**
+
+A limit checked in the application comes too late: the ASGI server has already read the
+whole message into memory (uvicorn's default ``ws_max_size`` is 16 MiB), so 100 clients
+could pin 1.6 GB. The WebSocket parser itself must refuse the frame when its header
+announces more than :data:`~backend_core.relay.protocol.MAX_FRAME_BYTES`: it then closes
+with 1009 without reading the payload.
+
+uvicorn's ``ws_max_size`` is one value for the whole server, and the same server carries
+Reflex's own event socket, whose messages Reflex allows up to
+``REFLEX_SOCKET_MAX_HTTP_BUFFER_SIZE`` (1 MB). So :class:`RelayWebSocketProtocol`
+(uvicorn's default WebSocket implementation, ``websockets-sansio``) starts every
+connection at the relay's limit and raises it to the server's ``ws_max_size`` at the
+handshake when the path is not the relay's. Starting low also covers a client that sends
+frames in the same packet as its handshake, which the parser reads before the path is
+known.
+
+**Writing without an await.** On the relay's path the protocol offers the ASGI extension
+:data:`~backend_core.relay.eager.SEND_NOW_EXTENSION`: a synchronous ``send_text(data)``
+that frames and writes already-encoded UTF-8 text at once and returns True, or returns
+False (writing nothing) when the socket is full or the connection is not open, so the
+relay falls back to the ASGI ``send``. That is what uvicorn's own ``send`` does when it
+does not have to wait, minus a coroutine, the middleware wrappers and a UTF-8 encoding
+per frame per client (the relay encodes a tick once for every client).
+
+``gunicorn.conf.py`` installs :class:`RelayWebSocketProtocol` in production serving; pass
+it as ``uvicorn.Config(ws=RelayWebSocketProtocol)`` when serving with uvicorn directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request
+
+from backend_core.relay.eager import SEND_NOW_EXTENSION
+from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
+
+# permessage-deflate on the relay's path: the compressor's state is most of a connection's
+# memory (uvicorn's default, a 4 KiB window at memLevel 5, holds 32 KiB per connection).
+# A 1 KiB window still spans several of the ~130-byte tick frames, which is where the
+# repetition is; at memLevel 3 the state is 8 KiB.
+RELAY_DEFLATE_WINDOW_BITS = 10
+RELAY_DEFLATE_MEM_LEVEL = 3
+
+
+class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's ``websockets-sansio`` protocol, with the relay's frame limit and
+    synchronous writes on its path."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn.max_message_size = min(MAX_FRAME_BYTES, self.config.ws_max_size)
+
+    def handle_connect(self, event: Request) -> None:
+        relay = event.path.partition("?")[0] == RELAY_PATH
+        if not relay:
+            self.conn.max_message_size = self.config.ws_max_size
+        elif self.config.ws_per_message_deflate:
+            self.conn.available_extensions = [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
+                    client_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
+                    compress_settings={"memLevel": RELAY_DEFLATE_MEM_LEVEL},
+                )
+            ]
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # None: the handshake was refused
+        if relay and scope is not None:
+            scope["extensions"][SEND_NOW_EXTENSION] = {"send_text": self.send_text_now}
+
+    def send_text_now(self, data: bytes) -> bool:
+        """Write one text frame of UTF-8 ``data`` now; False (nothing written) if it cannot."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(data)
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+    def handle_parser_exception(self) -> None:
+        if self.conn.close_sent is None:
+            # The frame came with the handshake, before the connection was open: there is no
+            # close frame to send (uvicorn's handler asserts one), only the socket to drop.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.transport.close()
+            return
+        super().handle_parser_exception()
