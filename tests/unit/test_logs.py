@@ -45,13 +45,20 @@ def test_exceptions_become_fields_not_extra_lines() -> None:
 
 def test_configure_logging_is_idempotent_and_switches_format() -> None:
     logger = logging.getLogger("backend_core")
-    configure_logging("text", "INFO")
-    configure_logging("json", "DEBUG")
-    ours = [h for h in logger.handlers if getattr(h, "_backend_core", False)]
-    assert len(ours) == 1
-    assert isinstance(ours[0].formatter, JsonFormatter)
-    assert logger.level == logging.DEBUG
-    configure_logging("text", "INFO")
+    saved = logger.level, logger.propagate, list(logger.handlers)
+    try:
+        configure_logging("text", "INFO")
+        configure_logging("json", "DEBUG")
+        ours = [h for h in logger.handlers if getattr(h, "_backend_core", False)]
+        assert len(ours) == 1
+        assert isinstance(ours[0].formatter, JsonFormatter)
+        assert logger.level == logging.DEBUG
+        assert logger.propagate is False
+    finally:
+        # The process-wide logger goes back as it was: later tests capture its records.
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
 
 
 def test_a_swallowed_fault_is_always_counted_and_its_traceback_logged_once_per_interval(
