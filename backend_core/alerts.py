@@ -8,7 +8,11 @@ hands both the same events (alerts never depend on the database being up):
 
 - ``breaker_opened`` / ``breaker_closed`` as soon as a circuit breaker opens / closes;
 - ``upstream_down`` once the upstream link has been down for ``ALERT_AFTER_SECONDS``
-  (a shorter outage sends nothing at all), and ``upstream_recovered`` when it is back.
+  (a shorter outage sends nothing at all), and ``upstream_recovered`` when it is back;
+- for a planned maintenance (the upstream announced the drop: Deriv's ``website_status``
+  "updating", an incident with ``planned``) ``maintenance_started`` after the same delay
+  instead, and ``maintenance_ended`` when the link is back: never ``upstream_down``, so a
+  receiver that pages on outages is not woken by a deploy Deriv announced.
 
 When the service stops, every incident that fired is resolved with ``"recovered": false``
 and the recovery ``service_stopped``, so a receiver never keeps a page open for a process
@@ -104,7 +108,14 @@ REMEMBERED_RESOLVED: Final = 1000
 # Status codes worth retrying: the receiver is busy or broken, not refusing the request.
 RETRY_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 
-AlertEvent = Literal["upstream_down", "upstream_recovered", "breaker_opened", "breaker_closed"]
+AlertEvent = Literal[
+    "upstream_down",
+    "upstream_recovered",
+    "maintenance_started",
+    "maintenance_ended",
+    "breaker_opened",
+    "breaker_closed",
+]
 
 
 def incident_message(incident: IncidentOpened) -> str:
@@ -140,17 +151,19 @@ class Alert:
         name = incident.component.removeprefix(BREAKER_PREFIX)
         took = _duration_words((self.ended_at or self.at) - incident.started_at)
         message = incident_message(incident)
+        if self.event == "maintenance_started":
+            return f"Market data feed in planned maintenance for {took} ({message})"
         if self.event == "upstream_down":
-            if incident.planned:
-                return f"Market data feed down for {took} ({message})"
             reason = incident.error_code or CAUSE_TEXT.get(incident.cause, str(incident.cause))
             return f"Market data feed down for {took} ({reason}: {message})"
         if self.event == "breaker_opened":
             return f"Circuit breaker '{name}' opened ({message})"
-        what = "Market data feed" if self.event == "upstream_recovered" else f"Circuit breaker '{name}'"
+        what = f"Circuit breaker '{name}'" if incident.kind == "breaker" else "Market data feed"
         how = recovery_text(self.recovery, self.attempts) if self.recovery is not None else ""
         if not self.recovered:  # the service stopped while it was still down
             return f"{what}: no longer watched after {took} ({how})"
+        if self.event == "maintenance_ended":
+            return f"{what} back after {took} of planned maintenance ({how})"
         if self.event == "upstream_recovered":
             return f"{what} back after {took} ({how})"
         return f"{what} closed after {took} ({how})"
@@ -239,7 +252,7 @@ class AlertDecider:
             return [Alert("breaker_opened", "firing", incident, wall)]
         if self._after_s == 0:
             self._fired[key] = incident
-            return [Alert("upstream_down", "firing", incident, wall)]
+            return [Alert(_firing_event(incident), "firing", incident, wall)]
         self._pending[key] = _Pending(incident, now + self._after_s)
         return []
 
@@ -251,8 +264,11 @@ class AlertDecider:
         if incident is None:
             return []
         self._remember(key)
-        event: AlertEvent = "breaker_closed" if incident.kind == "breaker" else "upstream_recovered"
-        return [Alert(event, "resolved", incident, wall, closed.ended_at, closed.recovery, closed.attempts)]
+        return [
+            Alert(
+                _resolved_event(incident), "resolved", incident, wall, closed.ended_at, closed.recovery, closed.attempts
+            )
+        ]
 
     def due(self, now: float, wall: float) -> list[Alert]:
         """Upstream incidents whose delay has passed: they fire now (once)."""
@@ -261,7 +277,7 @@ class AlertDecider:
             if pending.due_at <= now:
                 del self._pending[key]
                 self._fired[key] = pending.incident
-                alerts.append(Alert("upstream_down", "firing", pending.incident, wall))
+                alerts.append(Alert(_firing_event(pending.incident), "firing", pending.incident, wall))
         return alerts
 
     def next_due(self) -> float | None:
@@ -272,6 +288,18 @@ class AlertDecider:
             self._resolved_set.discard(self._resolved[0])
         self._resolved.append(key)
         self._resolved_set.add(key)
+
+
+def _firing_event(incident: IncidentOpened) -> AlertEvent:
+    if incident.kind == "breaker":
+        return "breaker_opened"
+    return "maintenance_started" if incident.planned else "upstream_down"
+
+
+def _resolved_event(incident: IncidentOpened) -> AlertEvent:
+    if incident.kind == "breaker":
+        return "breaker_closed"
+    return "maintenance_ended" if incident.planned else "upstream_recovered"
 
 
 def retry_after_seconds(value: str | None, now_wall: float) -> float | None:

@@ -136,6 +136,18 @@ def breaker_component(name: str) -> str:
     return clip(BREAKER_PREFIX + name, COMPONENT_CHARS)
 
 
+def upstream_in_maintenance(snapshot: UpstreamSnapshot) -> bool:
+    """A planned upstream maintenance is under way: what every surface shows as maintenance.
+
+    Deriv's ``website_status`` says "updating" (a deploy, announced while the link may still
+    be up), or the link is down after a drop the upstream announced (``planned_reconnect``
+    until the link is proven again). A stopped service is in no state at all.
+    """
+    if snapshot.state == LinkState.STOPPED:
+        return False
+    return snapshot.site_status == "updating" or (snapshot.planned_reconnect and snapshot.state != LinkState.CONNECTED)
+
+
 def random_key() -> str:
     return uuid.uuid4().hex
 
@@ -450,4 +462,5 @@ __all__ = [
     "Recovery",
     "breaker_component",
     "clip",
+    "upstream_in_maintenance",
 ]

@@ -23,9 +23,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from backend_core.events import LinkState, UpstreamSnapshot
+from backend_core.incidents import upstream_in_maintenance
 
 PREFIX = "deriv_status"
 BREAKER_STATES = ("closed", "open", "half_open", "disabled")
+# The upstream_state label: the link's states, and "maintenance" (a planned drop).
+MAINTENANCE = "maintenance"
+UPSTREAM_STATES = (*(state.value for state in LinkState), MAINTENANCE)
 # Error codes are a small fixed set in practice; this bound keeps a hostile upstream from
 # creating unbounded label values.
 MAX_ERROR_CODES = 50
@@ -109,6 +113,16 @@ class RelayCollector(Collector):
         yield _counter("ticks_relayed", "Tick frames sent to relay clients.", float(totals.get("ticks_sent", 0)))
 
 
+def upstream_state(snap: UpstreamSnapshot | None) -> str:
+    """The one ``state`` label that is 1: the link's state, or ``maintenance`` while it is not
+    connected for a planned upstream maintenance (a connected link stays ``connected``: it serves)."""
+    if snap is None:
+        return LinkState.STOPPED.value
+    if snap.state != LinkState.CONNECTED and upstream_in_maintenance(snap):
+        return MAINTENANCE
+    return snap.state.value
+
+
 class UpstreamCollector(Collector):
     """The upstream link. ``manager()`` is None while the runtime is not running."""
 
@@ -121,11 +135,13 @@ class UpstreamCollector(Collector):
         stats: Mapping[str, Any] = manager.stats() if manager is not None else {}
 
         g = GaugeMetricFamily(
-            f"{PREFIX}_upstream_state", "1 for the upstream link's current state, 0 for the others.", labels=["state"]
+            f"{PREFIX}_upstream_state",
+            "1 for the upstream link's current state, 0 for the others; maintenance while the link is "
+            "not connected for a planned upstream maintenance (in place of reconnecting, connecting, ...).",
+            labels=["state"],
         )
-        current = snap.state if snap is not None else LinkState.STOPPED
-        for state in LinkState:
-            g.add_metric([state.value], 1.0 if state == current else 0.0)
+        for state in UPSTREAM_STATES:
+            g.add_metric([state], 1.0 if state == upstream_state(snap) else 0.0)
         yield g
         reconnects = float(snap.reconnect_count if snap is not None else 0)
         yield _counter("upstream_reconnects", "Upstream reconnections since start.", reconnects)

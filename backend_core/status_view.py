@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from backend_core import __version__
 from backend_core.clock import Clock, iso_utc
 from backend_core.events import LinkState, SymbolStatus, Tick, UpstreamSnapshot
+from backend_core.incidents import upstream_in_maintenance
 
 if TYPE_CHECKING:
     from backend_core.config import Settings
@@ -163,6 +164,8 @@ def upstream_status(source: StatusSource) -> dict[str, Any]:
         "retry_in_progress": snap.retry_in_progress,
         "planned_reconnect": snap.planned_reconnect,
         "site_status": snap.site_status,
+        # A planned upstream maintenance is under way: the page shows it in blue, not as an outage.
+        "maintenance": upstream_in_maintenance(snap),
         "breaker_state": breaker.state,
         "breaker_retry_after_s": round(breaker.retry_after_s, 1),
         "last_error": (

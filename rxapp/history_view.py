@@ -23,9 +23,11 @@ from backend_core.history.reader import HISTORY_DAYS, MAX_INCIDENT_ROWS, MAX_TRA
 from backend_core.incidents import BREAKER_PREFIX, BREAKER_REASON_WORDS, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery
 from rxapp.ui_logic import (
     TIPS,
+    MAINTENANCE_ICON,
     TONE_DEGRADED,
     TONE_DOWN,
     TONE_LIVE,
+    TONE_MAINTENANCE,
     TONE_NEUTRAL,
     breaker_name,
     format_duration,
@@ -35,7 +37,6 @@ from rxapp.ui_logic import (
 # Below the xs breakpoint (520 px) only the newest bars are shown, so each stays wide
 # enough to see and to point at on a phone.
 PHONE_DAYS = 30
-TONE_MAINTENANCE = "blue"
 
 # worst_status of a day (the store's severity order) -> word, tone, phrase in a bar label.
 DAY_LOOK: Mapping[str, tuple[str, str, str]] = {
@@ -238,12 +239,17 @@ def incident_cause(incident: Mapping[str, Any]) -> tuple[str, str]:
         reason = BREAKER_REASON_WORDS.get(code, code.replace("_", " ") or "repeated failures")
         return f"Opened: {reason}", ""
     message = message or NO_ERROR_MESSAGE
-    if incident.get("planned") or cause == Cause.PLANNED_MAINTENANCE:
+    if is_planned(incident):
         return CAUSE_WORDS[Cause.PLANNED_MAINTENANCE], message
     if code in TIPS:
         return TIPS[code].title, message
     headline = CAUSE_WORDS.get(cause) or (_sentence(cause) if cause else "The market feed was down")
     return headline, message
+
+
+def is_planned(incident: Mapping[str, Any]) -> bool:
+    """A planned maintenance the upstream announced (shown in blue, not as an outage)."""
+    return bool(incident.get("planned")) or incident.get("cause") == Cause.PLANNED_MAINTENANCE
 
 
 def _sentence(code: str) -> str:
@@ -258,7 +264,7 @@ def incident_title(incident: Mapping[str, Any]) -> str:
     if component.startswith(BREAKER_PREFIX):
         return f"Circuit breaker opened: {breaker_name(component.removeprefix(BREAKER_PREFIX))}"
     if component == UPSTREAM:
-        if incident.get("planned") or incident.get("cause") == Cause.PLANNED_MAINTENANCE:
+        if is_planned(incident):
             return "Market feed: planned maintenance"
         return "Market feed down"
     return f"{component_name(component)} down"
@@ -290,10 +296,15 @@ def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
     else:
         duration = format_duration(incident.get("duration_s"))
     recovery = str(incident.get("recovery") or "")
-    if ongoing:
+    planned = is_planned(incident)
+    if ongoing and planned:
+        state, word, icon, tone = "ongoing", "In maintenance", MAINTENANCE_ICON, TONE_MAINTENANCE
+    elif ongoing:
         state, word, icon, tone = "ongoing", "Ongoing", "circle-x", TONE_DOWN
     elif recovery in NOT_RECOVERED:
         state, word, icon, tone = "ended", "Ended", "circle-stop", TONE_NEUTRAL
+    elif planned:
+        state, word, icon, tone = "resolved", "Completed", "circle-check", TONE_MAINTENANCE
     else:
         state, word, icon, tone = "resolved", "Resolved", "circle-check", TONE_LIVE
     headline, detail = incident_cause(incident)
@@ -306,6 +317,8 @@ def incident_row(incident: Mapping[str, Any], now: float) -> dict[str, str]:
         "word": word,
         "icon": icon,
         "tone": tone,
+        "kind": "maintenance" if planned else "outage",  # on the DOM as data-kind
+        "cause_icon": MAINTENANCE_ICON if planned else "triangle-alert",
         "cause": headline,
         "detail": detail,
         "code": code,

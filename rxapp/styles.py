@@ -246,4 +246,5 @@ details.tips[open] > summary { margin-bottom: 0.5rem; }
 .transition-at { grid-area: at; white-space: nowrap; }
 @media (max-width: 47.99em) { .transition-change { justify-self: end; } }
 .incident-detail, .incident-cause { overflow-wrap: anywhere; }
+.incident[data-kind="maintenance"] { border-left: 3px solid var(--blue-9); padding-left: 0.625rem; }
 """

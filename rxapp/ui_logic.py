@@ -30,6 +30,9 @@ TONE_LIVE = "grass"
 TONE_DEGRADED = "amber"
 TONE_DOWN = "red"
 TONE_NEUTRAL = "gray"
+# A planned maintenance (Deriv announced it): blue, never an outage's red.
+TONE_MAINTENANCE = "blue"
+MAINTENANCE_ICON = "wrench"
 
 
 # ---------------------------------------------------------------------------- time words
@@ -429,16 +432,22 @@ def feed_link_view(upstream: Mapping[str, Any], now: float, *, real_time: bool =
         symbols = upstream.get("symbols") or []
         live = sum(1 for s in symbols if s.get("subscribed"))
         detail = f"{live} of {len(symbols)} symbols streaming" if symbols else "streaming"
-        if upstream.get("planned_reconnect"):
-            detail += " · reconnected after a planned update"
+        if upstream.get("maintenance"):
+            detail += " · Deriv announced an update"
         return LinkView("connected", "Connected", "circle-check", TONE_LIVE, since, detail, "", "")
+    if upstream.get("maintenance") and state in ("connecting", "reconnecting", "circuit_open"):
+        # The link is down for a planned maintenance: it says so, in blue, not as an outage.
+        if state == "circuit_open":
+            detail = "retries paused" if not in_progress else "trying once now"
+        else:
+            detail = _attempt_detail(attempt_text, in_progress, retry_after)
+        detail = f"{detail} · planned update by Deriv" if detail else "planned update by Deriv"
+        return LinkView(state, "Maintenance", MAINTENANCE_ICON, TONE_MAINTENANCE, since, detail, error, code)
     if state == "connecting":
         detail = _attempt_detail(attempt_text, in_progress, retry_after) or "opening the link"
         return LinkView("connecting", "Connecting", "loader", TONE_DEGRADED, since, detail, error, code)
     if state == "reconnecting":
         detail = _attempt_detail(attempt_text, in_progress, retry_after)
-        if upstream.get("planned_reconnect"):
-            detail = f"planned update · {detail}" if detail else "planned update"
         return LinkView("reconnecting", "Reconnecting", "refresh-cw", TONE_DEGRADED, since, detail, error, code)
     if state == "circuit_open":
         if in_progress:
@@ -464,7 +473,7 @@ def _attempt_detail(attempt_text: str, in_progress: bool, retry_after: float | N
 
 @dataclass(frozen=True, slots=True)
 class Banner:
-    level: str  # live | degraded | down
+    level: str  # live | maintenance | degraded | down
     title: str
     detail: str
     icon: str
@@ -477,6 +486,14 @@ def banner_for(status: Mapping[str, Any], now: float) -> Banner:
     """The overall verdict: all systems live, degraded, or down."""
     upstream = status.get("upstream") or {}
     state = str(upstream.get("state", "stopped"))
+    if upstream.get("maintenance") and state != "stopped":
+        if state == "connected":
+            detail = "Prices are streaming; the feed may drop briefly while Deriv updates its servers."
+            return _banner("maintenance", "Deriv announced maintenance", detail, "Maintenance")
+        detail = (
+            "Deriv is updating its servers. Live prices return when the update is over; the feed reconnects by itself."
+        )
+        return _banner("maintenance", "Planned maintenance by Deriv", detail, "Maintenance")
     if state == "circuit_open":
         countdown = format_countdown(upstream.get("retry_after_s"))
         detail = "Live prices are unavailable. Retries are paused after repeated failures"
@@ -497,6 +514,7 @@ def banner_for(status: Mapping[str, Any], now: float) -> Banner:
 def _banner(level: str, title: str, detail: str, short: str) -> Banner:
     icon, tone, dot = {
         "live": ("circle-check", TONE_LIVE, "●"),
+        "maintenance": (MAINTENANCE_ICON, TONE_MAINTENANCE, "◐"),
         "degraded": ("triangle-alert", TONE_DEGRADED, "◐"),
         "down": ("circle-x", TONE_DOWN, "○"),
     }[level]

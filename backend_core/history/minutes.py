@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Final, Literal, TypeAlias
 
 from backend_core.events import LinkState, UpstreamSnapshot
-from backend_core.incidents import MAX_COMPONENTS
+from backend_core.incidents import MAX_COMPONENTS, upstream_in_maintenance
 
 # After a stall (suspended VM, clock step) at most one day of minutes is filled in; a
 # longer gap is left empty rather than invented.
@@ -50,12 +50,14 @@ class MinuteSample:
 def upstream_sample_status(snapshot: UpstreamSnapshot) -> tuple[str, SampleStatus] | None:
     """The state and status the sampler records for a snapshot; ``None`` while stopped or starting."""
     state = snapshot.state
-    if state == LinkState.CONNECTED:
-        return state.value, "up"
     if state == LinkState.STOPPED:
         return None
-    if snapshot.planned_reconnect:
+    if upstream_in_maintenance(snapshot):
+        # Announced by the upstream (website_status "updating", a planned drop): blue, and
+        # its seconds are not down seconds, so a deploy does not lower the uptime.
         return state.value, "maintenance"
+    if state == LinkState.CONNECTED:
+        return state.value, "up"
     if state == LinkState.CONNECTING and snapshot.last_error is None:
         # The first connect of a start that has not failed yet: the service is starting,
         # not degraded, so it must not paint the day's uptime bar amber after every restart.

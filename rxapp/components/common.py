@@ -21,6 +21,7 @@ STATE_ICONS = (
     "flask-conical",
     "circle-minus",
     "wifi-off",
+    "wrench",
 )
 # Icons that mean "working on it" turn slowly (unless the reader prefers reduced motion).
 SPINNING = ("loader", "refresh-cw")

@@ -177,7 +177,7 @@ def _incident(row: Any) -> rx.Component:
             width="100%",
         ),
         rx.hstack(
-            state_icon("triangle-alert", size=14, color="var(--gray-11)", flex_shrink="0", margin_top="3px"),
+            state_icon(row["cause_icon"], size=14, color="var(--gray-11)", flex_shrink="0", margin_top="3px"),
             rx.box(
                 rx.text(row["cause"], size="2", class_name="incident-cause"),
                 rx.cond(
@@ -205,7 +205,7 @@ def _incident(row: Any) -> rx.Component:
             _fact("Outcome", row["recovery"], class_name="incident-recovery"),
             **styles.incident_facts,
         ),
-        custom_attrs={"data-state": row["state"], "data-component": row["component"]},
+        custom_attrs={"data-state": row["state"], "data-component": row["component"], "data-kind": row["kind"]},
         class_name="incident",
         **styles.history_item,
     )

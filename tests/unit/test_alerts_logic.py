@@ -35,6 +35,13 @@ def upstream_incident(key: str = "u1", planned: bool = False) -> IncidentOpened:
     )
 
 
+def maintenance_incident(key: str = "m1") -> IncidentOpened:
+    message = "Deriv is updating its servers; reconnecting."
+    return IncidentOpened(
+        key, "upstream", "upstream", WALL, Cause.PLANNED_MAINTENANCE, "SiteUpdating", message, planned=True
+    )
+
+
 def breaker_incident(key: str = "b1") -> IncidentOpened:
     return IncidentOpened(key, "breaker:websocket", "breaker", WALL, Cause.BREAKER_OPENED, "failure_threshold", "")
 
@@ -78,6 +85,37 @@ def test_a_short_upstream_outage_sends_nothing() -> None:
     closed = IncidentClosed(upstream_incident(), WALL + 59, Recovery.RECONNECTED)
     assert decider.on_incident(closed, 159.0, WALL + 59) == []
     assert decider.due(1000.0, WALL + 900) == [] and decider.next_due() is None
+
+
+def test_a_planned_maintenance_is_never_an_upstream_down_page() -> None:
+    decider = AlertDecider(60)
+    assert decider.on_incident(maintenance_incident(), 100.0, WALL) == []
+    [firing] = decider.due(160.0, WALL + 60)
+    assert (firing.event, firing.status, firing.idempotency_key) == ("maintenance_started", "firing", "m1:firing")
+    payload = firing.payload(instance="h", sent_at=WALL + 60)
+    assert (payload["event"], payload["cause"], payload["planned"]) == (
+        "maintenance_started",
+        "planned_maintenance",
+        True,
+    )
+    assert payload["summary"] == (
+        "Market data feed in planned maintenance for 60 s (Deriv is updating its servers; reconnecting.)"
+    )
+    closed = IncidentClosed(maintenance_incident(), WALL + 90, Recovery.RECONNECTED, 2)
+    [ended] = decider.on_incident(closed, 190.0, WALL + 90)
+    assert (ended.event, ended.status, ended.recovered) == ("maintenance_ended", "resolved", True)
+    assert ended.summary() == "Market data feed back after 90 s of planned maintenance (reconnected after 2 attempts)"
+
+
+def test_a_short_planned_maintenance_sends_nothing_and_a_zero_delay_says_maintenance() -> None:
+    decider = AlertDecider(60)
+    decider.on_incident(maintenance_incident(), 100.0, WALL)
+    assert (
+        decider.on_incident(IncidentClosed(maintenance_incident(), WALL + 5, Recovery.RECONNECTED), 105.0, WALL) == []
+    )
+    assert decider.due(1000.0, WALL + 900) == []
+    [firing] = AlertDecider(0).on_incident(maintenance_incident(), 0.0, WALL)
+    assert firing.event == "maintenance_started"
 
 
 def test_a_zero_delay_alerts_at_once() -> None:
@@ -144,8 +182,12 @@ def test_payload_and_summary() -> None:
         opened.payload(instance="h", sent_at=WALL)["message"]
         == "Circuit 'websocket' opened: too many failures in a row."
     )
-    planned = Alert("upstream_down", "firing", upstream_incident(planned=True), WALL + 5)
-    assert planned.summary() == "Market data feed down for 5 s (dropped)"
+    planned = Alert("maintenance_started", "firing", upstream_incident(planned=True), WALL + 5)
+    assert planned.summary() == "Market data feed in planned maintenance for 5 s (dropped)"
+    stopped_planned = Alert(
+        "maintenance_ended", "resolved", upstream_incident(planned=True), WALL, WALL + 9000, Recovery.SERVICE_STOPPED
+    )
+    assert stopped_planned.summary().startswith("Market data feed: no longer watched after 2.5 h")
 
 
 def test_delivery_verdicts() -> None:

@@ -36,6 +36,7 @@ def snap(
     in_progress: bool = False,
     next_at: float | None = None,
     planned: bool = False,
+    site_status: str | None = "up",
 ) -> UpstreamSnapshot:
     return UpstreamSnapshot(
         state=state,
@@ -47,6 +48,7 @@ def snap(
         retry_in_progress=in_progress,
         next_attempt_at=next_at,
         planned_reconnect=planned,
+        site_status=site_status,
         last_error=ErrorInfo(error, f"{error} happened", T0) if error else None,
     )
 
@@ -68,6 +70,36 @@ def test_status_mapping() -> None:
     assert upstream_sample_status(snap(LinkState.RECONNECTING, error="X")) == ("reconnecting", "down")
     assert upstream_sample_status(snap(LinkState.CIRCUIT_OPEN, error="X")) == ("circuit_open", "down")
     assert upstream_sample_status(snap(LinkState.RECONNECTING, planned=True)) == ("reconnecting", "maintenance")
+
+
+def test_a_planned_maintenance_samples_as_maintenance_not_down() -> None:
+    # Deriv's website_status "updating" (a deploy announced): maintenance, even while connected.
+    updating = snap(LinkState.CONNECTED, planned=True, site_status="updating")
+    assert upstream_sample_status(updating) == ("connected", "maintenance")
+    # The announced drop and every retry after it, until the link is proven again.
+    for state in (LinkState.RECONNECTING, LinkState.CONNECTING, LinkState.CIRCUIT_OPEN):
+        dropped = snap(state, error="SiteUpdating", planned=True, site_status="updating")
+        assert upstream_sample_status(dropped) == (state.value, "maintenance")
+    # Announced only while connected and the site is back "up": the link serves, so up.
+    assert upstream_sample_status(snap(LinkState.CONNECTED, planned=True)) == ("connected", "up")
+    assert upstream_sample_status(snap(LinkState.STOPPED, site_status="updating")) is None
+    # A maintenance minute is blue, and its seconds are not down seconds (uptime stays 100 %).
+    s = MinuteSampler()
+    m0 = int(T0 // 60)
+    s.observe("upstream", "connected", "up", T0)
+    s.observe("upstream", "reconnecting", "maintenance", T0 + 20)
+    [minute] = s.roll(T0 + 60)
+    assert (minute.minute, minute.status, minute.state, minute.down_s, minute.observed_s) == (
+        m0,
+        "maintenance",
+        "reconnecting",
+        0.0,
+        60.0,
+    )
+    # A real outage in the same minute wins: down is worse than maintenance.
+    s.observe("upstream", "reconnecting", "down", T0 + 70)
+    [worse] = s.roll(T0 + 120)
+    assert (worse.status, worse.down_s) == ("down", 50.0)
     assert breaker_sample_status("closed") == ("closed", "up")
     assert breaker_sample_status("disabled") == ("disabled", "up")
     assert breaker_sample_status("half_open") == ("half_open", "degraded")

@@ -382,3 +382,31 @@ def test_a_database_that_cannot_answer_is_said_calmly_without_internals() -> Non
     assert stale.startswith("History may be out of date")
     assert "08:00 UTC" in stale
     assert history_notice("", has_data=True, updated_at=NOW) == ""
+
+
+def test_a_planned_maintenance_reads_and_colours_as_maintenance() -> None:
+    planned = incident(planned=True, cause="planned_maintenance", error_code="SiteUpdating", recovery="reconnected")
+    row = incident_row(planned, NOW)
+    assert (row["state"], row["word"], row["tone"], row["kind"], row["icon"]) == (
+        "resolved",
+        "Completed",
+        "blue",
+        "maintenance",
+        "circle-check",
+    )
+    assert row["cause_icon"] == "wrench" and row["title"] == "Market feed: planned maintenance"
+    ongoing = incident_row({**planned, "ended_at": None, "ongoing": True, "recovery": None}, NOW)
+    assert (ongoing["state"], ongoing["word"], ongoing["tone"], ongoing["icon"]) == (
+        "ongoing",
+        "In maintenance",
+        "blue",
+        "wrench",
+    )
+    # An outage keeps its red and its words.
+    outage = incident_row({**incident(), "ended_at": None, "ongoing": True}, NOW)
+    assert (outage["word"], outage["tone"], outage["kind"], outage["cause_icon"]) == (
+        "Ongoing",
+        "red",
+        "outage",
+        "triangle-alert",
+    )

@@ -409,3 +409,40 @@ def test_browser_settings_words_follow_the_running_values() -> None:
     timer = ui_logic.browser_settings(reconnect_attempts=0, interval_ms=2500, real_time=False, fallback=False)
     assert timer.lost_after == 1  # the first failed attempt already counts
     assert timer.live_text == "Refreshing every 2.5 s (real-time updates are off)."
+
+
+def test_a_planned_maintenance_reads_blue_not_as_an_outage() -> None:
+    dropped = upstream(
+        "reconnecting",
+        attempt=1,
+        retry_after_s=2.0,
+        planned_reconnect=True,
+        site_status="updating",
+        maintenance=True,
+        last_error={"code": "SiteUpdating", "message": "Deriv is updating its servers; reconnecting."},
+    )
+    banner = banner_for(status(dropped), NOW)
+    assert (banner.level, banner.tone, banner.icon) == ("maintenance", "blue", "wrench")
+    assert banner.title == "Planned maintenance by Deriv"
+    assert banner.page_title == "◐ Maintenance — Market feed status"
+    feed = feed_link_view(dropped, NOW)
+    assert (feed.state, feed.word, feed.tone, feed.icon) == ("reconnecting", "Maintenance", "blue", "wrench")
+    assert feed.detail == "attempt 1 of 3 failed · next attempt in 2 s · planned update by Deriv"
+    assert announcement(banner, feed) == "Planned maintenance by Deriv. Market feed: maintenance, attempt 1 of 3."
+    # Retries paused by the breaker during the maintenance: still maintenance, not "down".
+    paused = banner_for(status(upstream("circuit_open", planned_reconnect=True, maintenance=True)), NOW)
+    assert paused.level == "maintenance"
+    assert feed_link_view(upstream("circuit_open", maintenance=True), NOW).tone == "blue"
+
+
+def test_an_announced_maintenance_while_connected_says_so_and_streams() -> None:
+    announced = upstream("connected", planned_reconnect=True, site_status="updating", maintenance=True)
+    banner = banner_for(status(announced), NOW)
+    assert (banner.level, banner.title, banner.tone) == ("maintenance", "Deriv announced maintenance", "blue")
+    feed = feed_link_view(announced, NOW)
+    assert (feed.word, feed.tone) == ("Connected", "grass")
+    assert feed.detail == "2 of 2 symbols streaming · Deriv announced an update"
+    # Once the link is back and the site is up again, the page is live.
+    assert banner_for(status(upstream("connected")), NOW).level == "live"
+    # A stopped service is not "in maintenance".
+    assert banner_for(status(upstream("stopped", maintenance=True)), NOW).level == "down"
