@@ -22,8 +22,8 @@ from typing import Any
 from backend_core.history.reader import HISTORY_DAYS, MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
 from backend_core.incidents import BREAKER_PREFIX, BREAKER_REASON_WORDS, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery
 from rxapp.ui_logic import (
-    TIPS,
     MAINTENANCE_ICON,
+    TIPS,
     TONE_DEGRADED,
     TONE_DOWN,
     TONE_LIVE,
