@@ -438,7 +438,7 @@ def feed_link_view(upstream: Mapping[str, Any], now: float, *, real_time: bool =
     if upstream.get("maintenance") and state in ("connecting", "reconnecting", "circuit_open"):
         # The link is down for a planned maintenance: it says so, in blue, not as an outage.
         if state == "circuit_open":
-            detail = "retries paused" if not in_progress else "trying once now"
+            detail = _paused_detail(in_progress, retry_after)
         else:
             detail = _attempt_detail(attempt_text, in_progress, retry_after)
         detail = f"{detail} · planned update by Deriv" if detail else "planned update by Deriv"
@@ -450,13 +450,16 @@ def feed_link_view(upstream: Mapping[str, Any], now: float, *, real_time: bool =
         detail = _attempt_detail(attempt_text, in_progress, retry_after)
         return LinkView("reconnecting", "Reconnecting", "refresh-cw", TONE_DEGRADED, since, detail, error, code)
     if state == "circuit_open":
-        if in_progress:
-            detail = "trying once now"
-        else:
-            countdown = format_countdown(retry_after)
-            detail = f"retries paused · next attempt {countdown}" if countdown else "retries paused"
+        detail = _paused_detail(in_progress, retry_after)
         return LinkView("circuit_open", "Circuit open", "circle-pause", TONE_DOWN, since, detail, error, code)
     return LinkView("stopped", "Stopped", "circle-stop", TONE_NEUTRAL, since, "the service is not running", error, code)
+
+
+def _paused_detail(in_progress: bool, retry_after: float | None) -> str:
+    if in_progress:
+        return "trying once now"
+    countdown = format_countdown(retry_after)
+    return f"retries paused · next attempt {countdown}" if countdown else "retries paused"
 
 
 def _attempt_detail(attempt_text: str, in_progress: bool, retry_after: float | None) -> str:

@@ -16,7 +16,16 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from tests.app_process import RunningApp, restart_app
-from tests.e2e.test_status_page import HISTORY_S, LOAD_S, RECOVERY_S, ms, open_status_page, start_outage
+from tests.e2e.page_checks import assert_accessible
+from tests.e2e.test_status_page import (
+    HISTORY_S,
+    LOAD_S,
+    RECOVERY_S,
+    STATUS_VISIBLE_S,
+    ms,
+    open_status_page,
+    start_outage,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -114,3 +123,35 @@ def test_history_survives_a_restart(page: Page, app: RunningApp) -> None:
     expect(incident.locator(".incident-recovery")).to_have_text("Recovered when someone pressed Retry")
     expect(today_bar(page, "upstream")).to_have_attribute("data-status", re.compile("^(degraded|down)$"))
     expect(page.locator('#transitions li.transition[data-breaker="websocket"][data-to="open"]')).not_to_have_count(0)
+
+
+def test_a_deriv_deploy_shows_as_maintenance_not_as_an_outage(page: Page, app: RunningApp) -> None:
+    # Last in this module: its incident is the newest from here on.
+    open_status_page(page, app)
+    feed = page.locator("#feed-link")
+    expect(feed).to_have_attribute("data-state", "connected", timeout=ms(LOAD_S))
+
+    # Deriv announces an update, drops every link, and refuses reconnects while it deploys.
+    app.control("refuse_connections", seconds=600)
+    app.control("deploy", close_after_s=0.5)
+    banner = page.locator("#status-banner")
+    expect(banner).to_have_attribute("data-level", "maintenance", timeout=ms(STATUS_VISIBLE_S + 2))
+    expect(feed).not_to_have_attribute("data-state", "connected", timeout=ms(STATUS_VISIBLE_S + 2))
+    expect(banner).to_contain_text("Planned maintenance by Deriv")
+    expect(page.locator("#feed-badge")).to_have_text("Maintenance")
+    expect(page.locator("#feed-detail")).to_contain_text("planned update by Deriv")
+    expect(page).to_have_title("◐ Maintenance — Market feed status", timeout=ms(3))
+    incident = upstream_incident(page).first
+    expect(incident).to_have_attribute("data-kind", "maintenance", timeout=ms(HISTORY_S))
+    expect(incident).to_have_attribute("data-state", "ongoing")
+    expect(incident.locator(".incident-title")).to_have_text("Market feed: planned maintenance")
+    expect(incident).to_contain_text("In maintenance")
+    expect(incident.locator(".incident-cause")).to_have_text("Planned maintenance by Deriv")
+    assert_accessible(page, "maintenance")
+
+    app.control("reset")
+    page.locator("#retry-button").click()
+    expect(feed).to_have_attribute("data-state", "connected", timeout=ms(RECOVERY_S))
+    expect(banner).not_to_have_attribute("data-level", "maintenance", timeout=ms(STATUS_VISIBLE_S))
+    expect(incident).to_have_attribute("data-state", "resolved", timeout=ms(HISTORY_S))
+    expect(incident).to_contain_text("Completed")
