@@ -24,7 +24,7 @@ CLIENTS := tests/clients
 CLIENTS_PY := $(CLIENTS)/python-deps/.installed
 CLIENTS_JS := $(CLIENTS)/node_modules/.installed
 
-.PHONY: run dev test lint typecheck unit integration e2e bench clean
+.PHONY: run dev cluster test lint typecheck unit integration e2e bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ run: $(RUN_STAMP)
 dev: $(RUN_STAMP)
 	@$(PY) -m backend_core.config
 	REFLEX_USE_GRANIAN=1 exec reflex run --env dev --frontend-port $(DEV_FRONTEND_PORT) --backend-port $(DEV_BACKEND_PORT)
+
+## cluster: redis-server, the simulator, three instances and haproxy on 127.0.0.1 (http://localhost:$(PORT)); Ctrl-C stops them all
+cluster: $(RUN_STAMP)
+	exec $(PY) deploy/cluster.py --port $(PORT)
 
 ## test: lint, type-check and run every test (unit, integration, end-to-end)
 # Here the clients are installed, so their tests must run (elsewhere they skip if missing).
