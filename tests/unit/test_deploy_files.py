@@ -1,9 +1,11 @@
-"""Dockerfile, .dockerignore and compose.yaml: what can be checked without Docker.
+"""Dockerfile, .dockerignore, compose.yaml and the cluster's haproxy config without Docker.
 
 Docker cannot run here, so these parse the files and check the promises they make:
 multi-stage build, non-root final user, no build tools or Node.js in the final image, a
 HEALTHCHECK on /livez, the exposed port, the single-port start command, and in compose
-the health checks and ``depends_on: condition: service_healthy``.
+the health checks and ``depends_on: condition: service_healthy``; the cluster profile's
+services (redis, simulator, app-1..3, haproxy) reference files and services that exist,
+and deploy/haproxy/haproxy.cfg carries the measured health-check settings.
 """
 
 from __future__ import annotations
@@ -261,7 +263,7 @@ def test_compose_waits_for_a_healthy_database_only_under_its_profile(compose: di
     assert dependency["condition"] == "service_healthy"
     # Without --profile postgres the dependency is skipped, not an error (Compose >= 2.20).
     assert dependency["required"] is False
-    assert services["postgres"]["profiles"] == ["postgres"]
+    assert services["postgres"]["profiles"] == ["postgres", "cluster"]
     assert "ports" not in services["postgres"], "the database is not published on the host"
     assert services["postgres"]["image"].startswith("postgres:")
     assert set(compose["volumes"]) >= {"app-data", "postgres-data"}
@@ -282,3 +284,142 @@ def _seconds(value: str) -> int:
     match = re.fullmatch(r"(\d+)s", str(value))
     assert match, f"not a number of seconds: {value}"
     return int(match.group(1))
+
+
+# ---------------------------------------------------------------------------- the cluster
+
+CLUSTER_APPS = ("app-1", "app-2", "app-3")
+HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+
+
+def test_compose_cluster_profile_has_redis_three_apps_and_haproxy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    assert cluster == {*CLUSTER_APPS, "redis", "simulator", "haproxy", "postgres"}
+    for name in CLUSTER_APPS:
+        app = services[name]
+        env = app["environment"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["DERIV_WS_URL"].endswith(":-ws://simulator:8765/websockets/v3}")
+        # One history for the cluster: PostgreSQL, the postgres service's own database.
+        user, database = (services["postgres"]["environment"][k] for k in ("POSTGRES_USER", "POSTGRES_DB"))
+        assert f"postgresql+psycopg://{user}:" in env["DB_URL"] and env["DB_URL"].endswith(
+            f"@postgres:5432/{database}}}"
+        )
+        assert app["build"]["context"] == "." and app["build"]["args"]["API_URL"].endswith(":${CLUSTER_PORT:-8080}")
+        assert f"http://127.0.0.1:{PORT}/readyz" in app["healthcheck"]["test"][3], "ready, not only alive"
+        compile(app["healthcheck"]["test"][3], "<cluster healthcheck>", "exec")
+        assert "ports" not in app, "instances are reached through haproxy only"
+    assert services["redis"]["image"].startswith("redis:7.")
+    assert services["redis"]["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert services["simulator"]["command"][:3] == ["python", "-m", "backend_core.deriv.sim"]
+    assert (ROOT / "backend_core" / "deriv" / "sim" / "__main__.py").exists()
+
+
+def test_compose_cluster_depends_on_existing_healthy_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for target, rule in service.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on a missing service {target}"
+            if rule["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health, which has none"
+    assert set(services["haproxy"]["depends_on"]) == set(CLUSTER_APPS)
+    assert {r["condition"] for r in services["haproxy"]["depends_on"].values()} == {"service_healthy"}
+    assert set(services["app-1"]["depends_on"]) == {"redis", "postgres", "simulator"}
+
+
+def test_compose_haproxy_mounts_the_config_and_fills_every_variable(compose: dict[str, Any]) -> None:
+    haproxy = compose["services"]["haproxy"]
+    assert haproxy["image"].startswith("haproxy:2.")
+    [mount] = haproxy["volumes"]
+    source, target, mode = mount.split(":")
+    assert (ROOT / source).resolve() == HAPROXY_CFG and target == "/usr/local/etc/haproxy/haproxy.cfg"
+    assert mode == "ro"
+    env = haproxy["environment"]
+    required, optional = haproxy_variables(HAPROXY_CFG.read_text())
+    assert required <= set(env), f"haproxy.cfg needs {required - set(env)}"
+    assert set(env) <= required | optional
+    assert [env[f"SERVER_{i}"] for i in (1, 2, 3)] == [f"{a}:{PORT}" for a in CLUSTER_APPS]
+    published = {str(p).rsplit(":", 1)[1] for p in haproxy["ports"]}
+    assert published == {env["HAPROXY_BIND"].rsplit(":", 1)[1]}
+
+
+def haproxy_variables(text: str) -> tuple[set[str], set[str]]:
+    """Environment variables the config uses: always, and only inside ``.if defined(X)``."""
+    required: set[str] = set()
+    optional: set[str] = set()
+    guard: str | None = None
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if match := re.fullmatch(r"\.if defined\((\w+)\)", stripped):
+            guard = match.group(1)
+            continue
+        if stripped == ".endif":
+            guard = None
+            continue
+        for name in re.findall(r"\$\{(\w+)\}", stripped):
+            (optional if name == guard else required).add(name)
+    return required, optional
+
+
+def haproxy_sections(text: str) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].rstrip()
+        if not stripped.strip() or stripped.strip().startswith("."):
+            continue
+        if not stripped.startswith((" ", "\t")):
+            current = stripped.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(stripped.split()))
+    return sections
+
+
+def test_haproxy_checks_readiness_with_the_measured_settings() -> None:
+    sections = haproxy_sections(HAPROXY_CFG.read_text())
+    defaults = sections["defaults"]
+    assert (
+        "default-server inter 500ms fastinter 250ms downinter 1s fall 2 rise 2 on-marked-down shutdown-sessions"
+        in defaults
+    )
+    for line in ("mode http", "option redispatch 1", "retries 2", "timeout connect 1s", "timeout tunnel 1h"):
+        assert line in defaults
+    app = sections["backend app"]
+    assert "option httpchk GET /readyz" in app and "http-check expect status 200" in app
+    assert "/readyz" in (ROOT / "backend_core" / "api.py").read_text()
+    # The relay and Reflex's socket are balanced like the page, following the same checks.
+    frontend = sections["frontend web"]
+    assert "acl socket_path path /api/v1/ws" in frontend and "acl socket_path path_beg /_event" in frontend
+    assert "use_backend sockets if socket_path" in frontend and "default_backend app" in frontend
+    servers = [line.split()[1] for line in app if line.startswith("server ")]
+    tracked = [line.split() for line in sections["backend sockets"] if line.startswith("server ")]
+    assert servers == [f"s{i}" for i in range(1, 6)]
+    assert [(t[1], t[3], t[4]) for t in tracked] == [(s, "track", f"app/{s}") for s in servers]
+    assert all(line.endswith(" check") for line in app if line.startswith("server "))
+
+
+def test_haproxy_accepts_the_config_when_installed(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if binary is None:
+        pytest.skip("haproxy is not installed")
+    env = {"HAPROXY_BIND": "127.0.0.1:1", "HAPROXY_STATS": str(tmp_path / "s"), "SERVER_1": "127.0.0.1:2"}
+    for servers in (1, 3, 5):
+        env.update({f"SERVER_{i}": f"127.0.0.1:{i + 1}" for i in range(2, servers + 1)})
+        done = subprocess.run([binary, "-c", "-f", str(HAPROXY_CFG)], env=env, capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr.decode()
+
+
+def test_make_cluster_runs_the_supervisor() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^cluster:.*\n\t(.+)$", makefile, re.M)
+    assert recipe is not None, "the Makefile has a cluster target"
+    script = next(w for w in shlex.split(recipe.group(1)) if w.endswith(".py"))
+    assert (ROOT / script).exists()
+    source = (ROOT / script).read_text()
+    assert "deploy/haproxy/haproxy.cfg" in source or '"haproxy.cfg"' in source
+    assert "rxapp.rxapp:app()" in source, "the same app target as the Dockerfile's CMD"
