@@ -249,6 +249,23 @@ class Cluster:
         """The simulator's counters: ``connection_count``, ``handshake_attempts``..."""
         return dict(self.control("stats")["result"])
 
+    def upstream_epochs(self, symbol: str, count: int = 5000) -> list[int]:
+        """The upstream's own epochs of ``symbol`` (its newest ``count``), via ``ticks_history``.
+
+        Opens one more connection to the simulator: call it after sampling its stats."""
+        from websockets.sync.client import connect
+
+        request = {"ticks_history": symbol, "end": "latest", "count": count, "style": "ticks", "req_id": 1}
+        with connect(f"{self.upstream_url}?app_id=1089", open_timeout=5, close_timeout=1) as ws:
+            ws.send(json.dumps(request))
+            for _ in range(100):
+                frame = json.loads(ws.recv(timeout=CONTROL_TIMEOUT_S))
+                if frame.get("msg_type") == "history":
+                    return [int(t) for t in frame["history"]["times"]]
+                if frame.get("error"):
+                    raise RuntimeError(f"ticks_history {symbol}: {frame['error']}")
+        raise RuntimeError(f"ticks_history {symbol}: no answer")
+
     # ------------------------------------------------------------------ haproxy
 
     def haproxy_command(self, command: str) -> str:
@@ -351,8 +368,14 @@ def cluster(
     time_scale: float = 1.0,
     seed: int = 1,
     env: Mapping[str, str] | None = None,
+    member_env: Mapping[int, Mapping[str, str | None]] | None = None,
 ) -> Iterator[Cluster]:
-    """Start the whole cluster and yield it once haproxy sees every member UP; stop it after."""
+    """Start the whole cluster and yield it once haproxy sees every member UP; stop it after.
+
+    ``env`` is added to every member's settings; ``member_env[i]`` to member ``i``'s only
+    (a value of None removes the setting: ``{2: {"REDIS_URL": None}}`` makes the third
+    member a standalone instance beside the cluster).
+    """
     if not 1 <= members <= MAX_MEMBERS:
         raise ValueError(f"1 to {MAX_MEMBERS} members (the haproxy template's servers)")
     haproxy_bin = binary("haproxy")
@@ -395,11 +418,17 @@ def cluster(
             port = free_port()
             server = f"s{i + 1}"
             instance_id = f"{server}-{os.urandom(3).hex()}"
+            settings: dict[str, str] = {**base_env, **shared, "INSTANCE_ID": instance_id}
+            for name, value in (member_env or {}).get(i, {}).items():
+                if value is None:
+                    settings.pop(name, None)
+                else:
+                    settings[name] = value
             member_list.append(
                 Member(
                     f"member {server}",
                     [_python(), "-m", "tests.cluster_member", "--port", str(port)],
-                    {**base_env, **shared, "INSTANCE_ID": instance_id},
+                    settings,
                     work_dir / f"member-{server}.log",
                     port=port,
                     instance_id=instance_id,
