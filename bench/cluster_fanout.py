@@ -1,0 +1,154 @@
+"""Cluster fan-out: what the Redis hop costs, in latency and in CPU, in one run.
+
+Run: ``.venv/bin/python bench/cluster_fanout.py`` (``--clients N`` per instance, default 20;
+``--seconds S`` measured, default 20; ``--quick``: 10 clients, 8 s). Real processes on
+127.0.0.1 (tests/cluster_harness.py): redis-server, the simulator at ``--time-scale`` 50
+(the 1-second symbol ticks 50 times a second, the acceptance figure's rate), two cluster
+members (leader and follower) and a third, standalone instance (no ``REDIS_URL``) beside
+them on the same simulator.
+
+- **Latency of the hop**: one probe relay client on the leader and one on the follower,
+  both connected straight to the instance (not through haproxy) and both in this
+  process. For every tick both receive, ``follower receipt - leader receipt``
+  (``time.monotonic()``, one clock): what the follower path (leader -> XADD -> XREAD ->
+  follower hub -> relay) adds over the leader's own relay. p50 and p99 in ms; goal
+  p99 <= 5 ms.
+- **CPU per delivered frame**: ``--clients`` relay clients on the follower and as many on
+  the standalone instance, for ``--seconds``; each instance's process CPU (utime+stime
+  from /proc) divided by the tick frames its clients received. Reported per 1,000
+  frames, and the follower / standalone ratio; goal <= 1.2.
+
+Until the members read ``REDIS_URL`` (the cluster wiring on main), the "leader" and the
+"follower" are two more standalone instances, each with its own upstream connection: the
+bench runs and reports what it measures (``cluster_wired: false``; the latency is then the
+skew between two independent upstream connections, and the CPU ratio compares two
+standalone instances), one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster_harness import Member, RelayClient, cluster  # noqa: E402
+
+SYMBOLS = ["1HZ100V", "R_100"]
+WARMUP_S = 3.0
+RUN_TIMEOUT_S = 180.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (its threads included), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def frames_between(clients: list[RelayClient], start: float, end: float) -> int:
+    return sum(1 for c in clients for ticks in c.ticks.values() for _, _, at, _ in ticks if start <= at <= end)
+
+
+def ws_url(member: Member) -> str:
+    return f"ws://127.0.0.1:{member.port}/api/v1/ws"
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    env = {"DERIV_SYMBOLS": ",".join(SYMBOLS), "WEBSOCKET_MAX_CONNECTIONS": str(max(100, 4 * args.clients))}
+    work = Path(tempfile.mkdtemp(prefix="cluster-fanout-"))
+    with cluster(work, 3, time_scale=args.time_scale, env=env, member_env={2: {"REDIS_URL": None}}) as c:
+        pair, standalone = c.members[:2], c.members[2]
+        roles = await asyncio.to_thread(c.roles)
+        leader = next((m for m in pair if roles[m.server] == "leader"), pair[0])
+        follower = next(m for m in pair if m is not leader)
+        wired = roles[leader.server] == "leader" and roles[follower.server] == "follower"
+        probes = [RelayClient(ws_url(leader), SYMBOLS), RelayClient(ws_url(follower), SYMBOLS)]
+        on_follower = [RelayClient(ws_url(follower), SYMBOLS) for _ in range(args.clients)]
+        on_standalone = [RelayClient(ws_url(standalone), SYMBOLS) for _ in range(args.clients)]
+        stop = asyncio.Event()
+        everyone = [*probes, *on_follower, *on_standalone]
+        tasks = [asyncio.create_task(client.run(stop)) for client in everyone]
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                while not all(client.ticks for client in everyone):  # noqa: ASYNC110 - polling counters
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(WARMUP_S)
+                start = time.monotonic()
+                cpu_start = {m.server: cpu_seconds(m.pid) for m in (follower, standalone)}
+                await asyncio.sleep(args.seconds)
+                cpu_end = {m.server: cpu_seconds(m.pid) for m in (follower, standalone)}
+                end = time.monotonic()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    deltas: list[float] = []
+    for symbol in SYMBOLS:
+        at_leader = {e: at for e, _, at, _ in probes[0].ticks.get(symbol, []) if start <= at <= end}
+        for epoch, _, at, _ in probes[1].ticks.get(symbol, []):
+            if epoch in at_leader:
+                deltas.append((at - at_leader[epoch]) * 1000)
+    frames = {
+        follower.server: frames_between(on_follower, start, end),
+        standalone.server: frames_between(on_standalone, start, end),
+    }
+    per_1000 = {
+        name: (cpu_end[name] - cpu_start[name]) * 1000 / frames[name] * 1000 if frames[name] else None
+        for name in frames
+    }
+    follower_cost, standalone_cost = per_1000[follower.server], per_1000[standalone.server]
+    p50, p99 = percentile(deltas, 0.5), percentile(deltas, 0.99)
+    return {
+        "bench": "cluster_fanout",
+        "cluster_wired": wired,
+        "roles": roles,
+        "time_scale": args.time_scale,
+        "symbols": SYMBOLS,
+        "clients_per_instance": args.clients,
+        "seconds": args.seconds,
+        "hop_latency_ms_p50": round(p50, 3) if p50 is not None else None,
+        "hop_latency_ms_p99": round(p99, 3) if p99 is not None else None,
+        "hop_latency_samples": len(deltas),
+        "frames_follower": frames[follower.server],
+        "frames_standalone": frames[standalone.server],
+        "cpu_ms_per_1000_frames_follower": round(follower_cost, 3) if follower_cost is not None else None,
+        "cpu_ms_per_1000_frames_standalone": round(standalone_cost, 3) if standalone_cost is not None else None,
+        "cpu_ratio_follower_vs_standalone": (
+            round(follower_cost / standalone_cost, 3) if follower_cost and standalone_cost else None
+        ),
+        "goals": {"hop_latency_ms_p99": 5.0, "cpu_ratio_follower_vs_standalone": 1.2},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=None, help="relay clients per measured instance (20)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured window (20 s)")
+    parser.add_argument("--time-scale", type=float, default=50.0)
+    parser.add_argument("--quick", action="store_true", help="10 clients, 8 s")
+    args = parser.parse_args()
+    args.clients = args.clients or (10 if args.quick else 20)
+    args.seconds = args.seconds or (8.0 if args.quick else 20.0)
+    if not 1 <= args.clients <= 200 or not 1 <= args.seconds <= 120:
+        parser.error("--clients 1..200, --seconds 1..120")
+    print(json.dumps(asyncio.run(bench(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
