@@ -423,3 +423,39 @@ def test_make_cluster_runs_the_supervisor() -> None:
     source = (ROOT / script).read_text()
     assert "deploy/haproxy/haproxy.cfg" in source or '"haproxy.cfg"' in source
     assert "rxapp.rxapp:app()" in source, "the same app target as the Dockerfile's CMD"
+
+
+def load_supervisor() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_cluster", ROOT / "deploy" / "cluster.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_cluster_gives_every_instance_the_cluster_settings_and_the_images_reflex_settings(
+    dockerfile: tuple[list[Instruction], list[Stage]], tmp_path: Path
+) -> None:
+    supervisor = load_supervisor()
+    args = supervisor.parse_args(["--port", "4000"])
+    ports = [args.port, args.redis_port, args.simulator_port, args.control_port, *args.instance_ports]
+    assert len(set(ports)) == len(ports) == 7
+    envs = [supervisor.instance_env({"DERIV_SYMBOLS": "R_50"}, args, tmp_path, n) for n in (1, 2, 3)]
+    for env in envs:
+        assert env["REDIS_URL"] == f"redis://127.0.0.1:{args.redis_port}/0"
+        assert env["DERIV_WS_URL"] == f"ws://127.0.0.1:{args.simulator_port}/websockets/v3"
+        assert env["DB_URL"] == f"sqlite:///{tmp_path / 'status.db'}", "one shared history"
+        assert env["CLUSTER_NAME"] == "deriv-status" and env["DERIV_SYMBOLS"] == "R_50"
+    assert len({env["INSTANCE_ID"] for env in envs}) == 3
+    # The instances serve the prebuilt page exactly as the image does.
+    final_env = " ".join(e.args for e in dockerfile[1][-1].all("ENV"))
+    image = dict(re.findall(r"(\S+?)=(\S+)", final_env))
+    for name in ("REFLEX_ENV_MODE", "__REFLEX_SKIP_COMPILE", "__REFLEX_MOUNT_FRONTEND_COMPILED_APP"):
+        assert envs[0][name] == image[name]
+    # A PostgreSQL DB_URL from the environment is kept (several machines share one).
+    shared = supervisor.instance_env({"DB_URL": "postgresql+psycopg://u:p@db:5432/d"}, args, tmp_path, 1)
+    assert shared["DB_URL"] == "postgresql+psycopg://u:p@db:5432/d"
+    assert supervisor.parse_args(["--reflex-redis"]).reflex_redis
+    assert "REFLEX_REDIS_URL" in supervisor.instance_env({}, supervisor.parse_args(["--reflex-redis"]), tmp_path, 1)
