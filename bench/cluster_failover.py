@@ -110,14 +110,22 @@ async def kill_round(c: Cluster, client: RelayClient, sampler: Sampler, settle_s
     wired = leader is not None
     victim: Member = leader if leader is not None else c.member(client.connections[-1][1])
     sampler.steady = False
+    connections_before = len(client.connections)
     killed_at = time.monotonic()
     await asyncio.to_thread(victim.kill)
     handover = None
+    # Ticks already on their way when the kill landed say nothing: first wait for the
+    # recovery itself (a new leader, or the client's reconnection), then for ticks after it.
     if wired:
         handover = await until_roles(
             c, lambda roles: any(r == "leader" for s, r in roles.items() if s != victim.server), RECOVERY_TIMEOUT_S
         )
-    await wait_for_ticks_after(client, killed_at, 3, RECOVERY_TIMEOUT_S)
+    else:
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            while len(client.connections) <= connections_before:  # noqa: ASYNC110 - polling a counter
+                await asyncio.sleep(0.02)
+    recovering_at = time.monotonic()
+    await wait_for_ticks_after(client, recovering_at, 3, RECOVERY_TIMEOUT_S)
     recovered_at = time.monotonic()
     await asyncio.to_thread(c.restart, victim)
     await asyncio.to_thread(c.wait_server_state, victim, "UP", RECOVERY_TIMEOUT_S)

@@ -130,6 +130,8 @@ def needs_build(api_url: str) -> bool:
     if BUILD_STAMP.read_text().strip() != api_url:
         return True
     built = BUILD_STAMP.stat().st_mtime
+    if (STATIC / "index.html").stat().st_mtime > built:
+        return True  # built again since, by `make run` (for its own port) or `reflex export`
     for name in BUILD_INPUTS:
         path = ROOT / name
         files = path.rglob("*") if path.is_dir() else [path]
