@@ -164,6 +164,9 @@ def instance_env(base: dict[str, str], args: argparse.Namespace, work: Path, num
         "CLUSTER_NAME": args.cluster_name,
         "INSTANCE_ID": f"instance-{number}-{os.urandom(3).hex()}",
         "DB_URL": base.get("DB_URL") or f"sqlite:///{work / 'status.db'}",
+        # Every request arrives from haproxy on loopback: its X-Forwarded-For names the
+        # client for the API's per-client rate limit.
+        "TRUSTED_PROXIES": base.get("TRUSTED_PROXIES") or "127.0.0.1",
     }
     if args.reflex_redis:
         env["REFLEX_REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/1?socket_connect_timeout=2&socket_timeout=10"

@@ -350,6 +350,7 @@ def member_settings(
         "DB_URL": db_url,
         "CLUSTER_NAME": "harness",
         "CLUSTER_LEASE_TTL": "2",
+        "TRUSTED_PROXIES": "127.0.0.1",  # haproxy
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }

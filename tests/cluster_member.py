@@ -20,6 +20,7 @@ import uvicorn
 from backend_core.api import create_api
 from backend_core.config import load_settings
 from backend_core.logs import configure_logging
+from backend_core.relay.serving import RelayWebSocketProtocol
 from backend_core.runtime import Runtime
 
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         host="127.0.0.1",
         port=args.port,
         lifespan="on",
+        # What gunicorn.conf.py installs in production: the relay's frame limit and eager writes.
+        ws=RelayWebSocketProtocol,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,

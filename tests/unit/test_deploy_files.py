@@ -310,6 +310,7 @@ def test_compose_cluster_profile_has_redis_three_apps_and_haproxy(compose: dict[
         assert f"http://127.0.0.1:{PORT}/readyz" in app["healthcheck"]["test"][3], "ready, not only alive"
         compile(app["healthcheck"]["test"][3], "<cluster healthcheck>", "exec")
         assert "ports" not in app, "instances are reached through haproxy only"
+        assert env["TRUSTED_PROXIES"].startswith("${CLUSTER_TRUSTED_PROXIES:-"), "haproxy names the client"
     assert services["redis"]["image"].startswith("redis:7.")
     assert services["redis"]["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
     assert services["simulator"]["command"][:3] == ["python", "-m", "backend_core.deriv.sim"]
@@ -448,6 +449,7 @@ def test_make_cluster_gives_every_instance_the_cluster_settings_and_the_images_r
         assert env["DERIV_WS_URL"] == f"ws://127.0.0.1:{args.simulator_port}/websockets/v3"
         assert env["DB_URL"] == f"sqlite:///{tmp_path / 'status.db'}", "one shared history"
         assert env["CLUSTER_NAME"] == "deriv-status" and env["DERIV_SYMBOLS"] == "R_50"
+        assert env["TRUSTED_PROXIES"] == "127.0.0.1", "haproxy, on loopback, names the client"
     assert len({env["INSTANCE_ID"] for env in envs}) == 3
     # The instances serve the prebuilt page exactly as the image does.
     final_env = " ".join(e.args for e in dockerfile[1][-1].all("ENV"))
