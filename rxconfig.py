@@ -20,13 +20,23 @@ import reflex as rx  # noqa: E402 - the environment above must be set first
 
 from backend_core.config import load_settings  # noqa: E402
 from backend_core.errors import ConfigError  # noqa: E402
+from rxapp.reflex_redis import reflex_redis_url  # noqa: E402
 from rxapp.styles import THEME  # noqa: E402
 
 try:
     _settings = load_settings()
+    # Behind a balancer every instance must see every tab's state: with REDIS_URL set,
+    # Reflex's state manager (and its socket registry) run on that Redis, on the next
+    # database index, with socket timeouts (rxapp/reflex_redis.py). REDIS_URL is read from
+    # the environment here, like backend_core.config reads it (the same os.environ).
+    # Set in the environment, not as rx.Config(redis_url=...): Reflex lets REFLEX_REDIS_URL
+    # override the config, and the backend worker processes it starts inherit it.
+    _reflex_redis = reflex_redis_url(os.environ)
 except ConfigError as exc:
     print(exc.message, file=sys.stderr)
     raise SystemExit(2) from None
+if _reflex_redis is not None:
+    os.environ["REFLEX_REDIS_URL"] = _reflex_redis
 
 # `make dev` / `reflex run --env dev` reload the backend when a file under the project
 # changes. The app itself writes there (the SQLite history in data/, test artefacts), and

@@ -9,6 +9,10 @@
  *     GET /api/v1/status every VITE_WS_RECONNECT_INTERVAL ms (doubling after each failed
  *     poll, at most VITE_WS_RECONNECT_ATTEMPTS times) and shows the result in
  *     #fallback-region, with a Retry that works over plain HTTP;
+ *   - does the same while the link is up but the page's own time (#updated-at, written by
+ *     the server once per refresh period) has not moved for STALE_PERIODS periods: behind
+ *     a balancer, Reflex's state lives in Redis, and a Redis that is down or hung fails the
+ *     page's updates while its socket stays connected (the REST status needs no Redis);
  *   - marks <html data-live="paused"> so live-only sections are dimmed.
  * Settings come from #status-settings, whose data attributes React renders from state vars
  * the running server fills in when the page loads (VITE_* set at run time apply without a
@@ -22,6 +26,10 @@
 
   var LOCAL_HOSTS = ["localhost", "0.0.0.0", "::", "0:0:0:0:0:0:0:0"];
   var MAX_DELAY_MS = 5 * 60 * 1000;
+  // The page's loop refreshes #updated-at every second (rxapp/state.py REFRESH_S), or every
+  // VITE_WS_RECONNECT_INTERVAL ms when real-time updates are off.
+  var REFRESH_MS = 1000;
+  var STALE_PERIODS = 3;
   var FEED_WORDS = {
     connected: "Connected",
     connecting: "Connecting",
@@ -40,6 +48,8 @@
   var retryNote = "";
   var observed = null;
   var served = null; // the server's VITE_* values, from the last polled status
+  var updatedText = null; // #updated-at as last seen, and since when (browser time)
+  var updatedSince = Date.now();
 
   function readSettings() {
     var el = document.getElementById("status-settings");
@@ -49,6 +59,7 @@
       fallback: d.fallbackEnabled !== "false",
       interval: Math.max(100, parseInt(d.pollIntervalMs, 10) || 3000),
       attempts: Math.max(0, parseInt(d.reconnectAttempts, 10) || 0),
+      realTime: d.realTime !== "false",
       base: backendBase(d.apiUrl),
       statusPath: d.statusPath || "/api/v1/status",
     };
@@ -57,6 +68,7 @@
       if (served.reconnect_interval_ms > 0) settings.interval = Math.max(100, served.reconnect_interval_ms | 0);
       if (served.reconnect_attempts >= 0) settings.attempts = served.reconnect_attempts | 0;
     }
+    settings.refresh = settings.realTime ? REFRESH_MS : settings.interval;
     return settings;
   }
 
@@ -209,16 +221,33 @@
       });
   }
 
-  function onStateChange(settings, state) {
-    document.documentElement.setAttribute("data-live", isDown(state) ? "paused" : "live");
-    if (isDown(state) && settings.fallback && !polling) {
+  // Measured by when the text last changed in this browser, not by the time it shows,
+  // so a browser clock that differs from the server's changes nothing.
+  function isStale(settings, state) {
+    var updated = document.getElementById("updated-at");
+    var text = updated ? updated.textContent : "";
+    var now = Date.now();
+    if (text !== updatedText) {
+      updatedText = text;
+      updatedSince = now;
+    }
+    if (state !== "connected" || !text) return false; // a link that is down is handled as such
+    return now - updatedSince > STALE_PERIODS * settings.refresh;
+  }
+
+  function setPaused(settings, paused) {
+    var live = paused ? "paused" : "live";
+    if (document.documentElement.getAttribute("data-live") !== live) {
+      document.documentElement.setAttribute("data-live", live);
+    }
+    if (paused && settings.fallback && !polling) {
       polling = true;
       failures = 0;
       retryNote = "";
       nextAt = Date.now();
       render(settings);
       poll(settings);
-    } else if (!isDown(state) && polling) {
+    } else if (!paused && polling) {
       polling = false;
       window.clearTimeout(timer);
       render(settings);
@@ -248,8 +277,9 @@
     if (state !== linkState) {
       linkState = state;
       linkSince = Date.now();
-      onStateChange(settings, state);
+      updatedSince = linkSince; // a link that is back gets its periods before it counts as stale
     }
+    setPaused(settings, isDown(state) || isStale(settings, state));
     var since = document.getElementById("browser-link-since");
     if (since) {
       var text = "for " + duration((Date.now() - linkSince) / 1000);

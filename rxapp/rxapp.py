@@ -17,7 +17,7 @@ from backend_core.api import create_api
 from backend_core.logs import configure_logging
 from rxapp.components import page_title
 from rxapp.pages.index import index
-from rxapp.runtime_ref import get_runtime
+from rxapp.runtime_ref import get_page_loops, get_runtime
 from rxapp.state import StatusState
 
 runtime = get_runtime()
@@ -29,7 +29,8 @@ async def runtime_lifespan() -> AsyncIterator[None]:
     """Start the runtime with the server and stop it (gracefully) on shutdown.
 
     SIGTERM/SIGINT first close relay clients with 1001 (the server would otherwise drop
-    them before the lifespan's exit runs), then reach the server's own handler.
+    them before the lifespan's exit runs), then reach the server's own handler. The pages'
+    live loops of this process stop before the runtime they read.
     """
     async with runtime.lifespan():
         runtime.install_signal_handlers()
@@ -38,7 +39,10 @@ async def runtime_lifespan() -> AsyncIterator[None]:
         # does not pause the fan-out for ~100 ms scanning it. Once: a process runs one Runtime.
         gc.collect()
         gc.freeze()
-        yield
+        try:
+            yield
+        finally:
+            await get_page_loops().stop()
 
 
 app = rx.App(api_transformer=create_api(runtime))

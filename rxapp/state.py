@@ -10,9 +10,11 @@ One producer, many pages: each open page runs one background loop (:meth:`stream
 waits on the runtime's change signal (nothing polls the upstream) and, at most once a
 second, refreshes ages and countdowns; it sleeps and waits on the runtime's clock, and
 it awaits (the shared health run) only outside the state lock, so ``on_load`` itself never
-awaits. The loop stops when the page's socket is gone (or, if Reflex's socket registry
-cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page runs
-``on_load`` again, which starts a new one. With
+awaits. Which pages have a loop is kept per process (:mod:`rxapp.page_loops`, not in the
+state, which Redis shares between instances behind a balancer). The loop stops when the
+page's socket is gone or now connected to another instance (or, if Reflex's socket
+registry cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page
+runs ``on_load`` again, on whichever instance it reached, which starts a new one there. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
 ``VITE_WS_RECONNECT_INTERVAL`` instead of waking on changes. Health is refreshed on every
 status change (:func:`health_for_round`), so every panel tells the same state in the
@@ -34,6 +36,7 @@ It holds no secrets: it reads only the public status the REST API also serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +49,8 @@ from backend_core.health import HealthReport
 from backend_core.history.reader import HISTORY_LOAD_MAX_AGE_S, HistorySchedule, history_schedule
 from backend_core.runtime import Runtime
 from rxapp import history_view, ui_logic
-from rxapp.runtime_ref import get_runtime
+from rxapp.page_loops import Claim, PageLoops, Verdict, next_verdict, socket_watch
+from rxapp.runtime_ref import get_page_loops, get_runtime
 
 log = logging.getLogger("rxapp.state")
 
@@ -161,10 +165,13 @@ class StatusState(rx.State):
     fallback_enabled: bool = BROWSER_DEFAULTS.fallback
     live_text: str = BROWSER_DEFAULTS.live_text
 
-    _streaming: bool = False
-    _history_version: int = -1
+    # Backend vars live in Reflex's state manager, shared by every instance when that is
+    # Redis: nothing process-local is kept here (which pages stream is rxapp.page_loops'),
+    # and what must be compared across instances is made comparable (a wall-clock
+    # deadline, a history version named with the process that read it).
+    _history_seen: str = ""
     _dismissed_error_at: str = ""
-    _retry_message_until: float = 0.0
+    _retry_message_until: float = 0.0  # wall clock (s)
 
     # ------------------------------------------------------------------ applying a snapshot
 
@@ -187,7 +194,7 @@ class StatusState(rx.State):
         breaker_open = state == "circuit_open"
         failed_codes = [s.get("failed_code") for s in upstream.get("symbols") or []]
         tips = ui_logic.tips_for([error_code, *failed_codes], breaker_open=breaker_open)
-        if self.retry_message and runtime.clock.monotonic() >= self._retry_message_until:
+        if self.retry_message and runtime.clock.wall() >= self._retry_message_until:
             self._set(retry_message="")
         self._set(
             is_connected=state == "connected",
@@ -222,8 +229,11 @@ class StatusState(rx.State):
         """The shared reader's last read; bars only when it changed, the lists every time
         (an ongoing incident's duration and the "5 min ago" words move on)."""
         snapshot = get_runtime().history_reader.snapshot
-        if snapshot.version != self._history_version:
-            self._history_version = snapshot.version
+        # Each process's reader counts its own versions: "7" read by another instance is
+        # not this one's 7.
+        seen = f"{get_page_loops().process_key}:{snapshot.version}"
+        if seen != self._history_seen:
+            self._history_seen = seen
             views = [history_view.uptime_view(history) for history in snapshot.components]
             self._set(
                 history_state=history_view.history_state(snapshot.version, has_data=snapshot.has_data),
@@ -264,12 +274,23 @@ class StatusState(rx.State):
 
     @rx.event(background=True)
     async def stream(self) -> None:
-        """Push fresh status to this page until its socket goes away (bounded waits only)."""
-        async with self:
-            if self._streaming:
-                return
-            self._streaming = True
-            token = self.router.session.client_token
+        """Push fresh status to this page while its socket is on this process (bounded waits only)."""
+        token = self.router.session.client_token
+        task = asyncio.current_task()
+        loops = get_page_loops()
+        if task is None:  # pragma: no cover - Reflex runs every background event in a task
+            return
+        claim = loops.claim(token, task)
+        if claim is Claim.FULL:
+            log.warning("status page loop not started: %d pages already stream from this process", len(loops))
+        if claim is not Claim.STARTED:
+            return
+        try:
+            await self._stream(token, loops, task)
+        finally:
+            loops.release(token, task)
+
+    async def _stream(self, token: str, loops: PageLoops, task: asyncio.Task[Any]) -> None:
         runtime = get_runtime()
         settings = runtime.settings
         real_time = settings.VITE_ENABLE_REAL_TIME_UPDATES
@@ -282,52 +303,48 @@ class StatusState(rx.State):
         schedule = HistorySchedule(clock.monotonic(), seen)
         unwatched_since: float | None = None  # since when the socket registry could not be read
         failures = 0
-        stopped = False
         first = True  # the first round runs at once: it brings the health section
-        try:
-            while not stopped:
-                if first:
-                    first, changed = False, True
-                else:
-                    changed, seen = await _next_round(runtime, seen, period_s, real_time=real_time)
-                sockets = _socket_registry()
-                if sockets is not None:
-                    unwatched_since = None
-                elif unwatched_since is None:
-                    unwatched_since = clock.monotonic()
-                elif clock.monotonic() - unwatched_since >= UNWATCHED_LIMIT_S:
-                    # Without the registry a gone page is never noticed: end rather than run forever.
-                    log.warning("status page loop ends: no Reflex socket registry for %.0f s", UNWATCHED_LIMIT_S)
-                    break
-                try:
-                    report = await health_for_round(runtime, changed=changed, health_at=health_at)
-                    if report is not None:
-                        health_at = clock.monotonic()
-                    status_version = runtime.status_version
-                    schedule, fresh_after = history_schedule(
-                        schedule, status_version, clock.monotonic(), failing=bool(history.snapshot.error)
-                    )
-                    if fresh_after is not None:
-                        history.request(fresh_after, status_version)
-                    snapshot = _read_snapshot()
-                    async with self:
-                        if runtime.shutting_down or (sockets is not None and token not in sockets):
-                            self._streaming = False
-                            stopped = True
-                            continue
-                        if report is not None:
-                            self._set_health(report)
-                        self._apply(*snapshot)
-                except Exception:
-                    # One bad snapshot must not end this page's live updates; the next
-                    # refresh tries again. Logged once, then once a minute (bounded).
-                    if failures % ERROR_LOG_EVERY == 0:
-                        log.exception("status page refresh failed (%d so far); retrying", failures + 1)
-                    failures += 1
-        finally:
-            if not stopped:
+        while True:
+            if first:
+                first, changed = False, True
+            else:
+                changed, seen = await _next_round(runtime, seen, period_s, real_time=real_time)
+            # Decided and released with no await in between, so a page that reconnects
+            # here meanwhile either finds this loop still claimed (and it sees the socket
+            # back next round) or claims a fresh one.
+            verdict, unwatched_since = next_verdict(
+                socket_watch(_token_manager(), token), clock.monotonic(), unwatched_since, UNWATCHED_LIMIT_S
+            )
+            if verdict is Verdict.UNWATCHED_TOO_LONG:
+                # Without the registry a gone page is never noticed: end rather than run forever.
+                log.warning("status page loop ends: no Reflex socket registry for %.0f s", UNWATCHED_LIMIT_S)
+            if runtime.shutting_down or verdict is not Verdict.GO_ON:
+                loops.release(token, task)
+                return
+            try:
+                report = await health_for_round(runtime, changed=changed, health_at=health_at)
+                if report is not None:
+                    health_at = clock.monotonic()
+                status_version = runtime.status_version
+                schedule, fresh_after = history_schedule(
+                    schedule, status_version, clock.monotonic(), failing=bool(history.snapshot.error)
+                )
+                if fresh_after is not None:
+                    history.request(fresh_after, status_version)
+                snapshot = _read_snapshot()
+            except Exception:
+                failures = _log_failure(failures)
+                continue
+            try:
+                # With Reflex's state on Redis this is a Redis round trip, bounded by the
+                # socket timeouts of REFLEX_REDIS_URL (rxapp/reflex_redis.py): a hung
+                # Redis fails this round after that bound, and the next round tries again.
                 async with self:
-                    self._streaming = False
+                    if report is not None:
+                        self._set_health(report)
+                    self._apply(*snapshot)
+            except Exception:
+                failures = _log_failure(failures)
 
     @rx.event
     def retry_connection(self) -> None:
@@ -335,7 +352,7 @@ class StatusState(rx.State):
         runtime = get_runtime()
         outcome = runtime.retry_now()
         self.retry_message = outcome.message
-        self._retry_message_until = runtime.clock.monotonic() + RETRY_MESSAGE_S
+        self._retry_message_until = runtime.clock.wall() + RETRY_MESSAGE_S
         self._apply(*_read_snapshot())
 
     @rx.event
@@ -383,13 +400,21 @@ def _read_snapshot() -> tuple[dict[str, Any], dict[str, list[float]], float]:
     return status, history, runtime.clock.wall()
 
 
-def _socket_registry() -> Any:
-    """The live token -> socket mapping of this process (None outside a running app, or
-    when Reflex's internals move: the page loop then ends after UNWATCHED_LIMIT_S)."""
+def _log_failure(failures: int) -> int:
+    """One bad round must not end a page's live updates; the next round tries again.
+    Logged on the first failure and then once a minute (bounded)."""
+    if failures % ERROR_LOG_EVERY == 0:
+        log.exception("status page refresh failed (%d so far); retrying", failures + 1)
+    return failures + 1
+
+
+def _token_manager() -> Any:
+    """Reflex's token manager of this process (None outside a running app, or when
+    Reflex's internals move: the page loop then ends after UNWATCHED_LIMIT_S)."""
     from reflex.utils import prerequisites
 
     try:
         namespace = prerequisites.get_and_validate_app().app.event_namespace
     except Exception:  # pragma: no cover - only outside a running app
         return None
-    return None if namespace is None else namespace.token_to_sid
+    return getattr(namespace, "_token_manager", None)

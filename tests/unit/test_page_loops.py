@@ -1,0 +1,263 @@
+"""The status page's live loops behind a balancer (CLUSTER.md 2.7): each process keeps its
+own ``{token: task}`` registry, and a loop ends when its page's socket is no longer on
+*this* process.
+
+Reflex's own token manager (the in-memory one; the Redis one keeps the same records and
+also caches other instances' records) stands for "where the sockets are"; the loop runs
+on a Runtime with a fake clock. Nothing is started, no sockets, no real sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from reflex.utils.token_manager import LocalTokenManager, SocketRecord
+
+from backend_core.clock import FakeClock
+from backend_core.config import load_settings
+from backend_core.runtime import Runtime
+from rxapp import state as state_module
+from rxapp.page_loops import Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
+from rxapp.state import UNWATCHED_LIMIT_S, StatusState
+
+TOKEN = "tab-1"
+
+
+# ---------------------------------------------------------------------------- where is the socket
+
+
+async def test_a_socket_linked_here_is_here_and_gone_once_it_disconnects() -> None:
+    sockets = LocalTokenManager()
+    await sockets.link_token_to_sid(TOKEN, "sid-1")
+    assert socket_watch(sockets, TOKEN) is Watch.HERE
+    await sockets.disconnect_token(TOKEN, "sid-1")
+    assert socket_watch(sockets, TOKEN) is Watch.GONE
+
+
+def test_a_socket_another_instance_holds_is_not_here() -> None:
+    """On Redis, the token manager also caches the records of other instances' sockets:
+    "the token is in the map" is not "the socket is here"."""
+    here, elsewhere = LocalTokenManager(), LocalTokenManager()
+    here.token_to_socket[TOKEN] = SocketRecord(instance_id=elsewhere.instance_id, sid="sid-on-b")
+    assert TOKEN in here.token_to_sid
+    assert socket_watch(here, TOKEN) is Watch.GONE
+
+
+def test_a_registry_that_cannot_be_read_is_unknown_never_an_error() -> None:
+    assert socket_watch(None, TOKEN) is Watch.UNKNOWN
+    assert socket_watch(object(), TOKEN) is Watch.UNKNOWN
+    moved = SimpleNamespace(token_to_socket={TOKEN: object()}, instance_id="a")
+    assert socket_watch(moved, TOKEN) is Watch.UNKNOWN
+
+
+def test_an_unreadable_registry_is_tolerated_for_a_bounded_time_only() -> None:
+    verdict, since = next_verdict(Watch.UNKNOWN, 100.0, None, 600.0)
+    assert (verdict, since) == (Verdict.GO_ON, 100.0)
+    assert next_verdict(Watch.UNKNOWN, 699.0, since, 600.0) == (Verdict.GO_ON, 100.0)
+    assert next_verdict(Watch.UNKNOWN, 700.0, since, 600.0)[0] is Verdict.UNWATCHED_TOO_LONG
+    # Readable again: the count starts over.
+    assert next_verdict(Watch.HERE, 650.0, since, 600.0) == (Verdict.GO_ON, None)
+    assert next_verdict(Watch.GONE, 650.0, since, 600.0)[0] is Verdict.SOCKET_GONE
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+async def idle() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.fixture
+def tasks() -> Iterator[Callable[[], asyncio.Task[None]]]:
+    made: list[asyncio.Task[None]] = []
+
+    def make() -> asyncio.Task[None]:
+        made.append(asyncio.get_running_loop().create_task(idle()))
+        return made[-1]
+
+    yield make
+    for task in made:
+        task.cancel()
+
+
+async def test_one_loop_per_page_and_a_moved_page_gets_one_on_the_other_instance(
+    tasks: Callable[[], asyncio.Task[None]],
+) -> None:
+    instance_a, instance_b = PageLoops(), PageLoops()
+    first = tasks()
+    assert instance_a.claim(TOKEN, first) is Claim.STARTED
+    # The page reconnects to the same process while its loop runs: still one loop.
+    assert instance_a.claim(TOKEN, tasks()) is Claim.RUNNING
+    # Its socket lands on another instance: that process has its own registry.
+    assert instance_b.claim(TOKEN, tasks()) is Claim.STARTED
+    instance_a.release(TOKEN, first)
+    assert not instance_a.running(TOKEN) and instance_b.running(TOKEN)
+
+
+async def test_an_old_loop_ending_late_does_not_drop_the_new_ones_claim(
+    tasks: Callable[[], asyncio.Task[None]],
+) -> None:
+    loops = PageLoops()
+    old = tasks()
+    loops.claim(TOKEN, old)
+    old.cancel()
+    await asyncio.sleep(0)
+    new = tasks()
+    assert loops.claim(TOKEN, new) is Claim.STARTED, "a finished loop must not block its page"
+    loops.release(TOKEN, old)
+    assert loops.running(TOKEN)
+
+
+async def test_the_registry_is_bounded(tasks: Callable[[], asyncio.Task[None]]) -> None:
+    loops = PageLoops(limit=2)
+    assert loops.claim("a", tasks()) is Claim.STARTED
+    assert loops.claim("b", tasks()) is Claim.STARTED
+    assert loops.claim("c", tasks()) is Claim.FULL
+    assert len(loops) == 2
+
+
+async def test_stop_leaves_no_loop_behind(tasks: Callable[[], asyncio.Task[None]]) -> None:
+    loops = PageLoops()
+    running = [tasks() for _ in range(3)]
+    for index, task in enumerate(running):
+        loops.claim(f"tab-{index}", task)
+    await loops.stop()
+    assert len(loops) == 0 and all(task.done() for task in running)
+
+
+def test_the_process_key_names_this_process_only() -> None:
+    assert PageLoops().process_key != PageLoops().process_key
+
+
+# ---------------------------------------------------------------------------- the page's loop
+
+
+class FakePage:
+    """Stands for Reflex's state proxy: ``async with self`` and what the loop applies."""
+
+    def __init__(self) -> None:
+        self.router = SimpleNamespace(session=SimpleNamespace(client_token=TOKEN))
+        self.applied = 0
+
+    async def __aenter__(self) -> FakePage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def _set_health(self, report: Any) -> None:
+        pass
+
+    def _apply(self, *snapshot: Any) -> None:
+        self.applied += 1
+
+    async def _stream(self, token: str, loops: PageLoops, task: asyncio.Task[Any]) -> None:
+        await StatusState._stream(self, token, loops, task)  # type: ignore[arg-type]
+
+
+class Instance:
+    """One app process as the loop sees it: its runtime, its sockets, its loops."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.clock = FakeClock()
+        self.runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/s.db"}), clock=self.clock)
+        self.sockets: Any = LocalTokenManager()
+        self.loops = PageLoops()
+        monkeypatch.setattr(state_module, "get_runtime", lambda: self.runtime)
+        monkeypatch.setattr(state_module, "get_page_loops", lambda: self.loops)
+        monkeypatch.setattr(state_module, "_token_manager", lambda: self.sockets)
+        monkeypatch.setattr(state_module, "_read_snapshot", lambda: ({}, {}, 0.0))
+
+        async def no_health(runtime: Runtime, *, changed: bool, health_at: float) -> None:
+            return None
+
+        monkeypatch.setattr(state_module, "health_for_round", no_health)
+
+    def open_loop(self, page: FakePage) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(StatusState.stream.fn(page))  # type: ignore[attr-defined]
+
+    async def rounds(self, count: int) -> None:
+        for _ in range(count):
+            for _ in range(20):
+                await asyncio.sleep(0)
+            self.clock.advance(1.0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+
+async def test_the_loop_ends_when_the_pages_socket_moves_to_another_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = Instance(tmp_path, monkeypatch)
+    other = LocalTokenManager()
+    await here.sockets.link_token_to_sid(TOKEN, "sid-1")
+    page = FakePage()
+    loop = here.open_loop(page)
+    await here.rounds(3)
+    assert here.loops.running(TOKEN) and page.applied >= 3
+
+    # The socket reconnected through the balancer to another instance, which now holds
+    # the record (Redis's token manager caches it here too).
+    here.sockets.token_to_socket[TOKEN] = SocketRecord(instance_id=other.instance_id, sid="sid-on-b")
+    await here.rounds(1)
+    assert loop.done() and loop.exception() is None
+    assert not here.loops.running(TOKEN) and len(here.loops) == 0
+    applied = page.applied
+    await here.rounds(2)
+    assert page.applied == applied, "a loop for a page served elsewhere kept writing its state"
+
+
+async def test_a_page_that_reconnects_here_gets_a_loop_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here = Instance(tmp_path, monkeypatch)
+    await here.sockets.link_token_to_sid(TOKEN, "sid-1")
+    first = here.open_loop(FakePage())
+    await here.rounds(1)
+    await here.sockets.disconnect_token(TOKEN, "sid-1")
+    await here.rounds(1)
+    assert first.done() and not here.loops.running(TOKEN)
+
+    # Back (as a tab that moved from another instance would arrive): on_load starts one.
+    await here.sockets.link_token_to_sid(TOKEN, "sid-2")
+    page = FakePage()
+    second = here.open_loop(page)
+    duplicate = here.open_loop(FakePage())  # on_load again while it runs: no second loop
+    await here.rounds(2)
+    assert duplicate.done() and not second.done()
+    assert here.loops.running(TOKEN) and len(here.loops) == 1 and page.applied >= 2
+    second.cancel()
+
+
+async def test_without_a_socket_registry_the_loop_ends_after_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = Instance(tmp_path, monkeypatch)
+    here.sockets = None  # Reflex's internals moved
+    loop = here.open_loop(FakePage())
+    await here.rounds(3)
+    assert not loop.done()
+    here.clock.advance(UNWATCHED_LIMIT_S)
+    await here.rounds(2)
+    assert loop.done() and len(here.loops) == 0
+
+
+async def test_a_failing_state_write_does_not_end_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung or down Redis fails ``async with self`` (after its socket timeout): the page
+    keeps its loop, which tries again next round, and still ends when the socket goes."""
+    here = Instance(tmp_path, monkeypatch)
+    await here.sockets.link_token_to_sid(TOKEN, "sid-1")
+
+    class RedisDown(FakePage):
+        async def __aenter__(self) -> FakePage:
+            raise ConnectionError("Redis is down")
+
+    loop = here.open_loop(RedisDown())
+    await here.rounds(3)
+    assert not loop.done() and here.loops.running(TOKEN)
+    await here.sockets.disconnect_token(TOKEN, "sid-1")
+    await here.rounds(1)
+    assert loop.done() and len(here.loops) == 0
