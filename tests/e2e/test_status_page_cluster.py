@@ -55,13 +55,17 @@ class FailoverProxy:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)  # each closes its sockets
+            if self._server is not None:
+                await self._server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         for port in self.backends:
@@ -76,19 +80,23 @@ class FailoverProxy:
             client_w.close()
             return
         self.live[port] += 1
+        pipes = [
+            asyncio.ensure_future(self._pipe(client_r, upstream_w)),
+            asyncio.ensure_future(self._pipe(upstream_r, client_w)),
+        ]
         try:
-            pipes = [
-                asyncio.ensure_future(self._pipe(client_r, upstream_w)),
-                asyncio.ensure_future(self._pipe(upstream_r, client_w)),
-            ]
-            _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            for pipe in pending:
-                pipe.cancel()
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy stops: close both sides below
         finally:
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
             self.live[port] -= 1
             for writer in (client_w, upstream_w):
                 with contextlib.suppress(Exception):
                     writer.close()
+                    await writer.wait_closed()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -50,7 +50,8 @@ class Probe:
         )
         self._lines: queue.Queue[str] = queue.Queue(maxsize=100)
         assert self.process.stdout is not None
-        threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True)
+        self._reader.start()
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
@@ -77,6 +78,9 @@ class Probe:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+        self._reader.join(timeout=10)  # ends with the process's output
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 @pytest.fixture
