@@ -11,7 +11,9 @@ builds its client with ``redis.asyncio.Redis.from_url``, which reads
 failed command once, so one state access waits at most about twice ``socket_timeout``).
 Values the URL already names are kept.
 
-With neither variable set, nothing changes: Reflex keeps its state in memory.
+With neither variable set, nothing changes: Reflex keeps its state in memory. Nor with
+``REFLEX_STATE_MANAGER_MODE=memory`` (or ``disk``) and no ``REFLEX_REDIS_URL``: each
+instance then keeps its pages' state to itself, and nothing of the page touches Redis.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 from backend_core.errors import ConfigError
 
 SCHEMES = ("redis", "rediss", "unix")
+# REFLEX_STATE_MANAGER_MODE values that keep the page's state in each process.
+LOCAL_MODES = ("memory", "disk")
 # Connecting to a live Redis on the same network takes milliseconds; 2 s means "down".
 SOCKET_CONNECT_TIMEOUT_S = 2.0
 # A reply slower than this means "hung". Not lower: Reflex's pub/sub listeners (lock
@@ -43,7 +47,9 @@ def reflex_redis_url(environ: Mapping[str, str]) -> str | None:
     if explicit:
         return _with_timeouts("REFLEX_REDIS_URL", explicit, db=None)
     shared = environ.get("REDIS_URL", "").strip()
-    if not shared:
+    if not shared or environ.get("REFLEX_STATE_MANAGER_MODE", "").strip().lower() in LOCAL_MODES:
+        # The operator chose availability over shared page state: nothing of the page's
+        # (not even Reflex's socket registry, which follows redis_url) waits on Redis.
         return None
     return _with_timeouts("REDIS_URL", shared, db=database_index("REDIS_URL", shared) + 1)
 

@@ -15,6 +15,13 @@ def test_nothing_set_keeps_reflexs_state_where_it_was() -> None:
     assert reflex_redis_url({"REDIS_URL": " "}) is None
 
 
+def test_state_kept_per_instance_by_choice_keeps_the_page_off_redis() -> None:
+    for mode in ("memory", "disk"):
+        assert reflex_redis_url({"REDIS_URL": "redis://h:6379/0", "REFLEX_STATE_MANAGER_MODE": mode}) is None
+    explicit = reflex_redis_url({"REFLEX_REDIS_URL": "redis://h:6379/1", "REFLEX_STATE_MANAGER_MODE": "memory"})
+    assert explicit is not None, "an explicit REFLEX_REDIS_URL is the operator's own choice"
+
+
 @pytest.mark.parametrize(
     ("redis_url", "db"),
     [
