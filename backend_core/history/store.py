@@ -32,7 +32,6 @@ from backend_core.events import UpstreamSnapshot
 from backend_core.health import CheckResult, Status
 from backend_core.history import queries
 from backend_core.history.db import (
-    DB_TIMEOUT_S,
     STATE_CHARS,
     create_db_engine,
     describe_db_error,
@@ -49,15 +48,7 @@ from backend_core.history.queries import (
     HistoryQueries,
     StoreUnavailable,
 )
-from backend_core.history.writer import (
-    MAX_PENDING_RECORDS,
-    MAX_PENDING_SAMPLES,
-    RETRY_INITIAL_S,
-    RETRY_MAX_S,
-    WRITE_BATCH_SIZE,
-    HistoryWriter,
-    TransitionRecord,
-)
+from backend_core.history.writer import HistoryWriter, TransitionRecord, WriterLimits
 from backend_core.incidents import (
     CODE_CHARS,
     COMPONENT_CHARS,
@@ -116,12 +107,7 @@ class HistoryStore:
         *,
         db_url: str | None = None,
         instance: str | None = None,
-        max_pending_records: int = MAX_PENDING_RECORDS,
-        max_pending_samples: int = MAX_PENDING_SAMPLES,
-        batch_size: int = WRITE_BATCH_SIZE,
-        retry_initial_s: float = RETRY_INITIAL_S,
-        retry_max_s: float = RETRY_MAX_S,
-        db_timeout_s: float = DB_TIMEOUT_S,
+        limits: WriterLimits = WriterLimits(),
         query_timeout_s: float = QUERY_TIMEOUT_S,
         prune_interval_s: float = PRUNE_INTERVAL_S,
         start_timeout_s: float = START_SCHEMA_TIMEOUT_S,
@@ -129,7 +115,7 @@ class HistoryStore:
     ) -> None:
         self._clock = clock
         self.retention_days = settings.HISTORY_RETENTION_DAYS
-        self._db_timeout_s = db_timeout_s
+        self._db_timeout_s = limits.db_timeout_s
         self._prune_interval_s = prune_interval_s
         self._start_timeout_s = start_timeout_s
         self._new_key = new_key
@@ -145,12 +131,7 @@ class HistoryStore:
             clock,
             instance=clip(instance or socket.gethostname() or "unknown", CODE_CHARS),
             unusable=unusable,
-            max_pending_records=max_pending_records,
-            max_pending_samples=max_pending_samples,
-            batch_size=batch_size,
-            retry_initial_s=retry_initial_s,
-            retry_max_s=retry_max_s,
-            db_timeout_s=db_timeout_s,
+            limits=limits,
         )
         self.queries = HistoryQueries(clock, timeout_s=query_timeout_s)
         self._sampler = MinuteSampler()

@@ -124,6 +124,18 @@ class _Stopping(Exception):
     """The writer is stopping and the database is still down: stop retrying."""
 
 
+@dataclass(frozen=True, slots=True)
+class WriterLimits:
+    """How much the writer holds while the database is away, and how it retries (rule 5)."""
+
+    max_pending_records: int = MAX_PENDING_RECORDS
+    max_pending_samples: int = MAX_PENDING_SAMPLES
+    batch_size: int = WRITE_BATCH_SIZE
+    retry_initial_s: float = RETRY_INITIAL_S
+    retry_max_s: float = RETRY_MAX_S
+    db_timeout_s: float = DB_TIMEOUT_S
+
+
 class HistoryWriter:
     """Queues and writes history events; owned by :class:`~backend_core.history.store.HistoryStore`."""
 
@@ -134,23 +146,18 @@ class HistoryWriter:
         *,
         instance: str,
         unusable: str | None = None,
-        max_pending_records: int = MAX_PENDING_RECORDS,
-        max_pending_samples: int = MAX_PENDING_SAMPLES,
-        batch_size: int = WRITE_BATCH_SIZE,
-        retry_initial_s: float = RETRY_INITIAL_S,
-        retry_max_s: float = RETRY_MAX_S,
-        db_timeout_s: float = DB_TIMEOUT_S,
+        limits: WriterLimits = WriterLimits(),
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self._clock = clock
         self.instance = instance
-        self.max_records = max_pending_records
-        self.max_samples = max_pending_samples
-        self._batch_size = batch_size
-        self._backoff = FullJitter(retry_initial_s, retry_max_s, rng)
-        self._retry_max_s = retry_max_s
-        self._db_timeout_s = db_timeout_s
+        self.max_records = limits.max_pending_records
+        self.max_samples = limits.max_pending_samples
+        self._batch_size = limits.batch_size
+        self._backoff = FullJitter(limits.retry_initial_s, limits.retry_max_s, rng)
+        self._retry_max_s = limits.retry_max_s
+        self._db_timeout_s = limits.db_timeout_s
         self.records: deque[Record] = deque()
         self.samples: deque[MinuteSample] = deque()
         self.counters = _Counters()

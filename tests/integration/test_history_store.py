@@ -55,6 +55,7 @@ from backend_core.history.db import (
 )
 from backend_core.history.queries import MAX_CONCURRENT_QUERIES, StoreUnavailable
 from backend_core.history.store import HistoryStore
+from backend_core.history.writer import WriterLimits
 from backend_core.history_api import history_routes
 from backend_core.incidents import IncidentFeed, Recovery
 
@@ -277,12 +278,12 @@ class WiredStore:
 
 def make_store(db: Database, clock: SystemClock | None = None, **overrides: Any) -> Any:
     environment = {"HISTORY_RETENTION_DAYS": str(overrides.pop("retention_days", 90))}
+    limits = {"retry_initial_s": 0.05, "retry_max_s": 0.2, "db_timeout_s": 0.5 if db.kind == "sqlite" else 2.0}
+    limits.update({k: overrides.pop(k) for k in list(overrides) if k in WriterLimits.__dataclass_fields__})
     options: dict[str, Any] = {
         "db_url": db.url,
         "instance": "test-host",
-        "retry_initial_s": 0.05,
-        "retry_max_s": 0.2,
-        "db_timeout_s": 0.5 if db.kind == "sqlite" else 2.0,
+        "limits": WriterLimits(**limits),
         "query_timeout_s": 5.0,
         "start_timeout_s": 20.0,
     }

@@ -22,6 +22,7 @@ from backend_core.history.db import is_transient, normalize_db_url, redact_db_ur
 from backend_core.history.minutes import MinuteSample, MinuteSampler, breaker_sample_status, upstream_sample_status
 from backend_core.history.queries import StoreUnavailable, uptime_pct
 from backend_core.history.store import HistoryStore, store_verdict
+from backend_core.history.writer import WriterLimits
 from backend_core.history_api import history_routes
 from backend_core.incidents import IncidentFeed
 
@@ -270,7 +271,7 @@ def fed(store: HistoryStore) -> IncidentFeed:
 
 
 def test_producers_never_wait_and_overflow_is_counted() -> None:
-    store = make_store(max_pending_records=3, max_pending_samples=2)
+    store = make_store(limits=WriterLimits(max_pending_records=3, max_pending_samples=2))
     feed = fed(store)
     for i in range(5):
         feed.status(snap(LinkState.CONNECTED))
