@@ -95,23 +95,31 @@ error_box: dict[str, Any] = {
     "align": "start",
 }
 
-tick_row: dict[str, Any] = {
-    "display": "grid",
-    "grid_template_columns": rx.breakpoints(
-        initial="minmax(4.5rem, 1fr) auto",
-        sm="6.5rem 9rem 6.5rem minmax(6rem, 1fr) 9rem",
-    ),
-    "grid_template_areas": rx.breakpoints(
-        initial='"symbol price" "change age" "spark spark"',
-        sm='"symbol price change spark age"',
-    ),
-    "align_items": "center",
-    "column_gap": "0.75rem",
-    "row_gap": "0.25rem",
-    "padding_y": "0.625rem",
-    "border_top": "1px solid var(--gray-a4)",
-    "width": "100%",
-}
+
+def list_row(
+    columns: tuple[str, str], areas: tuple[str, str], *, align: str, row_gap: str, padding_y: str
+) -> dict[str, Any]:
+    """A list row laid out as a grid: ``columns``/``areas`` are (phone, from ``sm`` up)."""
+    return {
+        "display": "grid",
+        "grid_template_columns": rx.breakpoints(initial=columns[0], sm=columns[1]),
+        "grid_template_areas": rx.breakpoints(initial=areas[0], sm=areas[1]),
+        "align_items": align,
+        "column_gap": "0.75rem",
+        "row_gap": row_gap,
+        "padding_y": padding_y,
+        "border_top": "1px solid var(--gray-a4)",
+        "width": "100%",
+    }
+
+
+tick_row = list_row(
+    ("minmax(4.5rem, 1fr) auto", "6.5rem 9rem 6.5rem minmax(6rem, 1fr) 9rem"),
+    ('"symbol price" "change age" "spark spark"', '"symbol price change spark age"'),
+    align="center",
+    row_gap="0.25rem",
+    padding_y="0.625rem",
+)
 
 sparkline: dict[str, Any] = {
     "width": "100%",
@@ -159,23 +167,13 @@ incident_facts: dict[str, Any] = {
     "padding_left": "1.375rem",
 }
 
-transition_row: dict[str, Any] = {
-    "display": "grid",
-    "grid_template_columns": rx.breakpoints(
-        initial="minmax(0, 1fr) auto",
-        sm="minmax(8rem, 1fr) 11rem minmax(10rem, 1.6fr) 13rem",
-    ),
-    "grid_template_areas": rx.breakpoints(
-        initial='"breaker change" "reason reason" "at at"',
-        sm='"breaker change reason at"',
-    ),
-    "align_items": "baseline",
-    "column_gap": "0.75rem",
-    "row_gap": "0.125rem",
-    "padding_y": "0.5rem",
-    "border_top": "1px solid var(--gray-a4)",
-    "width": "100%",
-}
+transition_row = list_row(
+    ("minmax(0, 1fr) auto", "minmax(8rem, 1fr) 11rem minmax(10rem, 1.6fr) 13rem"),
+    ('"breaker change" "reason reason" "at at"', '"breaker change reason at"'),
+    align="baseline",
+    row_gap="0.125rem",
+    padding_y="0.5rem",
+)
 
 footer: dict[str, Any] = {
     "width": "100%",
