@@ -75,10 +75,13 @@ def group_processes(pgid: int) -> list[str]:
     return alive
 
 
-def start_app(command: list[str], log_path: Path, port: int, env: dict[str, str] | None = None) -> RunningApp:
+def start_app(
+    command: list[str], log_path: Path, port: int, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> RunningApp:
+    """Start ``command``; ``env`` adds to this process's environment, ``unset`` takes names out."""
     simulator_port, control_port = free_port(), free_port()
     full_env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name not in unset},
         "DERIV_SIMULATOR_PORT": str(simulator_port),
         "DERIV_SIMULATOR_CONTROL_PORT": str(control_port),
         **(env or {}),

@@ -113,3 +113,41 @@ def test_sigterm_closes_relay_clients_with_1001_and_exits(tmp_path: Path) -> Non
         assert all("shutting down" in reason for _, reason in closes)
         assert stop_app(app) == []
         assert "runtime stopped" in app.log()
+
+
+def test_plain_reflex_run_works_without_the_makefile(tmp_path: Path) -> None:
+    """A Reflex user types ``reflex run``: no REFLEX_USE_NPM exported, no virtualenv on PATH.
+
+    rxconfig.py itself makes Reflex build with npm and the virtualenv's Node.js (bun
+    cannot be downloaded here, and the system's Node is too old for Reflex 0.10).
+    """
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    ports = ["--frontend-port", str(port), "--backend-port", str(port)]
+    app = start_app(
+        [str(root / ".venv" / "bin" / "reflex"), "run", "--env", "prod", "--single-port", *ports],
+        tmp_path / "reflex-run.log",
+        port,
+        {"PATH": "/usr/bin:/bin", "DB_URL": f"sqlite:///{tmp_path / 'status.db'}"},
+        unset=("REFLEX_USE_NPM", "VIRTUAL_ENV"),
+    )
+    try:
+        assert httpx.get(f"{app.base_url}/health", timeout=10).status_code == 200
+        page = httpx.get(f"{app.base_url}/", timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        assert stop_app(app) == []
+
+
+def test_rxconfig_sets_up_npm_and_the_virtualenv_node_before_reflex_looks() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    probe = "import os, rxconfig; print(os.environ['REFLEX_USE_NPM']); print(os.environ['PATH'].split(os.pathsep)[0])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "REFLEX_USE_NPM"}
+    env["PATH"] = "/usr/bin:/bin"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    assert out == ["1", str(Path(sys.executable).parent)]
