@@ -12,7 +12,6 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -24,11 +23,11 @@ from backend_core.api import create_api
 from backend_core.config import load_settings
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
+from tests.helpers import WAIT_S, until
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
 
 ADMIN = "admin-token-0123456789"
-WAIT_S = 15.0
 
 
 @contextlib.asynccontextmanager
@@ -53,13 +52,6 @@ async def serve_runtime(
             served = await asgi_server(create_api(runtime))
             async with httpx.AsyncClient(base_url=served.http_url, timeout=5.0) as client:
                 yield runtime, client
-
-
-async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
-    """Wait until ``predicate()`` holds, checking every 20 ms; bounded by ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the runtime offers no event for arbitrary predicates
-            await asyncio.sleep(0.02)
 
 
 def live(runtime: Runtime) -> Callable[[], bool]:

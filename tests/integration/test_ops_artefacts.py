@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import live, serve_runtime, until
+from tests.integration.test_api import live, serve_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "deriv-status.rules.yml"

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import ADMIN, live, serve_runtime, until
+from tests.integration.test_api import ADMIN, live, serve_runtime
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 MAX_EXAMPLES = 25

@@ -23,9 +23,10 @@ from backend_core import status_view
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
 from backend_core.logs import JsonFormatter
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
-from tests.integration.test_api import HOSTILE, live, serve_runtime, until
+from tests.integration.test_api import HOSTILE, live, serve_runtime
 
 ADMIN_SECRET = "adminSECRET-7f3a9c1e77d2"
 DERIV_SECRET = "derivSECRET-9z8y7x6w"

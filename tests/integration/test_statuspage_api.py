@@ -16,8 +16,9 @@ from typing import Any
 import feedparser
 import httpx
 
+from tests.helpers import WAIT_S, until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import WAIT_S, live, serve_runtime, until
+from tests.integration.test_api import live, serve_runtime
 
 ROUTES = {
     "/api/v2/status.json": "application/json",

@@ -1,0 +1,46 @@
+"""Waiting helpers shared by the test suites.
+
+- ``until``: integration tests (real sockets, real time). Poll a condition every 20 ms,
+  bounded in real time; the bound only stops a broken test from hanging the run.
+- ``turns_until``: unit tests (FakeClock, no real time). Let the event loop run until a
+  condition holds, bounded in loop turns. Wait on the condition the test is about (a
+  listener was told, a task is parked on the FakeClock: ``clock.sleepers``,
+  ``clock.deadlines``), never on a count of ``sleep(0)`` turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+WAIT_S = 15.0
+POLL_S = 0.02
+MAX_TURNS = 10_000
+
+
+async def until(predicate: Callable[[], object], what: str = "the condition", timeout_s: float = WAIT_S) -> None:
+    """Wait (real time) until ``predicate()`` holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+async def turns_until(predicate: Callable[[], object], what: str = "the condition", turns: int = MAX_TURNS) -> None:
+    """Let the loop run (no time passes) until ``predicate()`` holds; fail after ``turns`` turns."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what} never came true")
+
+
+async def callbacks_ran() -> None:
+    """Wait until every callback already scheduled with ``call_soon`` has run (listener
+    deliveries, say): the loop runs them in order, so a marker scheduled now runs after them."""
+    loop = asyncio.get_running_loop()
+    marker: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(marker.set_result, None)
+    await marker
