@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from backend_core import status_view
 from backend_core.api import create_api
 from backend_core.config import load_settings
+from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
 from tests.helpers import WAIT_S, until
@@ -66,6 +67,16 @@ def live(runtime: Runtime) -> Callable[[], bool]:
     return check
 
 
+async def cut_the_upstream(runtime: Runtime) -> DerivSimulator:
+    """Once live, the embedded simulator refuses connections (60 s) and drops the link; returns it."""
+    await until(live(runtime))
+    sim = runtime.simulator
+    assert sim is not None
+    sim.refuse_connections(60)
+    await sim.drop_all()
+    return sim
+
+
 async def test_health_routes_tell_the_truth_while_live(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
     async with serve_runtime(asgi_server) as (runtime, client):
         await until(live(runtime))
@@ -106,11 +117,7 @@ async def test_upstream_outage_is_warn_and_the_service_stays_ready(
     asgi_server: Callable[..., Awaitable[ServedApp]],
 ) -> None:
     async with serve_runtime(asgi_server) as (runtime, client):
-        await until(live(runtime))
-        sim = runtime.simulator
-        assert sim is not None
-        sim.refuse_connections(60)
-        await sim.drop_all()
+        await cut_the_upstream(runtime)
         await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["status"] == "warn"
@@ -196,6 +203,15 @@ async def test_hostile_input_gets_a_specific_4xx_and_never_opens_a_breaker(
             assert (await client.get(path)).status_code == 200, path
 
 
+async def assert_admin_only(client: httpx.AsyncClient, method: str, url: str) -> None:
+    """Without the admin token, with a wrong one or in another scheme: 401 and a Bearer challenge."""
+    none = await client.request(method, url)
+    assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
+    for authorization in ("Bearer not-the-token-at-all", f"Basic {ADMIN}"):
+        wrong = await client.request(method, url, headers={"Authorization": authorization})
+        assert wrong.status_code == 401
+
+
 async def test_admin_reset_rules_and_audit(
     asgi_server: Callable[..., Awaitable[ServedApp]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -203,12 +219,7 @@ async def test_admin_reset_rules_and_audit(
     bearer = {"Authorization": f"Bearer {ADMIN}"}
     async with serve_runtime(asgi_server) as (runtime, client):
         url = "/health/circuit-breakers/websocket/reset"
-        none = await client.post(url)
-        assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
-        wrong = await client.post(url, headers={"Authorization": "Bearer not-the-token-at-all"})
-        assert wrong.status_code == 401
-        basic = await client.post(url, headers={"Authorization": f"Basic {ADMIN}"})
-        assert basic.status_code == 401
+        await assert_admin_only(client, "POST", url)
         unknown = await client.post("/health/circuit-breakers/nope/reset", headers=bearer)
         assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_breaker"
         forged = await client.post("/health/circuit-breakers/websocket%0Aforged audit line/reset", headers=bearer)
@@ -306,10 +317,7 @@ async def test_public_health_shows_relay_counts_and_only_the_admin_sees_clients(
             assert local_port not in (await client.get("/metrics")).text
 
             url = "/health/websocket/connections"
-            refused = await client.get(url)
-            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
-            wrong = await client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"})
-            assert wrong.status_code == 401
+            await assert_admin_only(client, "GET", url)
             detail = await client.get(url, headers={"Authorization": f"Bearer {ADMIN}"})
             assert detail.status_code == 200
             [entry] = detail.json()["connections"]
