@@ -247,14 +247,15 @@ async def test_admin_reset_rules_and_audit(
         assert all("forged" not in m and "\n" not in m and "\x1b" not in m for m in messages)
 
 
-async def test_admin_reset_is_refused_without_admin_token(
-    asgi_server: Callable[..., Awaitable[ServedApp]],
+@pytest.mark.parametrize(
+    ("method", "url"), [("POST", "/health/circuit-breakers/websocket/reset"), ("GET", "/health/websocket/connections")]
+)
+async def test_admin_routes_are_refused_without_admin_token(
+    asgi_server: Callable[..., Awaitable[ServedApp]], method: str, url: str
 ) -> None:
     async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
-        response = await client.post(
-            "/health/circuit-breakers/websocket/reset", headers={"Authorization": "Bearer anything-at-all-here"}
-        )
-        assert response.status_code == 403
+        response = await client.request(method, url, headers={"Authorization": "Bearer anything-at-all-here"})
+        assert response.status_code == 403 and response.json()["error"] == "admin_disabled"
         assert "ADMIN_TOKEN" in response.json()["message"]
 
 
@@ -322,16 +323,6 @@ async def test_public_health_shows_relay_counts_and_only_the_admin_sees_clients(
             assert detail.status_code == 200
             [entry] = detail.json()["connections"]
             assert entry["peer"].endswith(f":{local_port}")
-
-
-async def test_connection_detail_is_refused_without_admin_token(
-    asgi_server: Callable[..., Awaitable[ServedApp]],
-) -> None:
-    async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
-        response = await client.get(
-            "/health/websocket/connections", headers={"Authorization": "Bearer anything-at-all-here"}
-        )
-        assert response.status_code == 403 and response.json()["error"] == "admin_disabled"
 
 
 async def test_retry_on_a_stopped_service_is_503(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
