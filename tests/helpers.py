@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 WAIT_S = 15.0
 POLL_S = 0.02
@@ -44,3 +45,28 @@ async def callbacks_ran() -> None:
     marker: asyncio.Future[None] = loop.create_future()
     loop.call_soon(marker.set_result, None)
     await marker
+
+
+async def run_to_end(
+    command: Sequence[str], timeout_s: float, *, merge_stderr: bool = False, **options: Any
+) -> tuple[int, bytes, bytes]:
+    """Run ``command`` to its end within ``timeout_s``: (exit code, stdout, stderr).
+
+    With ``merge_stderr`` stderr goes into stdout (and b"" is returned for it). A command
+    that runs over, or a test that is cancelled, kills the process and reaps it.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+        **options,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr or b""
