@@ -51,11 +51,11 @@ async def call(breaker: CircuitBreaker, fn: Callable[..., Awaitable[Any]], *args
     permit = breaker.acquire()
     try:
         result = await fn(*args)
-    except Exception as exc:
-        breaker.record_failure(permit, exc)
-        raise
-    except BaseException:
-        breaker.release(permit)
+    except BaseException as exc:  # an error counts as a failure; a cancellation settles nothing
+        if isinstance(exc, Exception):
+            breaker.record_failure(permit, exc)
+        else:
+            breaker.release(permit)
         raise
     breaker.record_success(permit)
     return result
@@ -113,6 +113,13 @@ class Draws(random.Random):
 
     def random(self) -> float:
         return self.values.pop(0)
+
+
+def probe_after_opening(breaker: CircuitBreaker, clock: FakeClock, open_s: float) -> Permit:
+    """Open ``breaker`` with one failure, let its open period of ``open_s`` pass: the probe's permit."""
+    breaker.record_failure(breaker.acquire())
+    clock.advance(open_s)
+    return breaker.acquire()
 
 
 @pytest.fixture
@@ -313,9 +320,7 @@ async def test_concurrent_calls_when_the_open_period_ends_reach_the_function_at_
 
 def test_half_open_rejection_retry_after_is_bounded_by_the_recovery_timeout(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=4)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(10)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 10)
     clock.advance(1)
     with pytest.raises(CircuitOpenError) as rejected:
         breaker.acquire()
@@ -375,9 +380,7 @@ async def test_a_late_success_does_not_reset_the_count_of_a_newer_generation(clo
 def test_a_late_success_of_a_closed_call_cannot_close_a_later_half_open(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=1)
     old = breaker.acquire()
-    breaker.record_failure(breaker.acquire())
-    clock.advance(1)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 1)
     breaker.record_success(old)
     snapshot = breaker.snapshot()
     assert (snapshot.state, snapshot.in_flight_probes) == (BreakerState.HALF_OPEN, 1)
@@ -387,9 +390,7 @@ def test_a_late_success_of_a_closed_call_cannot_close_a_later_half_open(clock: F
 
 def test_a_late_success_of_a_reclaimed_probe_cannot_close_the_next_half_open(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=1, half_open_max_wait_s=2)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(1)
-    hung = breaker.acquire()
+    hung = probe_after_opening(breaker, clock, 1)
     clock.advance(2)
     with pytest.raises(CircuitOpenError):
         breaker.acquire()  # the hung probe is reclaimed: open again
@@ -579,9 +580,7 @@ async def test_a_slow_call_counts_as_a_failure_and_its_result_is_still_returned(
 
 def test_a_slow_probe_reopens(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=5, slow_call_threshold_s=1.0)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(5)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 5)
     clock.advance(3)
     breaker.record_success(probe)
     assert breaker.state is BreakerState.OPEN
@@ -627,9 +626,7 @@ def test_jitter_never_shortens_a_period_below_the_recovery_timeout(clock: FakeCl
 
 def test_a_hung_probe_grows_the_open_period_too(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=1, max_recovery_timeout_s=40)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(10)
-    breaker.acquire()  # a probe that never answers
+    probe_after_opening(breaker, clock, 10)  # a probe that never answers
     clock.advance(1)
     with pytest.raises(CircuitOpenError) as rejected:
         breaker.acquire()
