@@ -1,4 +1,4 @@
-"""Waiting helpers shared by the test suites.
+"""Helpers shared by the test suites (one copy of each).
 
 - ``until``: integration tests (real sockets, real time). Poll a condition every 20 ms,
   bounded in real time; the bound only stops a broken test from hanging the run.
@@ -6,6 +6,10 @@
   condition holds, bounded in loop turns. Wait on the condition the test is about (a
   listener was told, a task is parked on the FakeClock: ``clock.sleepers``,
   ``clock.deadlines``), never on a count of ``sleep(0)`` turns.
+- ``callbacks_ran``: wait until what is already scheduled with ``call_soon`` has run
+  (breaker listener deliveries), also before asserting that nothing was delivered.
+- ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
+- ``iso``: a wall time as the API writes it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from backend_core.clock import iso_utc
+
 WAIT_S = 15.0
 POLL_S = 0.02
 MAX_TURNS = 10_000
+
+
+def iso(wall: float) -> str:
+    """``wall`` as the API writes times (``iso_utc``), never None."""
+    text = iso_utc(wall)
+    assert text is not None
+    return text
 
 
 async def until(predicate: Callable[[], object], what: str = "the condition", timeout_s: float = WAIT_S) -> None:
