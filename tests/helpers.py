@@ -33,7 +33,7 @@ def iso(wall: float) -> str:
     return text
 
 
-async def until(predicate: Callable[[], object], what: str = "the condition", timeout_s: float = WAIT_S) -> None:
+async def until(predicate: Callable[[], object], timeout_s: float = WAIT_S, *, what: str = "the condition") -> None:
     """Wait (real time) until ``predicate()`` holds; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
