@@ -10,6 +10,7 @@ Without Chromium every e2e test skips, or fails when ``REQUIRE_E2E_TESTS=1`` (``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -57,11 +58,17 @@ def chromium() -> str:
     return CHROMIUM
 
 
+@contextlib.contextmanager
+def e2e_app(tmp_path_factory: pytest.TempPathFactory, db_url: str | None = None) -> Iterator[RunningApp]:
+    """The app with ``APP_ENV`` in a fresh folder; its history in SQLite there unless ``db_url``."""
+    tmp = tmp_path_factory.mktemp("e2e-app")
+    with running_app(tmp, {**APP_ENV, "DB_URL": db_url or f"sqlite:///{tmp / 'status.db'}"}) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    tmp = tmp_path_factory.mktemp("e2e-app")
-    env = {**APP_ENV, "DB_URL": f"sqlite:///{tmp / 'status.db'}"}
-    with running_app(tmp, env) as running:
+    with e2e_app(tmp_path_factory) as running:
         yield running
 
 
@@ -73,20 +80,14 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
+    with contextlib.closing(playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)) as browser:
         yield browser
-    finally:
-        browser.close()
 
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
-    try:
+    with contextlib.closing(browser.new_context(viewport=DESKTOP, color_scheme="light")) as context:
         yield context
-    finally:
-        context.close()
 
 
 @pytest.fixture

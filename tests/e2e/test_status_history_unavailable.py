@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.app_process import RunningApp, free_port, running_app
-from tests.e2e.conftest import APP_ENV
+from tests.app_process import RunningApp, free_port
+from tests.e2e.conftest import e2e_app
 from tests.e2e.test_status_page import HISTORY_S, LOAD_S, ms, open_status_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -22,9 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
-    tmp = tmp_path_factory.mktemp("e2e-app-no-db")
-    env = {**APP_ENV, "DB_URL": f"postgresql+psycopg://status:status@127.0.0.1:{free_port()}/status"}
-    with running_app(tmp, env) as running:
+    with e2e_app(tmp_path_factory, f"postgresql+psycopg://status:status@127.0.0.1:{free_port()}/status") as running:
         yield running
 
 

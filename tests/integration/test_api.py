@@ -12,7 +12,6 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import httpx
 import pytest
@@ -22,13 +21,14 @@ from websockets.asyncio.client import connect
 from backend_core import status_view
 from backend_core.api import create_api
 from backend_core.config import load_settings
+from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
+from tests.helpers import WAIT_S, until
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
 
 ADMIN = "admin-token-0123456789"
-WAIT_S = 15.0
 
 
 @contextlib.asynccontextmanager
@@ -55,13 +55,6 @@ async def serve_runtime(
                 yield runtime, client
 
 
-async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
-    """Wait until ``predicate()`` holds, checking every 20 ms; bounded by ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the runtime offers no event for arbitrary predicates
-            await asyncio.sleep(0.02)
-
-
 def live(runtime: Runtime) -> Callable[[], bool]:
     def check() -> bool:
         snap = runtime.upstream_snapshot()
@@ -72,6 +65,16 @@ def live(runtime: Runtime) -> Callable[[], bool]:
         )
 
     return check
+
+
+async def cut_the_upstream(runtime: Runtime) -> DerivSimulator:
+    """Once live, the embedded simulator refuses connections (60 s) and drops the link; returns it."""
+    await until(live(runtime))
+    sim = runtime.simulator
+    assert sim is not None
+    sim.refuse_connections(60)
+    await sim.drop_all()
+    return sim
 
 
 async def test_health_routes_tell_the_truth_while_live(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
@@ -114,11 +117,7 @@ async def test_upstream_outage_is_warn_and_the_service_stays_ready(
     asgi_server: Callable[..., Awaitable[ServedApp]],
 ) -> None:
     async with serve_runtime(asgi_server) as (runtime, client):
-        await until(live(runtime))
-        sim = runtime.simulator
-        assert sim is not None
-        sim.refuse_connections(60)
-        await sim.drop_all()
+        await cut_the_upstream(runtime)
         await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
         health = await client.get("/health")
         assert health.status_code == 200 and health.json()["status"] == "warn"
@@ -204,6 +203,15 @@ async def test_hostile_input_gets_a_specific_4xx_and_never_opens_a_breaker(
             assert (await client.get(path)).status_code == 200, path
 
 
+async def assert_admin_only(client: httpx.AsyncClient, method: str, url: str) -> None:
+    """Without the admin token, with a wrong one or in another scheme: 401 and a Bearer challenge."""
+    none = await client.request(method, url)
+    assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
+    for authorization in ("Bearer not-the-token-at-all", f"Basic {ADMIN}"):
+        wrong = await client.request(method, url, headers={"Authorization": authorization})
+        assert wrong.status_code == 401
+
+
 async def test_admin_reset_rules_and_audit(
     asgi_server: Callable[..., Awaitable[ServedApp]], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -211,12 +219,7 @@ async def test_admin_reset_rules_and_audit(
     bearer = {"Authorization": f"Bearer {ADMIN}"}
     async with serve_runtime(asgi_server) as (runtime, client):
         url = "/health/circuit-breakers/websocket/reset"
-        none = await client.post(url)
-        assert none.status_code == 401 and none.headers["www-authenticate"].startswith("Bearer")
-        wrong = await client.post(url, headers={"Authorization": "Bearer not-the-token-at-all"})
-        assert wrong.status_code == 401
-        basic = await client.post(url, headers={"Authorization": f"Basic {ADMIN}"})
-        assert basic.status_code == 401
+        await assert_admin_only(client, "POST", url)
         unknown = await client.post("/health/circuit-breakers/nope/reset", headers=bearer)
         assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_breaker"
         forged = await client.post("/health/circuit-breakers/websocket%0Aforged audit line/reset", headers=bearer)
@@ -244,14 +247,15 @@ async def test_admin_reset_rules_and_audit(
         assert all("forged" not in m and "\n" not in m and "\x1b" not in m for m in messages)
 
 
-async def test_admin_reset_is_refused_without_admin_token(
-    asgi_server: Callable[..., Awaitable[ServedApp]],
+@pytest.mark.parametrize(
+    ("method", "url"), [("POST", "/health/circuit-breakers/websocket/reset"), ("GET", "/health/websocket/connections")]
+)
+async def test_admin_routes_are_refused_without_admin_token(
+    asgi_server: Callable[..., Awaitable[ServedApp]], method: str, url: str
 ) -> None:
     async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
-        response = await client.post(
-            "/health/circuit-breakers/websocket/reset", headers={"Authorization": "Bearer anything-at-all-here"}
-        )
-        assert response.status_code == 403
+        response = await client.request(method, url, headers={"Authorization": "Bearer anything-at-all-here"})
+        assert response.status_code == 403 and response.json()["error"] == "admin_disabled"
         assert "ADMIN_TOKEN" in response.json()["message"]
 
 
@@ -314,24 +318,11 @@ async def test_public_health_shows_relay_counts_and_only_the_admin_sees_clients(
             assert local_port not in (await client.get("/metrics")).text
 
             url = "/health/websocket/connections"
-            refused = await client.get(url)
-            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
-            wrong = await client.get(url, headers={"Authorization": "Bearer wrong-token-wrong-token"})
-            assert wrong.status_code == 401
+            await assert_admin_only(client, "GET", url)
             detail = await client.get(url, headers={"Authorization": f"Bearer {ADMIN}"})
             assert detail.status_code == 200
             [entry] = detail.json()["connections"]
             assert entry["peer"].endswith(f":{local_port}")
-
-
-async def test_connection_detail_is_refused_without_admin_token(
-    asgi_server: Callable[..., Awaitable[ServedApp]],
-) -> None:
-    async with serve_runtime(asgi_server, ADMIN_TOKEN="") as (runtime, client):
-        response = await client.get(
-            "/health/websocket/connections", headers={"Authorization": "Bearer anything-at-all-here"}
-        )
-        assert response.status_code == 403 and response.json()["error"] == "admin_disabled"
 
 
 async def test_retry_on_a_stopped_service_is_503(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:

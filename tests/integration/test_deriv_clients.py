@@ -11,7 +11,6 @@ skip, unless ``REQUIRE_DERIV_CLIENTS`` is set (``make test`` sets it), where the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from backend_core.deriv.sim.server import DerivSimulator
+from tests.helpers import run_to_end
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "tests" / "clients"
@@ -48,21 +48,8 @@ async def sim() -> AsyncIterator[DerivSimulator]:
 
 async def run_exchange(command: list[str], env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """Run one client script to its end; its report lines keyed by step."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=CLIENTS,
-        env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(RUN_S):
-            stdout, stderr = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, stderr.decode(errors="replace")[-3000:]
+    code, stdout, stderr = await run_to_end(command, RUN_S, cwd=CLIENTS, env={**os.environ, **(env or {})})
+    assert code == 0, stderr.decode(errors="replace")[-3000:]
     steps = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
     return {step.pop("step"): step for step in steps}
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from tests.helpers import WAIT_S, until
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
-from tests.integration.test_api import WAIT_S, live, serve_runtime, until
+from tests.integration.test_api import live, serve_runtime
 
 
 def events(receiver: Receiver) -> list[str]:

@@ -16,11 +16,13 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import live, serve_runtime, until
+from tests.integration.test_api import live, serve_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "deriv-status.rules.yml"
@@ -152,13 +154,18 @@ def test_the_names_in_a_query_are_found() -> None:
     assert metric_names("deriv_status:a / deriv_status_b > 0.9") == {"deriv_status:a", "deriv_status_b"}
 
 
+async def scrape_live_runtime(asgi_server: Callable[..., Awaitable[ServedApp]], *accepts: str) -> list[httpx.Response]:
+    """``/metrics`` of a live runtime, once per Accept header given ("" sends none)."""
+    async with serve_runtime(asgi_server) as (runtime, client):
+        await until(live(runtime))
+        return [await client.get("/metrics", headers={"accept": accept} if accept else {}) for accept in accepts]
+
+
 async def test_every_metric_in_rules_and_dashboard_is_exported(
     asgi_server: Callable[..., Awaitable[ServedApp]],
 ) -> None:
-    async with serve_runtime(asgi_server) as (runtime, client):
-        await until(live(runtime))
-        response = await client.get("/metrics")
-        assert response.status_code == 200
+    [response] = await scrape_live_runtime(asgi_server, "")
+    assert response.status_code == 200
     exported: set[str] = set()
     for line in response.text.splitlines():
         if line.startswith("# TYPE "):
@@ -187,12 +194,9 @@ async def test_metrics_speak_openmetrics_when_asked_and_prometheus_text_otherwis
 ) -> None:
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    async with serve_runtime(asgi_server) as (runtime, client):
-        await until(live(runtime))
-        plain = await client.get("/metrics")
-        open_metrics = await client.get(
-            "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
-        )
+    plain, open_metrics = await scrape_live_runtime(
+        asgi_server, "", "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
     assert open_metrics.text.endswith("# EOF\n")

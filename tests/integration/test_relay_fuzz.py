@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.helpers import until
 from tests.integration.conftest import ServedApp, start_asgi_server
-from tests.integration.test_api import live, serve_runtime, until
+from tests.integration.test_api import live, serve_runtime
 
 SYMBOLS = ("1HZ100V", "R_50")
 # docs/websocket-api.md: "a frame may be at most 4096 bytes" (close 1009 past it).

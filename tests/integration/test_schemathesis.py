@@ -8,14 +8,14 @@ or content type, or answer that does not fit its documented schema fails the tes
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tests.helpers import run_to_end, until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import ADMIN, live, serve_runtime, until
+from tests.integration.test_api import ADMIN, live, serve_runtime
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 MAX_EXAMPLES = 25
@@ -58,23 +58,16 @@ async def test_schemathesis_finds_no_failure_on_any_route(
     env = {"API_RATE_LIMIT_PER_S": "100000", "API_RATE_LIMIT_BURST": "100000"}
     async with serve_runtime(asgi_server, **env) as (runtime, client):
         await until(live(runtime))
-        process = await asyncio.create_subprocess_exec(
-            *schemathesis_command(str(client.base_url).rstrip("/")),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        code, output, _ = await run_to_end(
+            schemathesis_command(str(client.base_url).rstrip("/")),
+            WAIT_S,
+            merge_stderr=True,
             cwd=tmp_path,
             env={**os.environ, "NO_COLOR": "1"},
         )
-        try:
-            async with asyncio.timeout(WAIT_S):
-                output, _ = await process.communicate()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
         text = output.decode(errors="replace")
         print(text)  # the summary, for whoever reads the test log
-        assert process.returncode == 0, text[-6000:]
+        assert code == 0, text[-6000:]
         # Afterwards every route still answers.
         for path in ("/health", "/api/v1/status", "/api/v1/ticks/latest", "/api/v1/ticks/R_50", "/api/v1/history"):
             assert (await client.get(path)).status_code == 200, path

@@ -23,9 +23,10 @@ from backend_core import status_view
 from backend_core.config import load_settings
 from backend_core.errors import ConfigError
 from backend_core.logs import JsonFormatter
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
-from tests.integration.test_api import HOSTILE, live, serve_runtime, until
+from tests.integration.test_api import HOSTILE, cut_the_upstream, live, serve_runtime
 
 ADMIN_SECRET = "adminSECRET-7f3a9c1e77d2"
 DERIV_SECRET = "derivSECRET-9z8y7x6w"
@@ -104,12 +105,8 @@ async def drive(asgi_server: Callable[..., Awaitable[ServedApp]]) -> tuple[list[
     found: list[str] = []
     with captured_logs() as capture:
         async with serve_runtime(asgi_server, **env) as (runtime, client):
-            await until(live(runtime))
-            sim = runtime.simulator
-            assert sim is not None
             # Faults: the upstream refuses and drops; the database is down throughout.
-            sim.refuse_connections(60)
-            await sim.drop_all()
+            sim = await cut_the_upstream(runtime)
             await until(lambda: status_view.upstream_status(runtime)["state"] == "circuit_open")
             await until(lambda: len(receiver.attempts) >= 2)  # the first alerts fail: error messages
             # Bad input and wrong credentials.

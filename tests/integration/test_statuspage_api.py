@@ -16,8 +16,9 @@ from typing import Any
 import feedparser
 import httpx
 
+from tests.helpers import WAIT_S, until
 from tests.integration.conftest import ServedApp
-from tests.integration.test_api import WAIT_S, live, serve_runtime, until
+from tests.integration.test_api import cut_the_upstream, live, serve_runtime
 
 ROUTES = {
     "/api/v2/status.json": "application/json",
@@ -97,11 +98,7 @@ async def test_every_route_answers_with_its_content_type_while_live(
 
 async def test_an_outage_shows_everywhere_and_resolves(asgi_server: Callable[..., Awaitable[ServedApp]]) -> None:
     async with serve_runtime(asgi_server) as (runtime, client):
-        await until(live(runtime))
-        sim = runtime.simulator
-        assert sim is not None
-        sim.refuse_connections(60)
-        await sim.drop_all()
+        sim = await cut_the_upstream(runtime)
 
         summary = await _eventually(
             client, "/api/v2/summary.json", lambda s: s["status"]["indicator"] in {"major", "critical"}
@@ -176,11 +173,7 @@ async def test_without_the_database_the_documents_still_answer(
 ) -> None:
     # A directory that cannot exist: the history can never open its database.
     async with serve_runtime(asgi_server, DB_URL="sqlite:////proc/deriv-status-none/status.db") as (runtime, client):
-        await until(live(runtime))
-        sim = runtime.simulator
-        assert sim is not None
-        sim.refuse_connections(60)
-        await sim.drop_all()
+        await cut_the_upstream(runtime)
         components = await _eventually(client, "/api/v2/components.json", lambda d: _feed_status(d) == "major_outage")
         assert {c["id"]: c["status"] for c in components["components"]}["history-database"] == "major_outage"
         # The ongoing incident is known in memory: every list shows it, nothing answers 5xx.

@@ -31,6 +31,7 @@ from backend_core.breakers.store import BreakerRecord, InMemoryBreakerStore
 from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.errors import CircuitOpenError
+from tests.helpers import callbacks_ran, turns_until
 
 
 class Boom(Exception):
@@ -50,11 +51,11 @@ async def call(breaker: CircuitBreaker, fn: Callable[..., Awaitable[Any]], *args
     permit = breaker.acquire()
     try:
         result = await fn(*args)
-    except Exception as exc:
-        breaker.record_failure(permit, exc)
-        raise
-    except BaseException:
-        breaker.release(permit)
+    except BaseException as exc:  # an error counts as a failure; a cancellation settles nothing
+        if isinstance(exc, Exception):
+            breaker.record_failure(permit, exc)
+        else:
+            breaker.release(permit)
         raise
     breaker.record_success(permit)
     return result
@@ -114,10 +115,11 @@ class Draws(random.Random):
         return self.values.pop(0)
 
 
-async def settle() -> None:
-    """Let every ready task and call_soon callback run (no time passes)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+def probe_after_opening(breaker: CircuitBreaker, clock: FakeClock, open_s: float) -> Permit:
+    """Open ``breaker`` with one failure, let its open period of ``open_s`` pass: the probe's permit."""
+    breaker.record_failure(breaker.acquire())
+    clock.advance(open_s)
+    return breaker.acquire()
 
 
 @pytest.fixture
@@ -183,7 +185,7 @@ async def test_opens_after_threshold_consecutive_failures(clock: FakeClock) -> N
     assert breaker.state is BreakerState.CLOSED
     await fail_times(breaker, 1)
     assert breaker.state is BreakerState.OPEN
-    await settle()
+    await callbacks_ran()
     assert reasons(seen) == [("closed", "open", "failure_threshold")]
     called = 0
 
@@ -215,7 +217,7 @@ async def test_probe_after_recovery_timeout_closes_on_success(clock: FakeClock) 
     clock.advance(0.001)
     assert await call(breaker, ok, "probe") == "probe"
     assert breaker.state is BreakerState.CLOSED
-    await settle()
+    await callbacks_ran()
     assert reasons(seen) == [
         ("closed", "open", "failure_threshold"),
         ("open", "half_open", "recovery_timeout"),
@@ -236,7 +238,7 @@ async def test_failed_probe_reopens_for_a_new_period(clock: FakeClock) -> None:
     assert rejected.value.retry_after_s == pytest.approx(1.0)
     clock.advance(1)
     assert breaker.state is BreakerState.HALF_OPEN
-    await settle()
+    await callbacks_ran()
     assert [t.reason for t in seen] == ["failure_threshold", "recovery_timeout", "probe_failed", "recovery_timeout"]
 
 
@@ -305,7 +307,7 @@ async def test_concurrent_calls_when_the_open_period_ends_reach_the_function_at_
     clock.advance(10)
     gate = Gate()
     tasks = [asyncio.create_task(call(breaker, gate)) for _ in range(20)]
-    await settle()
+    await turns_until(lambda: gate.entered + sum(t.done() for t in tasks) == 20, "every call admitted or rejected")
     assert gate.entered == probes
     rejected = [t for t in tasks if t.done() and isinstance(t.exception(), CircuitOpenError)]
     assert len(rejected) == 20 - probes
@@ -318,9 +320,7 @@ async def test_concurrent_calls_when_the_open_period_ends_reach_the_function_at_
 
 def test_half_open_rejection_retry_after_is_bounded_by_the_recovery_timeout(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=4)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(10)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 10)
     clock.advance(1)
     with pytest.raises(CircuitOpenError) as rejected:
         breaker.acquire()
@@ -334,7 +334,7 @@ async def test_a_late_success_after_a_failed_probe_leaves_it_open(clock: FakeClo
     clock.advance(10)
     slow_probe = Gate()
     slow = asyncio.create_task(call(breaker, slow_probe))
-    await settle()
+    await turns_until(lambda: slow_probe.entered == 1, "the slow probe running")
     await fail_times(breaker, 1)  # the second probe fails: open again
     assert breaker.state is BreakerState.OPEN
     slow_probe.succeed()
@@ -349,7 +349,7 @@ async def test_a_late_failure_of_a_call_started_before_the_last_transition_is_ig
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=10)
     old = Gate()
     in_flight = asyncio.create_task(call(breaker, old))
-    await settle()
+    await turns_until(lambda: old.entered == 1, "the old call running")
     await fail_times(breaker, 1)
     clock.advance(10)
     await call(breaker, ok)  # probe: closed again, a new generation
@@ -367,7 +367,7 @@ async def test_a_late_success_does_not_reset_the_count_of_a_newer_generation(clo
     breaker = make(clock, failure_threshold=2)
     old = Gate()
     in_flight = asyncio.create_task(call(breaker, old))
-    await settle()
+    await turns_until(lambda: old.entered == 1, "the old call running")
     breaker.reset()
     await fail_times(breaker, 1)
     old.succeed()
@@ -380,9 +380,7 @@ async def test_a_late_success_does_not_reset_the_count_of_a_newer_generation(clo
 def test_a_late_success_of_a_closed_call_cannot_close_a_later_half_open(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=1)
     old = breaker.acquire()
-    breaker.record_failure(breaker.acquire())
-    clock.advance(1)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 1)
     breaker.record_success(old)
     snapshot = breaker.snapshot()
     assert (snapshot.state, snapshot.in_flight_probes) == (BreakerState.HALF_OPEN, 1)
@@ -392,9 +390,7 @@ def test_a_late_success_of_a_closed_call_cannot_close_a_later_half_open(clock: F
 
 def test_a_late_success_of_a_reclaimed_probe_cannot_close_the_next_half_open(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=1, half_open_max_wait_s=2)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(1)
-    hung = breaker.acquire()
+    hung = probe_after_opening(breaker, clock, 1)
     clock.advance(2)
     with pytest.raises(CircuitOpenError):
         breaker.acquire()  # the hung probe is reclaimed: open again
@@ -415,7 +411,7 @@ async def test_cancellations_are_neither_success_nor_failure(clock: FakeClock) -
     for _ in range(10):
         gate = Gate()
         task = asyncio.create_task(call(breaker, gate))
-        await settle()
+        await turns_until(lambda gate=gate: gate.entered == 1, "the call running")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -431,7 +427,7 @@ async def test_a_cancelled_probe_gives_its_slot_back(clock: FakeClock) -> None:
     clock.advance(10)
     gate = Gate()
     task = asyncio.create_task(call(breaker, gate))
-    await settle()
+    await turns_until(lambda: gate.entered == 1, "the probe running")
     assert breaker.snapshot().in_flight_probes == 1
     with pytest.raises(CircuitOpenError):
         await call(breaker, ok)
@@ -455,7 +451,7 @@ async def test_a_hung_probe_is_reclaimed_after_the_maximum_half_open_wait(clock:
     clock.advance(10)
     hung = Gate()
     hung_task = asyncio.create_task(call(breaker, hung))
-    await settle()
+    await turns_until(lambda: hung.entered == 1, "the probe running")
     clock.advance(4.9)
     with pytest.raises(CircuitOpenError):
         await call(breaker, ok)
@@ -472,7 +468,7 @@ async def test_a_hung_probe_is_reclaimed_after_the_maximum_half_open_wait(clock:
     with pytest.raises(Boom):
         await hung_task
     assert breaker.state is BreakerState.CLOSED
-    await settle()
+    await callbacks_ran()
     assert [t.reason for t in seen] == [
         "failure_threshold",
         "recovery_timeout",
@@ -507,7 +503,7 @@ async def test_count_window_waits_for_minimum_calls_then_opens_on_the_rate(clock
     assert (snapshot.calls_in_window, snapshot.failure_rate) == (3, pytest.approx(2 / 3))
     await call(breaker, ok)  # 4 calls, 2 failed: 50% reached on a success
     assert breaker.state is BreakerState.OPEN
-    await settle()
+    await callbacks_ran()
     assert [t.reason for t in seen] == ["failure_rate"]
 
 
@@ -584,9 +580,7 @@ async def test_a_slow_call_counts_as_a_failure_and_its_result_is_still_returned(
 
 def test_a_slow_probe_reopens(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=5, slow_call_threshold_s=1.0)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(5)
-    probe = breaker.acquire()
+    probe = probe_after_opening(breaker, clock, 5)
     clock.advance(3)
     breaker.record_success(probe)
     assert breaker.state is BreakerState.OPEN
@@ -632,9 +626,7 @@ def test_jitter_never_shortens_a_period_below_the_recovery_timeout(clock: FakeCl
 
 def test_a_hung_probe_grows_the_open_period_too(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=1, max_recovery_timeout_s=40)
-    breaker.record_failure(breaker.acquire())
-    clock.advance(10)
-    breaker.acquire()  # a probe that never answers
+    probe_after_opening(breaker, clock, 10)  # a probe that never answers
     clock.advance(1)
     with pytest.raises(CircuitOpenError) as rejected:
         breaker.acquire()
@@ -657,7 +649,7 @@ async def test_a_disabled_breaker_passes_everything_and_reports_disabled(clock: 
     assert snapshot.state is BreakerState.DISABLED
     assert snapshot.to_dict()["state"] == "disabled"
     assert (snapshot.failures_total, snapshot.successes_total, snapshot.transition_count) == (0, 0, 0)
-    await settle()
+    await callbacks_ran()
     assert seen == []
 
 
@@ -755,11 +747,11 @@ async def test_listeners_run_after_the_call_via_call_soon(clock: FakeClock) -> N
     breaker.add_listener(seen.append)  # added once only
     await fail_times(breaker, 1)
     assert seen == []  # not on the call path
-    await settle()
+    await callbacks_ran()
     assert len(seen) == 1
     breaker.remove_listener(seen.append)
     breaker.reset()
-    await settle()
+    await callbacks_ran()
     assert len(seen) == 1
 
 
@@ -769,7 +761,7 @@ async def test_a_transition_carries_name_states_reason_and_both_clocks() -> None
     seen = record_transitions(breaker)
     clock.advance(2.5)
     await fail_times(breaker, 1)
-    await settle()
+    await callbacks_ran()
     assert seen == [
         Transition(
             name="websocket",
@@ -789,10 +781,10 @@ async def test_a_closed_registry_delivers_nothing_not_even_what_was_already_sche
     websocket = registry.websocket
     websocket.record_failure(websocket.acquire())  # scheduled with call_soon
     registry.close()
-    await settle()
+    await callbacks_ran()
     assert seen == []
     websocket.reset()  # the breaker still works, nobody hears it
-    await settle()
+    await callbacks_ran()
     assert seen == [] and websocket.state is BreakerState.CLOSED
 
 

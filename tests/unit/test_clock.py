@@ -7,21 +7,16 @@ import asyncio
 import pytest
 
 from backend_core.clock import FakeClock, sleep_unless
-
-
-async def settle() -> None:
-    """Let every ready task run (the waiters start one loop turn after the call)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+from tests.helpers import turns_until
 
 
 async def test_sleep_unless_ends_at_the_deadline_when_the_event_stays_clear() -> None:
     clock = FakeClock()
     event = asyncio.Event()
     task = asyncio.create_task(sleep_unless(clock, 10.0, event))
-    await settle()
+    await turns_until(lambda: clock.sleepers == 1, "the sleep waiting on the fake clock")
     clock.advance(9.9)
-    await settle()
+    assert clock.sleepers == 1  # not woken: the deadline is still ahead
     assert not task.done()
     clock.advance(0.1)
     assert await task is False
@@ -32,7 +27,7 @@ async def test_sleep_unless_ends_early_when_the_event_is_set_and_leaves_nothing_
     event = asyncio.Event()
     before = len(asyncio.all_tasks())
     task = asyncio.create_task(sleep_unless(clock, 60.0, event))
-    await settle()
+    await turns_until(lambda: clock.sleepers == 1, "the sleep waiting on the fake clock")
     event.set()
     assert await task is True
     assert len(asyncio.all_tasks()) == before  # both waiters were cancelled and awaited
@@ -52,10 +47,9 @@ async def test_fake_timeout_expires_only_when_fake_time_passes_its_deadline() ->
         return "finished"
 
     task = asyncio.create_task(guarded())
-    await settle()
-    assert clock.deadlines == 1
+    await turns_until(lambda: clock.deadlines == 1, "the timeout block waiting on the fake clock")
     clock.advance(4.9)
-    await settle()
+    assert clock.deadlines == 1  # not expired: the deadline is still ahead
     assert not task.done()
     clock.advance(0.1)
     assert await task == "timed out"

@@ -29,21 +29,13 @@ from backend_core.deriv.link import LinkProtocol
 from backend_core.deriv.manager import DerivManager
 from backend_core.errors import RequestTimeout
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
+from tests.helpers import turns_until
 
 SYMBOLS = ("R_50", "1HZ100V")
 PING_S = 30.0
 DEADLINE_S = 10.0
 URL = "wss://ws.derivws.com/websockets/v3"
 Frame = dict[str, Any]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Let the loop run until ``predicate`` holds (bounded in loop turns, not in time)."""
-    for _ in range(10_000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never came true")
 
 
 class FakeConnection:
@@ -224,7 +216,7 @@ async def running(
 
 
 async def streaming(harness: Harness) -> None:
-    await until(harness.streaming)
+    await turns_until(harness.streaming)
 
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -247,7 +239,7 @@ async def test_the_connect_timeout_runs_on_the_clock_and_names_the_host() -> Non
         await streaming(h)
         h.server.hang = True
         h.server.live.abort()
-        await until(lambda: h.manager.snapshot().state == LinkState.RECONNECTING)
+        await turns_until(lambda: h.manager.snapshot().state == LinkState.RECONNECTING)
         await h.advance(DEADLINE_S + 1)
         error = h.manager.snapshot().last_error
         assert error is not None and error.code == "ConnectTimeout" and "ws.derivws.com:443" in error.message
@@ -259,7 +251,7 @@ async def test_a_request_deadline_runs_on_the_clock() -> None:
     async with running() as h:
         await streaming(h)
         request = asyncio.ensure_future(h.manager.request(protocol.time(9001), timeout=5.0))
-        await until(lambda: bool(h.server.sent("time")))
+        await turns_until(lambda: bool(h.server.sent("time")))
         await h.advance(5.0)
         with pytest.raises(RequestTimeout):
             await request
@@ -310,7 +302,7 @@ async def test_one_symbols_request_timeout_leaves_the_link_and_the_other_symbol_
             return [h.server.tick(request["ticks"], request["req_id"])]
 
         h.server.overrides["ticks"] = ticks
-        await until(lambda: h.connected() and len(h.recorder.ticks) == 1)
+        await turns_until(lambda: h.connected() and len(h.recorder.ticks) == 1)
         await h.advance(16.0)  # the request deadline, then the backoff (at most 0.5 s here)
         assert h.streaming() and len(h.server.connections) == 1
         timed_out = [s for s in h.recorder.statuses if {x.symbol: x.failed_code for x in s.symbols}["R_50"]]
@@ -373,7 +365,7 @@ async def test_a_failing_session_task_ends_the_session_logs_once_names_the_cause
 async def test_a_bug_in_the_hub_ends_the_session_not_the_manager(caplog: pytest.LogCaptureFixture) -> None:
     async with running() as h:
         h.recorder.fail_ticks = 1
-        await until(lambda: bool(h.recorder.causes()))
+        await turns_until(lambda: bool(h.recorder.causes()))
         assert h.recorder.causes() == ["InternalError"]
         await h.reconnected()
         [record] = tracebacks(caplog)
@@ -395,7 +387,7 @@ async def test_error_codes_from_outside_are_counted_in_a_bounded_map() -> None:
         await streaming(h)
         for n in range(80):
             h.server.live.push({"msg_type": "tick", "error": {"code": f"Code{n}", "message": "x"}})
-        await until(lambda: sum(h.manager.stats()["errors_by_code"].values()) >= 80)
+        await turns_until(lambda: sum(h.manager.stats()["errors_by_code"].values()) >= 80)
         counts = h.manager.stats()["errors_by_code"]
         assert len(counts) == 50 and counts["other"] == 80 - 49
         assert len(h.server.connections) == 1
@@ -407,11 +399,11 @@ async def test_a_retry_on_a_live_link_asks_again_for_a_waiting_symbol() -> None:
         h.server.overrides["ticks"] = lambda r: (
             [{**closed, "req_id": r["req_id"]}] if r["ticks"] == "R_50" else [h.server.tick(r["ticks"], r["req_id"])]
         )
-        await until(lambda: h.connected() and h.manager.stats()["errors_by_code"].get("MarketIsClosed") == 1)
+        await turns_until(lambda: h.connected() and h.manager.stats()["errors_by_code"].get("MarketIsClosed") == 1)
         del h.server.overrides["ticks"]
         outcome = h.manager.retry_now()
         assert outcome.status == "already_connected" and "R_50" in outcome.message
-        await until(h.streaming)
+        await turns_until(h.streaming)
         assert h.manager.retry_now().message == "The market feed is already connected."
 
 

@@ -9,6 +9,7 @@ from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.health import HealthReport
 from backend_core.runtime import Runtime
+from tests.helpers import turns_until
 
 
 def make_runtime(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
@@ -67,7 +68,7 @@ async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share
     # Open the breaker: a breaker transition signals a status change.
     for _ in range(runtime.breakers.websocket.config.failure_threshold):
         runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
-    await settle(runtime, 0)
+    await status_changed(runtime, 0)
     reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
     assert len(runs) == 2  # one run for the change, however many pages saw it
     assert all(r is reports[0] for r in reports) and reports[0] is not before
@@ -75,13 +76,9 @@ async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share
     assert await runtime.health_report(max_age_s=1.0) is reports[0]  # no change since: reused
 
 
-async def settle(runtime: Runtime, version: int) -> None:
-    """Breaker listeners are told on the loop's next turns: wait (a few turns) for the change."""
-    for _ in range(10):
-        if runtime.status_version != version:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the breaker transition signalled no status change")
+async def status_changed(runtime: Runtime, version: int) -> None:
+    """Breaker listeners are told on the loop's next turns: wait for the status version to move."""
+    await turns_until(lambda: runtime.status_version != version, "a status change from the breaker transition")
 
 
 def breaker_state(report: HealthReport) -> object:
@@ -101,14 +98,10 @@ async def test_a_run_in_flight_from_before_a_change_is_not_handed_to_later_pages
 
     runtime.health.run = first_run_is_slow  # type: ignore[method-assign]
     early = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
-    for _ in range(50):
-        if read:
-            break
-        await asyncio.sleep(0)
-    assert read, "the first run did not read the breakers"
+    await turns_until(lambda: read, "the first run reading the breakers")
     for _ in range(runtime.breakers.websocket.config.failure_threshold):
         runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
-    await settle(runtime, 0)
+    await status_changed(runtime, 0)
     late = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
     await asyncio.sleep(0)
     assert not late.done()  # it does not take the run from before the change

@@ -26,16 +26,9 @@ from rxapp.ui_logic import (
     tick_rows,
     tips_for,
 )
+from tests.helpers import iso
 
-NOW = 1_800_000_000.0
-
-
-def iso(wall: float) -> str:
-    from backend_core.clock import iso_utc
-
-    text = iso_utc(wall)
-    assert text is not None
-    return text
+NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 
 
 def upstream(state: str = "connected", **changes: Any) -> dict[str, Any]:

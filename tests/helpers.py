@@ -1,0 +1,85 @@
+"""Helpers shared by the test suites (one copy of each).
+
+- ``until``: integration tests (real sockets, real time). Poll a condition every 20 ms,
+  bounded in real time; the bound only stops a broken test from hanging the run.
+- ``turns_until``: unit tests (FakeClock, no real time). Let the event loop run until a
+  condition holds, bounded in loop turns. Wait on the condition the test is about (a
+  listener was told, a task is parked on the FakeClock: ``clock.sleepers``,
+  ``clock.deadlines``), never on a count of ``sleep(0)`` turns.
+- ``callbacks_ran``: wait until what is already scheduled with ``call_soon`` has run
+  (breaker listener deliveries), also before asserting that nothing was delivered.
+- ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
+- ``iso``: a wall time as the API writes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from backend_core.clock import iso_utc
+
+WAIT_S = 15.0
+POLL_S = 0.02
+MAX_TURNS = 10_000
+
+
+def iso(wall: float) -> str:
+    """``wall`` as the API writes times (``iso_utc``), never None."""
+    text = iso_utc(wall)
+    assert text is not None
+    return text
+
+
+async def until(predicate: Callable[[], object], timeout_s: float = WAIT_S, *, what: str = "the condition") -> None:
+    """Wait (real time) until ``predicate()`` holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+async def turns_until(predicate: Callable[[], object], what: str = "the condition", turns: int = MAX_TURNS) -> None:
+    """Let the loop run (no time passes) until ``predicate()`` holds; fail after ``turns`` turns."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{what} never came true")
+
+
+async def callbacks_ran() -> None:
+    """Wait until every callback already scheduled with ``call_soon`` has run (listener
+    deliveries, say): the loop runs them in order, so a marker scheduled now runs after them."""
+    loop = asyncio.get_running_loop()
+    marker: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(marker.set_result, None)
+    await marker
+
+
+async def run_to_end(
+    command: Sequence[str], timeout_s: float, *, merge_stderr: bool = False, **options: Any
+) -> tuple[int, bytes, bytes]:
+    """Run ``command`` to its end within ``timeout_s``: (exit code, stdout, stderr).
+
+    With ``merge_stderr`` stderr goes into stdout (and b"" is returned for it). A command
+    that runs over, or a test that is cancelled, kills the process and reaps it.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+        **options,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, stdout, stderr or b""
