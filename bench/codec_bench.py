@@ -1,4 +1,4 @@
-"""Tick frames decoded per second: ``protocol.parse`` against bare ``json.loads`` (the floor).
+"""Tick frames decoded per second: ``messages.parse`` against bare ``json.loads`` (the floor).
 
 ``parse`` must do at least one ``json.loads`` per frame, so the floor is the physical
 baseline: the ratio says how much of the budget the typing, validation and message
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend_core.deriv import protocol
+from backend_core.deriv import messages
 from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, half_spread
 from backend_core.deriv.sim.session import new_subscription_id
 
@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     frames = make_frames(count)
     # Correctness first: every frame must decode to a tick.
-    assert all(isinstance(protocol.parse(f), protocol.TickMessage) for f in frames[:1000])
+    assert all(isinstance(messages.parse(f), messages.TickMessage) for f in frames[:1000])
 
     loads = json.loads
-    parse = protocol.parse
+    parse = messages.parse
     rate(loads, frames[:1000])  # warm-up
     rate(parse, frames[:1000])
     floor_rates, parse_rates = [], []
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tick frames: {count} (mean {size:.0f} bytes), runs: {runs}, python {sys.version.split()[0]}")
     print(f"{'decoder':<28}{'frames/s':>14}{'us/frame':>11}{'vs floor':>10}")
     print(f"{'json.loads (floor)':<28}{floor:>14,.0f}{1e6 / floor:>11.2f}{1.0:>10.2f}")
-    print(f"{'protocol.parse':<28}{parsed:>14,.0f}{1e6 / parsed:>11.2f}{ratio:>10.2f}")
+    print(f"{'messages.parse':<28}{parsed:>14,.0f}{1e6 / parsed:>11.2f}{ratio:>10.2f}")
     print(
         json.dumps(
             {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias
 
-from backend_core.deriv import protocol
+from backend_core.deriv import messages
 from backend_core.errors import UpstreamError
 from backend_core.events import ErrorInfo, Tick
 
@@ -72,7 +72,7 @@ class Resolve:
     """The reply to a request made through :meth:`LinkProtocol.request`."""
 
     req_id: int
-    message: protocol.Message
+    message: messages.Message
 
 
 @dataclass(frozen=True, slots=True)

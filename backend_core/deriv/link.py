@@ -46,7 +46,7 @@ from typing import Any, Final
 from pydantic import SecretStr
 
 from backend_core.backoff import FullJitter
-from backend_core.deriv import protocol
+from backend_core.deriv import messages, protocol
 from backend_core.deriv.actions import (
     Action,
     ArmDeadline,
@@ -311,17 +311,17 @@ class LinkProtocol:
         actions = self._register(_Kind.PROBE, protocol.website_status(self._next_req_id(), subscribe=True), now)
         return self._with_deadlines(actions)
 
-    def frame(self, message: protocol.Message, now: float) -> list[Action]:
+    def frame(self, message: messages.Message, now: float) -> list[Action]:
         """A frame arrived. The tick path is the hot one: it allocates one action."""
         if not self.is_open:
             return []
-        if type(message) is protocol.TickMessage:
+        if type(message) is messages.TickMessage:
             actions = self._on_tick(message, now)
-        elif type(message) is protocol.History:
+        elif type(message) is messages.History:
             actions = self._on_history(message, now)
-        elif type(message) is protocol.ProtocolFrameError:
+        elif type(message) is messages.ProtocolFrameError:
             actions = self._on_unreadable(message, now)
-        elif type(message) is protocol.ApiError:
+        elif type(message) is messages.ApiError:
             actions = self._on_error(message, now)
         else:
             actions = []
@@ -331,7 +331,7 @@ class LinkProtocol:
                 assert req_id is not None
                 self._dirty = True
                 actions = self._on_reply(req_id, entry, message, now)
-            if type(message) is protocol.WebsiteStatus and self.is_open:
+            if type(message) is messages.WebsiteStatus and self.is_open:
                 actions += self._on_site_status(message)
         return self._with_deadlines(actions) if self._dirty else actions
 
@@ -395,7 +395,7 @@ class LinkProtocol:
 
     # ------------------------------------------------------------------ frames
 
-    def _on_tick(self, message: protocol.TickMessage, now: float) -> list[Action]:
+    def _on_tick(self, message: messages.TickMessage, now: float) -> list[Action]:
         stats = self.stats
         stats["ticks_received"] += 1
         tick = message.tick
@@ -419,7 +419,7 @@ class LinkProtocol:
             actions += self._subscribed(sym, now)  # a late answer to a subscribe that timed out
         return actions
 
-    def _on_history(self, message: protocol.History, now: float) -> list[Action]:
+    def _on_history(self, message: messages.History, now: float) -> list[Action]:
         req_id = message.req_id
         entry = self._pending.pop(req_id, None) if req_id is not None else None
         if entry is not None:
@@ -460,7 +460,7 @@ class LinkProtocol:
             actions.append(PublishStatus())
         return actions
 
-    def _on_unreadable(self, message: protocol.ProtocolFrameError, now: float) -> list[Action]:
+    def _on_unreadable(self, message: messages.ProtocolFrameError, now: float) -> list[Action]:
         self.stats["protocol_errors"] += 1
         req_id = message.req_id
         entry = self._pending.pop(req_id, None) if req_id is not None else None
@@ -471,7 +471,7 @@ class LinkProtocol:
         self._log.log(now, logging.WARNING, PROTOCOL_ERROR, "unreadable frame from upstream: %s", message.reason)
         return [PublishStatus(ErrorInfo(PROTOCOL_ERROR, f"Unreadable frame from upstream: {message.reason}", 0))]
 
-    def _on_error(self, message: protocol.ApiError, now: float) -> list[Action]:
+    def _on_error(self, message: messages.ApiError, now: float) -> list[Action]:
         req_id = message.req_id
         entry = self._pending.pop(req_id, None) if req_id is not None else None
         if entry is None:
@@ -482,32 +482,32 @@ class LinkProtocol:
         self._dirty = True
         return self._failed(req_id, entry, message.to_exception(), now)
 
-    def _on_reply(self, req_id: int, entry: _Pending, message: protocol.Message, now: float) -> list[Action]:
+    def _on_reply(self, req_id: int, entry: _Pending, message: messages.Message, now: float) -> list[Action]:
         kind = entry.kind
         if kind is _Kind.EXTERNAL:
             return [Resolve(req_id, message)]
         if kind is _Kind.PING:
-            if type(message) is not protocol.Pong:
+            if type(message) is not messages.Pong:
                 return self._unexpected(entry, message)
             return self._pong(entry, now)
         if kind is _Kind.PROBE:
             return self._link_proven(now)
         if kind is _Kind.AUTHORIZE:
-            if type(message) is not protocol.Authorize:
+            if type(message) is not messages.Authorize:
                 return self._unexpected(entry, message)
             return self._authorized(now, None)
         if kind is _Kind.FORGET:
             return self._forgotten(entry, now)
         sym = self._symbols.get(entry.symbol) if entry.symbol is not None else None
-        if type(message) is not protocol.TickMessage or sym is None:
+        if type(message) is not messages.TickMessage or sym is None:
             return self._unexpected(entry, message)
         return self._subscribed(sym, now) if sym.req_id == req_id else []
 
-    def _unexpected(self, entry: _Pending, message: protocol.Message) -> list[Action]:
+    def _unexpected(self, entry: _Pending, message: messages.Message) -> list[Action]:
         reason = f"The market data server answered {entry.method} with a {message.msg_type} frame."
         return self._close(ErrorInfo(PROTOCOL_ERROR, reason, 0))
 
-    def _on_site_status(self, message: protocol.WebsiteStatus) -> list[Action]:
+    def _on_site_status(self, message: messages.WebsiteStatus) -> list[Action]:
         changed = message.site_status != self.site_status
         self.site_status = message.site_status
         if message.site_status == "updating":

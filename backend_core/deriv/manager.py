@@ -53,7 +53,7 @@ from backend_core.breakers.breaker import CircuitBreaker
 from backend_core.breakers.core import Permit
 from backend_core.clock import Clock, SystemClock, sleep_unless
 from backend_core.config import Settings
-from backend_core.deriv import protocol
+from backend_core.deriv import messages, protocol
 from backend_core.deriv.actions import (
     Action,
     ArmDeadline,
@@ -322,7 +322,7 @@ class DerivManager:
         self._link = link_type(config, self._backoff)
 
         self._session: _Session | None = None
-        self._waiters: dict[int, asyncio.Future[protocol.Message]] = {}
+        self._waiters: dict[int, asyncio.Future[messages.Message]] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
@@ -421,7 +421,7 @@ class DerivManager:
         log.info("manual retry requested: state=%s", state.value)
         return RetryOutcome("started", "Retrying the market feed connection now.")
 
-    async def request(self, payload: dict[str, Any], *, timeout: float | None = None) -> protocol.Message:
+    async def request(self, payload: dict[str, Any], *, timeout: float | None = None) -> messages.Message:
         """Send a request and await its reply (matched by ``req_id``).
 
         Raises :class:`UpstreamUnavailable` without a link, :class:`TooManyPendingRequests`
@@ -433,7 +433,7 @@ class DerivManager:
             raise UpstreamUnavailable("the market data link is not connected")
         actions = self._link.request(payload, self._clock.monotonic(), timeout)
         req_id: int = payload["req_id"]
-        future: asyncio.Future[protocol.Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[messages.Message] = asyncio.get_running_loop().create_future()
         self._waiters[req_id] = future
         try:
             for action in actions:
@@ -671,7 +671,7 @@ class DerivManager:
         try:
             async for raw in ws:
                 self._last_message_at = clock.wall()
-                actions = link.frame(protocol.parse(raw), clock.monotonic())
+                actions = link.frame(messages.parse(raw), clock.monotonic())
                 if actions:
                     await self._execute(session, actions)
         except websockets.ConnectionClosed as exc:

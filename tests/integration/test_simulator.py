@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from backend_core.deriv import protocol
+from backend_core.deriv import messages
 from backend_core.deriv.sim import control as control_module
 from backend_core.deriv.sim import server as server_module
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE
@@ -207,7 +207,7 @@ async def test_authorize_redacts_token(sim: DerivSimulator) -> None:
         bad = await call(ws, {"authorize": "wrong-token", "req_id": 3})
     assert ok["echo_req"] == {"authorize": "<not shown>", "req_id": 2}
     assert TOKEN not in json.dumps(ok)
-    assert isinstance(protocol.parse(json.dumps(ok)), protocol.Authorize)
+    assert isinstance(messages.parse(json.dumps(ok)), messages.Authorize)
     assert bad["error"] == {"code": "InvalidToken", "message": "The token is invalid."}
     assert bad["echo_req"]["authorize"] == "<not shown>"
 
@@ -235,8 +235,8 @@ async def test_malformed_json_closes_connection_without_reply(sim: DerivSimulato
 async def test_active_symbols(sim: DerivSimulator) -> None:
     async with client(sim) as ws:
         frame = await call(ws, {"active_symbols": "brief", "product_type": "basic", "req_id": 1})
-    message = protocol.parse(json.dumps(frame))
-    assert isinstance(message, protocol.ActiveSymbols)
+    message = messages.parse(json.dumps(frame))
+    assert isinstance(message, messages.ActiveSymbols)
     assert {s.symbol for s in message.symbols} == {s.symbol for s in DEFAULT_SYMBOLS}
 
 
@@ -252,8 +252,8 @@ async def test_ticks_stream_on_one_second_grid(sim: DerivSimulator) -> None:
     sub_ids = {f["subscription"]["id"] for f in frames}
     assert len(sub_ids) == 1 and UUID_RE.match(sub_ids.pop())
     for frame in frames:
-        message = protocol.parse(json.dumps(frame))
-        assert isinstance(message, protocol.TickMessage)
+        message = messages.parse(json.dumps(frame))
+        assert isinstance(message, messages.TickMessage)
         assert message.req_id == 3
         assert message.tick.symbol == "1HZ100V" and message.tick.pip_size == 2
         assert round(message.tick.quote, 2) == message.tick.quote
@@ -320,10 +320,10 @@ async def test_candles_with_ohlc_stream(sim: DerivSimulator) -> None:
         request = {"ticks_history": "R_100", "end": "latest", "count": 2, "style": "candles", "granularity": 60}
         candles = await call(ws, {**request, "subscribe": 1, "req_id": 5})
         ohlc = await recv_until(ws, lambda f: f.get("msg_type") == "ohlc")
-    parsed = protocol.parse(json.dumps(candles))
-    assert isinstance(parsed, protocol.Candles) and len(parsed.candles) == 2
-    message = protocol.parse(json.dumps(ohlc))
-    assert isinstance(message, protocol.Ohlc)
+    parsed = messages.parse(json.dumps(candles))
+    assert isinstance(parsed, messages.Candles) and len(parsed.candles) == 2
+    message = messages.parse(json.dumps(ohlc))
+    assert isinstance(message, messages.Ohlc)
     assert message.subscription_id == candles["subscription"]["id"]
     assert message.open_time == message.epoch - message.epoch % 60
     assert isinstance(ohlc["ohlc"]["close"], str)
@@ -358,8 +358,8 @@ async def test_forget_all(sim: DerivSimulator) -> None:
         ids = {f["subscription"]["id"] for f in await ticks(ws, 4)}
         frame = await call(ws, {"forget_all": "ticks", "req_id": 2})
         assert set(frame["forget_all"]) == ids
-        message = protocol.parse(json.dumps(frame))
-        assert isinstance(message, protocol.ForgetAll)
+        message = messages.parse(json.dumps(frame))
+        assert isinstance(message, messages.ForgetAll)
         assert await no_frame_within(ws, 0.3)  # 6 simulated seconds without a tick
         assert (await call(ws, {"forget_all": ["ticks", "candles"], "req_id": 3}))["forget_all"] == []
 
@@ -375,8 +375,8 @@ async def test_website_status_subscribe(sim: DerivSimulator) -> None:
     assert duplicate["error"]["code"] == "AlreadySubscribed"
     assert push["subscription"] == first["subscription"]
     assert push["req_id"] == 1
-    message = protocol.parse(json.dumps(push))
-    assert message == protocol.WebsiteStatus("down", "maintenance", first["subscription"]["id"], 1)
+    message = messages.parse(json.dumps(push))
+    assert message == messages.WebsiteStatus("down", "maintenance", first["subscription"]["id"], 1)
 
 
 # --- connection behaviour -------------------------------------------------------------------
@@ -575,8 +575,8 @@ async def test_inject_errors(sim: DerivSimulator) -> None:
     assert [w["msg_type"] for w in wrong] == ["time", "tick"]
     assert {w["error"]["message"] for w in wrong} == {"Sorry, an error occurred while processing your request."}
     assert "error" not in fine
-    message = protocol.parse(json.dumps(limited))
-    assert isinstance(message, protocol.ApiError) and message.code == "RateLimit"
+    message = messages.parse(json.dumps(limited))
+    assert isinstance(message, messages.ApiError) and message.code == "RateLimit"
 
 
 async def test_send_malformed_frame(sim: DerivSimulator) -> None:
@@ -585,7 +585,7 @@ async def test_send_malformed_frame(sim: DerivSimulator) -> None:
         assert await sim.send_malformed_frame() == 1
         async with asyncio.timeout(WAIT_S):
             raw = await ws.recv()
-    assert isinstance(protocol.parse(raw), protocol.ProtocolFrameError)
+    assert isinstance(messages.parse(raw), messages.ProtocolFrameError)
 
 
 async def test_deploy_pushes_updating_then_closes(sim: DerivSimulator) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from backend_core.backoff import FullJitter
-from backend_core.deriv import protocol
+from backend_core.deriv import messages, protocol
 from backend_core.deriv.actions import (
     Action,
     ArmDeadline,
@@ -58,8 +58,8 @@ def make(symbols: Sequence[str] = SYMBOLS, *, rng: random.Random | None = None, 
     return LinkProtocol(config, FullJitter(1.0, 30.0, rng or random.Random(1)))
 
 
-def parse(frame: dict[str, Any]) -> protocol.Message:
-    return protocol.parse(json.dumps(frame))
+def parse(frame: dict[str, Any]) -> messages.Message:
+    return messages.parse(json.dumps(frame))
 
 
 def sends(actions: Sequence[Action], method: str | None = None) -> list[Send]:
@@ -89,7 +89,7 @@ def errors(actions: Sequence[Action]) -> list[str]:
     return [a.error.code for a in actions if isinstance(a, PublishStatus) and a.error is not None]
 
 
-def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> protocol.Message:
+def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> messages.Message:
     frame = {
         "msg_type": "tick",
         "tick": {"symbol": symbol, "epoch": epoch, "quote": 100.0 + epoch, "pip_size": 2, "id": sub_id(n)},
@@ -100,7 +100,7 @@ def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> protocol.Me
     return parse(frame)
 
 
-def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1) -> protocol.Message:
+def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1) -> messages.Message:
     return parse(
         {
             "msg_type": "history",
@@ -113,18 +113,18 @@ def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1) -> proto
     )
 
 
-def error(msg_type: str, code: str, req_id: int | None, message: str = "nope") -> protocol.Message:
+def error(msg_type: str, code: str, req_id: int | None, message: str = "nope") -> messages.Message:
     frame: dict[str, Any] = {"msg_type": msg_type, "error": {"code": code, "message": message}}
     if req_id is not None:
         frame["req_id"] = req_id
     return parse(frame)
 
 
-def reply(msg_type: str, req_id: int, **body: Any) -> protocol.Message:
+def reply(msg_type: str, req_id: int, **body: Any) -> messages.Message:
     return parse({"msg_type": msg_type, "req_id": req_id, **body})
 
 
-def website_status(req_id: int | None, site_status: str = "up", message: str | None = None) -> protocol.Message:
+def website_status(req_id: int | None, site_status: str = "up", message: str | None = None) -> messages.Message:
     payload: dict[str, Any] = {"site_status": site_status}
     if message is not None:
         payload["message"] = message
@@ -134,7 +134,7 @@ def website_status(req_id: int | None, site_status: str = "up", message: str | N
     return parse(frame)
 
 
-def pong(req_id: int) -> protocol.Message:
+def pong(req_id: int) -> messages.Message:
     return reply("ping", req_id, ping="pong")
 
 
@@ -388,7 +388,7 @@ def test_an_unreadable_reply_to_a_subscribe_ends_the_session() -> None:
 def test_an_unreadable_frame_nobody_waits_for_is_counted_and_the_link_stays() -> None:
     link = make()
     connect(link)
-    actions = link.frame(protocol.parse('{"msg_type": "tick", "tick": {'), 1.0)
+    actions = link.frame(messages.parse('{"msg_type": "tick", "tick": {'), 1.0)
     assert errors(actions) == ["ProtocolError"] and closed_with(actions) is None
     assert link.is_open and link.stats["protocol_errors"] == 1
 
@@ -400,12 +400,12 @@ def test_repeated_upstream_errors_are_all_counted_but_logged_at_a_bounded_rate(
     connect(link)
     shown = []
     for n in range(100):
-        shown += errors(link.frame(protocol.parse("{not json"), 1.0 + n / 100))
+        shown += errors(link.frame(messages.parse("{not json"), 1.0 + n / 100))
         shown += errors(link.frame(error("tick", "WrongResponse", None), 1.0 + n / 100))
     assert shown.count("ProtocolError") == 100 and shown.count("WrongResponse") == 100
     assert link.stats["protocol_errors"] == 100
     assert len([r for r in caplog.records if r.name == "backend_core.deriv.link"]) == 2  # one line per kind
-    link.frame(protocol.parse("{not json"), 100.0)
+    link.frame(messages.parse("{not json"), 100.0)
     assert "(99 more like it held back)" in caplog.records[-1].getMessage()
 
 
@@ -491,7 +491,7 @@ def test_someone_elses_request_is_answered_failed_or_timed_out_by_req_id() -> No
     connect(link)
     actions = link.request(protocol.time(9001), 1.0)
     assert one_send(actions, "time").req_id == 9001
-    assert link.frame(reply("time", 9001, time=5), 2.0) == [Resolve(9001, protocol.Time(5, 9001))]
+    assert link.frame(reply("time", 9001, time=5), 2.0) == [Resolve(9001, messages.Time(5, 9001))]
     link.request(protocol.time(9002), 3.0)
     [failed] = link.frame(error("time", "WrongResponse", 9002), 4.0)
     assert isinstance(failed, Fail) and isinstance(failed.error, DerivAPIError)
@@ -582,7 +582,7 @@ def test_whatever_arrives_ticks_leave_in_order_once_and_the_pending_map_stays_bo
         elif kind == "error":
             actions = link.frame(error("tick", arg, next(req_ids) % 7), now)
         elif kind == "garbage":
-            actions = link.frame(protocol.parse("{not json"), now)
+            actions = link.frame(messages.parse("{not json"), now)
         elif kind == "advance":
             now += number
             actions = link.deadline_reached(Timer.HEARTBEAT, now) + link.deadline_reached(Timer.WATCHDOG, now)

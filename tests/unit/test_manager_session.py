@@ -23,7 +23,7 @@ import websockets
 from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import FakeClock
 from backend_core.config import Settings, load_settings
-from backend_core.deriv import protocol
+from backend_core.deriv import messages, protocol
 from backend_core.deriv.actions import Action, Timer
 from backend_core.deriv.link import LinkProtocol
 from backend_core.deriv.manager import DerivManager
@@ -329,8 +329,8 @@ def failing(where: str) -> type[LinkProtocol]:
             self._maybe_fail("setup")
             return super().connected(now)
 
-        def frame(self, message: protocol.Message, now: float) -> list[Action]:
-            if type(message) is protocol.TickMessage:
+        def frame(self, message: messages.Message, now: float) -> list[Action]:
+            if type(message) is messages.TickMessage:
                 self._maybe_fail("reader")
             return super().frame(message, now)
 

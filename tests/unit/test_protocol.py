@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backend_core.deriv import messages as m
 from backend_core.deriv import protocol as p
 from backend_core.errors import DerivAPIError, ProtocolError
 from backend_core.events import Tick
@@ -179,14 +180,14 @@ def test_builders_produce_encodable_requests() -> None:
 
 
 def test_parse_ping_3_1() -> None:
-    msg = p.parse('{"echo_req":{"ping":1,"req_id":1},"msg_type":"ping","ping":"pong","req_id":1}')
-    assert msg == p.Pong(req_id=1)
+    msg = m.parse('{"echo_req":{"ping":1,"req_id":1},"msg_type":"ping","ping":"pong","req_id":1}')
+    assert msg == m.Pong(req_id=1)
     assert msg.msg_type == "ping"
 
 
 def test_parse_time_3_2() -> None:
-    msg = p.parse('{"echo_req":{"time":1},"msg_type":"time","time":1587544006}')
-    assert msg == p.Time(epoch=1587544006, req_id=None)
+    msg = m.parse('{"echo_req":{"time":1},"msg_type":"time","time":1587544006}')
+    assert msg == m.Time(epoch=1587544006, req_id=None)
     assert msg.msg_type == "time"
 
 
@@ -199,8 +200,8 @@ TICK_FRAME = """{"echo_req":{"ticks":"R_50","subscribe":1,"req_id":3},
 
 
 def test_parse_tick_3_3() -> None:
-    msg = p.parse(TICK_FRAME)
-    assert isinstance(msg, p.TickMessage)
+    msg = m.parse(TICK_FRAME)
+    assert isinstance(msg, m.TickMessage)
     assert msg.tick == Tick(symbol="R_50", epoch=1587547610, quote=218.0926, pip_size=4, bid=218.0826, ask=218.1026)
     assert msg.subscription_id == SUB_ID
     assert msg.req_id == 3
@@ -208,30 +209,30 @@ def test_parse_tick_3_3() -> None:
 
 
 def test_parse_tick_from_bytes() -> None:
-    assert isinstance(p.parse(TICK_FRAME.encode()), p.TickMessage)
+    assert isinstance(m.parse(TICK_FRAME.encode()), m.TickMessage)
 
 
 def test_parse_tick_integer_quote_becomes_float() -> None:
     frame = json.loads(TICK_FRAME)
     frame["tick"]["quote"] = 218
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.TickMessage)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.TickMessage)
     assert msg.tick.quote == 218.0 and type(msg.tick.quote) is float
 
 
 def test_parse_tick_without_subscription_uses_tick_id() -> None:
     frame = json.loads(TICK_FRAME)
     del frame["subscription"]
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.TickMessage)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.TickMessage)
     assert msg.subscription_id == SUB_ID
 
 
 def test_parse_tick_without_bid_ask() -> None:
     frame = json.loads(TICK_FRAME)
     del frame["tick"]["bid"], frame["tick"]["ask"]
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.TickMessage)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.TickMessage)
     assert msg.tick.bid is None and msg.tick.ask is None
 
 
@@ -243,8 +244,8 @@ HISTORY_FRAME = """{"echo_req":{"ticks_history":"R_50","end":"latest","count":3,
 
 
 def test_parse_history_3_4() -> None:
-    msg = p.parse(HISTORY_FRAME)
-    assert msg == p.History(
+    msg = m.parse(HISTORY_FRAME)
+    assert msg == m.History(
         prices=(218.6404, 218.7205, 218.7151),
         times=(1587556946, 1587556948, 1587556950),
         pip_size=4,
@@ -252,7 +253,7 @@ def test_parse_history_3_4() -> None:
         subscription_id="0f6f2b6e-1d3c-4b1a-9e1c-5a2b3c4d5e6f",
         req_id=4,
     )
-    assert isinstance(msg, p.History)
+    assert isinstance(msg, m.History)
     ticks = msg.to_ticks()
     assert ticks[0] == Tick("R_50", 1587556946, 218.6404, 4, backfill=True)
     assert len(ticks) == 3
@@ -261,8 +262,8 @@ def test_parse_history_3_4() -> None:
 def test_history_without_symbol_gives_no_ticks() -> None:
     frame = json.loads(HISTORY_FRAME)
     del frame["echo_req"]
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.History)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.History)
     assert msg.symbol is None and msg.to_ticks() == ()
 
 
@@ -273,11 +274,11 @@ CANDLES_FRAME = """{"echo_req":{"ticks_history":"R_100","end":"latest","count":2
 
 
 def test_parse_candles_3_4() -> None:
-    msg = p.parse(CANDLES_FRAME)
-    assert msg == p.Candles(
+    msg = m.parse(CANDLES_FRAME)
+    assert msg == m.Candles(
         candles=(
-            p.Candle(1700000040, 1234.56, 1235.10, 1234.01, 1234.88),
-            p.Candle(1700000100, 1234.88, 1236.00, 1234.70, 1235.42),
+            m.Candle(1700000040, 1234.56, 1235.10, 1234.01, 1234.88),
+            m.Candle(1700000100, 1234.88, 1236.00, 1234.70, 1235.42),
         ),
         pip_size=2,
         symbol="R_100",
@@ -294,8 +295,8 @@ OHLC_FRAME = """{"echo_req":{"ticks_history":"R_100","end":"latest","count":2,"s
 
 
 def test_parse_ohlc_3_4_strings_to_floats() -> None:
-    msg = p.parse(OHLC_FRAME)
-    assert msg == p.Ohlc(
+    msg = m.parse(OHLC_FRAME)
+    assert msg == m.Ohlc(
         symbol="R_100",
         epoch=1700000113,
         open_time=1700000100,
@@ -312,8 +313,8 @@ def test_parse_ohlc_3_4_strings_to_floats() -> None:
 
 def test_parse_forget_3_5() -> None:
     frame = '{"echo_req":{"forget":"d1ee7d0d-3ca9-fbb4-720b-5312d487185b"},"forget":1,"msg_type":"forget"}'
-    assert p.parse(frame) == p.Forget(stopped=True)
-    assert p.parse(frame.replace('"forget":1', '"forget":0')) == p.Forget(stopped=False)
+    assert m.parse(frame) == m.Forget(stopped=True)
+    assert m.parse(frame.replace('"forget":1', '"forget":0')) == m.Forget(stopped=False)
 
 
 def test_parse_forget_all_3_6() -> None:
@@ -321,7 +322,7 @@ def test_parse_forget_all_3_6() -> None:
         '{"echo_req":{"forget_all":"ticks"},"forget_all":["ea8d3223-9922-5552-4309-6a1e97522f05"],'
         '"msg_type":"forget_all"}'
     )
-    assert p.parse(frame) == p.ForgetAll(subscription_ids=("ea8d3223-9922-5552-4309-6a1e97522f05",))
+    assert m.parse(frame) == m.ForgetAll(subscription_ids=("ea8d3223-9922-5552-4309-6a1e97522f05",))
 
 
 ACTIVE_SYMBOLS_FRAME = """{"active_symbols":[
@@ -334,10 +335,10 @@ ACTIVE_SYMBOLS_FRAME = """{"active_symbols":[
 
 
 def test_parse_active_symbols_3_7() -> None:
-    msg = p.parse(ACTIVE_SYMBOLS_FRAME)
-    assert msg == p.ActiveSymbols(
+    msg = m.parse(ACTIVE_SYMBOLS_FRAME)
+    assert msg == m.ActiveSymbols(
         symbols=(
-            p.ActiveSymbol(
+            m.ActiveSymbol(
                 symbol="1HZ100V",
                 display_name="Volatility 100 (1s) Index",
                 pip=0.01,
@@ -353,8 +354,8 @@ def test_parse_active_symbols_3_7() -> None:
 def test_parse_active_symbols_full_fields() -> None:
     frame = json.loads(ACTIVE_SYMBOLS_FRAME)
     frame["active_symbols"][0].update({"spot": 910.12, "spot_time": "1700000000", "spot_age": "1"})
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.ActiveSymbols)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.ActiveSymbols)
     assert msg.symbols[0].spot == 910.12 and msg.symbols[0].spot_time == 1700000000
 
 
@@ -368,8 +369,8 @@ AUTHORIZE_FRAME = """{"authorize":{"account_list":[{"currency":"USD","is_disable
 
 
 def test_parse_authorize_3_8_keeps_no_token() -> None:
-    msg = p.parse(AUTHORIZE_FRAME)
-    assert msg == p.Authorize(
+    msg = m.parse(AUTHORIZE_FRAME)
+    assert msg == m.Authorize(
         loginid="VRTC90000028", currency="USD", is_virtual=True, scopes=("read", "trade"), balance=10000.0
     )
     assert "not shown" not in repr(msg)
@@ -389,16 +390,16 @@ WEBSITE_STATUS_FRAME = """{"echo_req":{"website_status":1,"subscribe":1},"msg_ty
 
 
 def test_parse_website_status_3_9() -> None:
-    msg = p.parse(WEBSITE_STATUS_FRAME)
-    assert msg == p.WebsiteStatus(site_status="up", message=None, subscription_id=SUB_ID)
+    msg = m.parse(WEBSITE_STATUS_FRAME)
+    assert msg == m.WebsiteStatus(site_status="up", message=None, subscription_id=SUB_ID)
 
 
 def test_parse_website_status_deploy_notice() -> None:
     frame = json.loads(WEBSITE_STATUS_FRAME)
     message = "We're updating our site in a short while. Some services may be temporarily unavailable."
     frame["website_status"].update({"site_status": "updating", "message": message})
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.WebsiteStatus)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.WebsiteStatus)
     assert (msg.site_status, msg.message) == ("updating", message)
 
 
@@ -410,8 +411,8 @@ def test_parse_input_validation_error_with_details_2() -> None:
      "error":{"code":"InputValidationFailed","message":"Input validation failed: subscribe",
               "details":{"subscribe":"Not in enum list: 1."}},
      "msg_type":"ticks","req_id":7}"""
-    msg = p.parse(frame)
-    assert isinstance(msg, p.ApiError)
+    msg = m.parse(frame)
+    assert isinstance(msg, m.ApiError)
     assert msg.code == "InputValidationFailed"
     assert msg.message == "Input validation failed: subscribe"
     assert msg.details == {"subscribe": "Not in enum list: 1."}
@@ -465,14 +466,14 @@ def test_parse_input_validation_error_with_details_2() -> None:
     ],
 )
 def test_parse_error_frames_4(frame: str, code: str, msg_type: str) -> None:
-    msg = p.parse(frame)
-    assert isinstance(msg, p.ApiError)
+    msg = m.parse(frame)
+    assert isinstance(msg, m.ApiError)
     assert (msg.code, msg.msg_type) == (code, msg_type)
 
 
 def test_error_without_details_converts_to_empty_details() -> None:
-    msg = p.parse('{"msg_type":"time","error":{"code":"WrongResponse","message":"Sorry"},"req_id":2}')
-    assert isinstance(msg, p.ApiError)
+    msg = m.parse('{"msg_type":"time","error":{"code":"WrongResponse","message":"Sorry"},"req_id":2}')
+    assert isinstance(msg, m.ApiError)
     assert msg.details is None and msg.req_id == 2
     assert msg.to_exception().details == {}
 
@@ -482,35 +483,35 @@ def test_upstream_error_codes_and_messages_are_clipped_before_anyone_sees_them()
         "msg_type": "tick" * 100,
         "error": {"code": "Bad\nCode " + "X" * 500, "message": "line one\nline two " + "m" * 1000},
     }
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.ApiError)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.ApiError)
     assert len(msg.code) <= 64 and re.fullmatch(r"[A-Za-z0-9_.-]+", msg.code)
     assert msg.code.startswith("Bad_Code_")
     assert len(msg.msg_type) <= 64
     assert len(msg.message) <= 300 and "\n" not in msg.message and msg.message.startswith("line one line two")
-    assert p.parse('{"msg_type":"x","error":{"code":"","message":""}}').code == "Unknown"  # type: ignore[union-attr]
+    assert m.parse('{"msg_type":"x","error":{"code":"","message":""}}').code == "Unknown"  # type: ignore[union-attr]
 
 
 def test_the_website_status_banner_and_state_are_clipped() -> None:
     frame = {"msg_type": "website_status", "website_status": {"site_status": "up\u2028" * 50, "message": "b" * 999}}
-    msg = p.parse(json.dumps(frame))
-    assert isinstance(msg, p.WebsiteStatus)
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.WebsiteStatus)
     assert msg.site_status is not None and len(msg.site_status) <= 64 and "\u2028" not in msg.site_status
     assert msg.message is not None and len(msg.message) == 300 and msg.message.endswith("…")
 
 
 def test_unknown_msg_type_is_kept() -> None:
-    msg = p.parse('{"msg_type":"proposal","proposal":{"id":"x"},"req_id":5}')
-    assert isinstance(msg, p.UnknownMessage)
+    msg = m.parse('{"msg_type":"proposal","proposal":{"id":"x"},"req_id":5}')
+    assert isinstance(msg, m.UnknownMessage)
     assert msg.msg_type == "proposal" and msg.req_id == 5 and msg.data["proposal"] == {"id": "x"}
 
 
 # --- malformed frames ----------------------------------------------------------------
 
 
-def _frame_error(raw: str | bytes) -> p.ProtocolFrameError:
-    msg = p.parse(raw)
-    assert isinstance(msg, p.ProtocolFrameError), msg
+def _frame_error(raw: str | bytes) -> m.ProtocolFrameError:
+    msg = m.parse(raw)
+    assert isinstance(msg, m.ProtocolFrameError), msg
     assert isinstance(msg.error, ProtocolError)
     return msg
 
@@ -582,8 +583,8 @@ def test_bad_tick_fields(raw: str, fragment: str) -> None:
 
 
 def test_tick_pip_size_as_integral_float_is_accepted() -> None:
-    msg = p.parse(_tick_with(pip_size=4.0))
-    assert isinstance(msg, p.TickMessage) and msg.tick.pip_size == 4
+    msg = m.parse(_tick_with(pip_size=4.0))
+    assert isinstance(msg, m.TickMessage) and msg.tick.pip_size == 4
 
 
 def test_tick_quote_overflowing_to_infinity_is_rejected() -> None:
@@ -638,7 +639,7 @@ def test_deeply_nested_json_is_a_frame_error() -> None:
 
 
 def test_messages_are_frozen() -> None:
-    msg = p.parse(TICK_FRAME)
+    msg = m.parse(TICK_FRAME)
     with pytest.raises(AttributeError):
         msg.req_id = 9  # type: ignore[misc]
 
@@ -646,13 +647,13 @@ def test_messages_are_frozen() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_parse_never_raises_on_text(raw: str) -> None:
-    p.parse(raw)
+    m.parse(raw)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary())
 def test_parse_never_raises_on_bytes(raw: bytes) -> None:
-    p.parse(raw)
+    m.parse(raw)
 
 
 _json_values = st.recursive(
@@ -698,6 +699,6 @@ _msg_types = st.sampled_from(
 )
 def test_parse_never_raises_on_wrongly_shaped_frames(msg_type: str, body: dict[str, Any]) -> None:
     frame = {"msg_type": msg_type, **body}
-    msg = p.parse(json.dumps(frame))
+    msg = m.parse(json.dumps(frame))
     # Whatever the payload, the frame's msg_type survives into the message.
     assert msg.msg_type == msg_type

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from backend_core.clock import FakeClock
-from backend_core.deriv import protocol
+from backend_core.deriv import messages
 from backend_core.deriv.sim import __main__ as cli
 from backend_core.deriv.sim import control, faults, market, schema, server, session
 from backend_core.events import Tick
@@ -325,8 +325,8 @@ class Harness:
 
     @staticmethod
     def decode(frame: str) -> dict[str, Any]:
-        parsed = protocol.parse(frame)
-        assert not isinstance(parsed, protocol.ProtocolFrameError), parsed
+        parsed = messages.parse(frame)
+        assert not isinstance(parsed, messages.ProtocolFrameError), parsed
         decoded: dict[str, Any] = json.loads(frame)
         return decoded
 
@@ -661,9 +661,9 @@ def test_session_frames_parse_with_the_client_codec() -> None:
     h = Harness()
     h.call({"ticks": "R_50", "req_id": 1})
     h.call({"ticks_history": "R_100", "end": "latest", "style": "candles", "subscribe": 1, "req_id": 2})
-    messages = [protocol.parse(json.dumps(f)) for f in h.advance(2)]
-    assert {type(m) for m in messages} == {protocol.TickMessage, protocol.Ohlc}
-    tick = next(m for m in messages if isinstance(m, protocol.TickMessage))
+    parsed = [messages.parse(json.dumps(f)) for f in h.advance(2)]
+    assert {type(m) for m in parsed} == {messages.TickMessage, messages.Ohlc}
+    tick = next(m for m in parsed if isinstance(m, messages.TickMessage))
     assert isinstance(tick.tick, Tick) and tick.req_id == 1
 
 
