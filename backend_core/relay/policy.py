@@ -1,6 +1,6 @@
 """The relay's per-connection policies, as pure decisions with the time passed in.
 
-- :class:`MessageRateLimiter` (a :class:`TokenBucket` plus a window of rejections): may
+- :class:`MessageRateLimiter` (a :class:`~backend_core.ratelimit.TokenBucket` plus a window of rejections): may
   this client frame be served, answered with ``rate_limited``, or is the client ignoring
   the answers (close 1008)?
 - :func:`origin_allowed`: may a handshake with this ``Origin`` proceed?
@@ -16,6 +16,8 @@ import enum
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from backend_core.ratelimit import TokenBucket
+
 # A client needs a handful of messages a minute (subscribe, pong). 20/s sustained with a
 # burst of 40 lets a UI re-subscribe everything at once and still stops a flood.
 RATE_PER_S = 20.0
@@ -27,33 +29,6 @@ RATE_REJECTION_WINDOW_S = 10.0
 
 
 # --- rate limiting (pure) -------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate_per_s`` tokens a second, at most ``burst`` saved up; time is passed in."""
-
-    __slots__ = ("_tokens", "_updated", "burst", "rate_per_s")
-
-    def __init__(self, rate_per_s: float, burst: int, now: float) -> None:
-        if rate_per_s <= 0 or burst < 1:
-            raise ValueError("rate_per_s must be positive and burst at least 1")
-        self.rate_per_s = rate_per_s
-        self.burst = burst
-        self._tokens = float(burst)
-        self._updated = now
-
-    def take(self, now: float) -> bool:
-        elapsed = max(0.0, now - self._updated)
-        self._updated = now
-        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate_per_s)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    @property
-    def tokens(self) -> float:
-        return self._tokens
 
 
 class RateVerdict(enum.Enum):
@@ -82,7 +57,7 @@ class MessageRateLimiter:
         self._rejections = 0
 
     def check(self, now: float) -> RateVerdict:
-        if self._bucket.take(now):
+        if self._bucket.take(now) == 0.0:
             return RateVerdict.ALLOW
         if now - self._window_start >= self.window_s:
             self._window_start = now

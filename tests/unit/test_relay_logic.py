@@ -16,7 +16,6 @@ from backend_core.relay.policy import (
     MessageRateLimiter,
     RateVerdict,
     SendWatch,
-    TokenBucket,
     heartbeat_step,
     origin_allowed,
 )
@@ -155,17 +154,6 @@ def test_any_json_is_answered_never_raises(value: object) -> None:
 
 
 # --- rate limiting --------------------------------------------------------------------------
-
-
-def test_token_bucket_burst_then_rate() -> None:
-    bucket = TokenBucket(rate_per_s=10, burst=5, now=0.0)
-    assert [bucket.take(0.0) for _ in range(6)] == [True] * 5 + [False]
-    assert bucket.take(0.05) is False  # half a token
-    assert bucket.take(0.1) is True
-    assert bucket.take(100.0) is True
-    assert bucket.tokens == pytest.approx(4.0)  # capped at burst, minus the one taken
-    with pytest.raises(ValueError):
-        TokenBucket(0, 1, 0.0)
 
 
 def test_rate_limiter_rejects_then_closes_a_client_that_keeps_going() -> None:
