@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from starlette.responses import JSONResponse
 
+from backend_core.breakers.registry import NAME_CHARACTERS
 from backend_core.deriv.protocol import SYMBOL_PATTERN
 
 # ASCII digits only: str.isdigit() accepts '²' and '١', which int() then refuses or reads.
@@ -24,8 +25,8 @@ ECHO_CHARS: Final = 40
 # Breaker and component names: what breakers.py can produce ("websocket", "api:<route
 # template>", "api:*"), optionally with the "breaker:" prefix; at most as long as the
 # store keeps a component name (incidents.COMPONENT_CHARS).
-NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_:./{}*\-]{1,255}")
 NAME_CHARS: Final = 255
+NAME_PATTERN: Final = re.compile(rf"{NAME_CHARACTERS}{{1,{NAME_CHARS}}}")
 # At most this many symbols in one ?symbols= list (config allows 50 streamed symbols).
 MAX_SYMBOLS_PER_REQUEST: Final = 50
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from backend_core.http_input import MAX_SYMBOLS_PER_REQUEST, NAME_CHARS
+from backend_core.http_input import MAX_SYMBOLS_PER_REQUEST, NAME_PATTERN
 
 JSON: Final = "application/json"
 HEALTH_JSON: Final = "application/health+json"
@@ -86,7 +86,7 @@ def _digits(low: int, high: int, default: int) -> Schema:
 
 
 def _name_schema() -> Schema:
-    return {"type": "string", "pattern": f"^[A-Za-z0-9_:./{{}}*\\-]{{1,{NAME_CHARS}}}$"}
+    return {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}
 
 
 def _schemas(symbols: tuple[str, ...]) -> dict[str, Schema]:

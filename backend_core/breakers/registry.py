@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_OVERFLOW_NAME",
     "MAX_API_BREAKERS",
+    "NAME_CHARACTERS",
     "NAME_PATTERN",
     "WEBSOCKET",
     "BreakerRegistry",
@@ -35,7 +36,9 @@ logger = logging.getLogger(__name__)
 
 # A breaker name: "websocket", "api:<route template>" or "api:*". Templates are written in
 # our code ("/api/v1/ticks/{symbol}"); the bound keeps names fit for logs, labels and rows.
-NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_:./{}*\-]{1,100}$")
+# The characters are also those of a component name (http_input reads both with them).
+NAME_CHARACTERS: Final = r"[A-Za-z0-9_:./{}*\-]"
+NAME_PATTERN: Final = re.compile(rf"^{NAME_CHARACTERS}{{1,100}}$")
 WEBSOCKET: Final = "websocket"
 API_PREFIX: Final = "api:"
 # 256 route templates is far above any real API and bounds the registry if a caller passes
