@@ -18,10 +18,11 @@ and REST keep serving the last known ticks and the status) and stays ready.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import Clock, iso_utc
 from backend_core.events import UpstreamSnapshot
 
@@ -134,25 +135,10 @@ Check = Callable[[], Sequence[CheckResult]]
 # Each reads one component's snapshot (the Protocol of what it reads) and applies a verdict.
 
 
-class _Snapshotting(Protocol):
+class Snapshotting(Protocol):
+    """A component that reports its counters as a JSON-able mapping (relay, hub, store, alerts)."""
+
     def snapshot(self) -> Mapping[str, Any]: ...
-
-
-class _BreakerState(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def state(self) -> str: ...
-
-
-class _Breakers(Protocol):
-    def snapshots(self) -> Iterable[_BreakerState]: ...
-
-
-class _LoopLag(Protocol):
-    @property
-    def lag_s(self) -> float: ...
 
 
 def upstream_check(upstream: Callable[[], UpstreamSnapshot | None], clock: Clock, silent_after_s: float) -> Check:
@@ -185,7 +171,7 @@ def upstream_check(upstream: Callable[[], UpstreamSnapshot | None], clock: Clock
     return check
 
 
-def relay_check(relay: _Snapshotting, *, enabled: bool, max_connections: int) -> Check:
+def relay_check(relay: Snapshotting, *, enabled: bool, max_connections: int) -> Check:
     def check() -> list[CheckResult]:
         active = int(relay.snapshot()["active"])
         status, output = relay_verdict(enabled, active, max_connections)
@@ -194,7 +180,7 @@ def relay_check(relay: _Snapshotting, *, enabled: bool, max_connections: int) ->
     return check
 
 
-def hub_check(hub: _Snapshotting) -> Check:
+def hub_check(hub: Snapshotting) -> Check:
     def check() -> list[CheckResult]:
         stats = hub.snapshot()
         return [
@@ -205,7 +191,7 @@ def hub_check(hub: _Snapshotting) -> Check:
     return check
 
 
-def breakers_check(breakers: _Breakers) -> Check:
+def breakers_check(breakers: BreakerRegistry) -> Check:
     def check() -> list[CheckResult]:
         results = []
         for snap in breakers.snapshots():
@@ -218,7 +204,7 @@ def breakers_check(breakers: _Breakers) -> Check:
     return check
 
 
-def loop_lag_check(probe: _LoopLag) -> Check:
+def loop_lag_check(probe: LoopLagProbe) -> Check:
     def check() -> list[CheckResult]:
         status, output = loop_lag_verdict(probe.lag_s)
         return [CheckResult("eventLoop", "system", "lag", status, round(probe.lag_s, 4), "s", output)]

@@ -14,7 +14,7 @@ our own).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -22,11 +22,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from backend_core.breakers.core import BreakerState
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.events import LinkState, UpstreamSnapshot
+from backend_core.health import LoopLagProbe, Snapshotting
 from backend_core.incidents import upstream_in_maintenance
 
 PREFIX = "deriv_status"
-BREAKER_STATES = ("closed", "open", "half_open", "disabled")
 # The upstream_state label: the link's states, and "maintenance" (a planned drop).
 MAINTENANCE = "maintenance"
 UPSTREAM_STATES = (*(state.value for state in LinkState), MAINTENANCE)
@@ -38,41 +40,12 @@ MAX_ERROR_CODES = 50
 # ---------------------------------------------------------------------------- what collectors read
 
 
-class Snapshotting(Protocol):
-    """A component that reports its counters as a JSON-able mapping (relay, hub, store, alerts)."""
-
-    def snapshot(self) -> Mapping[str, Any]: ...
-
-
 class Upstream(Protocol):
     """The upstream manager: its link snapshot and its counters."""
 
     def snapshot(self) -> UpstreamSnapshot: ...
 
     def stats(self) -> Mapping[str, Any]: ...
-
-
-class BreakerView(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def transition_count(self) -> int: ...
-
-    @property
-    def rejections_total(self) -> int: ...
-
-
-class Breakers(Protocol):
-    def snapshots(self) -> Iterable[BreakerView]: ...
-
-
-class LoopLag(Protocol):
-    @property
-    def lag_s(self) -> float: ...
 
 
 def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
@@ -176,7 +149,7 @@ class HubCollector(Collector):
 class BreakerCollector(Collector):
     """Every circuit breaker's state, transitions and rejections."""
 
-    def __init__(self, breakers: Breakers) -> None:
+    def __init__(self, breakers: BreakerRegistry) -> None:
         self._breakers = breakers
 
     def collect(self) -> Iterator[Metric]:
@@ -192,7 +165,7 @@ class BreakerCollector(Collector):
             f"{PREFIX}_circuit_breaker_rejections", "Calls rejected by an open breaker.", labels=["breaker"]
         )
         for b in self._breakers.snapshots():
-            for breaker_state in BREAKER_STATES:
+            for breaker_state in BreakerState:
                 g.add_metric([b.name, breaker_state], 1.0 if b.state == breaker_state else 0.0)
             transitions.add_metric([b.name], float(b.transition_count))
             rejections.add_metric([b.name], float(b.rejections_total))
@@ -244,7 +217,7 @@ class AlertsCollector(Collector):
 class LoopLagCollector(Collector):
     """How late the event loop runs a timer."""
 
-    def __init__(self, probe: LoopLag) -> None:
+    def __init__(self, probe: LoopLagProbe) -> None:
         self._probe = probe
 
     def collect(self) -> Iterator[Metric]:

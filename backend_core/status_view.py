@@ -8,13 +8,15 @@ Runtime only hands out the components they read (:class:`StatusSource`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from backend_core import __version__
+from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import Clock, iso_utc
 from backend_core.events import LinkState, SymbolStatus, Tick, UpstreamSnapshot
+from backend_core.health import Snapshotting
 from backend_core.incidents import upstream_in_maintenance
 
 if TYPE_CHECKING:
@@ -27,33 +29,8 @@ STALE_TICK_S = 10.0
 # ---------------------------------------------------------------------------- what the views read
 
 
-class BreakerView(Protocol):
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def retry_after_s(self) -> float: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
-class _Snapshots(Protocol):
-    def snapshot(self) -> BreakerView: ...
-
-
-class Breakers(Protocol):
-    @property
-    def websocket(self) -> _Snapshots: ...
-
-    def snapshots(self) -> Iterable[BreakerView]: ...
-
-
 class LatestTicks(Protocol):
     def latest(self, symbol: str) -> Tick | None: ...
-
-
-class RelayCounts(Protocol):
-    def snapshot(self) -> Mapping[str, Any]: ...
 
 
 class StatusSource(Protocol):
@@ -75,10 +52,10 @@ class StatusSource(Protocol):
     def hub(self) -> LatestTicks: ...
 
     @property
-    def breakers(self) -> Breakers: ...
+    def breakers(self) -> BreakerRegistry: ...
 
     @property
-    def relay(self) -> RelayCounts: ...
+    def relay(self) -> Snapshotting: ...
 
     def upstream_snapshot(self) -> UpstreamSnapshot | None: ...
 
