@@ -17,7 +17,8 @@ and ``recovery`` are codes (:class:`~backend_core.incidents.Cause`,
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeAlias
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,6 +49,29 @@ def _json(body: object) -> JSONResponse:
     return JSONResponse(body, headers={"cache-control": "no-store"})
 
 
+_Fetch: TypeAlias = Callable[[int, str | None], Awaitable[list[dict[str, Any]]]]
+
+
+def _listing(
+    key: str, name_param: str, default: int, high: int, fetch: _Fetch
+) -> Callable[[Request], Awaitable[Response]]:
+    """A route listing ``key`` rows, newest first: ``?limit=`` (1 to ``high``) and an optional ``?<name_param>=``."""
+
+    async def route(request: Request) -> Response:
+        try:
+            limit = parse_int(request.query_params.get("limit"), "limit", default=default, low=1, high=high)
+            name = parse_name(request.query_params.get(name_param), name_param, default=None)
+        except BadParameter as exc:
+            return exc.response()
+        try:
+            rows = await fetch(limit, name)
+        except StoreUnavailable as exc:
+            return _unavailable(exc)
+        return _json({key: rows, "count": len(rows), "limit": limit, name_param: name})
+
+    return route
+
+
 def history_routes(store: HistoryStore) -> list[Route]:
     """The three routes, for ``create_api`` to add to its route list."""
 
@@ -64,37 +88,8 @@ def history_routes(store: HistoryStore) -> list[Route]:
         except StoreUnavailable as exc:
             return _unavailable(exc)
 
-    async def incidents(request: Request) -> Response:
-        try:
-            limit = parse_int(
-                request.query_params.get("limit"), "limit", default=DEFAULT_INCIDENTS, low=1, high=MAX_INCIDENTS_LIMIT
-            )
-            component = parse_name(request.query_params.get("component"), "component", default=None)
-        except BadParameter as exc:
-            return exc.response()
-        try:
-            rows = await store.incidents(limit, component)
-        except StoreUnavailable as exc:
-            return _unavailable(exc)
-        return _json({"incidents": rows, "count": len(rows), "limit": limit, "component": component})
-
-    async def transitions(request: Request) -> Response:
-        try:
-            limit = parse_int(
-                request.query_params.get("limit"),
-                "limit",
-                default=DEFAULT_TRANSITIONS,
-                low=1,
-                high=MAX_TRANSITIONS_LIMIT,
-            )
-            name = parse_name(request.query_params.get("name"), "name", default=None)
-        except BadParameter as exc:
-            return exc.response()
-        try:
-            rows = await store.transitions(limit, name)
-        except StoreUnavailable as exc:
-            return _unavailable(exc)
-        return _json({"transitions": rows, "count": len(rows), "limit": limit, "name": name})
+    incidents = _listing("incidents", "component", DEFAULT_INCIDENTS, MAX_INCIDENTS_LIMIT, store.incidents)
+    transitions = _listing("transitions", "name", DEFAULT_TRANSITIONS, MAX_TRANSITIONS_LIMIT, store.transitions)
 
     return [
         Route("/api/v1/history", history, methods=["GET"]),
