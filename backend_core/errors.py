@@ -17,7 +17,10 @@ suitable for an end user; none carries a secret.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+#: How much of a bad frame a :class:`ProtocolError` keeps for logs.
+RAW_EXCERPT_CHARS: Final = 200
 
 
 class BackendCoreError(Exception):
@@ -84,11 +87,9 @@ class ProtocolError(UpstreamError):
 
     def __init__(self, message: str, raw: str | bytes | None = None) -> None:
         super().__init__(message)
-        if raw is None:
-            self.raw = ""
-        else:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            self.raw = text[:200]
+        # Cut before decoding: a bad frame may be up to MAX_FRAME_BYTES long.
+        excerpt = (raw or "")[:RAW_EXCERPT_CHARS]
+        self.raw = excerpt.decode("utf-8", "replace") if isinstance(excerpt, bytes) else excerpt
 
 
 class DerivAPIError(UpstreamError):

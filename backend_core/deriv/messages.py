@@ -71,9 +71,6 @@ __all__ = [
     "parse",
 ]
 
-# How much of a bad frame a ProtocolError keeps for logs (errors.ProtocolError cuts at 200 too).
-_RAW_EXCERPT_CHARS: Final = 200
-
 
 @dataclass(frozen=True, slots=True)
 class TickMessage:
@@ -324,16 +321,10 @@ _decode: Final = _DECODER.decode
 _isfinite: Final = math.isfinite
 
 
-def _excerpt(raw: str | bytes) -> str | bytes:
-    return raw[:_RAW_EXCERPT_CHARS]
-
-
 def _frame_error(
     reason: str, raw: str | bytes, msg_type: str | None = None, req_id: int | None = None
 ) -> ProtocolFrameError:
-    return ProtocolFrameError(
-        ProtocolError(reason, _excerpt(raw)), None if msg_type is None else clip_code(msg_type), req_id
-    )
+    return ProtocolFrameError(ProtocolError(reason, raw), None if msg_type is None else clip_code(msg_type), req_id)
 
 
 def _number(value: Any, name: str) -> float:

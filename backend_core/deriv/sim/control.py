@@ -39,7 +39,7 @@ import math
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -313,13 +313,33 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class ControlServer:
+class Listening:
+    """A server on ``host`` whose :attr:`port` is known once it is started (the simulator, its control)."""
+
+    host: str
+    _port: int | None
+    _what: ClassVar[str]
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"the {self._what} is not started")
+        return self._port
+
+    def _url(self, scheme: str, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{path}"
+
+
+class ControlServer(Listening):
     """Serves :func:`control_app` for ``target`` with uvicorn on ``host:port`` (0: any free port).
 
     The socket is bound in :meth:`start`, so :attr:`port` is known at once and a bind
     error is an :class:`OSError` there. ``host`` must be a loopback address: the
     simulator passes its own host when that is loopback, 127.0.0.1 otherwise.
     """
+
+    _what = "control interface"
 
     def __init__(self, target: Controllable, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
@@ -331,16 +351,9 @@ class ControlServer:
         self._port: int | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the control interface is not started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """``http://host:port/control`` (add ``/<action>``)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/control"
+        return self._url("http", "/control")
 
     async def start(self) -> None:
         if self._task is not None:

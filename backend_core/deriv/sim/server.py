@@ -63,7 +63,7 @@ from websockets.protocol import State
 
 from backend_core.clock import Clock, SystemClock
 from backend_core.deriv.protocol import APP_ID_PATTERN, TOKEN_PATTERN
-from backend_core.deriv.sim.control import ControlServer
+from backend_core.deriv.sim.control import ControlServer, Listening
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE, SITE_STATUSES, FaultPlan, valid_close_code
 from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, Market, SimulatedTime, SymbolSpec
 from backend_core.deriv.sim.session import (
@@ -186,7 +186,7 @@ class _Client:
     delayed: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-class DerivSimulator:
+class DerivSimulator(Listening):
     """The simulator server. See the module docstring for behaviour and controls.
 
     ``clock`` drives every sleep and deadline; ``time_scale`` speeds simulated time up;
@@ -199,6 +199,8 @@ class DerivSimulator:
     serves the control interface (:mod:`.control`) on a loopback port of its own (0: any
     free port; None: no control interface).
     """
+
+    _what = "simulator"
 
     def __init__(
         self,
@@ -331,16 +333,9 @@ class DerivSimulator:
         await self.stop()
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the simulator is not started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """``ws://host:port/websockets/v3`` (add ``?app_id=N``)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/websockets/v3"
+        return self._url("ws", "/websockets/v3")
 
     @property
     def control_url(self) -> str:
