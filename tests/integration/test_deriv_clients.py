@@ -67,7 +67,7 @@ def assert_exchange(steps: dict[str, dict[str, Any]], simulator: DerivSimulator)
     assert steps["invalid_symbol"]["code"] == "InvalidSymbol"
     assert "R_12312312" in steps["invalid_symbol"]["message"]
     assert steps["reconnected"]["ping"] == "pong"
-    assert simulator.connections_accepted_total == 2  # the first link and the one after the drop
+    assert simulator.stats().connections_accepted_total == 2  # the first link and the one after the drop
 
 
 async def test_deriv_js_client(sim: DerivSimulator) -> None:

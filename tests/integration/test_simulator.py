@@ -402,7 +402,7 @@ async def test_idle_timeout_closes_with_1006() -> None:
     async with make_sim(time_scale=300) as simulator, client(simulator) as ws:
         assert (await call(ws, {"ping": 1, "req_id": 1}))["ping"] == "pong"
         assert await closed_code(ws) == 1006
-        assert simulator.connection_count == 0
+        assert simulator.stats().connection_count == 0
 
 
 async def test_silent_tcp_client_is_cut_at_the_idle_timeout() -> None:
@@ -417,7 +417,7 @@ async def test_silent_tcp_client_is_cut_at_the_idle_timeout() -> None:
                     assert await reader.read() == b""
         finally:
             writer.close()
-        assert simulator.handshake_attempts == 0
+        assert simulator.stats().handshake_attempts == 0
 
 
 async def test_traffic_keeps_the_connection_alive() -> None:
@@ -472,14 +472,14 @@ async def test_refuse_connections_gives_503(sim: DerivSimulator) -> None:
 
 async def test_blackholed_handshake_holds_the_client(sim: DerivSimulator) -> None:
     sim.blackhole_handshakes(True)
-    attempts = sim.handshake_attempts
+    attempts = sim.stats().handshake_attempts
     with pytest.raises(TimeoutError):
         async with client(sim, open_timeout=0.3):
             pass
-    assert sim.handshake_attempts == attempts + 1  # the request arrived and was never answered
+    assert sim.stats().handshake_attempts == attempts + 1  # the request arrived and was never answered
     # A held handshake completes once the blackhole ends.
     pending = asyncio.create_task(_ping_through(sim))
-    await eventually(lambda: sim.handshake_attempts >= attempts + 2)
+    await eventually(lambda: sim.stats().handshake_attempts >= attempts + 2)
     assert not pending.done()
     sim.blackhole_handshakes(False)
     async with asyncio.timeout(WAIT_S):
@@ -497,7 +497,7 @@ async def test_stop_releases_blackholed_handshakes() -> None:
     await simulator.start()
     simulator.blackhole_handshakes(True)
     pending = asyncio.create_task(_ping_through(simulator))
-    await eventually(lambda: simulator.handshake_attempts >= 1)
+    await eventually(lambda: simulator.stats().handshake_attempts >= 1)
     async with asyncio.timeout(WAIT_S):
         await simulator.stop()
         with pytest.raises(InvalidStatus) as info:
@@ -534,7 +534,7 @@ async def test_delay_replies_reorders_and_still_answers(sim: DerivSimulator) -> 
     async with client(sim) as ws:
         sim.delay_replies(0.2)
         await send(ws, {"ping": 1, "req_id": 1})
-        await eventually(lambda: sim.requests_by_type.get("ping") == 1)
+        await eventually(lambda: sim.stats().requests_by_type.get("ping") == 1)
         sim.delay_replies(0)
         await send(ws, {"time": 1, "req_id": 2})
         first = await recv(ws)
@@ -624,7 +624,7 @@ async def test_counters(sim: DerivSimulator) -> None:
         await call(ws, {"ping": 1, "req_id": 1})
         await call(ws, {"time": 1, "req_id": 2})
         await call(ws, {"time": 1, "req_id": 3})
-        assert sim.connection_count == 1
+        assert sim.stats().connection_count == 1
     with pytest.raises(InvalidStatus):
         async with client(sim, ""):
             pass
@@ -632,7 +632,7 @@ async def test_counters(sim: DerivSimulator) -> None:
     assert stats.connections_accepted_total == 1
     assert stats.handshake_attempts == 2
     assert stats.handshakes_refused == 1
-    assert sim.requests_by_type == {"ping": 1, "time": 2}
+    assert sim.stats().requests_by_type == {"ping": 1, "time": 2}
     assert stats.frames_sent_total >= 3
 
 
@@ -650,7 +650,7 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
         async with client(simulator, max_queue=1, compression=None, sock=sock) as ws:
             await send(ws, {"ticks": [s.symbol for s in DEFAULT_SYMBOLS], "req_id": 1})
             await eventually(lambda: simulator.stats().slow_clients_dropped > 0)
-        assert simulator.connection_count == 0
+        assert simulator.stats().connection_count == 0
         # Dropped (and logged) once, however many ticks arrived for it after that.
         assert simulator.stats().slow_clients_dropped == 1
 

@@ -350,22 +350,6 @@ class DerivSimulator(Listening):
 
     # -- counters -------------------------------------------------------------------
 
-    @property
-    def connection_count(self) -> int:
-        return len(self._clients)
-
-    @property
-    def connections_accepted_total(self) -> int:
-        return self._accepted_total
-
-    @property
-    def handshake_attempts(self) -> int:
-        return self._handshake_attempts
-
-    @property
-    def requests_by_type(self) -> dict[str, int]:
-        return dict(self._requests)
-
     def stats(self) -> SimulatorStats:
         return SimulatorStats(
             connection_count=len(self._clients),
