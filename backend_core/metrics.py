@@ -63,14 +63,23 @@ def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
 # ---------------------------------------------------------------------------- one collector a component
 
 
-class RelayCollector(Collector):
-    """Relay (/api/v1/ws) clients and the ticks sent to them."""
+class _SnapshotCollector(Collector):
+    """One component's metrics, read from its :meth:`~Snapshotting.snapshot` at scrape time."""
 
-    def __init__(self, relay: Snapshotting) -> None:
-        self._relay = relay
+    def __init__(self, component: Snapshotting) -> None:
+        self._component = component
 
     def collect(self) -> Iterator[Metric]:
-        relay = self._relay.snapshot()
+        return self._families(self._component.snapshot())
+
+    def _families(self, snapshot: Mapping[str, Any]) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class RelayCollector(_SnapshotCollector):
+    """Relay (/api/v1/ws) clients and the ticks sent to them."""
+
+    def _families(self, relay: Mapping[str, Any]) -> Iterator[Metric]:
         totals: Mapping[str, Any] = relay["totals"]
         # "_active", not "_connections": under OpenMetrics the counter below owns the
         # family name deriv_status_relay_connections (its samples end in _total).
@@ -118,31 +127,27 @@ class UpstreamCollector(Collector):
         yield g
         reconnects = float(snap.reconnect_count if snap is not None else 0)
         yield _counter("upstream_reconnects", "Upstream reconnections since start.", reconnects)
-        for name, key, text in (
-            ("ticks_received", "ticks_received", "Tick frames received from the upstream."),
-            ("ticks_published", "ticks_published", "Ticks published to the hub (live and backfilled)."),
-            ("ticks_backfilled", "ticks_backfilled", "Ticks recovered with ticks_history after a reconnect."),
+        for name, text in (
+            ("ticks_received", "Tick frames received from the upstream."),
+            ("ticks_published", "Ticks published to the hub (live and backfilled)."),
+            ("ticks_backfilled", "Ticks recovered with ticks_history after a reconnect."),
             (
-                "backfill_gaps",
                 "backfill_gaps",
                 "Backfills that could not reach back to the last tick published (the outage outlasted one reply).",
             ),
         ):
-            yield _counter(name, text, float(stats.get(key, 0)))
+            yield _counter(name, text, float(stats.get(name, 0)))
         c = CounterMetricFamily(f"{PREFIX}_upstream_errors", "Upstream errors by code.", labels=["code"])
         for code, count in list(stats.get("errors_by_code", {}).items())[:MAX_ERROR_CODES]:
             c.add_metric([code], float(count))
         yield c
 
 
-class HubCollector(Collector):
+class HubCollector(_SnapshotCollector):
     """The in-process fan-out: events dropped for slow consumers."""
 
-    def __init__(self, hub: Snapshotting) -> None:
-        self._hub = hub
-
-    def collect(self) -> Iterator[Metric]:
-        dropped = float(self._hub.snapshot().get("dropped_total", 0))
+    def _families(self, hub: Mapping[str, Any]) -> Iterator[Metric]:
+        dropped = float(hub.get("dropped_total", 0))
         yield _counter("ticks_dropped", "Events dropped for slow consumers (oldest first).", dropped)
 
 
@@ -174,14 +179,10 @@ class BreakerCollector(Collector):
         yield rejections
 
 
-class HistoryCollector(Collector):
+class HistoryCollector(_SnapshotCollector):
     """The history store: database reachability, queue and row counters."""
 
-    def __init__(self, store: Snapshotting) -> None:
-        self._store = store
-
-    def collect(self) -> Iterator[Metric]:
-        history = self._store.snapshot()
+    def _families(self, history: Mapping[str, Any]) -> Iterator[Metric]:
         up = 1.0 if history["reachable"] else 0.0
         yield _gauge("history_db_up", "1 when the history database answered the last call.", up)
         pending = float(history["pending_events"])
@@ -198,14 +199,10 @@ class HistoryCollector(Collector):
         yield c
 
 
-class AlertsCollector(Collector):
+class AlertsCollector(_SnapshotCollector):
     """Alerts sent, given up and dropped."""
 
-    def __init__(self, alerts: Snapshotting) -> None:
-        self._alerts = alerts
-
-    def collect(self) -> Iterator[Metric]:
-        alerts = self._alerts.snapshot()
+    def _families(self, alerts: Mapping[str, Any]) -> Iterator[Metric]:
         for name, key, text in (
             ("alerts_sent", "sent_total", "Alerts delivered to ALERT_WEBHOOK_URL."),
             ("alerts_failed", "failed_total", "Alerts given up (refused, or undelivered for an hour)."),
