@@ -37,7 +37,7 @@ The async shell is :class:`backend_core.breakers.breaker.CircuitBreaker`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Final, Literal
 
@@ -217,22 +217,18 @@ class Change:
     at: float
 
 
+@dataclass(eq=False, repr=False, slots=True)
 class Permit:
     """Leave to make one call; settle it exactly once (later settlements are no-ops).
 
     ``change`` is the transition the admission itself made (OPEN -> HALF_OPEN), if any.
     """
 
-    __slots__ = ("admitted_at_monotonic", "change", "generation", "probe", "settled")
-
-    def __init__(
-        self, generation: int, admitted_at_monotonic: float, probe: bool, change: Change | None = None
-    ) -> None:
-        self.generation = generation
-        self.admitted_at_monotonic = admitted_at_monotonic
-        self.probe = probe
-        self.settled = False
-        self.change = change
+    generation: int
+    admitted_at_monotonic: float
+    probe: bool
+    change: Change | None = None
+    settled: bool = field(default=False, init=False)
 
     def __repr__(self) -> str:
         return f"Permit(generation={self.generation}, probe={self.probe}, settled={self.settled})"
