@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket
 
 from backend_core.events import Tick
 from backend_core.hub import Subscription
-from backend_core.relay.eager import AsgiSend, SendNow, Suspended
+from backend_core.relay.eager import AsgiSend, Suspended, WriteReady, WriteTexts
 from backend_core.relay.policy import MessageRateLimiter, SendWatch
 from backend_core.relay.protocol import CLOSE_NORMAL, close_reason
 
@@ -50,12 +50,13 @@ class Connection:
         "ping_outstanding_since",
         "replay_pending",
         "send",
-        "send_now",
         "send_watch",
         "stalled",
         "sub",
         "symbols",
         "websocket",
+        "write_ready",
+        "write_texts",
     )
 
     def __init__(
@@ -63,7 +64,7 @@ class Connection:
         conn_id: str,
         websocket: WebSocket,
         send: AsgiSend,
-        send_now: SendNow | None,
+        writer: tuple[WriteReady, WriteTexts] | None,
         peer: str,
         origin: str | None,
         now: float,
@@ -73,7 +74,9 @@ class Connection:
         self.id = conn_id
         self.websocket = websocket
         self.send = send
-        self.send_now = send_now  # the server's synchronous write, where it offers one
+        # The server's synchronous writes, where it offers them (eager.SEND_NOW_EXTENSION).
+        self.write_ready: WriteReady | None = writer[0] if writer is not None else None
+        self.write_texts: WriteTexts | None = writer[1] if writer is not None else None
         self.peer = peer
         self.origin = origin
         self.sub: Subscription | None = None

@@ -60,8 +60,15 @@ from backend_core.config import Settings
 from backend_core.events import Tick, UpstreamSnapshot
 from backend_core.hub import Closed, Dropped, Hub
 from backend_core.relay.connection import Connection, Outgoing, Replay
-from backend_core.relay.eager import SEND_NOW_EXTENSION, SendNow, finish, send_eagerly
-from backend_core.relay.frames import FrameCache
+from backend_core.relay.eager import (
+    SEND_NOW_EXTENSION,
+    WRITE_FRAMED,
+    WriteReady,
+    WriteTexts,
+    finish,
+    send_eagerly,
+)
+from backend_core.relay.frames import FrameCache, text_frame
 from backend_core.relay.policy import (
     RATE_BURST,
     RATE_PER_S,
@@ -112,6 +119,11 @@ MAX_LISTED_CONNECTIONS = 1000
 # A batched message holds at most this much: 64 KiB is 500 ticks, yet far below every
 # client library's default message limit (1 MiB in python-websockets).
 MAX_BATCH_BYTES = 65536
+
+# A flush through the server's synchronous write writes at most this much at once, then asks
+# again whether the socket takes more: asyncio's default high-water mark, so a client that
+# does not read leaves at most about two of these in the server's write buffer.
+MAX_WRITE_BYTES = 65536
 
 # Distinct symbol sets shared between connections; past this many, new sets are not shared
 # (clients normally pick from a few: all symbols, one, a page's handful).
@@ -271,7 +283,8 @@ class Relay:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI WebSocket handler of ``/api/v1/ws`` (mounted as :attr:`endpoint`)."""
         websocket = WebSocket(scope, receive=receive, send=send)
-        send_now: SendNow | None = (scope.get("extensions") or {}).get(SEND_NOW_EXTENSION, {}).get("send_text")
+        offered = (scope.get("extensions") or {}).get(SEND_NOW_EXTENSION)
+        writer: tuple[WriteReady, WriteTexts] | None = (offered["ready"], offered["write"]) if offered else None
         peer = _peer(websocket)
         origin = websocket.headers.get("origin")
         if not self._settings.WEBSOCKET_ENABLED:
@@ -293,7 +306,7 @@ class Relay:
         now = self._clock.monotonic()
         limiter = MessageRateLimiter(now, self._rate_per_s, self._rate_burst)
         conn = Connection(
-            f"c{next(self._ids)}", websocket, send, send_now, peer, origin, now, self._clock.wall(), limiter
+            f"c{next(self._ids)}", websocket, send, writer, peer, origin, now, self._clock.wall(), limiter
         )
         done = asyncio.Event()
         self._connections[conn.id] = conn
@@ -482,22 +495,42 @@ class Relay:
     def _flush(self, conn: Connection) -> None:
         """Send everything waiting for ``conn``, in order, until its socket would block.
 
-        The hot path of the relay: one pass per frame per client, so lookups are hoisted.
+        Where the server offers synchronous writes (:data:`SEND_NOW_EXTENSION`) and the
+        socket can take them, what is waiting goes out in one write per
+        :data:`MAX_WRITE_BYTES`; otherwise frame by frame through the ASGI ``send``, until
+        one has to wait (the flusher task finishes that one and flushes again).
+        """
+        while conn.stalled is None and conn.sub is not None and not conn.closing.is_set():
+            ready = conn.write_ready
+            if not self._drain(conn, ready() if ready is not None else 0):
+                return
+
+    def _drain(self, conn: Connection, mode: int) -> bool:
+        """One pass of :meth:`_flush`: True when it stopped at the write budget (more may
+        wait), False when nothing is left or the connection cannot take more now.
+
+        ``mode`` is what the server's ``ready()`` said (0: use the ASGI ``send``). The hot
+        path of the relay: one pass per frame per client, so lookups are hoisted.
         """
         sub = conn.sub
-        if conn.stalled is not None or sub is None or conn.closing.is_set():
-            return
+        assert sub is not None
         outbox = conn.outbox
         symbols = conn.symbols  # replaced by the reader, which cannot run during a flush
         live_after = conn.live_after
         get_nowait = sub.get_nowait
         encoded_tick = self._frames.tick
-        send = self._send_now
+        send = self._send
+        direct = mode != 0
+        texts: list[bytes] = []
+        framed: list[bytes] | None = [] if mode == WRITE_FRAMED else None
+        written = written_ticks = 0
         batch: list[str] | None = [] if conn.batch else None
         batch_bytes = batch_ticks = 0
+        more = closed = False
         while True:
             message: dict[str, Any] | None = None
             data: bytes | None = None
+            wire: bytes | None = None
             ticks = 0
             if outbox:
                 item = outbox[0]
@@ -528,7 +561,7 @@ class Relay:
                         if last is not None and event.epoch <= last:
                             continue  # already replayed or sent
                         live_after[symbol] = event.epoch
-                    text, message, data = encoded_tick(event)
+                    text, message, data, wire = encoded_tick(event)
                     ticks = 1
                 elif isinstance(event, UpstreamSnapshot):
                     text = self._frames.status(event)
@@ -540,38 +573,67 @@ class Relay:
                 else:
                     assert isinstance(event, Closed)
                     self._closed_by_hub(conn, event)
-                    return
-            if batch is None:
-                if not send(conn, text, data, message, ticks):
-                    return
-                continue
-            if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
-                if not send(conn, "\n".join(batch), None, None, batch_ticks):
-                    return
-                batch.clear()
-                batch_bytes = batch_ticks = 0
-            batch.append(text)
-            batch_bytes += len(text) + 1
-            batch_ticks += ticks
-        if batch:
-            send(conn, "\n".join(batch), None, None, batch_ticks)
+                    closed = True
+                    break
+            if batch is not None:
+                if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
+                    joined = "\n".join(batch)
+                    batch.clear()
+                    if not direct:
+                        if not send(conn, joined, None, batch_ticks):
+                            return False
+                    else:
+                        data = joined.encode()
+                        texts.append(data)
+                        if framed is not None:
+                            framed.append(text_frame(data))
+                        written += len(data)
+                        written_ticks += batch_ticks
+                    batch_bytes = batch_ticks = 0
+                batch.append(text)
+                batch_bytes += len(text) + 1
+                batch_ticks += ticks
+                if written >= MAX_WRITE_BYTES:
+                    more = True
+                    break
+            elif direct:
+                if data is None:
+                    data = text.encode()
+                texts.append(data)
+                if framed is not None:
+                    framed.append(text_frame(data) if wire is None else wire)
+                written += len(data)
+                written_ticks += ticks
+                if written >= MAX_WRITE_BYTES:
+                    more = True
+                    break
+            elif not send(conn, text, message, ticks):
+                return False
+        if batch and not closed:
+            joined = "\n".join(batch)
+            if not direct:
+                send(conn, joined, None, batch_ticks)
+                return False
+            data = joined.encode()
+            texts.append(data)
+            if framed is not None:
+                framed.append(text_frame(data))
+            written_ticks += batch_ticks
+        if texts:
+            assert conn.write_texts is not None
+            conn.write_texts(texts, framed)  # after ready() said yes, with no await since
+            conn.messages_out += len(texts)
+            self._ticks_sent += written_ticks
+        return more and not closed
 
-    def _send_now(
-        self, conn: Connection, text: str, data: bytes | None, message: dict[str, Any] | None, ticks: int
-    ) -> bool:
-        """Write one text message without awaiting; False when the connection cannot take more now.
+    def _send(self, conn: Connection, text: str, message: dict[str, Any] | None, ticks: int) -> bool:
+        """Send one text message through the ASGI ``send`` without awaiting; False when the
+        connection cannot take more now.
 
-        ``data`` and ``message`` are ``text`` encoded and as an ASGI message, when already
-        built (shared by every client). The server's synchronous write is used where it is
-        offered; otherwise, or when the socket is full, the ASGI ``send``. A send that must
-        wait is finished by the connection's flusher task (bounded by the supervisor's send
-        watch), which then flushes the rest.
+        ``message`` is ``text`` as an ASGI message, when already built (shared by every
+        client). A send that must wait is finished by the connection's flusher task (bounded
+        by the supervisor's send watch), which then flushes the rest.
         """
-        send_now = conn.send_now
-        if send_now is not None and send_now(text.encode() if data is None else data):
-            conn.messages_out += 1
-            self._ticks_sent += ticks
-            return True
         try:
             suspended = send_eagerly(
                 conn.send, {"type": "websocket.send", "text": text} if message is None else message
