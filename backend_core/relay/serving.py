@@ -49,7 +49,10 @@ from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
 # permessage-deflate on the relay's path: the compressor's state is most of a connection's
 # memory (uvicorn's default, a 4 KiB window at memLevel 5, holds 32 KiB per connection).
 # A 1 KiB window still spans several of the ~130-byte tick frames, which is where the
-# repetition is; at memLevel 3 the state is 8 KiB.
+# repetition is; at memLevel 3 the state is 8 KiB. Clients compress without context
+# takeover (client_no_context_takeover, which RFC 7692 obliges every client to honour):
+# their few small messages (subscribe, pong) gain nothing from a shared window, and the
+# server then holds no decompressor between them (about 7 KiB per connection otherwise).
 RELAY_DEFLATE_WINDOW_BITS = 10
 RELAY_DEFLATE_MEM_LEVEL = 3
 
@@ -69,6 +72,7 @@ class RelayWebSocketProtocol(WebSocketsSansIOProtocol):
         elif self.config.ws_per_message_deflate:
             self.conn.available_extensions = [
                 ServerPerMessageDeflateFactory(
+                    client_no_context_takeover=True,
                     server_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
                     client_max_window_bits=RELAY_DEFLATE_WINDOW_BITS,
                     compress_settings={"memLevel": RELAY_DEFLATE_MEM_LEVEL},
