@@ -28,6 +28,7 @@ class Connection:
 
     __slots__ = (
         "batch",
+        "cancelled_for_close",
         "close_code",
         "close_key",
         "close_reason",
@@ -54,6 +55,7 @@ class Connection:
         "stalled",
         "sub",
         "symbols",
+        "task",
         "websocket",
         "write_ready",
         "write_texts",
@@ -99,7 +101,10 @@ class Connection:
         self.outbox: deque[Outgoing] = deque()
         self.replay_pending = 0
         self.limiter = limiter
-        self.closing = asyncio.Event()
+        self.closing = False
+        # The endpoint's task while it reads; request_close() cancels it out of its receive.
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled_for_close = False
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.close_key = ""
@@ -107,9 +112,13 @@ class Connection:
 
     def request_close(self, code: int, reason: str, key: str) -> None:
         """Ask the endpoint to end this connection; the first request wins."""
-        if self.closing.is_set():
+        if self.closing:
             return
         self.close_code = code
         self.close_reason = close_reason(reason)
         self.close_key = key
-        self.closing.set()
+        self.closing = True
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            self.cancelled_for_close = True
+            task.cancel()

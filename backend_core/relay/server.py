@@ -193,7 +193,8 @@ class Relay:
         self._accepting = True
         self._ids = itertools.count(1)
         self._connections: dict[str, Connection] = {}
-        self._endpoints_done: dict[str, asyncio.Event] = {}
+        # Set once the last connection's handler finishes, while close_all() waits for that.
+        self._drained: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self.endpoint = _Endpoint(self)
@@ -224,11 +225,12 @@ class Relay:
         self.stop_accepting()
         for conn in list(self._connections.values()):
             conn.request_close(code, reason, "server_shutdown")
-        waits = [event.wait() for event in self._endpoints_done.values()]
-        if waits:
+        if self._connections:
+            drained = self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout_s + 1.0):
-                    await asyncio.gather(*waits)
+                    await drained
+            self._drained = None
         for task in (self._supervisor, self._pump):
             if task is not None and not task.done():
                 task.cancel()
@@ -308,16 +310,15 @@ class Relay:
         conn = Connection(
             f"c{next(self._ids)}", websocket, send, writer, peer, origin, now, self._clock.wall(), limiter
         )
-        done = asyncio.Event()
         self._connections[conn.id] = conn
-        self._endpoints_done[conn.id] = done
         try:
             await self._serve(conn)
         finally:
             self._connections.pop(conn.id, None)
-            self._endpoints_done.pop(conn.id, None)
             self._index(conn, conn.symbols, add=False)
-            done.set()
+            drained = self._drained
+            if not self._connections and drained is not None and not drained.done():
+                drained.set_result(None)
 
     # --- per connection ----------------------------------------------------------------------
 
@@ -341,17 +342,23 @@ class Relay:
             (conn.origin or "-")[:100],  # client-supplied: quoted and cut, never raw
             len(self._connections),
         )
-        reader = asyncio.create_task(self._guard(conn, self._read_loop, "reader"), name=f"relay-read-{conn.id}")
+        # This coroutine is the reader too (no task of its own per connection): a close
+        # requested elsewhere cancels it out of its receive (Connection.request_close).
+        task = conn.task = asyncio.current_task()
         try:
-            await conn.closing.wait()
+            if not conn.closing:
+                await self._guard(conn, self._read_loop, "reader")
         except asyncio.CancelledError:
-            conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
-            raise
+            # Only the relay's own cancel (a close requested) is absorbed; the server's is not.
+            if not conn.cancelled_for_close or task is None or task.uncancel() > 0:
+                conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
+                raise
         finally:
-            tasks = [reader] if conn.flusher is None else [reader, conn.flusher]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.task = None
+            flusher = conn.flusher
+            if flusher is not None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
             sub.close("connection closed")
             # Counted and logged before the close frame goes out: sending it may wait (up to
             # close_timeout_s) or be cancelled by a server shutdown.
@@ -391,7 +398,7 @@ class Relay:
     async def _read_loop(self, conn: Connection) -> None:
         websocket = conn.websocket
         max_bytes = self._max_frame_bytes
-        while True:
+        while not conn.closing:  # closed by what this loop itself did (a reply, a flush)
             try:
                 message = await websocket.receive()
             except (WebSocketDisconnect, OSError, RuntimeError):
@@ -500,7 +507,7 @@ class Relay:
         :data:`MAX_WRITE_BYTES`; otherwise frame by frame through the ASGI ``send``, until
         one has to wait (the flusher task finishes that one and flushes again).
         """
-        while conn.stalled is None and conn.sub is not None and not conn.closing.is_set():
+        while conn.stalled is None and conn.sub is not None and not conn.closing:
             ready = conn.write_ready
             if not self._drain(conn, ready() if ready is not None else 0):
                 return
@@ -738,7 +745,7 @@ class Relay:
                     conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
 
     def _check(self, conn: Connection, now: float) -> None:
-        if conn.closing.is_set() or conn.sub is None:
+        if conn.closing or conn.sub is None:
             return
         pending_s = conn.send_watch.observe(now, conn.stalled is not None, conn.messages_out)
         if pending_s > self.send_timeout_s:
