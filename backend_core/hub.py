@@ -396,7 +396,11 @@ class InMemoryHub:
         self._ids = itertools.count(1)
         self._subscriptions: dict[int, InMemorySubscription] = {}
         self._all_symbols: set[InMemorySubscription] = set()  # subscriptions with symbols=None
-        self._by_symbol: dict[str, set[InMemorySubscription]] = {}
+        # Subscriptions grouped by their symbol set (one entry per subscription, not one per
+        # symbol: thousands of relay clients on the same 50 symbols are one group), and the
+        # groups concerned by each symbol.
+        self._groups: dict[frozenset[str], set[InMemorySubscription]] = {}
+        self._groups_by_symbol: dict[str, list[set[InMemorySubscription]]] = {}
         self._rings: dict[str, deque[Tick]] = {}
         self._last_epoch: dict[str, int] = {}
         self._evicted_through: dict[str, int] = {}
@@ -439,9 +443,10 @@ class InMemoryHub:
         doomed: list[tuple[InMemorySubscription, Closed]] = []
         if self._all_symbols:
             self._fan_out(self._all_symbols, item, now, doomed)
-        interested = self._by_symbol.get(symbol)
-        if interested:
-            self._fan_out(interested, item, now, doomed)
+        groups = self._groups_by_symbol.get(symbol)
+        if groups:
+            for group in groups:
+                self._fan_out(group, item, now, doomed)
         self._close_slow(doomed)
 
     def publish_status(self, snapshot: UpstreamSnapshot) -> None:
@@ -548,19 +553,31 @@ class InMemoryHub:
         if symbols is None:
             self._all_symbols.add(sub)
             return
-        for symbol in symbols:
-            self._by_symbol.setdefault(symbol, set()).add(sub)
+        if not symbols:
+            return
+        group = self._groups.get(symbols)
+        if group is None:
+            group = self._groups[symbols] = set()
+            for symbol in symbols:
+                self._groups_by_symbol.setdefault(symbol, []).append(group)
+        group.add(sub)
 
     def _unindex(self, sub: InMemorySubscription, symbols: frozenset[str] | None) -> None:
         if symbols is None:
             self._all_symbols.discard(sub)
             return
+        group = self._groups.get(symbols) if symbols else None
+        if group is None:
+            return
+        group.discard(sub)
+        if group:
+            return
+        del self._groups[symbols]
         for symbol in symbols:
-            subs = self._by_symbol.get(symbol)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_symbol[symbol]
+            groups = self._groups_by_symbol[symbol]
+            groups[:] = [other for other in groups if other is not group]
+            if not groups:
+                del self._groups_by_symbol[symbol]
 
     def _reindex(self, sub: InMemorySubscription, old: frozenset[str] | None, new: frozenset[str] | None) -> None:
         self._unindex(sub, old)

@@ -206,7 +206,9 @@ class Relay:
         self._refused: dict[str, int] = {"full": 0, "disabled": 0, "origin": 0, "shutting_down": 0}
         self._closed_by: dict[str, int] = {}
         # Connections subscribed to each symbol, kept as symbols are added and removed.
-        self._by_symbol: dict[str, set[Connection]] = {}
+        # Subscribed connections grouped by their symbol set (one entry per connection, not one
+        # per symbol it takes: 50 set entries per client cost 3 KiB).
+        self._by_set: dict[frozenset[str], set[Connection]] = {}
         self._symbol_sets: dict[frozenset[str], frozenset[str]] = {}
 
     # --- public --------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class Relay:
             "max_connections": self.max_connections,
             "active": len(self._connections),
             "subscribed": sum(1 for conn in self._connections.values() if conn.symbols),
-            "subscribers": {symbol: len(self._by_symbol[symbol]) for symbol in sorted(self._by_symbol)},
+            "subscribers": self._subscribers(),
             "totals": {
                 "accepted": self._accepted_total,
                 "refused_full": self._refused["full"],
@@ -315,7 +317,7 @@ class Relay:
             await self._serve(conn)
         finally:
             self._connections.pop(conn.id, None)
-            self._index(conn, conn.symbols, add=False)
+            self._regroup(conn, conn.symbols, frozenset())
             drained = self._drained
             if not self._connections and drained is not None and not drained.done():
                 drained.set_result(None)
@@ -452,8 +454,9 @@ class Relay:
                 error_frame("resume_busy", "an earlier replay is still being sent; resume again after it", request.id),
             )
             return
-        self._index(conn, set(request.symbols) - conn.symbols, add=True)
-        conn.symbols = self._intern(conn.symbols.union(request.symbols))
+        old = conn.symbols
+        conn.symbols = self._intern(old.union(request.symbols))
+        self._regroup(conn, old, conn.symbols)
         if request.batch is not None:
             conn.batch = request.batch
         # Subscribe first, then read the ring: nothing can be published in between (no
@@ -477,8 +480,9 @@ class Relay:
     def _unsubscribe(self, conn: Connection, request: UnsubscribeRequest) -> None:
         assert conn.sub is not None
         removed = sorted(conn.symbols if request.symbols is None else conn.symbols.intersection(request.symbols))
-        conn.symbols = self._intern(conn.symbols.difference(removed))
-        self._index(conn, removed, add=False)
+        old = conn.symbols
+        conn.symbols = self._intern(old.difference(removed))
+        self._regroup(conn, old, conn.symbols)
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "unsubscribed", "symbols": removed, "subscribed": sorted(conn.symbols)}
         if request.id is not None:
@@ -711,10 +715,10 @@ class Relay:
     async def _flush_many(self, symbols: set[str], everyone: bool) -> None:
         if everyone:
             targets: Iterable[Connection] = list(self._connections.values())
-        elif len(symbols) == 1:
-            targets = list(self._by_symbol.get(next(iter(symbols)), ()))
         else:
-            targets = set().union(*(self._by_symbol.get(symbol, ()) for symbol in symbols))
+            # Groups are disjoint (a connection has one symbol set): no connection twice.
+            groups = [conns for key, conns in self._by_set.items() if not key.isdisjoint(symbols)]
+            targets = list(groups[0]) if len(groups) == 1 else list(itertools.chain.from_iterable(groups))
         flush = self._flush
         for done, conn in enumerate(targets, 1):
             try:
@@ -805,17 +809,27 @@ class Relay:
         self._symbol_sets[symbols] = symbols
         return symbols
 
-    def _index(self, conn: Connection, symbols: Iterable[str], *, add: bool) -> None:
-        by_symbol = self._by_symbol
-        for symbol in symbols:
-            if add:
-                by_symbol.setdefault(symbol, set()).add(conn)
-                continue
-            subscribed = by_symbol.get(symbol)
-            if subscribed is not None:
-                subscribed.discard(conn)
-                if not subscribed:
-                    del by_symbol[symbol]
+    def _regroup(self, conn: Connection, old: frozenset[str], new: frozenset[str]) -> None:
+        """Move ``conn`` from the group of connections subscribed to ``old`` to ``new``'s."""
+        if old == new:
+            return
+        by_set = self._by_set
+        if old:
+            group = by_set.get(old)
+            if group is not None:
+                group.discard(conn)
+                if not group:
+                    del by_set[old]
+        if new:
+            by_set.setdefault(new, set()).add(conn)
+
+    def _subscribers(self) -> dict[str, int]:
+        """Connections subscribed to each symbol."""
+        counts: dict[str, int] = {}
+        for symbols, conns in self._by_set.items():
+            for symbol in symbols:
+                counts[symbol] = counts.get(symbol, 0) + len(conns)
+        return dict(sorted(counts.items()))
 
     def _count_close(self, key: str) -> None:
         self._closed_by[key] = self._closed_by.get(key, 0) + 1
