@@ -258,9 +258,8 @@ class InMemorySubscription:
             return Dropped(count)
         queue = self._queue
         if queue:
-            _, event = queue.popleft()
-            self._delivered += 1
-            self._hub._delivered_total += 1
+            event = queue.popleft()[1]
+            self._delivered += 1  # the hub's total adds these up when asked
             self._full_since = None
             return event
         return self._closed
@@ -318,10 +317,12 @@ class InMemorySubscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _push(self, event: HubEvent, now: float) -> Closed | None:
-        """Queue ``event``; returns a close marker when this push shows the reader is hopeless.
+    def _push(self, item: tuple[float, HubEvent], now: float) -> Closed | None:
+        """Queue ``item`` (``(now, event)``, one tuple shared by every subscriber); returns a
+        close marker when this push shows the reader is hopeless.
 
         The hub closes it after its fan-out loop (closing edits the sets being iterated).
+        :meth:`InMemoryHub._fan_out` inlines the common case (room to spare) for speed.
         """
         queue = self._queue
         verdict: Closed | None = None
@@ -344,7 +345,7 @@ class InMemorySubscription:
             elif now - self._full_since > self._hub.max_full_s:
                 verdict = Closed(f"slow consumer: backlog full for more than {self._hub.max_full_s:g} s", slow=True)
         # Queued even when closing follows, so that _close counts it among the dropped.
-        queue.append((now, event))
+        queue.append(item)
         if self._full_since is None and len(queue) >= self._maxlen:
             self._full_since = now
         self._notify()
@@ -361,6 +362,7 @@ class InMemorySubscription:
             self._queue.clear()
         self._pending_drops = 0
         self._closed = marker
+        self._hub._delivered_by_closed += self._delivered
         self._hub._forget(self)
         self._notify()
 
@@ -394,7 +396,11 @@ class InMemoryHub:
         self._ids = itertools.count(1)
         self._subscriptions: dict[int, InMemorySubscription] = {}
         self._all_symbols: set[InMemorySubscription] = set()  # subscriptions with symbols=None
-        self._by_symbol: dict[str, set[InMemorySubscription]] = {}
+        # Subscriptions grouped by their symbol set (one entry per subscription, not one per
+        # symbol: thousands of relay clients on the same 50 symbols are one group), and the
+        # groups concerned by each symbol.
+        self._groups: dict[frozenset[str], set[InMemorySubscription]] = {}
+        self._groups_by_symbol: dict[str, list[set[InMemorySubscription]]] = {}
         self._rings: dict[str, deque[Tick]] = {}
         self._last_epoch: dict[str, int] = {}
         self._evicted_through: dict[str, int] = {}
@@ -405,7 +411,7 @@ class InMemoryHub:
         self._published_status_total = 0
         self._duplicates_suppressed = 0
         self._symbols_refused = 0
-        self._delivered_total = 0
+        self._delivered_by_closed = 0  # delivered by closed subscriptions; live ones count their own
         self._dropped_total = 0
         self._slow_disconnects_total = 0
         self._subscriptions_total = 0
@@ -433,17 +439,14 @@ class InMemoryHub:
         self._published_ticks_total += 1
 
         now = self.clock.monotonic()
+        item = (now, tick)
         doomed: list[tuple[InMemorySubscription, Closed]] = []
-        for sub in self._all_symbols:
-            marker = sub._push(tick, now)
-            if marker is not None:
-                doomed.append((sub, marker))
-        interested = self._by_symbol.get(symbol)
-        if interested:
-            for sub in interested:
-                marker = sub._push(tick, now)
-                if marker is not None:
-                    doomed.append((sub, marker))
+        if self._all_symbols:
+            self._fan_out(self._all_symbols, item, now, doomed)
+        groups = self._groups_by_symbol.get(symbol)
+        if groups:
+            for group in groups:
+                self._fan_out(group, item, now, doomed)
         self._close_slow(doomed)
 
     def publish_status(self, snapshot: UpstreamSnapshot) -> None:
@@ -453,10 +456,7 @@ class InMemoryHub:
         self._published_status_total += 1
         now = self.clock.monotonic()
         doomed: list[tuple[InMemorySubscription, Closed]] = []
-        for sub in self._subscriptions.values():
-            marker = sub._push(snapshot, now)
-            if marker is not None:
-                doomed.append((sub, marker))
+        self._fan_out(self._subscriptions.values(), (now, snapshot), now, doomed)
         self._close_slow(doomed)
 
     # --- Hub -----------------------------------------------------------------------------
@@ -508,7 +508,7 @@ class InMemoryHub:
             "ring_sizes": {symbol: len(ring) for symbol, ring in self._rings.items()},
             "ring_capacity": self.ring_size,
             "queue_capacity": self.queue_size,
-            "delivered_total": self._delivered_total,
+            "delivered_total": self._delivered_by_closed + sum(sub.delivered for sub in self._subscriptions.values()),
             "dropped_total": self._dropped_total,
             "slow_disconnects_total": self._slow_disconnects_total,
             "backlog_total": sum(sub.backlog for sub in self._subscriptions.values()),
@@ -524,23 +524,60 @@ class InMemoryHub:
 
     # --- bookkeeping -----------------------------------------------------------------------
 
+    @staticmethod
+    def _fan_out(
+        subs: Iterable[InMemorySubscription],
+        item: tuple[float, HubEvent],
+        now: float,
+        doomed: list[tuple[InMemorySubscription, Closed]],
+    ) -> None:
+        """Push ``item`` to each of ``subs``: the per-subscriber cost of every publish.
+
+        A queue with room for this event and one more (the common case by far) only needs
+        the append and the wake-up; anything else (full, or about to be) goes through
+        :meth:`InMemorySubscription._push`, which keeps the drop and slowness bookkeeping.
+        """
+        for sub in subs:
+            queue = sub._queue
+            if len(queue) < sub._maxlen - 1:
+                queue.append(item)
+                waiter = sub._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                continue
+            marker = sub._push(item, now)
+            if marker is not None:
+                doomed.append((sub, marker))
+
     def _index(self, sub: InMemorySubscription, symbols: frozenset[str] | None) -> None:
         if symbols is None:
             self._all_symbols.add(sub)
             return
-        for symbol in symbols:
-            self._by_symbol.setdefault(symbol, set()).add(sub)
+        if not symbols:
+            return
+        group = self._groups.get(symbols)
+        if group is None:
+            group = self._groups[symbols] = set()
+            for symbol in symbols:
+                self._groups_by_symbol.setdefault(symbol, []).append(group)
+        group.add(sub)
 
     def _unindex(self, sub: InMemorySubscription, symbols: frozenset[str] | None) -> None:
         if symbols is None:
             self._all_symbols.discard(sub)
             return
+        group = self._groups.get(symbols) if symbols else None
+        if group is None:
+            return
+        group.discard(sub)
+        if group:
+            return
+        del self._groups[symbols]
         for symbol in symbols:
-            subs = self._by_symbol.get(symbol)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_symbol[symbol]
+            groups = self._groups_by_symbol[symbol]
+            groups[:] = [other for other in groups if other is not group]
+            if not groups:
+                del self._groups_by_symbol[symbol]
 
     def _reindex(self, sub: InMemorySubscription, old: frozenset[str] | None, new: frozenset[str] | None) -> None:
         self._unindex(sub, old)

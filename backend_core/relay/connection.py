@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket
 
 from backend_core.events import Tick
 from backend_core.hub import Subscription
-from backend_core.relay.eager import AsgiSend, SendNow, Suspended
+from backend_core.relay.eager import AsgiSend, Suspended, WriteReady, WriteTexts
 from backend_core.relay.policy import MessageRateLimiter, SendWatch
 from backend_core.relay.protocol import CLOSE_NORMAL, close_reason
 
@@ -28,6 +28,7 @@ class Connection:
 
     __slots__ = (
         "batch",
+        "cancelled_for_close",
         "close_code",
         "close_key",
         "close_reason",
@@ -50,12 +51,14 @@ class Connection:
         "ping_outstanding_since",
         "replay_pending",
         "send",
-        "send_now",
         "send_watch",
         "stalled",
         "sub",
         "symbols",
+        "task",
         "websocket",
+        "write_ready",
+        "write_texts",
     )
 
     def __init__(
@@ -63,7 +66,7 @@ class Connection:
         conn_id: str,
         websocket: WebSocket,
         send: AsgiSend,
-        send_now: SendNow | None,
+        writer: tuple[WriteReady, WriteTexts] | None,
         peer: str,
         origin: str | None,
         now: float,
@@ -73,7 +76,9 @@ class Connection:
         self.id = conn_id
         self.websocket = websocket
         self.send = send
-        self.send_now = send_now  # the server's synchronous write, where it offers one
+        # The server's synchronous writes, where it offers them (eager.SEND_NOW_EXTENSION).
+        self.write_ready: WriteReady | None = writer[0] if writer is not None else None
+        self.write_texts: WriteTexts | None = writer[1] if writer is not None else None
         self.peer = peer
         self.origin = origin
         self.sub: Subscription | None = None
@@ -96,7 +101,10 @@ class Connection:
         self.outbox: deque[Outgoing] = deque()
         self.replay_pending = 0
         self.limiter = limiter
-        self.closing = asyncio.Event()
+        self.closing = False
+        # The endpoint's task while it reads; request_close() cancels it out of its receive.
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled_for_close = False
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self.close_key = ""
@@ -104,9 +112,13 @@ class Connection:
 
     def request_close(self, code: int, reason: str, key: str) -> None:
         """Ask the endpoint to end this connection; the first request wins."""
-        if self.closing.is_set():
+        if self.closing:
             return
         self.close_code = code
         self.close_reason = close_reason(reason)
         self.close_key = key
-        self.closing.set()
+        self.closing = True
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            self.cancelled_for_close = True
+            task.cancel()

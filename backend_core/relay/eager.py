@@ -21,12 +21,19 @@ from typing import Any
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 
-# The ASGI extension (in ``scope["extensions"]``) of servers that can write a frame
-# synchronously: ``{"send_text": callable(data: bytes) -> bool}``, True once written, False
-# (nothing written) when the frame must go through the ASGI ``send`` instead.
+# The ASGI extension (in ``scope["extensions"]``) of servers that can write text messages
+# synchronously: ``{"ready": callable() -> int, "write": callable(texts, framed) -> None}``.
+# ``ready()`` is 0 when the messages must go through the ASGI ``send`` instead (the socket
+# is full, the connection is not open), WRITE_FRAMED when ``write`` takes pre-built
+# unmasked frames (``framed``, one per UTF-8 text in ``texts``), WRITE_TEXT when it takes
+# the texts only (``framed`` None: an extension such as permessage-deflate frames them).
+# ``write`` may only be called right after ``ready()`` said yes, with no await between.
 # backend_core.relay.serving provides it under uvicorn.
 SEND_NOW_EXTENSION = "backend_core.relay.send_now"
-SendNow = Callable[[bytes], bool]
+WRITE_TEXT = 1
+WRITE_FRAMED = 2
+WriteReady = Callable[[], int]
+WriteTexts = Callable[[list[bytes], list[bytes] | None], None]
 
 
 @dataclass(slots=True)

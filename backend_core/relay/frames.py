@@ -8,6 +8,7 @@ status provider, which is cached briefly for the same reason.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,24 +36,26 @@ class FrameCache:
     def __init__(self, clock: Clock, status_provider: Callable[[], dict[str, Any]]) -> None:
         self._clock = clock
         self._status_provider = status_provider
-        self._tick_text: dict[int, tuple[Tick, str, dict[str, Any], bytes]] = {}
+        self._tick_text: dict[int, tuple[Tick, str, dict[str, Any], bytes, bytes]] = {}
         self._status_cache: tuple[UpstreamSnapshot | None, float, str] | None = None
         self._provider_error_logged_at: float | None = None
 
-    def tick(self, tick: Tick) -> tuple[str, dict[str, Any], bytes]:
-        """The frame of ``tick`` as text, as an ASGI message and as UTF-8, built once for every client."""
+    def tick(self, tick: Tick) -> tuple[str, dict[str, Any], bytes, bytes]:
+        """The frame of ``tick`` as text, as an ASGI message, as UTF-8 and as an unmasked
+        WebSocket frame (:func:`text_frame`), built once for every client."""
         # Keyed by identity (hashing a Tick costs more than the lookup); the entry holds the
         # tick itself, so its id cannot be reused while the entry exists.
         entry = self._tick_text.get(id(tick))
         if entry is not None and entry[0] is tick:
-            return entry[1], entry[2], entry[3]
+            return entry[1], entry[2], entry[3], entry[4]
         if len(self._tick_text) >= TICK_TEXT_CACHE_SIZE:
             self._tick_text.clear()
         text = dumps_frame(tick_frame(tick))
         message = {"type": "websocket.send", "text": text}  # servers only read it
         data = text.encode()
-        self._tick_text[id(tick)] = (tick, text, message, data)
-        return text, message, data
+        framed = text_frame(data)
+        self._tick_text[id(tick)] = (tick, text, message, data, framed)
+        return text, message, data, framed
 
     def status(self, snapshot: UpstreamSnapshot | None) -> str:
         """The ``status`` frame text for ``snapshot``, merged with ``status_provider()``'s view."""
@@ -80,3 +83,14 @@ class FrameCache:
             text = dumps_frame(status_frame(snapshot, None, self._clock.wall()))
         self._status_cache = (snapshot, now, text)
         return text
+
+
+def text_frame(data: bytes) -> bytes:
+    """One final, unmasked WebSocket text frame (RFC 6455 section 5.2) holding UTF-8 ``data``:
+    what a server sends when no extension is negotiated."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x81, size)) + data
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + data
+    return struct.pack("!BBQ", 0x81, 127, size) + data

@@ -7,25 +7,17 @@ planning (:mod:`backend_core.relay.resume`). :class:`Relay` only moves data betw
 Starlette :class:`~starlette.websockets.WebSocket` and a hub
 :class:`~backend_core.hub.Subscription`, and calls them.
 
-Per connection there are two coroutines and no shared locks:
-
-- the endpoint coroutine, which admits the client, starts the reader, waits until
-  something decides the connection is over, then cleans up and sends the close frame;
-- a reader, which validates each client frame and answers through the connection's
-  bounded outbox.
+Per connection there is one coroutine and no shared lock: the endpoint, which admits the
+client, reads and validates each client frame (answering through the connection's
+bounded outbox) until something decides the connection is over (a close requested
+elsewhere cancels it out of its receive), then cleans up and sends the close frame.
 
 Sending needs no task per connection. Each connection's hub subscription queues its
 events (bounded, drop-oldest: the hub's policy); one pump task per relay wakes once per
-publish and :meth:`Relay._flush` es the connections it concerns: it drains the outbox
-first (acks, errors, pongs, replays), then the subscription (live ticks, status, drop
-markers), writing each frame without an await: through the server's synchronous write
-where it offers one (:mod:`backend_core.relay.serving` under uvicorn), else by running the
-ASGI ``send`` eagerly (:mod:`backend_core.relay.eager`). A tick is encoded once for every
-client. Only when a
-send would block (the client's socket is full) does the connection get a task, which
-finishes that send and then flushes the rest; until then nothing else writes to it, so
-frames keep their order. Connections that asked for ``batch`` get every frame waiting at
-a flush in one newline-delimited message.
+publish and flushes the connections it concerns through
+:class:`~backend_core.relay.sender.Sender`, which writes without an await (one write per
+flush where the server offers it) and gives a connection a task only while a send of its
+must wait.
 
 One supervisor task per relay (running only while there are connections) sends
 application-level pings, closes clients that stop answering (heartbeat), clients that
@@ -57,10 +49,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from backend_core.clock import Clock, SystemClock, iso_utc
 from backend_core.config import Settings
-from backend_core.events import Tick, UpstreamSnapshot
-from backend_core.hub import Closed, Dropped, Hub
+from backend_core.events import Tick
+from backend_core.hub import Closed, Hub
 from backend_core.relay.connection import Connection, Outgoing, Replay
-from backend_core.relay.eager import SEND_NOW_EXTENSION, SendNow, finish, send_eagerly
+from backend_core.relay.eager import SEND_NOW_EXTENSION, WriteReady, WriteTexts
 from backend_core.relay.frames import FrameCache
 from backend_core.relay.policy import (
     RATE_BURST,
@@ -87,9 +79,9 @@ from backend_core.relay.protocol import (
     error_frame,
     frame_size,
     parse_client_message,
-    tick_frame,
 )
 from backend_core.relay.resume import plan_resume
+from backend_core.relay.sender import Sender
 
 logger = logging.getLogger("backend_core.relay")
 
@@ -108,10 +100,6 @@ MAX_SWEEP_S = 1.0
 
 # At most this many connections are listed one by one by connections() (snapshot() counts all).
 MAX_LISTED_CONNECTIONS = 1000
-
-# A batched message holds at most this much: 64 KiB is 500 ticks, yet far below every
-# client library's default message limit (1 MiB in python-websockets).
-MAX_BATCH_BYTES = 65536
 
 # Distinct symbol sets shared between connections; past this many, new sets are not shared
 # (clients normally pick from a few: all symbols, one, a page's handful).
@@ -181,19 +169,22 @@ class Relay:
         self._accepting = True
         self._ids = itertools.count(1)
         self._connections: dict[str, Connection] = {}
-        self._endpoints_done: dict[str, asyncio.Event] = {}
+        # Set once the last connection's handler finishes, while close_all() waits for that.
+        self._drained: asyncio.Future[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self.endpoint = _Endpoint(self)
 
         self._frames = FrameCache(self._clock, status_provider)
+        self._sender = Sender(hub, self._frames)
 
         self._accepted_total = 0
-        self._ticks_sent = 0
         self._refused: dict[str, int] = {"full": 0, "disabled": 0, "origin": 0, "shutting_down": 0}
         self._closed_by: dict[str, int] = {}
         # Connections subscribed to each symbol, kept as symbols are added and removed.
-        self._by_symbol: dict[str, set[Connection]] = {}
+        # Subscribed connections grouped by their symbol set (one entry per connection, not one
+        # per symbol it takes: 50 set entries per client cost 3 KiB).
+        self._by_set: dict[frozenset[str], set[Connection]] = {}
         self._symbol_sets: dict[frozenset[str], frozenset[str]] = {}
 
     # --- public --------------------------------------------------------------------------
@@ -212,11 +203,12 @@ class Relay:
         self.stop_accepting()
         for conn in list(self._connections.values()):
             conn.request_close(code, reason, "server_shutdown")
-        waits = [event.wait() for event in self._endpoints_done.values()]
-        if waits:
+        if self._connections:
+            drained = self._drained = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.close_timeout_s + 1.0):
-                    await asyncio.gather(*waits)
+                    await drained
+            self._drained = None
         for task in (self._supervisor, self._pump):
             if task is not None and not task.done():
                 task.cancel()
@@ -232,14 +224,14 @@ class Relay:
             "max_connections": self.max_connections,
             "active": len(self._connections),
             "subscribed": sum(1 for conn in self._connections.values() if conn.symbols),
-            "subscribers": {symbol: len(self._by_symbol[symbol]) for symbol in sorted(self._by_symbol)},
+            "subscribers": self._subscribers(),
             "totals": {
                 "accepted": self._accepted_total,
                 "refused_full": self._refused["full"],
                 "refused_disabled": self._refused["disabled"],
                 "refused_origin": self._refused["origin"],
                 "refused_shutting_down": self._refused["shutting_down"],
-                "ticks_sent": self._ticks_sent,
+                "ticks_sent": self._sender.ticks_sent,
                 "closed": dict(self._closed_by),
             },
         }
@@ -271,7 +263,8 @@ class Relay:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI WebSocket handler of ``/api/v1/ws`` (mounted as :attr:`endpoint`)."""
         websocket = WebSocket(scope, receive=receive, send=send)
-        send_now: SendNow | None = (scope.get("extensions") or {}).get(SEND_NOW_EXTENSION, {}).get("send_text")
+        offered = (scope.get("extensions") or {}).get(SEND_NOW_EXTENSION)
+        writer: tuple[WriteReady, WriteTexts] | None = (offered["ready"], offered["write"]) if offered else None
         peer = _peer(websocket)
         origin = websocket.headers.get("origin")
         if not self._settings.WEBSOCKET_ENABLED:
@@ -293,18 +286,17 @@ class Relay:
         now = self._clock.monotonic()
         limiter = MessageRateLimiter(now, self._rate_per_s, self._rate_burst)
         conn = Connection(
-            f"c{next(self._ids)}", websocket, send, send_now, peer, origin, now, self._clock.wall(), limiter
+            f"c{next(self._ids)}", websocket, send, writer, peer, origin, now, self._clock.wall(), limiter
         )
-        done = asyncio.Event()
         self._connections[conn.id] = conn
-        self._endpoints_done[conn.id] = done
         try:
             await self._serve(conn)
         finally:
             self._connections.pop(conn.id, None)
-            self._endpoints_done.pop(conn.id, None)
-            self._index(conn, conn.symbols, add=False)
-            done.set()
+            self._regroup(conn, conn.symbols, frozenset())
+            drained = self._drained
+            if not self._connections and drained is not None and not drained.done():
+                drained.set_result(None)
 
     # --- per connection ----------------------------------------------------------------------
 
@@ -328,17 +320,26 @@ class Relay:
             (conn.origin or "-")[:100],  # client-supplied: quoted and cut, never raw
             len(self._connections),
         )
-        reader = asyncio.create_task(self._guard(conn, self._read_loop, "reader"), name=f"relay-read-{conn.id}")
+        # This coroutine is the reader too (no task of its own per connection): a close
+        # requested elsewhere cancels it out of its receive (Connection.request_close).
+        task = conn.task = asyncio.current_task()
         try:
-            await conn.closing.wait()
+            if not conn.closing:
+                await self._read_loop(conn)
         except asyncio.CancelledError:
-            conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
-            raise
+            # Only the relay's own cancel (a close requested) is absorbed; the server's is not.
+            if not conn.cancelled_for_close or task is None or task.uncancel() > 0:
+                conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
+                raise
+        except Exception:
+            logger.exception("relay connection crashed id=%s peer=%s in=reader", conn.id, conn.peer)
+            conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
         finally:
-            tasks = [reader] if conn.flusher is None else [reader, conn.flusher]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            conn.task = None
+            flusher = conn.flusher
+            if flusher is not None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
             sub.close("connection closed")
             # Counted and logged before the close frame goes out: sending it may wait (up to
             # close_timeout_s) or be cancelled by a server shutdown.
@@ -357,15 +358,6 @@ class Relay:
             )
             await self._send_close(conn)
 
-    async def _guard(self, conn: Connection, loop: Callable[[Connection], Awaitable[None]], role: str) -> None:
-        try:
-            await loop(conn)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("relay connection crashed id=%s peer=%s in=%s", conn.id, conn.peer, role)
-            conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
-
     async def _send_close(self, conn: Connection) -> None:
         websocket = conn.websocket
         if conn.peer_closed or websocket.application_state != WebSocketState.CONNECTED:
@@ -376,53 +368,60 @@ class Relay:
                 await websocket.close(conn.close_code, conn.close_reason)
 
     async def _read_loop(self, conn: Connection) -> None:
-        websocket = conn.websocket
-        max_bytes = self._max_frame_bytes
-        while True:
+        receive = conn.websocket.receive
+        while not conn.closing:  # closed by what this loop itself did (a reply, a flush)
             try:
-                message = await websocket.receive()
+                message = await receive()
             except (WebSocketDisconnect, OSError, RuntimeError):
                 conn.peer_closed = True
                 conn.request_close(1006, "connection lost", "connection_lost")
                 return
-            if message["type"] == "websocket.disconnect":
-                conn.peer_closed = True
-                code = int(message.get("code") or 1005)
-                # 1009 here: the ASGI server refused an oversize frame before buffering it.
-                key = "message_too_big" if code == CLOSE_TOO_BIG else "client_closed"
-                conn.request_close(code, str(message.get("reason") or ""), key)
+            if not self._on_message(conn, message):
                 return
-            now = self._clock.monotonic()
-            conn.last_seen_mono = now
-            conn.ping_outstanding_since = None
-            conn.messages_in += 1
-            text: str | None = message.get("text")
-            data: bytes | None = message.get("bytes")
-            size = frame_size(text, data)
-            if size > max_bytes:
-                conn.request_close(CLOSE_TOO_BIG, f"message too big: {size} bytes > {max_bytes}", "message_too_big")
-                return
-            verdict = conn.limiter.check(now)
-            if verdict is RateVerdict.CLOSE:
-                conn.request_close(CLOSE_POLICY_VIOLATION, "rate limit exceeded", "rate_limited")
-                return
-            if verdict is RateVerdict.REJECT:
-                limit = f"{self._rate_per_s:g} messages/s, burst {self._rate_burst}"
-                self._reply(conn, error_frame("rate_limited", f"too many messages; the limit is {limit}"))
-                continue
-            if text is None:
-                self._reply(conn, error_frame("invalid_message", "binary frames are not accepted; send JSON text"))
-                continue
-            parsed = parse_client_message(text, self._known_symbols)
-            if isinstance(parsed, ClientError):
-                self._reply(conn, error_frame(parsed.code, parsed.message, parsed.id))
-            elif isinstance(parsed, SubscribeRequest):
-                self._subscribe(conn, parsed)
-            elif isinstance(parsed, UnsubscribeRequest):
-                self._unsubscribe(conn, parsed)
-            elif isinstance(parsed, PingRequest):
-                self._reply(conn, {"type": "pong"} if parsed.id is None else {"type": "pong", "id": parsed.id})
-            # PongReply: liveness is already recorded above.
+            del message  # nothing of it stays alive while the loop waits for the next one
+
+    def _on_message(self, conn: Connection, message: Mapping[str, Any]) -> bool:
+        """Handle one ASGI message from the client; False when the connection is over."""
+        max_bytes = self._max_frame_bytes
+        if message["type"] == "websocket.disconnect":
+            conn.peer_closed = True
+            code = int(message.get("code") or 1005)
+            # 1009 here: the ASGI server refused an oversize frame before buffering it.
+            key = "message_too_big" if code == CLOSE_TOO_BIG else "client_closed"
+            conn.request_close(code, str(message.get("reason") or ""), key)
+            return False
+        now = self._clock.monotonic()
+        conn.last_seen_mono = now
+        conn.ping_outstanding_since = None
+        conn.messages_in += 1
+        text: str | None = message.get("text")
+        data: bytes | None = message.get("bytes")
+        size = frame_size(text, data)
+        if size > max_bytes:
+            conn.request_close(CLOSE_TOO_BIG, f"message too big: {size} bytes > {max_bytes}", "message_too_big")
+            return False
+        verdict = conn.limiter.check(now)
+        if verdict is RateVerdict.CLOSE:
+            conn.request_close(CLOSE_POLICY_VIOLATION, "rate limit exceeded", "rate_limited")
+            return False
+        if verdict is RateVerdict.REJECT:
+            limit = f"{self._rate_per_s:g} messages/s, burst {self._rate_burst}"
+            self._reply(conn, error_frame("rate_limited", f"too many messages; the limit is {limit}"))
+            return True
+        if text is None:
+            self._reply(conn, error_frame("invalid_message", "binary frames are not accepted; send JSON text"))
+            return True
+        parsed = parse_client_message(text, self._known_symbols)
+        if isinstance(parsed, ClientError):
+            self._reply(conn, error_frame(parsed.code, parsed.message, parsed.id))
+        elif isinstance(parsed, SubscribeRequest):
+            self._subscribe(conn, parsed)
+        elif isinstance(parsed, UnsubscribeRequest):
+            self._unsubscribe(conn, parsed)
+        elif isinstance(parsed, PingRequest):
+            self._reply(conn, {"type": "pong"} if parsed.id is None else {"type": "pong", "id": parsed.id})
+        # PongReply: liveness is already recorded above.
+        return True
 
     def _subscribe(self, conn: Connection, request: SubscribeRequest) -> None:
         assert conn.sub is not None
@@ -432,8 +431,9 @@ class Relay:
                 error_frame("resume_busy", "an earlier replay is still being sent; resume again after it", request.id),
             )
             return
-        self._index(conn, set(request.symbols) - conn.symbols, add=True)
-        conn.symbols = self._intern(conn.symbols.union(request.symbols))
+        old = conn.symbols
+        conn.symbols = self._intern(old.union(request.symbols))
+        self._regroup(conn, old, conn.symbols)
         if request.batch is not None:
             conn.batch = request.batch
         # Subscribe first, then read the ring: nothing can be published in between (no
@@ -457,8 +457,9 @@ class Relay:
     def _unsubscribe(self, conn: Connection, request: UnsubscribeRequest) -> None:
         assert conn.sub is not None
         removed = sorted(conn.symbols if request.symbols is None else conn.symbols.intersection(request.symbols))
-        conn.symbols = self._intern(conn.symbols.difference(removed))
-        self._index(conn, removed, add=False)
+        old = conn.symbols
+        conn.symbols = self._intern(old.difference(removed))
+        self._regroup(conn, old, conn.symbols)
         conn.sub.set_symbols(conn.symbols)
         ack: dict[str, Any] = {"type": "unsubscribed", "symbols": removed, "subscribed": sorted(conn.symbols)}
         if request.id is not None:
@@ -475,141 +476,9 @@ class Relay:
             )
             return
         conn.outbox.append(item)
-        self._flush(conn)
+        self._sender.flush(conn)
 
     # --- sending ----------------------------------------------------------------------------
-
-    def _flush(self, conn: Connection) -> None:
-        """Send everything waiting for ``conn``, in order, until its socket would block.
-
-        The hot path of the relay: one pass per frame per client, so lookups are hoisted.
-        """
-        sub = conn.sub
-        if conn.stalled is not None or sub is None or conn.closing.is_set():
-            return
-        outbox = conn.outbox
-        symbols = conn.symbols  # replaced by the reader, which cannot run during a flush
-        live_after = conn.live_after
-        get_nowait = sub.get_nowait
-        encoded_tick = self._frames.tick
-        send = self._send_now
-        batch: list[str] | None = [] if conn.batch else None
-        batch_bytes = batch_ticks = 0
-        while True:
-            message: dict[str, Any] | None = None
-            data: bytes | None = None
-            ticks = 0
-            if outbox:
-                item = outbox[0]
-                if isinstance(item, Replay):
-                    if not item.ticks:
-                        outbox.popleft()
-                        conn.replay_pending = 0
-                        continue
-                    tick = item.ticks.popleft()
-                    conn.replay_pending = len(item.ticks)
-                    if tick.symbol not in symbols:
-                        continue
-                    text = dumps_frame(tick_frame(tick, replay=True))
-                    ticks = 1
-                else:
-                    outbox.popleft()
-                    text = item
-            else:
-                event = get_nowait()
-                if event is None:
-                    break
-                if type(event) is Tick:
-                    symbol = event.symbol
-                    if symbol not in symbols:
-                        continue
-                    if live_after:
-                        last = live_after.get(symbol)
-                        if last is not None and event.epoch <= last:
-                            continue  # already replayed or sent
-                        live_after[symbol] = event.epoch
-                    text, message, data = encoded_tick(event)
-                    ticks = 1
-                elif isinstance(event, UpstreamSnapshot):
-                    text = self._frames.status(event)
-                elif isinstance(event, Dropped):
-                    conn.drops += event.count
-                    text = dumps_frame({"type": "dropped", "count": event.count})
-                    # A dropped event may have been a status change: resynchronise next.
-                    outbox.appendleft(self._frames.status(self._hub.status()))
-                else:
-                    assert isinstance(event, Closed)
-                    self._closed_by_hub(conn, event)
-                    return
-            if batch is None:
-                if not send(conn, text, data, message, ticks):
-                    return
-                continue
-            if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
-                if not send(conn, "\n".join(batch), None, None, batch_ticks):
-                    return
-                batch.clear()
-                batch_bytes = batch_ticks = 0
-            batch.append(text)
-            batch_bytes += len(text) + 1
-            batch_ticks += ticks
-        if batch:
-            send(conn, "\n".join(batch), None, None, batch_ticks)
-
-    def _send_now(
-        self, conn: Connection, text: str, data: bytes | None, message: dict[str, Any] | None, ticks: int
-    ) -> bool:
-        """Write one text message without awaiting; False when the connection cannot take more now.
-
-        ``data`` and ``message`` are ``text`` encoded and as an ASGI message, when already
-        built (shared by every client). The server's synchronous write is used where it is
-        offered; otherwise, or when the socket is full, the ASGI ``send``. A send that must
-        wait is finished by the connection's flusher task (bounded by the supervisor's send
-        watch), which then flushes the rest.
-        """
-        send_now = conn.send_now
-        if send_now is not None and send_now(text.encode() if data is None else data):
-            conn.messages_out += 1
-            self._ticks_sent += ticks
-            return True
-        try:
-            suspended = send_eagerly(
-                conn.send, {"type": "websocket.send", "text": text} if message is None else message
-            )
-        except (OSError, RuntimeError):  # the client is gone (uvicorn: ClientDisconnected)
-            conn.peer_closed = True
-            conn.request_close(1006, "connection lost", "connection_lost")
-            return False
-        if suspended is None:
-            conn.messages_out += 1
-            self._ticks_sent += ticks
-            return True
-        conn.stalled = (suspended, ticks)
-        if conn.flusher is None or conn.flusher.done():
-            conn.flusher = asyncio.create_task(
-                self._guard(conn, self._finish_stalled, "writer"), name=f"relay-write-{conn.id}"
-            )
-        return False
-
-    async def _finish_stalled(self, conn: Connection) -> None:
-        while conn.stalled is not None:
-            suspended, ticks = conn.stalled
-            try:
-                await finish(suspended)
-            except (OSError, RuntimeError):
-                conn.peer_closed = True
-                conn.request_close(1006, "connection lost", "connection_lost")
-                return
-            conn.stalled = None
-            conn.messages_out += 1
-            self._ticks_sent += ticks
-            self._flush(conn)  # may stall again: this loop then finishes that one too
-
-    def _closed_by_hub(self, conn: Connection, event: Closed) -> None:
-        if event.slow:
-            conn.request_close(CLOSE_POLICY_VIOLATION, event.reason, "slow_consumer")
-        else:
-            conn.request_close(CLOSE_GOING_AWAY, "server shutting down", "server_shutdown")
 
     async def _pump_loop(self) -> None:
         """Wake once per publish; flush the connections the published events concern."""
@@ -642,11 +511,11 @@ class Relay:
     async def _flush_many(self, symbols: set[str], everyone: bool) -> None:
         if everyone:
             targets: Iterable[Connection] = list(self._connections.values())
-        elif len(symbols) == 1:
-            targets = list(self._by_symbol.get(next(iter(symbols)), ()))
         else:
-            targets = set().union(*(self._by_symbol.get(symbol, ()) for symbol in symbols))
-        flush = self._flush
+            # Groups are disjoint (a connection has one symbol set): no connection twice.
+            groups = [conns for key, conns in self._by_set.items() if not key.isdisjoint(symbols)]
+            targets = list(groups[0]) if len(groups) == 1 else list(itertools.chain.from_iterable(groups))
+        flush = self._sender.flush
         for done, conn in enumerate(targets, 1):
             try:
                 flush(conn)
@@ -676,7 +545,7 @@ class Relay:
                     conn.request_close(CLOSE_INTERNAL_ERROR, "internal error", "internal_error")
 
     def _check(self, conn: Connection, now: float) -> None:
-        if conn.closing.is_set() or conn.sub is None:
+        if conn.closing or conn.sub is None:
             return
         pending_s = conn.send_watch.observe(now, conn.stalled is not None, conn.messages_out)
         if pending_s > self.send_timeout_s:
@@ -736,17 +605,27 @@ class Relay:
         self._symbol_sets[symbols] = symbols
         return symbols
 
-    def _index(self, conn: Connection, symbols: Iterable[str], *, add: bool) -> None:
-        by_symbol = self._by_symbol
-        for symbol in symbols:
-            if add:
-                by_symbol.setdefault(symbol, set()).add(conn)
-                continue
-            subscribed = by_symbol.get(symbol)
-            if subscribed is not None:
-                subscribed.discard(conn)
-                if not subscribed:
-                    del by_symbol[symbol]
+    def _regroup(self, conn: Connection, old: frozenset[str], new: frozenset[str]) -> None:
+        """Move ``conn`` from the group of connections subscribed to ``old`` to ``new``'s."""
+        if old == new:
+            return
+        by_set = self._by_set
+        if old:
+            group = by_set.get(old)
+            if group is not None:
+                group.discard(conn)
+                if not group:
+                    del by_set[old]
+        if new:
+            by_set.setdefault(new, set()).add(conn)
+
+    def _subscribers(self) -> dict[str, int]:
+        """Connections subscribed to each symbol."""
+        counts: dict[str, int] = {}
+        for symbols, conns in self._by_set.items():
+            for symbol in symbols:
+                counts[symbol] = counts.get(symbol, 0) + len(conns)
+        return dict(sorted(counts.items()))
 
     def _count_close(self, key: str) -> None:
         self._closed_by[key] = self._closed_by.get(key, 0) + 1
@@ -768,5 +647,6 @@ class _Endpoint:
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._relay._handle(scope, receive, send)
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine of its own: one frame less held per connection.
+        return self._relay._handle(scope, receive, send)

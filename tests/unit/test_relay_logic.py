@@ -7,10 +7,12 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
 
 from backend_core.clock import FakeClock
 from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
+from backend_core.relay.frames import text_frame
 from backend_core.relay.policy import (
     Heartbeat,
     MessageRateLimiter,
@@ -379,3 +381,10 @@ def test_status_frame_before_any_status() -> None:
     assert frame["state"] == "unknown"
     assert frame["breaker_state"] is None
     assert frame["retry_after_s"] is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_a_prebuilt_text_frame_is_what_websockets_would_send(size: int) -> None:
+    # The relay writes these bytes itself to connections without extensions.
+    data = ("é" * size).encode()[:size]
+    assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
