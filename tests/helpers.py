@@ -10,16 +10,19 @@
   (breaker listener deliveries), also before asserting that nothing was delivered.
 - ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
 - ``iso``: a wall time as the API writes it.
+- ``upstream_snapshot``, ``counting_keys``: the inputs of the incident and history logic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from backend_core.clock import iso_utc
+from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
 
 WAIT_S = 15.0
 POLL_S = 0.02
@@ -83,3 +86,36 @@ async def run_to_end(
             await process.wait()
     assert process.returncode is not None
     return process.returncode, stdout, stderr or b""
+
+
+def upstream_snapshot(
+    state: LinkState,
+    *,
+    since: float,
+    error: str | None = None,
+    attempt: int = 0,
+    in_progress: bool = False,
+    next_at: float | None = None,
+    planned: bool = False,
+    site_status: str | None = None,
+) -> UpstreamSnapshot:
+    """An upstream status as the manager publishes it, for tests of what consumes it."""
+    return UpstreamSnapshot(
+        state=state,
+        since=since,
+        url="wss://example/websockets/v3",
+        simulated=True,
+        attempt=attempt,
+        max_attempts=3,
+        retry_in_progress=in_progress,
+        next_attempt_at=next_at,
+        planned_reconnect=planned,
+        site_status=site_status,
+        last_error=ErrorInfo(error, f"{error} happened", since) if error else None,
+    )
+
+
+def counting_keys() -> Callable[[], str]:
+    """Incident keys k1, k2, ... in order."""
+    counter = itertools.count(1)
+    return lambda: f"k{next(counter)}"

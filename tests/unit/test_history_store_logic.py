@@ -3,7 +3,6 @@ verdicts, URL helpers, queue bounds, the history API's parameters."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from backend_core.breakers.breaker import Transition
 from backend_core.breakers.core import BreakerState
 from backend_core.clock import FakeClock
 from backend_core.config import load_settings
-from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.history.db import is_transient, normalize_db_url, redact_db_url, sqlite_file
 from backend_core.history.minutes import MinuteSample, MinuteSampler, breaker_sample_status, upstream_sample_status
 from backend_core.history.queries import StoreUnavailable, uptime_pct
@@ -25,38 +24,16 @@ from backend_core.history.store import HistoryStore, store_verdict
 from backend_core.history.writer import WriterLimits
 from backend_core.history_api import history_routes
 from backend_core.incidents import IncidentFeed
+from tests.helpers import counting_keys, upstream_snapshot
 
 T0 = 1_700_000_040.0  # a whole minute (28,333,334 * 60)
 
 
-def snap(
-    state: LinkState,
-    *,
-    error: str | None = None,
-    attempt: int = 0,
-    in_progress: bool = False,
-    next_at: float | None = None,
-    planned: bool = False,
-    site_status: str | None = "up",
-) -> UpstreamSnapshot:
-    return UpstreamSnapshot(
-        state=state,
-        since=T0,
-        url="wss://example/websockets/v3",
-        simulated=True,
-        attempt=attempt,
-        max_attempts=3,
-        retry_in_progress=in_progress,
-        next_attempt_at=next_at,
-        planned_reconnect=planned,
-        site_status=site_status,
-        last_error=ErrorInfo(error, f"{error} happened", T0) if error else None,
-    )
+def snap(state: LinkState, *, site_status: str | None = "up", **fields: Any) -> UpstreamSnapshot:
+    return upstream_snapshot(state, since=T0, site_status=site_status, **fields)
 
 
-def keys() -> Any:
-    counter = itertools.count(1)
-    return lambda: f"k{next(counter)}"
+keys = counting_keys
 
 
 # ---------------------------------------------------------------------------- minute samples

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
@@ -22,36 +21,16 @@ from backend_core.incidents import (
     IncidentTracker,
     Recovery,
 )
+from tests.helpers import counting_keys, upstream_snapshot
 
 T0 = 1_700_000_040.0  # a whole minute (28,333,334 * 60)
 
 
-def snap(
-    state: LinkState,
-    *,
-    error: str | None = None,
-    attempt: int = 0,
-    in_progress: bool = False,
-    next_at: float | None = None,
-    planned: bool = False,
-) -> UpstreamSnapshot:
-    return UpstreamSnapshot(
-        state=state,
-        since=T0,
-        url="wss://example/websockets/v3",
-        simulated=True,
-        attempt=attempt,
-        max_attempts=3,
-        retry_in_progress=in_progress,
-        next_attempt_at=next_at,
-        planned_reconnect=planned,
-        last_error=ErrorInfo(error, f"{error} happened", T0) if error else None,
-    )
+def snap(state: LinkState, **fields: Any) -> UpstreamSnapshot:
+    return upstream_snapshot(state, since=T0, **fields)
 
 
-def keys() -> Any:
-    counter = itertools.count(1)
-    return lambda: f"k{next(counter)}"
+keys = counting_keys
 
 
 def tracker() -> IncidentTracker:
