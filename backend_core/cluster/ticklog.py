@@ -162,10 +162,20 @@ class TickLogWriter:
         return WriteResult(written, len(batch) - written)
 
 
-class TickLogReader:
-    """Every member's reader: one blocking XREAD over all symbols' streams."""
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    ticks: list[Tick]
+    #: Raw field maps of the status stream's new entries, oldest first.
+    statuses: list[Mapping[Any, Any]]
 
-    def __init__(self, redis: Any, keys: ClusterKeys, symbols: Iterable[str], clock: Clock) -> None:
+
+class TickLogReader:
+    """Every member's reader: one blocking XREAD over all symbols' streams (and the status
+    stream, when ``status_key`` is given)."""
+
+    def __init__(
+        self, redis: Any, keys: ClusterKeys, symbols: Iterable[str], clock: Clock, status_key: str | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._clock = clock
@@ -175,6 +185,14 @@ class TickLogReader:
                 raise ValueError("not a Deriv symbol")
         self._last: dict[str, str] = {keys.ticks(s): "0-0" for s in symbols}
         self._symbol_of = {keys.ticks(s): s for s in symbols}
+        self._status_key = status_key
+        if status_key is not None:
+            self._last[status_key] = "0-0"
+
+    def status_from(self, entry_id: str) -> None:
+        """Read only status entries after ``entry_id`` (the newest one read at start)."""
+        if self._status_key is not None:
+            self._last[self._status_key] = entry_id
 
     def position(self, symbol: str) -> int:
         """The newest epoch read for ``symbol`` (0 before any)."""
@@ -185,22 +203,25 @@ class TickLogReader:
         key = self._keys.ticks(symbol)
         self._last[key] = f"{max(epoch, self.position(symbol))}-0"
 
-    async def read(self, *, block_ms: int = 1000, count: int = 500) -> list[Tick]:
-        """The next entries of every stream, oldest first per symbol; [] after ``block_ms``."""
+    async def read(self, *, block_ms: int = 1000, count: int = 500) -> ReadBatch:
+        """The next entries of every stream, oldest first per stream; empty after ``block_ms``."""
         async with self._clock.timeout(block_ms / 1000 + 2.0):
             reply = await self._redis.xread(self._last, count=count, block=block_ms)
         ticks: list[Tick] = []
+        statuses: list[Mapping[Any, Any]] = []
         for raw_key, entries in reply or []:
             key = _text(raw_key)
             symbol = self._symbol_of.get(key)
-            if symbol is None:
-                continue
             for raw_id, fields in entries:
                 self._last[key] = _text(raw_id)
+                if symbol is None:
+                    if key == self._status_key:
+                        statuses.append(fields)
+                    continue
                 tick = decode(symbol, raw_id, fields)
                 if tick is not None:
                     ticks.append(tick)
-        return ticks
+        return ReadBatch(ticks, statuses)
 
     async def latest(self, symbol: str, count: int) -> list[Tick]:
         """The newest ``count`` entries of ``symbol``, oldest first (to pre-fill a hub)."""

@@ -122,9 +122,9 @@ async def test_the_reader_sees_every_entry_once_in_order_with_every_field(redis:
     for tick in sent:
         writer.offer(tick)
     await writer.flush(grant.token)
-    got = await reader.read(block_ms=100)
+    got = (await reader.read(block_ms=100)).ticks
     assert sorted(got, key=lambda t: t.epoch) == sent
-    assert await reader.read(block_ms=50) == []
+    assert (await reader.read(block_ms=50)).ticks == []
     assert reader.position("R_50") == 14
     assert await reader.latest("R_50", 1) == [sent[2]]
 
@@ -142,6 +142,6 @@ async def test_a_reader_blocked_on_xread_wakes_for_a_new_entry(redis: Any, serve
         writer.offer(Tick("R_50", 42, 1.5, 2))
         await writer.flush(grant.token)
         async with asyncio.timeout(5):
-            assert [t.epoch for t in await pending] == [42]
+            assert [t.epoch for t in (await pending).ticks] == [42]
     finally:
         await follower.aclose()

@@ -1,0 +1,373 @@
+"""One member of a cluster: the lease, the tick log and the local hub, driven together.
+
+The pure :class:`~backend_core.cluster.coordinator.Coordinator` decides the role; this
+module only moves data and calls it:
+
+- the **lease loop** acquires or renews as told, and on a role change starts or stops the
+  local upstream link through :class:`LinkControl` (a leader and a degraded member run it,
+  a follower does not);
+- the **writer loop** (leader only) writes what the link published, fenced by the lease
+  token; a refused write steps the member down at once;
+- the **reader loop** (every member) follows every symbol's stream with one blocking
+  XREAD (``READ_BLOCK_MS``: the client's socket timeout must be longer) and publishes
+  into the local hub, which drops what it already has (the leader's
+  own ticks, overlap after a takeover), and, on a follower, the leader's status.
+
+:attr:`ClusterMember.sink` is what the upstream link publishes into: the local hub,
+plus the tick log while this member leads. Publishing never waits (DESIGN rule 4).
+Every Redis call has a deadline, so no loop hangs on a hung Redis; failures are counted,
+logged at a bounded rate, and retried with the house backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backend_core.backoff import FullJitter
+from backend_core.clock import Clock
+from backend_core.cluster.coordinator import Coordinator, LeaseTiming, Role, RoleChange, Step
+from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.lease import Grant, LeaseClient
+from backend_core.cluster.status import PUBLISH_STATUS, decode_status, encode_status
+from backend_core.cluster.ticklog import FencedOut, TickLogReader, TickLogWriter
+from backend_core.events import Tick, UpstreamSnapshot
+from backend_core.hub import Hub
+
+log = logging.getLogger(__name__)
+
+# How long one XREAD waits for new entries; the Redis client's socket timeout must exceed it.
+READ_BLOCK_MS = 1000
+# Status entries kept in Redis: new members read only the newest.
+STATUS_MAXLEN = 100
+# Redis errors are logged at most this often (the count says how many there were).
+ERROR_LOG_INTERVAL_S = 30.0
+REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+
+
+class LinkControl(Protocol):
+    """Starts and stops this member's upstream link (the Deriv manager)."""
+
+    async def start_link(self, seed_epochs: Mapping[str, int]) -> None:
+        """Start publishing into the sink; ``seed_epochs`` are the newest epochs known per
+        symbol, from which the link backfills (``ticks_history``) so no tick is lost."""
+
+    async def stop_link(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSnapshot:
+    instance_id: str
+    role: str
+    term: int | None
+    leader: str | None
+    leader_term: int | None
+    redis_ok: bool
+    redis_errors_total: int
+    fenced_writes_total: int
+    failovers_total: int
+    last_error: str | None
+
+
+class _ClusterSink:
+    """The link's sink: the local hub, plus the tick log while leading."""
+
+    def __init__(self, member: ClusterMember) -> None:
+        self._member = member
+
+    def publish_tick(self, tick: Tick) -> None:
+        self._member.hub.publish_tick(tick)
+        self._member._offer_tick(tick)
+
+    def publish_status(self, snapshot: UpstreamSnapshot) -> None:
+        self._member.hub.publish_status(snapshot)
+        self._member._offer_status(snapshot)
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, *REDIS_ERRORS)
+
+
+def _unless_cancelled() -> None:
+    """Re-raise a cancellation that arrived as a timeout.
+
+    A stop that cancels a loop while a client-side timeout expires can reach the loop as
+    a TimeoutError (redis-py converts its own read timeouts); the loop would swallow it
+    as a Redis failure and never end. ``Task.cancelling()`` tells the two apart.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class ClusterMember:
+    def __init__(
+        self,
+        redis: Any,
+        keys: ClusterKeys,
+        instance_id: str,
+        symbols: Iterable[str],
+        hub: Hub,
+        link: LinkControl,
+        clock: Clock,
+        *,
+        timing: LeaseTiming | None = None,
+        ring_size: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.instance_id = instance_id
+        self.symbols = tuple(symbols)
+        self.hub = hub
+        self.clock = clock
+        self.timing = timing or LeaseTiming()
+        self._link = link
+        self._ring_size = ring_size
+        self.coordinator = Coordinator(self.timing, clock.monotonic())
+        self.lease = LeaseClient(redis, keys, instance_id, self.timing.ttl_s, clock)
+        self.writer = TickLogWriter(redis, keys, clock, maxlen=ring_size)
+        self.reader = TickLogReader(redis, keys, self.symbols, clock, status_key=keys.status)
+        self._status_script = redis.register_script(PUBLISH_STATUS)
+        self.sink = _ClusterSink(self)
+        self.ready = asyncio.Event()
+        self._grant: Grant | None = None
+        self._link_running = False
+        self._pending_status: UpstreamSnapshot | None = None
+        self._write_wanted = asyncio.Event()
+        self._wake_lease = asyncio.Event()
+        self._tasks: asyncio.Task[None] | None = None
+        self._errors = 0
+        self._last_error: str | None = None
+        self._last_error_logged_at = float("-inf")
+        self._failovers = 0
+        self._leader: tuple[str, int] | None = None
+        self._backoff = FullJitter(0.1, 2.0)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fill the hub from the log, then run the loops. Ready once the hub is filled
+        (or once Redis has been given up on and the member degrades)."""
+        self._tasks = asyncio.create_task(self._run(), name=f"cluster-member-{self.instance_id}")
+
+    async def stop(self) -> None:
+        """A leader writes what it has, releases the lease at once, then stops its link."""
+        self.coordinator.stopping()
+        if self._tasks is not None:
+            self._tasks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tasks
+            self._tasks = None
+        grant, self._grant = self._grant, None
+        if grant is not None:
+            with contextlib.suppress(*_redis_errors()):
+                await self.writer.flush(grant.token)
+            with contextlib.suppress(*_redis_errors()):
+                await self.lease.release(grant)
+        await self._set_link(False)
+
+    def snapshot(self) -> MemberSnapshot:
+        leader = self._leader
+        return MemberSnapshot(
+            instance_id=self.instance_id,
+            role=self.coordinator.role.value,
+            term=self.coordinator.term if self.coordinator.role is Role.LEADER else None,
+            leader=leader[0] if leader else None,
+            leader_term=leader[1] if leader else None,
+            redis_ok=self._last_error is None,
+            redis_errors_total=self._errors,
+            fenced_writes_total=self.writer.fenced_writes,
+            failovers_total=self._failovers,
+            last_error=self._last_error,
+        )
+
+    @property
+    def role(self) -> Role:
+        return self.coordinator.role
+
+    # --- the loops --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._prefill()
+        self.ready.set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._lease_loop(), name="cluster-lease")
+            group.create_task(self._writer_loop(), name="cluster-writer")
+            group.create_task(self._reader_loop(), name="cluster-reader")
+
+    async def _prefill(self) -> None:
+        deadline = self.clock.monotonic() + self.timing.degrade_after_s
+        attempt = 0
+        while True:
+            try:
+                for symbol in self.symbols:
+                    for tick in await self.reader.latest(symbol, self._ring_size):
+                        self.hub.publish_tick(tick)
+                    latest = self.hub.latest(symbol)
+                    if latest is not None:
+                        self.reader.resume_from(symbol, latest.epoch)
+                async with self.clock.timeout(2.0):
+                    newest = await self.redis.xrevrange(self.keys.status, count=1)
+                for raw_id, fields in newest:
+                    self.reader.status_from(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
+                    snapshot = decode_status(fields.get(b"s", b""))
+                    if snapshot is not None:
+                        self.hub.publish_status(snapshot)
+                self._ok()
+                return
+            except _redis_errors() as exc:
+                _unless_cancelled()
+                self._failed(exc, "reading the tick log at start")
+                if self.clock.monotonic() >= deadline:
+                    await self._apply(self.coordinator.check(self.clock.monotonic()))
+                    return
+                attempt += 1
+                await self.clock.sleep(self._backoff.delay(attempt))
+
+    async def _lease_loop(self) -> None:
+        while True:
+            now = self.clock.monotonic()
+            await self._apply(self.coordinator.check(now))
+            plan = self.coordinator.next_step(now)
+            if plan.step is Step.WAIT:
+                self._wake_lease.clear()
+                try:
+                    async with self.clock.timeout(max(0.0, plan.next_at - now)):
+                        await self._wake_lease.wait()
+                except TimeoutError:
+                    _unless_cancelled()
+                continue
+            sent_at = now
+            try:
+                if plan.step is Step.ACQUIRE:
+                    grant = await self.lease.acquire()
+                    if grant is None:
+                        self._leader = await self.lease.holder()
+                        await self._apply(self.coordinator.not_acquired(self.clock.monotonic()))
+                    else:
+                        self._grant = grant
+                        self._leader = (grant.instance_id, grant.term)
+                        await self._apply(self.coordinator.acquired(grant.term, sent_at, self.clock.monotonic()))
+                elif plan.step is Step.RENEW and self._grant is not None:
+                    if await self.lease.renew(self._grant):
+                        await self._apply(self.coordinator.renewed(sent_at, self.clock.monotonic()))
+                    else:
+                        await self._apply(self.coordinator.lease_lost(self.clock.monotonic()))
+                self._ok()
+            except _redis_errors() as exc:
+                _unless_cancelled()
+                self._failed(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
+                await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
+
+    async def _writer_loop(self) -> None:
+        attempt = 0
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted.clear()
+            grant = self._grant
+            if grant is None or self.coordinator.role is not Role.LEADER:
+                continue
+            try:
+                while self.writer.pending:
+                    await self.writer.flush(grant.token)
+                status, self._pending_status = self._pending_status, None
+                if status is not None:
+                    await self._write_status(grant, status)
+                attempt = 0
+                self._ok()
+            except FencedOut:
+                await self._apply(self.coordinator.lease_lost(self.clock.monotonic(), "a write was fenced off"))
+            except _redis_errors() as exc:
+                _unless_cancelled()
+                self._failed(exc, "writing the tick log")
+                attempt += 1
+                await self.clock.sleep(self._backoff.delay(attempt))
+                self._write_wanted.set()
+
+    async def _write_status(self, grant: Grant, snapshot: UpstreamSnapshot) -> None:
+        async with self.clock.timeout(2.0):
+            result = await self._status_script(
+                keys=[self.keys.leader, self.keys.status],
+                args=[grant.token, STATUS_MAXLEN, grant.term, encode_status(snapshot)],
+            )
+        if int(result) < 0:
+            raise FencedOut("the lease is held by another member")
+
+    async def _reader_loop(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                batch = await self.reader.read(block_ms=READ_BLOCK_MS)
+                for tick in batch.ticks:
+                    self.hub.publish_tick(tick)  # the hub drops epochs it already has
+                if batch.statuses and self.coordinator.role is Role.FOLLOWER:
+                    snapshot = decode_status(batch.statuses[-1].get(b"s", b""))
+                    if snapshot is not None:
+                        self.hub.publish_status(snapshot)
+                attempt = 0
+                self._ok()
+            except _redis_errors() as exc:
+                _unless_cancelled()
+                self._failed(exc, "reading the tick log")
+                await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
+                attempt += 1
+                await self.clock.sleep(self._backoff.delay(attempt))
+
+    # --- role changes ---------------------------------------------------------------------------
+
+    async def _apply(self, change: RoleChange | None) -> None:
+        if change is None:
+            return
+        log.info("cluster member %s: %s -> %s (%s)", self.instance_id, change.before, change.after, change.reason)
+        if change.after is Role.LEADER:
+            self._failovers += 1
+            self._write_wanted.set()
+        if change.before is Role.LEADER:
+            self._grant = None
+        await self._set_link(change.after in (Role.LEADER, Role.DEGRADED))
+
+    async def _set_link(self, running: bool) -> None:
+        if running == self._link_running:
+            return
+        self._link_running = running
+        if running:
+            seed = {}
+            for symbol in self.symbols:
+                latest = self.hub.latest(symbol)
+                seed[symbol] = max(latest.epoch if latest else 0, self.reader.position(symbol))
+            await self._link.start_link(seed)
+        else:
+            await self._link.stop_link()
+
+    # --- publishing (never waits) -----------------------------------------------------------------
+
+    def _offer_tick(self, tick: Tick) -> None:
+        if self.coordinator.role is Role.LEADER:
+            self.writer.offer(tick)
+            self._write_wanted.set()
+
+    def _offer_status(self, snapshot: UpstreamSnapshot) -> None:
+        if self.coordinator.role is Role.LEADER:
+            self._pending_status = snapshot  # only the newest matters
+            self._write_wanted.set()
+
+    # --- errors -----------------------------------------------------------------------------------
+
+    def _ok(self) -> None:
+        self._last_error = None
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        self._errors += 1
+        self._last_error = f"{type(exc).__name__} while {doing}"
+        now = self.clock.monotonic()
+        if now - self._last_error_logged_at >= ERROR_LOG_INTERVAL_S:
+            self._last_error_logged_at = now
+            log.warning(
+                "cluster: Redis failed while %s: %s (%d errors so far)", doing, type(exc).__name__, self._errors
+            )

@@ -1,0 +1,234 @@
+"""Cluster members over a real redis-server: one link per cluster, no tick lost on failover.
+
+The upstream is a fake market whose epochs advance with real time (like Deriv's 1-second
+symbols, faster); a member's link, when started, backfills every epoch after the seed it
+is given and then publishes live, as the Deriv manager does with ``ticks_history``. Each
+member has its own in-memory hub; what a follower's hub holds is what its relay clients
+and pages would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from backend_core.clock import SystemClock
+from backend_core.cluster.coordinator import LeaseTiming, Role
+from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.member import ClusterMember
+from backend_core.events import LinkState, Tick, UpstreamSnapshot
+from backend_core.hub import InMemoryHub
+from tests.integration.redis_server import RedisServer, redis_server
+
+SYMBOL = "R_50"
+TIMING = LeaseTiming(ttl_s=1.0, degrade_after_s=2.0)
+CLOCK = SystemClock()
+WAIT_S = 15.0
+
+
+class Market:
+    """Epochs advance 50 a second from a start; every epoch has a tick."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def newest(self) -> int:
+        return 1_000 + int((time.monotonic() - self.t0) * 50)
+
+
+class FakeLink:
+    """A member's upstream link: backfill after the seed, then live; counts what runs."""
+
+    running: set[str] = set()
+
+    def __init__(self, name: str, market: Market) -> None:
+        self.name = name
+        self.market = market
+        self.member: ClusterMember | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.starts = 0
+
+    async def start_link(self, seed_epochs: Mapping[str, int]) -> None:
+        self.starts += 1
+        FakeLink.running.add(self.name)
+        self.task = asyncio.create_task(self._run(seed_epochs.get(SYMBOL, 0)))
+
+    async def stop_link(self) -> None:
+        FakeLink.running.discard(self.name)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def _run(self, seed: int) -> None:
+        assert self.member is not None
+        sink = self.member.sink
+        sink.publish_status(UpstreamSnapshot(LinkState.CONNECTED, time.time(), f"ws://{self.name}", True))
+        last = seed if seed else self.market.newest() - 1
+        while True:
+            newest = self.market.newest()
+            for epoch in range(last + 1, newest + 1):
+                sink.publish_tick(Tick(SYMBOL, epoch, 100 + epoch / 1000, 3, backfill=epoch < newest))
+            last = max(last, newest)
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def make_member(server: RedisServer) -> AsyncIterator[Callable[[str, Market], Any]]:
+    FakeLink.running = set()
+    made: list[tuple[ClusterMember, Any]] = []
+
+    async def make(name: str, market: Market) -> ClusterMember:
+        redis = Redis.from_url(server.url, socket_timeout=2.5, socket_connect_timeout=1)
+        link = FakeLink(name, market)
+        member = ClusterMember(
+            redis,
+            ClusterKeys("t"),
+            name,
+            [SYMBOL],
+            InMemoryHub(CLOCK, ring_size=5000),
+            link,
+            CLOCK,
+            timing=TIMING,
+            ring_size=5000,
+        )
+        link.member = member
+        made.append((member, redis))
+        await member.start()
+        async with asyncio.timeout(WAIT_S):
+            await member.ready.wait()
+        return member
+
+    yield make
+    for member, redis in made:
+        try:
+            async with asyncio.timeout(10):
+                await member.stop()
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8)
+            raise
+        await redis.aclose()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - conditions across several components
+            await asyncio.sleep(0.02)
+
+
+def epochs(member: ClusterMember) -> list[int]:
+    latest = member.hub.latest(SYMBOL)
+    return [t.epoch for t in member.hub.ticks_since(SYMBOL, 0, 10_000)] if latest else []
+
+
+def assert_contiguous(seen: list[int]) -> None:
+    assert seen, "no ticks"
+    assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
+
+
+async def test_one_leader_runs_the_only_link_and_followers_get_its_ticks_and_status(make_member: Any) -> None:
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    c = await make_member("c", market)
+    await until(lambda: len(epochs(b)) > 20 and len(epochs(c)) > 20)
+    assert FakeLink.running == {"a"}
+    assert (b.role, c.role) == (Role.FOLLOWER, Role.FOLLOWER)
+    assert b.snapshot().leader == "a"
+    status = b.hub.status()
+    assert status is not None and status.url == "ws://a"
+    assert_contiguous(epochs(b))
+
+
+async def test_a_graceful_stop_hands_over_with_no_tick_lost_or_repeated(make_member: Any) -> None:
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    await until(lambda: len(epochs(b)) > 20)
+    await a.stop()
+    await until(lambda: b.role is Role.LEADER, timeout=TIMING.ttl_s + 2)
+    handed_over_at = market.newest()
+    await until(lambda: epochs(b)[-1] > handed_over_at + 50)
+    assert FakeLink.running == {"b"}
+    assert_contiguous(epochs(b))
+
+
+async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make_member: Any) -> None:
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    await until(lambda: len(epochs(b)) > 20)
+    # kill -9: the loops and the link stop, nothing is released.
+    assert a._tasks is not None
+    a._tasks.cancel()
+    a._grant = None
+    await a._link.stop_link()  # type: ignore[attr-defined]
+    await until(lambda: b.role is Role.LEADER, timeout=TIMING.ttl_s + 2)
+    crashed_at = market.newest()
+    await until(lambda: epochs(b)[-1] > crashed_at + 50)
+    assert FakeLink.running == {"b"}
+    assert_contiguous(epochs(b))
+
+
+async def test_a_leader_whose_lease_was_taken_is_fenced_off_and_stops_its_link(
+    make_member: Any, server: RedisServer
+) -> None:
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    # As after a pause longer than the TTL: the lease expired and b took it.
+    raw = Redis.from_url(server.url)
+    try:
+        await raw.delete(ClusterKeys("t").leader)
+    finally:
+        await raw.aclose()
+    await until(lambda: b.role is Role.LEADER)
+    await until(lambda: a.role is Role.FOLLOWER)
+    await until(lambda: FakeLink.running == {"b"})
+    resumed_at = market.newest()
+    await until(lambda: epochs(a)[-1] > resumed_at + 50)
+    assert_contiguous(epochs(a))
+
+
+async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_after(
+    make_member: Any, server: RedisServer
+) -> None:
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    await until(lambda: len(epochs(b)) > 10)
+    server.pause()
+    try:
+        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), timeout=TIMING.degrade_after_s + 5)
+        assert FakeLink.running == {"a", "b"}
+        degraded_at = market.newest()
+        await until(lambda: epochs(b)[-1] > degraded_at + 20)  # b serves its own ticks
+        assert b.snapshot().redis_ok is False
+    finally:
+        server.resume()
+    await until(lambda: sorted([a.role, b.role]) == [Role.FOLLOWER, Role.LEADER], timeout=WAIT_S)
+    await until(lambda: len(FakeLink.running) == 1)
+    rejoined_at = market.newest()
+    await until(lambda: epochs(a)[-1] > rejoined_at + 50 and epochs(b)[-1] > rejoined_at + 50)
+    assert_contiguous(epochs(a))
+    assert_contiguous(epochs(b))
