@@ -46,6 +46,10 @@ READ_BLOCK_MS = 1000
 STATUS_MAXLEN = 100
 # Redis errors are logged at most this often (the count says how many there were).
 ERROR_LOG_INTERVAL_S = 30.0
+# How long stop() waits for the loops to end before it gives up on them (logged).
+STOP_TIMEOUT_S = 5.0
+# How often stop() cancels a loop again while it has not ended.
+RECANCEL_EVERY_S = 0.2
 REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 
 
@@ -106,6 +110,26 @@ def _unless_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def _cancel_until_done(tasks: list[asyncio.Task[None]], clock: Clock, timeout_s: float) -> None:
+    """Cancel ``tasks`` and again every ``RECANCEL_EVERY_S`` until all have ended (a
+    cancellation can be lost, see :meth:`ClusterMember.stop`), at most ``timeout_s``.
+    The caller's own cancellation is not swallowed."""
+    deadline = clock.monotonic() + timeout_s
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_EVERY_S)
+        if pending and clock.monotonic() >= deadline:
+            log.error("cluster: %s did not stop in %.0f s", sorted(t.get_name() for t in pending), timeout_s)
+            return
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("cluster: %s ended with an error", task.get_name(), exc_info=exc)
+
+
 class ClusterMember:
     def __init__(
         self,
@@ -141,7 +165,9 @@ class ClusterMember:
         self._pending_status: UpstreamSnapshot | None = None
         self._write_wanted = asyncio.Event()
         self._wake_lease = asyncio.Event()
-        self._tasks: asyncio.Task[None] | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._errors = 0
         self._last_error: str | None = None
         self._last_error_logged_at = float("-inf")
@@ -154,20 +180,30 @@ class ClusterMember:
     async def start(self) -> None:
         """Fill the hub from the log, then run the loops. Ready once the hub is filled
         (or once Redis has been given up on and the member degrades)."""
-        self._tasks = asyncio.create_task(self._run(), name=f"cluster-member-{self.instance_id}")
+        self._main = asyncio.create_task(self._run(), name=f"cluster-member-{self.instance_id}")
 
     async def stop(self) -> None:
-        """A leader writes what it has, releases the lease at once, then stops its link."""
+        """A leader writes what it has, releases the lease at once, then stops its link.
+
+        Bounded (``STOP_TIMEOUT_S``) and not reliant on one cancellation: on Python 3.11
+        ``asyncio.wait_for``, which redis-py uses around every socket write when a socket
+        timeout is set, returns the write's result and drops a cancellation that arrives
+        as the write completes (CPython gh-86296, fixed in 3.12). So every loop also ends
+        at its next turn once ``_stopped`` is set, and the tasks are cancelled again until
+        they end.
+        """
+        self._stopped = True
         self.coordinator.stopping()
-        if self._tasks is not None:
-            self._tasks.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tasks
-            self._tasks = None
+        self._wake_lease.set()
+        self._write_wanted.set()
+        tasks = [t for t in (self._main, *self._loops) if t is not None]
+        self._main, self._loops = None, []
+        await _cancel_until_done(tasks, self.clock, STOP_TIMEOUT_S)
         grant, self._grant = self._grant, None
         if grant is not None:
-            with contextlib.suppress(*_redis_errors()):
-                await self.writer.flush(grant.token)
+            with contextlib.suppress(FencedOut, *_redis_errors()):
+                while self.writer.pending:
+                    await self.writer.flush(grant.token)
             with contextlib.suppress(*_redis_errors()):
                 await self.lease.release(grant)
         await self._set_link(False)
@@ -196,15 +232,20 @@ class ClusterMember:
     async def _run(self) -> None:
         await self._prefill()
         self.ready.set()
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._lease_loop(), name="cluster-lease")
-            group.create_task(self._writer_loop(), name="cluster-writer")
-            group.create_task(self._reader_loop(), name="cluster-reader")
+        if self._stopped:
+            return
+        self._loops = [
+            asyncio.create_task(self._lease_loop(), name="cluster-lease"),
+            asyncio.create_task(self._writer_loop(), name="cluster-writer"),
+            asyncio.create_task(self._reader_loop(), name="cluster-reader"),
+        ]
+        for task in self._loops:
+            task.add_done_callback(_log_crash)
 
     async def _prefill(self) -> None:
         deadline = self.clock.monotonic() + self.timing.degrade_after_s
         attempt = 0
-        while True:
+        while not self._stopped:
             try:
                 for symbol in self.symbols:
                     for tick in await self.reader.latest(symbol, self._ring_size):
@@ -231,7 +272,7 @@ class ClusterMember:
                 await self.clock.sleep(self._backoff.delay(attempt))
 
     async def _lease_loop(self) -> None:
-        while True:
+        while not self._stopped:
             now = self.clock.monotonic()
             await self._apply(self.coordinator.check(now))
             plan = self.coordinator.next_step(now)
@@ -267,11 +308,11 @@ class ClusterMember:
 
     async def _writer_loop(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopped:
             await self._write_wanted.wait()
             self._write_wanted.clear()
             grant = self._grant
-            if grant is None or self.coordinator.role is not Role.LEADER:
+            if self._stopped or grant is None or self.coordinator.role is not Role.LEADER:
                 continue
             try:
                 while self.writer.pending:
@@ -301,7 +342,7 @@ class ClusterMember:
 
     async def _reader_loop(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopped:
             try:
                 batch = await self.reader.read(block_ms=READ_BLOCK_MS)
                 for tick in batch.ticks:

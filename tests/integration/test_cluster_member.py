@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from redis.asyncio import Redis
@@ -46,7 +46,7 @@ class Market:
 class FakeLink:
     """A member's upstream link: backfill after the seed, then live; counts what runs."""
 
-    running: set[str] = set()
+    running: ClassVar[set[str]] = set()
 
     def __init__(self, name: str, market: Market) -> None:
         self.name = name
@@ -177,8 +177,10 @@ async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make
     b = await make_member("b", market)
     await until(lambda: len(epochs(b)) > 20)
     # kill -9: the loops and the link stop, nothing is released.
-    assert a._tasks is not None
-    a._tasks.cancel()
+    a._stopped = True
+    for task in [a._main, *a._loops]:
+        assert task is not None
+        task.cancel()
     a._grant = None
     await a._link.stop_link()  # type: ignore[attr-defined]
     await until(lambda: b.role is Role.LEADER, timeout=TIMING.ttl_s + 2)
