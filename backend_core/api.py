@@ -183,7 +183,7 @@ def create_api(runtime: Runtime) -> Starlette:
             )
         try:
             before = runtime.breakers.get(name).snapshot().state
-            runtime.breakers.reset(name)
+            runtime.reset_breaker(name)
         except KeyError:
             return error_response(404, "unknown_breaker", f"No circuit breaker is named {name!r}.")
         after = runtime.breakers.get(name).snapshot()

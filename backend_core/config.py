@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import socket
 import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -42,13 +44,14 @@ from pydantic_settings.sources.utils import parse_env_vars
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from backend_core.cluster.keys import CLUSTER_NAME_PATTERN
 from backend_core.deriv.protocol import APP_ID_PATTERN, SYMBOL_PATTERN, TOKEN_PATTERN
 from backend_core.deriv.sim.server import is_loopback_host
 from backend_core.errors import ConfigError
 
 # Variables whose value is never shown in an error (a webhook URL usually carries its own
 # credential; DB_URL may hold a password anywhere, in the user part or the query).
-SECRET_VARIABLES: Final = frozenset({"ADMIN_TOKEN", "DERIV_API_TOKEN", "ALERT_WEBHOOK_URL", "DB_URL"})
+SECRET_VARIABLES: Final = frozenset({"ADMIN_TOKEN", "DERIV_API_TOKEN", "ALERT_WEBHOOK_URL", "DB_URL", "REDIS_URL"})
 # A shown (non-secret) value is clipped to this many characters: the error stays one line.
 SHOWN_VALUE_MAX_CHARS: Final = 80
 # An alert webhook URL longer than this is refused (no receiver needs more).
@@ -161,6 +164,24 @@ _WebhookUrlText = Annotated[
     ),
 ]
 _Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+_RedisUrlText = Annotated[
+    _Stripped,
+    AfterValidator(_url_text(Annotated[AnyUrl, UrlConstraints(allowed_schemes=["redis", "rediss", "unix"])])),
+]
+# A cluster member's id is part of the lease token '<instance_id>:<term>': no ':'.
+INSTANCE_ID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
+def _generated_instance_id() -> str:
+    """``hostname-pid-random``: unique per process (each worker process loads its settings)."""
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in socket.gethostname())[:64]
+    return f"{host or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _blank_is_generated(value: Any) -> Any:
+    return _generated_instance_id() if isinstance(value, str) and value.strip() == "" else value
+
+
 _Origin = Annotated[
     AnyUrl, UrlConstraints(allowed_schemes=["http", "https"], host_required=True), AfterValidator(_origin)
 ]
@@ -274,6 +295,26 @@ class Settings(BaseSettings):
     API_RATE_LIMIT_PER_S: float = Field(10.0, gt=0, description="requests per second per client on the HTTP API")
     API_RATE_LIMIT_BURST: int = Field(50, ge=1, description="requests a client may send at once before the limit")
 
+    # --- a cluster of instances on one Redis (shared/CLUSTER.md 2.9) ---
+    REDIS_URL: Annotated[Annotated[SecretStr, _secret_text(_RedisUrlText)] | None, _BlankIsUnset] = Field(
+        None, description="a redis://, rediss:// or unix:// URL; unset: one process, no cluster"
+    )
+    CLUSTER_NAME: Annotated[_Stripped, StringConstraints(pattern=CLUSTER_NAME_PATTERN)] = Field(
+        "deriv-status", description="the cluster's key prefix: 1 to 64 letters, digits, '_', '.' or '-'"
+    )
+    CLUSTER_LEASE_TTL: float = Field(5.0, ge=2, le=60, description="seconds the leader lease lives unrenewed")
+    INSTANCE_ID: Annotated[
+        _Stripped, StringConstraints(pattern=INSTANCE_ID_PATTERN), BeforeValidator(_blank_is_generated)
+    ] = Field(
+        default_factory=_generated_instance_id,
+        description="this member's id: 1 to 128 letters, digits, '_', '.' or '-' (no ':'); unset: generated",
+    )
+
+    @property
+    def clustered(self) -> bool:
+        """True when REDIS_URL is set: this process is a member of a cluster."""
+        return self.REDIS_URL is not None
+
     @property
     def uses_simulator(self) -> bool:
         """True when no DERIV_WS_URL is set: the app runs its embedded simulator."""
@@ -296,7 +337,7 @@ def secret_values(settings: Settings) -> list[str]:
     """Every secret string the settings hold, and the secret parts of the URLs: what no
     output may show (the log redaction masks these)."""
     values: list[str] = []
-    for secret in (settings.ADMIN_TOKEN, settings.DERIV_API_TOKEN, settings.ALERT_WEBHOOK_URL):
+    for secret in (settings.ADMIN_TOKEN, settings.DERIV_API_TOKEN, settings.ALERT_WEBHOOK_URL, settings.REDIS_URL):
         if secret is not None:
             values.append(secret.get_secret_value())
     if settings.ALERT_WEBHOOK_URL is not None:
@@ -305,6 +346,8 @@ def secret_values(settings: Settings) -> list[str]:
         values += [value for _, value in urllib.parse.parse_qsl(webhook.query)]
     with contextlib.suppress(ValueError, ArgumentError):
         values.append(make_url(settings.DB_URL).password or "")
+    if settings.REDIS_URL is not None:
+        values.append(urllib.parse.urlsplit(settings.REDIS_URL.get_secret_value()).password or "")
     return [value for value in values if value]
 
 

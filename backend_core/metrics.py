@@ -143,6 +143,36 @@ class UpstreamCollector(Collector):
         yield c
 
 
+class ClusterCollector(Collector):
+    """This member's place in the cluster (nothing without REDIS_URL)."""
+
+    ROLES = ("leader", "follower", "degraded", "stopping")
+
+    def __init__(self, snapshot: Callable[[], Any]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        if snap is None:
+            return
+        g = GaugeMetricFamily(
+            f"{PREFIX}_cluster_role", "1 for this member's cluster role, 0 for the others.", labels=["role"]
+        )
+        for role in self.ROLES:
+            g.add_metric([role], 1.0 if snap.role == role else 0.0)
+        yield g
+        term = GaugeMetricFamily(f"{PREFIX}_cluster_leader_term", "The leader lease's term (fencing token) last seen.")
+        term.add_metric([], float(snap.leader_term or 0))
+        yield term
+        yield _counter("cluster_failovers", "Times this member became the leader.", float(snap.failovers_total))
+        yield _counter(
+            "cluster_fenced_writes",
+            "Writes refused because the lease was another member's.",
+            float(snap.fenced_writes_total),
+        )
+        yield _counter("cluster_redis_errors", "Redis calls that failed or timed out.", float(snap.redis_errors_total))
+
+
 class HubCollector(_SnapshotCollector):
     """The in-process fan-out: events dropped for slow consumers."""
 

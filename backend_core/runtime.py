@@ -30,8 +30,11 @@ from backend_core.alerts import AlertService
 from backend_core.breakers.breaker import Transition
 from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import Clock, SystemClock
+from backend_core.cluster.coordinator import Role
+from backend_core.cluster.member import ClusterMember
+from backend_core.cluster.wiring import ManagerLink, build_member, cluster_check
 from backend_core.config import Settings, secret_values
-from backend_core.deriv.manager import DerivManager, RetryOutcome
+from backend_core.deriv.manager import MANUAL_RETRY_MIN_INTERVAL_S, DerivManager, RetryOutcome
 from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import (
@@ -52,6 +55,7 @@ from backend_core.logs import SecretRedaction
 from backend_core.metrics import (
     AlertsCollector,
     BreakerCollector,
+    ClusterCollector,
     HistoryCollector,
     HubCollector,
     LoopLagCollector,
@@ -99,6 +103,19 @@ class Runtime:
                 control_port=settings.DERIV_SIMULATOR_CONTROL_PORT,
             )
         self.manager: DerivManager | None = None
+        # With REDIS_URL set: this process's cluster membership (shared/CLUSTER.md).
+        self.cluster: ClusterMember | None = None
+        if settings.clustered:
+            self.cluster = build_member(
+                settings,
+                self.hub,
+                settings.DERIV_SYMBOLS,
+                ManagerLink(lambda: self.manager),
+                self.clock,
+                self.hub.ring_size,
+            )
+            self.cluster.on_control = self._on_control
+        self._retry_asked_at: float | None = None
         self.relay = Relay(
             settings,
             self.hub,
@@ -131,6 +148,7 @@ class Runtime:
             HistoryCollector(self.store),
             AlertsCollector(self.alerts),
             LoopLagCollector(self.loop_lag),
+            ClusterCollector(lambda: self.cluster.snapshot() if self.cluster is not None else None),
         )
         self.health = HealthService(
             {
@@ -145,6 +163,7 @@ class Runtime:
                 "eventLoop": loop_lag_check(self.loop_lag),
                 "database": self.store.health_check,
                 "alerts": self.alerts.health_check,
+                "cluster": cluster_check(self.cluster, self.clock),
             },
             self.clock,
             observe=self.metrics.observe_health_check,
@@ -166,6 +185,7 @@ class Runtime:
         self._health_inflight: asyncio.Task[HealthReport] | None = None
         self._health_inflight_version = -1
         self._changed = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self.breakers.add_listener(self._on_transition)
         self.breakers.add_listener(self.store.record_transition)
         self.breakers.add_listener(self.incidents.transition)
@@ -216,7 +236,7 @@ class Runtime:
         assert url is not None
         self.manager = DerivManager(
             self.settings,
-            self.hub,
+            self.cluster.sink if self.cluster is not None else self.hub,
             self.breakers.websocket,
             url=url,
             clock=self.clock,
@@ -239,11 +259,24 @@ class Runtime:
         on_stop("status watch", self._stop_status_watch)
         self.history_reader.start()
         on_stop("history reader", self.history_reader.stop)  # the pages' reads end before the store
-        await self.manager.start()
-        on_stop("upstream manager", self.manager.stop)
+        if self.cluster is None:
+            await self.manager.start()
+            on_stop("upstream manager", self.manager.stop)
+        else:
+            # The member starts the manager when it leads or degrades, and stops it (with
+            # the lease released at once) on stop. Ready once the hub is filled from the log.
+            await self.cluster.start()
+            on_stop("cluster member", self.cluster.stop)
+            await self._wait_cluster_ready(self.cluster)
         on_stop("runtime tasks", self._stop_own_tasks)
         on_stop("relay", self._drain_relay)  # first: clients get 1001 while all else still runs
         self.started_at = self.clock.wall()
+
+    async def _wait_cluster_ready(self, member: ClusterMember) -> None:
+        # Bounded: the pre-fill gives up on Redis after degrade_after_s (the member degrades).
+        with contextlib.suppress(TimeoutError):
+            async with self.clock.timeout(member.timing.degrade_after_s + 5.0):
+                await member.ready.wait()
 
     async def stop(self) -> None:
         """Close relay clients with 1001, then stop every component in reverse start order.
@@ -274,7 +307,8 @@ class Runtime:
         await asyncio.gather(self._drain_task, return_exceptions=True)
 
     async def _stop_own_tasks(self) -> None:
-        tasks = [t for t in (self._forward_task, self._health_inflight) if t is not None]
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._forward_task, self._health_inflight) if t is not None]
+        tasks += list(self._background)
         self._forward_task = self._health_inflight = None
         for task in tasks:
             task.cancel()
@@ -352,8 +386,16 @@ class Runtime:
                 self._signal_change()
 
     def _record_status(self, snapshot: UpstreamSnapshot) -> None:
+        if not self.records_upstream:
+            return  # a follower: the leader records the cluster's one history
         self.store.record_status(snapshot)  # uptime samples
         self.incidents.status(snapshot)  # incidents, to the history and the alerts
+
+    @property
+    def records_upstream(self) -> bool:
+        """True where upstream incidents, uptime samples and alerts are produced: a single
+        process, or the member running the link (the leader, or a degraded member)."""
+        return self.cluster is None or self.cluster.role in (Role.LEADER, Role.DEGRADED)
 
     def _signal_change(self) -> None:
         self.status_version += 1
@@ -394,7 +436,13 @@ class Runtime:
     # ------------------------------------------------------------------ reads (never await the upstream)
 
     def upstream_snapshot(self) -> UpstreamSnapshot | None:
-        return self.manager.snapshot() if self.manager is not None else None
+        """This process's link; on a cluster follower (no link of its own) the leader's,
+        as published into the local hub."""
+        if self.manager is not None and (self.cluster is None or self.manager.running):
+            return self.manager.snapshot()
+        if self.cluster is not None:
+            return self.hub.status() or (self.manager.snapshot() if self.manager is not None else None)
+        return None
 
     def _upstream_status(self) -> dict[str, Any]:
         """The relay's status frames carry the upstream view the status API shows."""
@@ -403,10 +451,56 @@ class Runtime:
     def retry_now(self) -> RetryOutcome:
         if self.manager is None or not self.running:
             return RetryOutcome("stopped", "The service is not running.")
+        if self.cluster is not None and self.cluster.role is Role.FOLLOWER:
+            return self._retry_through_leader(self.cluster)
         outcome = self.manager.retry_now()
         if outcome.status == "started":
             self.incidents.manual_retry()
         return outcome
+
+    def _retry_through_leader(self, member: ClusterMember) -> RetryOutcome:
+        """A follower's retry: coalesced cluster-wide by ``retry:gate`` (SET NX PX), then a
+        ``control`` entry the leader applies with its manager's own (coalescing) retry."""
+        snap = self.upstream_snapshot()
+        if snap is not None and snap.state == LinkState.CONNECTED:
+            return RetryOutcome("already_connected", "The market feed is already connected.")
+        now = self.clock.monotonic()
+        if self._retry_asked_at is not None and now - self._retry_asked_at < MANUAL_RETRY_MIN_INTERVAL_S:
+            return RetryOutcome("in_progress", "A connection attempt is already under way.")
+        self._retry_asked_at = now
+
+        async def ask() -> None:
+            with contextlib.suppress(Exception):
+                await member.request_retry()
+
+        task = asyncio.create_task(ask(), name="cluster-retry")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return RetryOutcome("started", "Asked the cluster's leader to retry the market feed connection now.")
+
+    def reset_breaker(self, name: str) -> None:
+        """An admin reset: here, and on every member through the control stream."""
+        self.breakers.reset(name)
+        if self.cluster is not None:
+            member = self.cluster
+
+            async def broadcast() -> None:
+                with contextlib.suppress(Exception):
+                    await member.send_control("breaker_reset", name)
+
+            task = asyncio.create_task(broadcast(), name="cluster-breaker-reset")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _on_control(self, entry: dict[str, str]) -> None:
+        """The leader applies a member's control entry."""
+        kind, name = entry.get("type"), entry.get("name", "")
+        if kind == "retry" and self.manager is not None:
+            if self.manager.retry_now().status == "started":
+                self.incidents.manual_retry()
+        elif kind == "breaker_reset" and entry.get("from") != self.settings.INSTANCE_ID:
+            with contextlib.suppress(KeyError):
+                self.breakers.reset(name)
 
     async def health_report(self, max_age_s: float = 0.0) -> HealthReport:
         """Run the health checks, or reuse a recent report of the current status.

@@ -52,6 +52,10 @@ class ClusterKeys:
     def retry_gate(self) -> str:
         return self.prefix + "retry:gate"
 
+    @property
+    def members(self) -> str:
+        return self.prefix + "members"
+
     def ticks(self, symbol: str) -> str:
         if not SYMBOL_PATTERN.match(symbol):
             raise ValueError("not a Deriv symbol")

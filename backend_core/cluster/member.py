@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +47,12 @@ READ_BLOCK_MS = 1000
 STATUS_MAXLEN = 100
 # Redis errors are logged at most this often (the count says how many there were).
 ERROR_LOG_INTERVAL_S = 30.0
+# Heartbeats: member:<id> lives MEMBER_TTL_MS, renewed every HEARTBEAT_EVERY_S.
+HEARTBEAT_EVERY_S = 5.0
+MEMBER_TTL_MS = 15_000
+# A manual retry from any member closes this gate for the cluster (= MANUAL_RETRY_MIN_INTERVAL_S).
+RETRY_GATE_MS = 5000
+CONTROL_MAXLEN = 1000
 # How long stop() waits for the loops to end before it gives up on them (logged).
 STOP_TIMEOUT_S = 5.0
 # How often stop() cancels a loop again while it has not ended.
@@ -92,7 +99,11 @@ class _ClusterSink:
         self._member._offer_status(snapshot)
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
     return (RedisError, *REDIS_ERRORS)
@@ -156,7 +167,12 @@ class ClusterMember:
         self.coordinator = Coordinator(self.timing, clock.monotonic())
         self.lease = LeaseClient(redis, keys, instance_id, self.timing.ttl_s, clock)
         self.writer = TickLogWriter(redis, keys, clock, maxlen=ring_size)
-        self.reader = TickLogReader(redis, keys, self.symbols, clock, status_key=keys.status)
+        self.reader = TickLogReader(redis, keys, self.symbols, clock, status_key=keys.status, control_key=keys.control)
+        #: Called on the leader with each control entry ({"type": "retry"|"breaker_reset", "name": ...}).
+        self.on_control: Callable[[dict[str, str]], None] | None = None
+        #: When this member last saw a status entry from the leader (monotonic), for health.
+        self.last_status_at: float | None = None
+        self._heartbeat_at = float("-inf")
         self._status_script = redis.register_script(PUBLISH_STATUS)
         self.sink = _ClusterSink(self)
         self.ready = asyncio.Event()
@@ -201,10 +217,10 @@ class ClusterMember:
         await _cancel_until_done(tasks, self.clock, STOP_TIMEOUT_S)
         grant, self._grant = self._grant, None
         if grant is not None:
-            with contextlib.suppress(FencedOut, *_redis_errors()):
+            with contextlib.suppress(FencedOut, *redis_errors()):
                 while self.writer.pending:
                     await self.writer.flush(grant.token)
-            with contextlib.suppress(*_redis_errors()):
+            with contextlib.suppress(*redis_errors()):
                 await self.lease.release(grant)
         await self._set_link(False)
 
@@ -255,6 +271,10 @@ class ClusterMember:
                         self.reader.resume_from(symbol, latest.epoch)
                 async with self.clock.timeout(2.0):
                     newest = await self.redis.xrevrange(self.keys.status, count=1)
+                async with self.clock.timeout(2.0):
+                    newest_control = await self.redis.xrevrange(self.keys.control, count=1)
+                for raw_id, _ in newest_control:
+                    self.reader.control_from(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
                 for raw_id, fields in newest:
                     self.reader.status_from(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
                     snapshot = decode_status(fields.get(b"s", b""))
@@ -262,7 +282,7 @@ class ClusterMember:
                         self.hub.publish_status(snapshot)
                 self._ok()
                 return
-            except _redis_errors() as exc:
+            except redis_errors() as exc:
                 _unless_cancelled()
                 self._failed(exc, "reading the tick log at start")
                 if self.clock.monotonic() >= deadline:
@@ -300,11 +320,67 @@ class ClusterMember:
                         await self._apply(self.coordinator.renewed(sent_at, self.clock.monotonic()))
                     else:
                         await self._apply(self.coordinator.lease_lost(self.clock.monotonic()))
+                await self._heartbeat()
                 self._ok()
-            except _redis_errors() as exc:
+            except redis_errors() as exc:
                 _unless_cancelled()
                 self._failed(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
+
+    async def _heartbeat(self) -> None:
+        """Every ``HEARTBEAT_EVERY_S``: ``member:<id>`` (PX) and the ``members`` zset."""
+        now = self.clock.monotonic()
+        if now - self._heartbeat_at < HEARTBEAT_EVERY_S:
+            return
+        self._heartbeat_at = now
+        wall_ms = int(self.clock.wall() * 1000)
+        body = json.dumps({"role": self.coordinator.role.value, "at": wall_ms})
+        async with self.clock.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.member(self.instance_id), body, px=MEMBER_TTL_MS)
+            pipe.zadd(self.keys.members, {self.instance_id: wall_ms})
+            pipe.zremrangebyscore(self.keys.members, "-inf", wall_ms - MEMBER_TTL_MS)
+            await pipe.execute()
+
+    async def members(self) -> dict[str, str]:
+        """The live members and their roles (from their heartbeats)."""
+        async with self.clock.timeout(2.0):
+            ids = await self.redis.zrangebyscore(
+                self.keys.members, int(self.clock.wall() * 1000) - MEMBER_TTL_MS, "+inf"
+            )
+            names = [_text(i) for i in ids]
+            bodies = await self.redis.mget([self.keys.member(n) for n in names]) if names else []
+        out: dict[str, str] = {}
+        for name, body in zip(names, bodies, strict=False):
+            if body is not None:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    out[name] = str(json.loads(body).get("role", "?"))
+        return out
+
+    async def ping_ms(self) -> float:
+        """One round trip to Redis, in milliseconds."""
+        started = self.clock.monotonic()
+        async with self.clock.timeout(2.0):
+            await self.redis.ping()
+        return (self.clock.monotonic() - started) * 1000
+
+    async def request_retry(self) -> bool:
+        """Ask the leader for a retry, coalesced cluster-wide: False when one was asked
+        for in the last ``RETRY_GATE_MS`` (by any member)."""
+        async with self.clock.timeout(2.0):
+            if not await self.redis.set(self.keys.retry_gate, self.instance_id, nx=True, px=RETRY_GATE_MS):
+                return False
+            await self.send_control("retry", "")
+        return True
+
+    async def send_control(self, kind: str, name: str) -> None:
+        """Append to the control stream (the leader applies it)."""
+        async with self.clock.timeout(2.0):
+            await self.redis.xadd(
+                self.keys.control,
+                {"type": kind, "name": name, "from": self.instance_id},
+                maxlen=CONTROL_MAXLEN,
+                approximate=True,
+            )
 
     async def _writer_loop(self) -> None:
         attempt = 0
@@ -324,7 +400,7 @@ class ClusterMember:
                 self._ok()
             except FencedOut:
                 await self._apply(self.coordinator.lease_lost(self.clock.monotonic(), "a write was fenced off"))
-            except _redis_errors() as exc:
+            except redis_errors() as exc:
                 _unless_cancelled()
                 self._failed(exc, "writing the tick log")
                 attempt += 1
@@ -347,13 +423,18 @@ class ClusterMember:
                 batch = await self.reader.read(block_ms=READ_BLOCK_MS)
                 for tick in batch.ticks:
                     self.hub.publish_tick(tick)  # the hub drops epochs it already has
+                if batch.statuses:
+                    self.last_status_at = self.clock.monotonic()
                 if batch.statuses and self.coordinator.role is Role.FOLLOWER:
                     snapshot = decode_status(batch.statuses[-1].get(b"s", b""))
                     if snapshot is not None:
                         self.hub.publish_status(snapshot)
+                if batch.controls and self.coordinator.role is Role.LEADER and self.on_control is not None:
+                    for fields in batch.controls:
+                        self.on_control({_text(k): _text(v) for k, v in fields.items()})
                 attempt = 0
                 self._ok()
-            except _redis_errors() as exc:
+            except redis_errors() as exc:
                 _unless_cancelled()
                 self._failed(exc, "reading the tick log")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))

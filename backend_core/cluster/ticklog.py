@@ -13,6 +13,7 @@ ticks), ``bf`` 1 for backfill, ``g`` gap_from (only where there is a gap).
 from __future__ import annotations
 
 import collections
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -167,6 +168,8 @@ class ReadBatch:
     ticks: list[Tick]
     #: Raw field maps of the status stream's new entries, oldest first.
     statuses: list[Mapping[Any, Any]]
+    #: Raw field maps of the control stream's new entries, oldest first.
+    controls: list[Mapping[Any, Any]] = dataclasses.field(default_factory=list)
 
 
 class TickLogReader:
@@ -174,7 +177,13 @@ class TickLogReader:
     stream, when ``status_key`` is given)."""
 
     def __init__(
-        self, redis: Any, keys: ClusterKeys, symbols: Iterable[str], clock: Clock, status_key: str | None = None
+        self,
+        redis: Any,
+        keys: ClusterKeys,
+        symbols: Iterable[str],
+        clock: Clock,
+        status_key: str | None = None,
+        control_key: str | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -188,6 +197,14 @@ class TickLogReader:
         self._status_key = status_key
         if status_key is not None:
             self._last[status_key] = "0-0"
+        self._control_key = control_key
+        if control_key is not None:
+            self._last[control_key] = "0-0"
+
+    def control_from(self, entry_id: str) -> None:
+        """Read only control entries after ``entry_id`` (the newest one at start)."""
+        if self._control_key is not None:
+            self._last[self._control_key] = entry_id
 
     def status_from(self, entry_id: str) -> None:
         """Read only status entries after ``entry_id`` (the newest one read at start)."""
@@ -209,6 +226,7 @@ class TickLogReader:
             reply = await self._redis.xread(self._last, count=count, block=block_ms)
         ticks: list[Tick] = []
         statuses: list[Mapping[Any, Any]] = []
+        controls: list[Mapping[Any, Any]] = []
         for raw_key, entries in reply or []:
             key = _text(raw_key)
             symbol = self._symbol_of.get(key)
@@ -217,11 +235,13 @@ class TickLogReader:
                 if symbol is None:
                     if key == self._status_key:
                         statuses.append(fields)
+                    elif key == self._control_key:
+                        controls.append(fields)
                     continue
                 tick = decode(symbol, raw_id, fields)
                 if tick is not None:
                     ticks.append(tick)
-        return ReadBatch(ticks, statuses)
+        return ReadBatch(ticks, statuses, controls)
 
     async def latest(self, symbol: str, count: int) -> list[Tick]:
         """The newest ``count`` entries of ``symbol``, oldest first (to pre-fill a hub)."""

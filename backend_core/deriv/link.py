@@ -133,6 +133,11 @@ class TickSequencer:
     def last_epoch(self, symbol: str) -> int | None:
         return self._last.get(symbol)
 
+    def seed(self, symbol: str, epoch: int) -> None:
+        """Treat ``epoch`` as published (a cluster's newest): later ticks only, backfilled from it."""
+        if epoch > self._last.get(symbol, 0):
+            self._last[symbol] = epoch
+
 
 class RetryPolicy(Enum):
     """What a failed subscribe means for its symbol."""
@@ -272,6 +277,13 @@ class LinkProtocol:
 
     def last_epoch(self, symbol: str) -> int | None:
         return self._sequencer.last_epoch(symbol)
+
+    def seed_epochs(self, epochs: Mapping[str, int]) -> None:
+        """The newest epoch known per symbol elsewhere (a cluster's tick log): the next
+        subscribe backfills from it with ``ticks_history``, so a takeover loses no tick."""
+        for symbol, epoch in epochs.items():
+            if symbol in self._symbols and epoch > 0:
+                self._sequencer.seed(symbol, epoch)
 
     def waiting_symbols(self) -> list[str]:
         """Symbols that failed and wait for their next attempt (a retry would ask now)."""

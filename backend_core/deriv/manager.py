@@ -40,7 +40,7 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -368,6 +368,14 @@ class DerivManager:
             "pending_requests": self._link.pending_count,
             "reconnects": self._snap.reconnect_count,
         }
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def seed_epochs(self, epochs: Mapping[str, int]) -> None:
+        """Before :meth:`start`: backfill from these epochs (a cluster's newest) on subscribe."""
+        self._link.seed_epochs(epochs)
 
     async def start(self) -> None:
         if self._task is not None:

@@ -55,15 +55,32 @@ DEFAULTS = {
     "TRUSTED_PROXIES": (),
     "API_RATE_LIMIT_PER_S": 10.0,
     "API_RATE_LIMIT_BURST": 50,
+    "REDIS_URL": None,
+    "CLUSTER_NAME": "deriv-status",
+    "CLUSTER_LEASE_TTL": 5.0,
 }
+# Generated per process (hostname-pid-random): checked by its own test.
+GENERATED = {"INSTANCE_ID"}
 
 
 def test_every_variable_has_its_documented_default() -> None:
     settings = load_settings({})
-    assert set(Settings.model_fields) == set(DEFAULTS), "a variable was added or removed without updating this test"
+    added_or_removed = "a variable was added or removed without updating this test"
+    assert set(Settings.model_fields) == set(DEFAULTS) | GENERATED, added_or_removed
     for name, default in DEFAULTS.items():
         assert getattr(settings, name) == default, name
     assert settings.uses_simulator
+
+
+def test_cluster_settings_default_to_one_process_and_a_lease_safe_instance_id() -> None:
+    settings = load_settings({})
+    assert not settings.clustered
+    assert ":" not in settings.INSTANCE_ID and settings.INSTANCE_ID != load_settings({}).INSTANCE_ID
+    clustered = load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0", "INSTANCE_ID": "web-1"})
+    assert clustered.clustered and clustered.INSTANCE_ID == "web-1"
+    for variable, value in (("INSTANCE_ID", "host:1"), ("REDIS_URL", "http://x"), ("CLUSTER_LEASE_TTL", "1")):
+        with pytest.raises(ConfigError, match=variable):
+            load_settings({variable: value})
 
 
 def test_settings_are_immutable() -> None:

@@ -1,0 +1,133 @@
+"""How a Runtime joins a cluster: the Redis client, the member, the link adapter, health.
+
+With ``REDIS_URL`` set the Runtime builds one :class:`ClusterMember` here. The Deriv
+manager publishes into ``member.sink`` and runs only while the member leads or is
+degraded (:class:`ManagerLink`); everything else keeps reading the local hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from backend_core.clock import Clock
+from backend_core.cluster.coordinator import LeaseTiming, Role
+from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.member import ClusterMember, redis_errors
+from backend_core.health import CheckResult
+
+if TYPE_CHECKING:
+    from backend_core.config import Settings
+    from backend_core.deriv.manager import DerivManager
+    from backend_core.hub import Hub
+
+# Client timeouts: every Redis call is bounded. The socket timeout must outlast the
+# reader's blocking XREAD (1 s).
+SOCKET_TIMEOUT_S = 3.0
+CONNECT_TIMEOUT_S = 2.0
+# The health check's Redis round trips, all together.
+REDIS_CHECK_TIMEOUT_S = 0.6
+
+
+class ManagerLink:
+    """Starts the Deriv manager seeded with the cluster's newest epochs; stops it on demotion."""
+
+    def __init__(self, manager: Callable[[], DerivManager | None]) -> None:
+        self._manager = manager
+
+    async def start_link(self, seed_epochs: Mapping[str, int]) -> None:
+        manager = self._manager()
+        if manager is not None:
+            manager.seed_epochs(seed_epochs)
+            await manager.start()
+
+    async def stop_link(self) -> None:
+        manager = self._manager()
+        if manager is not None:
+            await manager.stop()
+
+
+def build_member(
+    settings: Settings, hub: Hub, symbols: Iterable[str], link: ManagerLink, clock: Clock, ring_size: int
+) -> ClusterMember:
+    from redis.asyncio import Redis
+
+    assert settings.REDIS_URL is not None
+    redis = Redis.from_url(
+        settings.REDIS_URL.get_secret_value(),
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    ttl = settings.CLUSTER_LEASE_TTL
+    return ClusterMember(
+        redis,
+        ClusterKeys(settings.CLUSTER_NAME),
+        settings.INSTANCE_ID,
+        symbols,
+        hub,
+        link,
+        clock,
+        timing=LeaseTiming(ttl_s=ttl, degrade_after_s=2 * ttl),
+        ring_size=ring_size,
+    )
+
+
+def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], Any]:
+    """``cluster:mode``, ``cluster:redis``, ``cluster:leader``, ``cluster:members`` (CLUSTER.md 2.6)."""
+
+    async def check() -> list[CheckResult]:
+        if member is None:
+            return [CheckResult("cluster", "component", "mode", "pass", "single")]
+        snap = member.snapshot()
+        role = snap.role
+        degraded = role == Role.DEGRADED.value
+        results = [
+            CheckResult(
+                "cluster",
+                "component",
+                "mode",
+                "warn" if degraded else "pass",
+                role,
+                None,
+                f"cluster degraded: {snap.last_error or 'Redis unreachable'}; serving from this member's own link"
+                if degraded
+                else "",
+            )
+        ]
+        if degraded:
+            results.append(CheckResult("cluster", "component", "redis", "warn", None, "ms", "Redis unreachable"))
+            return results
+        try:
+            # Well inside the health check's own 1 s: Redis slow or away is a warn, not a fail.
+            async with clock.timeout(REDIS_CHECK_TIMEOUT_S):
+                rtt = await member.ping_ms()
+                members = await member.members()
+        except redis_errors() as exc:
+            results.append(
+                CheckResult(
+                    "cluster", "component", "redis", "warn", None, "ms", f"Redis unreachable ({type(exc).__name__})"
+                )
+            )
+            return results
+        results.append(CheckResult("cluster", "component", "redis", "pass", round(rtt, 2), "ms"))
+        ttl = member.timing.ttl_s
+        status_age = None if member.last_status_at is None else clock.monotonic() - member.last_status_at
+        no_leader = snap.leader is None and (status_age is None or status_age > 3 * ttl)
+        results.append(
+            CheckResult(
+                "cluster",
+                "component",
+                "leader",
+                "warn" if no_leader else "pass",
+                snap.leader,
+                None,
+                "no leader" if no_leader else "",
+                {"term": snap.leader_term},
+            )
+        )
+        results.append(
+            CheckResult("cluster", "component", "members", "pass", len(members), None, "", {"roles": members})
+        )
+        return results
+
+    return check
