@@ -252,7 +252,13 @@ class HealthReport:
         by_component: dict[str, str] = {}
         for r in self.results:
             by_component[r.component_id] = worst([by_component.get(r.component_id, "pass"), r.status])
-        return {"status": self.status, "time": iso_utc(self.at_wall), "components": by_component}
+        body: dict[str, Any] = {"status": self.status, "time": iso_utc(self.at_wall), "components": by_component}
+        if self.status != "pass":
+            # Why, in a few words (e.g. "cluster:mode: cluster degraded: ...").
+            body["output"] = "; ".join(f"{r.key}: {r.output}" for r in self.results if r.status != "pass" and r.output)[
+                :300
+            ]
+        return body
 
     def detailed(self, *, version: str, release_id: str, service_id: str, description: str) -> dict[str, Any]:
         """The ``/health/detailed`` body in health+json format."""

@@ -184,6 +184,7 @@ class ClusterMember:
         self._main: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._stopped = False
+        self._refresh_status = False
         self._errors = 0
         self._last_error: str | None = None
         self._last_error_logged_at = float("-inf")
@@ -327,6 +328,14 @@ class ClusterMember:
                 self._failed(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
 
+    async def _publish_newest_status(self) -> None:
+        async with self.clock.timeout(2.0):
+            newest = await self.redis.xrevrange(self.keys.status, count=1)
+        for _, fields in newest:
+            snapshot = decode_status(fields.get(b"s", b""))
+            if snapshot is not None:
+                self.hub.publish_status(snapshot)
+
     async def _heartbeat(self) -> None:
         """Every ``HEARTBEAT_EVERY_S``: ``member:<id>`` (PX) and the ``members`` zset."""
         now = self.clock.monotonic()
@@ -423,6 +432,9 @@ class ClusterMember:
                 batch = await self.reader.read(block_ms=READ_BLOCK_MS)
                 for tick in batch.ticks:
                     self.hub.publish_tick(tick)  # the hub drops epochs it already has
+                if self._refresh_status and self.coordinator.role is Role.FOLLOWER:
+                    self._refresh_status = False
+                    await self._publish_newest_status()
                 if batch.statuses:
                     self.last_status_at = self.clock.monotonic()
                 if batch.statuses and self.coordinator.role is Role.FOLLOWER:
@@ -452,6 +464,8 @@ class ClusterMember:
             self._write_wanted.set()
         if change.before is Role.LEADER:
             self._grant = None
+        if change.after is Role.FOLLOWER:
+            self._refresh_status = True  # the stopped link's last word is not the cluster's status
         await self._set_link(change.after in (Role.LEADER, Role.DEGRADED))
 
     async def _set_link(self, running: bool) -> None:

@@ -65,7 +65,7 @@ async def cluster(
     db = f"sqlite:///{tempfile.mkdtemp(prefix='deriv-cluster-test-')}/status.db"
     stack = contextlib.AsyncExitStack()
 
-    async def join(name: str) -> Member:
+    async def join(name: str, **env: str) -> Member:
         settings = load_settings(
             {
                 "DERIV_WS_URL": simulator.url,
@@ -77,6 +77,7 @@ async def cluster(
                 "CLUSTER_LEASE_TTL": "2",
                 "INSTANCE_ID": name,
                 "DB_URL": db,
+                **env,
             }
         )
         runtime = Runtime(settings)
@@ -180,6 +181,8 @@ async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_a
         health = (await b.client.get("/health/detailed")).json()
         assert health["status"] == "warn"
         assert "cluster degraded" in health["output"]
+        summary = (await b.client.get("/health")).json()
+        assert summary["status"] == "warn" and "cluster degraded" in summary["output"]
         degraded_at = b.epochs()[-1]
         await until(lambda: b.epochs()[-1] > degraded_at + 10)  # b serves its own ticks
     finally:
@@ -188,3 +191,21 @@ async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_a
     await until(lambda: simulator.connection_count == 1)
     assert_contiguous(a.epochs())
     assert_contiguous(b.epochs())
+
+
+async def test_one_outage_seen_by_three_members_is_one_incident_in_the_shared_history(
+    cluster: Any, simulator: DerivSimulator
+) -> None:
+    quick = {"WEBSOCKET_CB_RECOVERY_TIMEOUT": "1"}
+    a = await cluster("a", **quick)
+    await until(lambda: a.role is Role.LEADER)
+    members = [a, await cluster("b", **quick), await cluster("c", **quick)]
+    await until(lambda: all(len(m.epochs()) > 5 for m in members))
+    simulator.refuse_connections(2)
+    await simulator.drop_all()
+    await until(lambda: all(m.runtime.upstream_snapshot().state != LinkState.CONNECTED for m in members))  # type: ignore[union-attr]
+    await until(lambda: all(m.runtime.upstream_snapshot().state == LinkState.CONNECTED for m in members))  # type: ignore[union-attr]
+    for m in members:
+        assert await m.runtime.store.wait_idle(5.0)
+    incidents = await a.runtime.store.incidents(component="upstream")
+    assert len(incidents) == 1
