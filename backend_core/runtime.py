@@ -265,6 +265,7 @@ class Runtime:
         else:
             # The member starts the manager when it leads or degrades, and stops it (with
             # the lease released at once) on stop. Ready once the hub is filled from the log.
+            on_stop("cluster Redis client", self.cluster.redis.aclose)  # after the member's stop
             await self.cluster.start()
             on_stop("cluster member", self.cluster.stop)
             await self._wait_cluster_ready(self.cluster)

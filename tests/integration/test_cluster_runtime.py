@@ -111,7 +111,7 @@ async def test_one_upstream_link_for_three_members_and_every_hub_gets_the_same_t
     c = await cluster("c")
     await until(lambda: len(b.epochs()) > 30 and len(c.epochs()) > 30)
     assert (b.role, c.role) == (Role.FOLLOWER, Role.FOLLOWER)
-    assert simulator.connection_count == 1
+    assert simulator.stats().connection_count == 1
     newest = min(b.epochs()[-1], c.epochs()[-1])
     await until(lambda: a.epochs()[-1] >= newest)
     window = [e for e in b.epochs() if e <= newest]
@@ -143,7 +143,7 @@ async def test_stopping_the_leader_hands_over_with_no_tick_lost_or_repeated_at_a
     await until(lambda: c.epochs()[-1] > handed_over_at + 30)
     assert_contiguous(c.epochs())
     assert_contiguous(b.epochs())
-    assert simulator.connection_count == 1
+    assert simulator.stats().connection_count == 1
 
 
 async def test_retries_spread_over_three_members_make_one_upstream_attempt(
@@ -158,12 +158,12 @@ async def test_retries_spread_over_three_members_make_one_upstream_attempt(
     # The leader's own attempts fail until its breaker opens (30 s): from then on, no
     # attempt is scheduled, so every attempt counted below is a manual one.
     await until(lambda: a.runtime.upstream_snapshot().state == LinkState.CIRCUIT_OPEN)  # type: ignore[union-attr]
-    before = simulator.handshake_attempts
+    before = simulator.stats().handshake_attempts
     answers = await asyncio.gather(*(members[i % 3].client.post("/api/v1/retry") for i in range(20)))
     assert all(r.status_code < 500 for r in answers)
-    await until(lambda: simulator.handshake_attempts > before, timeout=5)
+    await until(lambda: simulator.stats().handshake_attempts > before, timeout=5)
     await asyncio.sleep(1.5)  # any further attempt would come within one XREAD of the leader
-    assert simulator.handshake_attempts - before == 1
+    assert simulator.stats().handshake_attempts - before == 1
 
 
 async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_after(
@@ -176,7 +176,7 @@ async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_a
     redis.pause()
     try:
         await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), timeout=15)
-        await until(lambda: simulator.connection_count == 2)
+        await until(lambda: simulator.stats().connection_count == 2)
         health = (await b.client.get("/health/detailed")).json()
         assert health["status"] == "warn"
         assert "cluster degraded" in health["output"]
@@ -187,7 +187,7 @@ async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_a
     finally:
         redis.resume()
     await until(lambda: sorted([a.role, b.role]) == [Role.FOLLOWER, Role.LEADER])  # type: ignore[type-var]
-    await until(lambda: simulator.connection_count == 1)
+    await until(lambda: simulator.stats().connection_count == 1)
     assert_contiguous(a.epochs())
     assert_contiguous(b.epochs())
 

@@ -243,12 +243,14 @@ def test_every_secret_typed_variable_is_masked() -> None:
             "ADMIN_TOKEN": "a" * 20,
             "DERIV_API_TOKEN": "tok-123",
             "ALERT_WEBHOOK_URL": "https://hooks.example.com/services/T0/B0/x",
+            "REDIS_URL": "redis://:hunter2@redis.example.com:6379/0",
         }
     )
     secret_typed = {name for name in Settings.model_fields if isinstance(getattr(settings, name), SecretStr)}
-    assert secret_typed == {"ADMIN_TOKEN", "DERIV_API_TOKEN", "ALERT_WEBHOOK_URL"}
+    assert secret_typed == {"ADMIN_TOKEN", "DERIV_API_TOKEN", "ALERT_WEBHOOK_URL", "REDIS_URL"}
     assert secret_typed | {"DB_URL"} == SECRET_VARIABLES
     assert "tok-123" not in repr(settings) and "hooks.example.com" not in repr(settings)
+    assert "hunter2" not in repr(settings)
 
 
 def test_values_are_normalised() -> None:
