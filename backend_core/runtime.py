@@ -30,7 +30,9 @@ from backend_core.alerts import AlertService
 from backend_core.breakers.breaker import Transition
 from backend_core.breakers.registry import BreakerRegistry
 from backend_core.clock import Clock, SystemClock
+from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Role
+from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.member import ClusterMember
 from backend_core.cluster.wiring import ManagerLink, build_member, cluster_check
 from backend_core.config import Settings, secret_values
@@ -87,7 +89,9 @@ class Runtime:
     def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self.breakers = BreakerRegistry.from_settings(settings, clock=self.clock)
+        # With REDIS_URL set the "websocket" breaker's state is the cluster's (its leader writes it).
+        self._breaker_store = RedisBreakerStore(ClusterKeys(settings.CLUSTER_NAME)) if settings.clustered else None
+        self.breakers = BreakerRegistry.from_settings(settings, clock=self.clock, websocket_store=self._breaker_store)
         self.hub = InMemoryHub(clock=self.clock)
         self.simulator: DerivSimulator | None = None
         if settings.uses_simulator:
@@ -113,6 +117,7 @@ class Runtime:
                 ManagerLink(lambda: self.manager),
                 self.clock,
                 self.hub.ring_size,
+                self._breaker_store,
             )
             self.cluster.on_control = self._on_control
         self._retry_asked_at: float | None = None

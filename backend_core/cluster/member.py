@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from backend_core.backoff import FullJitter
 from backend_core.clock import Clock
+from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Coordinator, LeaseTiming, Role, RoleChange, Step
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.lease import Grant, LeaseClient
@@ -154,6 +155,7 @@ class ClusterMember:
         *,
         timing: LeaseTiming | None = None,
         ring_size: int = 1000,
+        breaker_store: RedisBreakerStore | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -164,6 +166,9 @@ class ClusterMember:
         self.timing = timing or LeaseTiming()
         self._link = link
         self._ring_size = ring_size
+        self.breaker_store = breaker_store
+        if breaker_store is not None:
+            breaker_store.on_save = self._write_wanted_soon
         self.coordinator = Coordinator(self.timing, clock.monotonic())
         self.lease = LeaseClient(redis, keys, instance_id, self.timing.ttl_s, clock)
         self.writer = TickLogWriter(redis, keys, clock, maxlen=ring_size)
@@ -402,6 +407,15 @@ class ClusterMember:
             try:
                 while self.writer.pending:
                     await self.writer.flush(grant.token)
+                # The breaker before the status: a follower mirrors the breaker on each status.
+                store = self.breaker_store
+                written = (
+                    store is None
+                    or not store.pending
+                    or await store.write(self.redis, grant.token, grant.term, self.clock)
+                )
+                if not written:
+                    raise FencedOut("the lease is held by another member")
                 status, self._pending_status = self._pending_status, None
                 if status is not None:
                     await self._write_status(grant, status)
@@ -437,6 +451,8 @@ class ClusterMember:
                     await self._publish_newest_status()
                 if batch.statuses:
                     self.last_status_at = self.clock.monotonic()
+                    if self.breaker_store is not None and self.coordinator.role is Role.FOLLOWER:
+                        await self.breaker_store.refresh(self.redis, self.clock)  # mirrored for display
                 if batch.statuses and self.coordinator.role is Role.FOLLOWER:
                     snapshot = decode_status(batch.statuses[-1].get(b"s", b""))
                     if snapshot is not None:
@@ -473,6 +489,14 @@ class ClusterMember:
             return
         self._link_running = running
         if running:
+            store = self.breaker_store
+            if store is not None and self.coordinator.role is Role.LEADER:
+                store.drop_pending()
+                try:  # inherit the cluster's breaker (an open one keeps the new leader waiting)
+                    await store.refresh(self.redis, self.clock)
+                except redis_errors() as exc:
+                    _unless_cancelled()
+                    self._failed(exc, "reading the shared breaker")
             seed = {}
             for symbol in self.symbols:
                 latest = self.hub.latest(symbol)
@@ -482,6 +506,10 @@ class ClusterMember:
             await self._link.stop_link()
 
     # --- publishing (never waits) -----------------------------------------------------------------
+
+    def _write_wanted_soon(self) -> None:
+        if self.coordinator.role is Role.LEADER:
+            self._write_wanted.set()
 
     def _offer_tick(self, tick: Tick) -> None:
         if self.coordinator.role is Role.LEADER:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from backend_core.clock import Clock
+from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import LeaseTiming, Role
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.member import ClusterMember, redis_errors
@@ -48,7 +49,13 @@ class ManagerLink:
 
 
 def build_member(
-    settings: Settings, hub: Hub, symbols: Iterable[str], link: ManagerLink, clock: Clock, ring_size: int
+    settings: Settings,
+    hub: Hub,
+    symbols: Iterable[str],
+    link: ManagerLink,
+    clock: Clock,
+    ring_size: int,
+    breaker_store: RedisBreakerStore | None = None,
 ) -> ClusterMember:
     from redis.asyncio import Redis
 
@@ -69,6 +76,7 @@ def build_member(
         clock,
         timing=LeaseTiming(ttl_s=ttl, degrade_after_s=2 * ttl),
         ring_size=ring_size,
+        breaker_store=breaker_store,
     )
 
 

@@ -208,3 +208,22 @@ async def test_one_outage_seen_by_three_members_is_one_incident_in_the_shared_hi
         assert await m.runtime.store.wait_idle(5.0)
     incidents = await a.runtime.store.incidents(component="upstream")
     assert len(incidents) == 1
+
+
+async def test_a_new_leader_inherits_the_open_websocket_breaker_and_waits_for_it(
+    cluster: Any, simulator: DerivSimulator
+) -> None:
+    a = await cluster("a")
+    await until(lambda: a.role is Role.LEADER)
+    b = await cluster("b")
+    await until(lambda: len(b.epochs()) > 5)
+    simulator.refuse_connections(60)
+    await simulator.drop_all()
+    await until(lambda: str(a.runtime.breakers.websocket.snapshot().state) == "open")
+    await until(lambda: str(b.runtime.breakers.websocket.snapshot().state) == "open")  # mirrored
+    await a.runtime.stop()
+    await until(lambda: b.role is Role.LEADER, timeout=5.0)
+    before = simulator.stats().handshake_attempts
+    await asyncio.sleep(1.5)
+    assert str(b.runtime.breakers.websocket.snapshot().state) == "open"
+    assert simulator.stats().handshake_attempts == before  # no attempt before the recorded open_until
