@@ -78,20 +78,29 @@ def socket_watch(token_manager: Any, token: str) -> Watch:
     return Watch.HERE if owner == instance_id else Watch.GONE
 
 
+# While a tab moves between instances the registries churn (the old instance's
+# disconnect can land after the new one's connect); a socket must stay gone this long
+# before its loop ends, so a loop does not end in the middle of its own tab's move.
+GONE_GRACE_S = 3.0
+
+
 def next_verdict(
     watch: Watch, now: float, unwatched_since: float | None, limit_s: float
 ) -> tuple[Verdict, float | None]:
-    """A loop's verdict after a round, and since when its socket has been unwatched.
+    """A loop's verdict after a round, and since when its socket has not been seen here.
 
-    A socket seen elsewhere or gone ends the loop; an unreadable registry is tolerated
-    for ``limit_s`` (a page still open then gets a new loop when it reconnects).
+    A socket gone or seen elsewhere for :data:`GONE_GRACE_S` ends the loop; an unreadable
+    registry is tolerated for ``limit_s`` (a page still open then gets a new loop when it
+    reconnects).
     """
     if watch is Watch.HERE:
         return Verdict.GO_ON, None
-    if watch is Watch.GONE:
-        return Verdict.SOCKET_GONE, None
     if unwatched_since is None:
         return Verdict.GO_ON, now
+    if watch is Watch.GONE:
+        if now - unwatched_since >= GONE_GRACE_S:
+            return Verdict.SOCKET_GONE, None
+        return Verdict.GO_ON, unwatched_since
     if now - unwatched_since >= limit_s:
         return Verdict.UNWATCHED_TOO_LONG, unwatched_since
     return Verdict.GO_ON, unwatched_since

@@ -22,10 +22,13 @@ from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.runtime import Runtime
 from rxapp import state as state_module
-from rxapp.page_loops import Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
+from rxapp.page_loops import GONE_GRACE_S, Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
 from rxapp.state import UNWATCHED_LIMIT_S, StatusState
 
 TOKEN = "tab-1"
+
+# Rounds (one second each) until a socket that is gone has been gone for the grace.
+GRACE_ROUNDS = int(GONE_GRACE_S) + 2
 
 
 # ---------------------------------------------------------------------------- where is the socket
@@ -63,6 +66,15 @@ def test_an_unreadable_registry_is_tolerated_for_a_bounded_time_only() -> None:
     # Readable again: the count starts over.
     assert next_verdict(Watch.HERE, 650.0, since, 600.0) == (Verdict.GO_ON, None)
     assert next_verdict(Watch.GONE, 650.0, since, 600.0)[0] is Verdict.SOCKET_GONE
+
+
+def test_a_socket_must_stay_gone_for_the_grace_before_its_loop_ends() -> None:
+    # The registries churn while a tab moves: one round that misses the socket is not the end.
+    verdict, since = next_verdict(Watch.GONE, 100.0, None, 600.0)
+    assert (verdict, since) == (Verdict.GO_ON, 100.0)
+    assert next_verdict(Watch.GONE, 100.0 + GONE_GRACE_S - 0.1, since, 600.0) == (Verdict.GO_ON, 100.0)
+    assert next_verdict(Watch.HERE, 101.0, since, 600.0) == (Verdict.GO_ON, None)  # back: the count starts over
+    assert next_verdict(Watch.GONE, 100.0 + GONE_GRACE_S, since, 600.0)[0] is Verdict.SOCKET_GONE
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -205,6 +217,8 @@ async def test_the_loop_ends_when_the_pages_socket_moves_to_another_instance(
     # the record (Redis's token manager caches it here too).
     here.sockets.token_to_socket[TOKEN] = SocketRecord(instance_id=other.instance_id, sid="sid-on-b")
     await here.rounds(1)
+    assert not loop.done(), "one round without the socket is not the end (the registries churn in a move)"
+    await here.rounds(GRACE_ROUNDS)
     assert loop.done() and loop.exception() is None
     assert not here.loops.running(TOKEN) and len(here.loops) == 0
     applied = page.applied
@@ -218,7 +232,7 @@ async def test_a_page_that_reconnects_here_gets_a_loop_again(tmp_path: Path, mon
     first = here.open_loop(FakePage())
     await here.rounds(1)
     await here.sockets.disconnect_token(TOKEN, "sid-1")
-    await here.rounds(1)
+    await here.rounds(GRACE_ROUNDS)
     assert first.done() and not here.loops.running(TOKEN)
 
     # Back (as a tab that moved from another instance would arrive): on_load starts one.
@@ -259,5 +273,5 @@ async def test_a_failing_state_write_does_not_end_the_loop(tmp_path: Path, monke
     await here.rounds(3)
     assert not loop.done() and here.loops.running(TOKEN)
     await here.sockets.disconnect_token(TOKEN, "sid-1")
-    await here.rounds(1)
+    await here.rounds(GRACE_ROUNDS)
     assert loop.done() and len(here.loops) == 0
