@@ -25,12 +25,12 @@ from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.member import ClusterMember
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
+from tests.helpers import WAIT_S, until
 from tests.integration.redis_server import RedisServer, redis_server
 
 SYMBOL = "R_50"
 TIMING = LeaseTiming(ttl_s=1.0, degrade_after_s=2.0)
 CLOCK = SystemClock()
-WAIT_S = 15.0
 
 
 class Market:
@@ -125,15 +125,19 @@ async def make_member(server: RedisServer) -> AsyncIterator[Callable[[str, Marke
         await redis.aclose()
 
 
-async def until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions across several components
-            await asyncio.sleep(0.02)
-
-
 def epochs(member: ClusterMember) -> list[int]:
     latest = member.hub.latest(SYMBOL)
     return [t.epoch for t in member.hub.ticks_since(SYMBOL, 0, 10_000)] if latest else []
+
+
+async def leader_and_follower(make_member: Any) -> tuple[Market, ClusterMember, ClusterMember]:
+    """Member a leads, member b follows and has received ticks from a's link."""
+    market = Market()
+    a = await make_member("a", market)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market)
+    await until(lambda: len(epochs(b)) > 20)
+    return market, a, b
 
 
 def assert_contiguous(seen: list[int]) -> None:
@@ -157,13 +161,9 @@ async def test_one_leader_runs_the_only_link_and_followers_get_its_ticks_and_sta
 
 
 async def test_a_graceful_stop_hands_over_with_no_tick_lost_or_repeated(make_member: Any) -> None:
-    market = Market()
-    a = await make_member("a", market)
-    await until(lambda: a.role is Role.LEADER)
-    b = await make_member("b", market)
-    await until(lambda: len(epochs(b)) > 20)
+    market, a, b = await leader_and_follower(make_member)
     await a.stop()
-    await until(lambda: b.role is Role.LEADER, timeout=TIMING.ttl_s + 2)
+    await until(lambda: b.role is Role.LEADER, TIMING.ttl_s + 2)
     handed_over_at = market.newest()
     await until(lambda: epochs(b)[-1] > handed_over_at + 50)
     assert FakeLink.running == {"b"}
@@ -171,11 +171,7 @@ async def test_a_graceful_stop_hands_over_with_no_tick_lost_or_repeated(make_mem
 
 
 async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make_member: Any) -> None:
-    market = Market()
-    a = await make_member("a", market)
-    await until(lambda: a.role is Role.LEADER)
-    b = await make_member("b", market)
-    await until(lambda: len(epochs(b)) > 20)
+    market, a, b = await leader_and_follower(make_member)
     # kill -9: the loops and the link stop, nothing is released.
     a._stopped = True
     for task in [a._main, *a._loops]:
@@ -183,7 +179,7 @@ async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make
         task.cancel()
     a._grant = None
     await a._link.stop_link()  # type: ignore[attr-defined]
-    await until(lambda: b.role is Role.LEADER, timeout=TIMING.ttl_s + 2)
+    await until(lambda: b.role is Role.LEADER, TIMING.ttl_s + 2)
     crashed_at = market.newest()
     await until(lambda: epochs(b)[-1] > crashed_at + 50)
     assert FakeLink.running == {"b"}
@@ -226,14 +222,14 @@ async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_a
     await until(lambda: len(epochs(b)) > 10)
     server.pause()
     try:
-        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), timeout=TIMING.degrade_after_s + 5)
+        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
         assert FakeLink.running == {"a", "b"}
         degraded_at = market.newest()
         await until(lambda: epochs(b)[-1] > degraded_at + 20)  # b serves its own ticks
         assert b.snapshot().redis_ok is False
     finally:
         server.resume()
-    await until(lambda: sorted([a.role, b.role]) == [Role.FOLLOWER, Role.LEADER], timeout=WAIT_S)
+    await until(lambda: sorted([a.role, b.role]) == [Role.FOLLOWER, Role.LEADER], WAIT_S)
     await until(lambda: len(FakeLink.running) == 1)
     rejoined_at = market.newest()
     await until(lambda: epochs(a)[-1] > rejoined_at + 50 and epochs(b)[-1] > rejoined_at + 50)
