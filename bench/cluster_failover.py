@@ -19,8 +19,10 @@ once. Figures, one JSON line at the end:
   max. ``lease_handover_s``: until another member reports itself leader (wired only);
 - ``ticks_lost`` / ``ticks_duplicated``: against the simulator's own ``ticks_history`` over
   the whole run, per symbol, summed (goal 0 and 0);
-- ``upstream_connections_max`` (and ``..._steady_max``, outside the kill and Redis windows):
-  the simulator's ``connection_count`` sampled every 100 ms (goal 1);
+- ``upstream_connections_max``: the simulator's ``connection_count`` sampled every 100 ms
+  while Redis is up (steady and kill windows; goal 1), with ``..._steady_max`` (outside
+  the kill windows), ``..._kills_max`` (inside them) and ``..._redis_down_max`` (Redis
+  stopped: every member degrades to its own link by design, so 3 is expected there);
 - ``redis_degrade_s`` / ``redis_rejoin_s``: from stopping Redis until every member reports
   ``degraded``, and from starting it until one leader and the others followers again, with
   one upstream connection (null without the wiring).
@@ -58,18 +60,18 @@ SAMPLE_PERIOD_S = 0.1
 
 
 class Sampler:
-    """The simulator's connection_count every SAMPLE_PERIOD_S, tagged steady or not."""
+    """The simulator's connection_count every SAMPLE_PERIOD_S, tagged with the phase."""
 
     def __init__(self, c: Cluster) -> None:
         self.cluster = c
-        self.samples: list[tuple[float, int, bool]] = []
-        self.steady = True
+        self.samples: list[tuple[float, int, str]] = []
+        self.phase = "steady"  # or "kill", "redis_down"
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 count = int((await asyncio.to_thread(self.cluster.stats))["connection_count"])
-                self.samples.append((time.monotonic(), count, self.steady))
+                self.samples.append((time.monotonic(), count, self.phase))
             except Exception:  # the simulator answering late is no reason to stop the bench
                 pass
             try:
@@ -109,7 +111,7 @@ async def kill_round(c: Cluster, client: RelayClient, sampler: Sampler, settle_s
     leader = await asyncio.to_thread(c.leader)
     wired = leader is not None
     victim: Member = leader if leader is not None else c.member(client.connections[-1][1])
-    sampler.steady = False
+    sampler.phase = "kill"
     connections_before = len(client.connections)
     killed_at = time.monotonic()
     await asyncio.to_thread(victim.kill)
@@ -130,7 +132,7 @@ async def kill_round(c: Cluster, client: RelayClient, sampler: Sampler, settle_s
     await asyncio.to_thread(c.restart, victim)
     await asyncio.to_thread(c.wait_server_state, victim, "UP", RECOVERY_TIMEOUT_S)
     await asyncio.sleep(settle_s)
-    sampler.steady = True
+    sampler.phase = "steady"
     return {
         "victim": victim.server,
         "was_leader": wired,
@@ -140,7 +142,7 @@ async def kill_round(c: Cluster, client: RelayClient, sampler: Sampler, settle_s
 
 
 async def redis_round(c: Cluster, sampler: Sampler, wired: bool, settle_s: float) -> dict[str, Any]:
-    sampler.steady = False
+    sampler.phase = "redis_down"
     await asyncio.to_thread(c.redis_stop)
     degrade = None
     if wired:
@@ -157,7 +159,7 @@ async def redis_round(c: Cluster, sampler: Sampler, wired: bool, settle_s: float
 
         rejoin = await until_roles(c, joined, 30.0)
     await asyncio.sleep(settle_s)
-    sampler.steady = True
+    sampler.phase = "steady"
     return {"redis_degrade_s": degrade, "redis_rejoin_s": rejoin}
 
 
@@ -197,8 +199,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         lost, duplicated, received = count_loss(c, client)
     failovers = [r["failover_s"] for r in rounds]
     handovers = [r["lease_handover_s"] for r in rounds if r["lease_handover_s"] is not None]
-    counts = [n for _, n, _ in sampler.samples]
-    steady = [n for _, n, s in sampler.samples if s]
+
+    def most(*phases: str) -> int | None:
+        return max((n for _, n, p in sampler.samples if p in phases), default=None)
+
     return {
         "bench": "cluster_failover",
         "cluster_wired": wired,
@@ -218,9 +222,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "ticks_duplicated": duplicated,
         "client_connections": len(client.connections),
         "resume_truncated": client.truncated,
-        "upstream_connections_max": max(counts, default=None),
-        "upstream_connections_steady_max": max(steady, default=None),
-        "upstream_samples": len(counts),
+        "upstream_connections_max": most("steady", "kill"),
+        "upstream_connections_steady_max": most("steady"),
+        "upstream_connections_kills_max": most("kill"),
+        "upstream_connections_redis_down_max": most("redis_down"),
+        "upstream_samples": len(sampler.samples),
         **{k: (round(v, 3) if v is not None else None) for k, v in redis.items()},
         "goals": {"ticks_lost": 0, "ticks_duplicated": 0, "upstream_connections_max": 1},
     }
