@@ -31,19 +31,6 @@ __all__ = [
     "validate",
 ]
 
-#: The calls this simulator implements, in the order a method key is looked for.
-ACTIONS: Final = (
-    "ping",
-    "time",
-    "ticks",
-    "ticks_history",
-    "forget",
-    "forget_all",
-    "active_symbols",
-    "authorize",
-    "website_status",
-)
-
 # --- section 1's sanity check ---------------------------------------------------------
 
 _KEY_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
@@ -286,7 +273,8 @@ class WebsiteStatusRequest(_Request):
     subscribe: OptionalFlag = None
 
 
-#: One model a call, keyed by its method key.
+#: One model a call, keyed by its method key: the calls this simulator implements, in the
+#: order a method key is looked for.
 REQUEST_MODELS: Final[Mapping[str, type[_Request]]] = {
     "ping": PingRequest,
     "time": TimeRequest,
@@ -298,6 +286,7 @@ REQUEST_MODELS: Final[Mapping[str, type[_Request]]] = {
     "authorize": AuthorizeRequest,
     "website_status": WebsiteStatusRequest,
 }
+ACTIONS: Final = tuple(REQUEST_MODELS)
 
 _ENVELOPE_FIELDS: Final = tuple(_Request.model_fields)
 
