@@ -156,6 +156,10 @@ class LogThrottle:
         entry[0], entry[1] = now, 0
         return held
 
+    def reset(self, key: str) -> None:
+        """Forget ``key``: its next line is logged at once (the trouble it reported is over)."""
+        self._seen.pop(key, None)
+
     def log(self, now: float, level: int, key: str, msg: str, *args: object) -> bool:
         """Log ``msg % args`` unless held back; True when it was logged."""
         held = self.due(now, key)

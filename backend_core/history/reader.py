@@ -28,6 +28,7 @@ from typing import Any, Final, Protocol
 from backend_core.clock import Clock
 from backend_core.history.queries import StoreUnavailable
 from backend_core.incidents import BREAKER_PREFIX, UPSTREAM, WEBSOCKET_BREAKER
+from backend_core.logs import LogThrottle
 
 log = logging.getLogger("backend_core.history.reader")
 
@@ -148,7 +149,7 @@ class HistoryReader:
         self._wanted_after = -math.inf  # the freshest start any page asked for
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._last_error_log: float | None = None
+        self._failure_log = LogThrottle(log, ERROR_LOG_INTERVAL_S, max_keys=1)
         self._closed = True  # until start()
 
     def request(self, fresh_after: float, status_version: int | None = None) -> None:
@@ -237,15 +238,13 @@ class HistoryReader:
                 transitions=tuple(transitions),
                 read_at=self._clock.wall(),
             )
-            self._last_error_log = None
+            self._failure_log.reset("read")
         self.reads_total += 1
         self.snapshot = snapshot
         return snapshot
 
     def _log_failure(self, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = self._clock.monotonic()
-        if self._last_error_log is None or now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
-            self._last_error_log = now
+        if self._failure_log.due(self._clock.monotonic(), "read") is not None:
             log.warning(message, *args, exc_info=exc_info)
 
 

@@ -50,6 +50,7 @@ from backend_core.history.db import (
 )
 from backend_core.history.minutes import MinuteSample, minute_of
 from backend_core.incidents import IncidentClosed, IncidentOpened, Recovery
+from backend_core.logs import LogThrottle
 
 log = logging.getLogger("backend_core.history")
 
@@ -169,7 +170,7 @@ class HistoryWriter:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.down_since: float | None = None
-        self._last_drop_log: float | None = None
+        self._drop_log = LogThrottle(log, DROP_LOG_INTERVAL_S, max_keys=1)
         self._new_run()
 
     def _new_run(self) -> None:
@@ -201,9 +202,7 @@ class HistoryWriter:
 
     def _drop(self, kind: str) -> None:
         self.counters.dropped[kind] += 1
-        now = self._clock.monotonic()
-        if self._last_drop_log is None or now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
-            self._last_drop_log = now
+        if self._drop_log.due(self._clock.monotonic(), "dropped") is not None:
             log.warning(
                 "history event dropped (%s): queue full or database unusable; %d dropped so far",
                 kind,

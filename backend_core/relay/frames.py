@@ -14,6 +14,7 @@ from typing import Any
 
 from backend_core.clock import Clock
 from backend_core.events import Tick, UpstreamSnapshot
+from backend_core.logs import LogThrottle
 from backend_core.relay.protocol import dumps_frame, status_frame, tick_frame
 
 logger = logging.getLogger("backend_core.relay")
@@ -38,7 +39,7 @@ class FrameCache:
         self._status_provider = status_provider
         self._tick_text: dict[int, tuple[Tick, str, dict[str, Any], bytes, bytes]] = {}
         self._status_cache: tuple[UpstreamSnapshot | None, float, str] | None = None
-        self._provider_error_logged_at: float | None = None
+        self._provider_error_log = LogThrottle(logger, PROVIDER_ERROR_LOG_INTERVAL_S, max_keys=1)
 
     def tick(self, tick: Tick) -> tuple[str, dict[str, Any], bytes, bytes]:
         """The frame of ``tick`` as text, as an ASGI message, as UTF-8 and as an unmasked
@@ -70,11 +71,7 @@ class FrameCache:
                 raise TypeError(f"status_provider returned {type(provided).__name__}, not a dict")
         except Exception:
             provided = None
-            if (
-                self._provider_error_logged_at is None
-                or now - self._provider_error_logged_at >= PROVIDER_ERROR_LOG_INTERVAL_S
-            ):
-                self._provider_error_logged_at = now
+            if self._provider_error_log.due(now, "status_provider") is not None:
                 logger.exception("relay status_provider failed; status frames carry the hub's view only")
         try:
             text = dumps_frame(status_frame(snapshot, provided, self._clock.wall()))
