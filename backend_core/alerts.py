@@ -57,7 +57,6 @@ import email.utils
 import json
 import logging
 import random
-import socket
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ from backend_core.incidents import (
     IncidentEvent,
     IncidentOpened,
     Recovery,
+    instance_name,
 )
 from backend_core.logs import FaultLog
 
@@ -368,7 +368,7 @@ class AlertService:
         self.enabled = self._url is not None
         self._clock = clock
         self._transport = transport
-        self.instance = (instance or socket.gethostname() or "unknown")[:100]
+        self.instance = instance_name(instance)
         self.alert_after_s = settings.ALERT_AFTER_SECONDS
         self._backoff = FullJitter(retry_initial_s, retry_max_s, rng)
         self._retry_max_s = retry_max_s

@@ -38,6 +38,7 @@ transition's reason is the incident's ``error_code``); closes on a transition to
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,6 +131,11 @@ _BREAKER_RECOVERIES: Final[Mapping[str, Recovery]] = {
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def instance_name(instance: str | None = None) -> str:
+    """The name of this instance in alerts and history rows: ``instance``, else the host name."""
+    return clip(instance or socket.gethostname() or "unknown", CODE_CHARS)
 
 
 def breaker_component(name: str) -> str:
@@ -462,5 +468,6 @@ __all__ = [
     "Recovery",
     "breaker_component",
     "clip",
+    "instance_name",
     "upstream_in_maintenance",
 ]

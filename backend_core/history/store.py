@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,6 +55,7 @@ from backend_core.incidents import (
     IncidentEvent,
     breaker_component,
     clip,
+    instance_name,
     random_key,
 )
 from backend_core.logs import FaultLog
@@ -129,7 +129,7 @@ class HistoryStore:
         self.writer = HistoryWriter(
             url,
             clock,
-            instance=clip(instance or socket.gethostname() or "unknown", CODE_CHARS),
+            instance=instance_name(instance),
             unusable=unusable,
             limits=limits,
         )
