@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeAlias
 
@@ -383,6 +383,14 @@ def _object(value: Any, name: str) -> dict[str, Any]:
     return value
 
 
+def _objects(value: Any, name: str) -> Iterator[dict[str, Any]]:
+    """The items of an array of objects; each item is checked as it is reached."""
+    if type(value) is not list:
+        raise _BadFrame(f"{name} is not an array")
+    item_name = f"{name}[]"
+    return (_object(item, item_name) for item in value)
+
+
 def _flag(value: Any, name: str) -> bool:
     if value is None:
         return False
@@ -469,23 +477,18 @@ def _parse_history(frame: dict[str, Any], req_id: int | None) -> History:
 
 
 def _parse_candles(frame: dict[str, Any], req_id: int | None) -> Candles:
-    items = frame.get("candles")
-    if type(items) is not list:
-        raise _BadFrame("candles is not an array")
-    candles = []
-    for item in items:
-        c = _object(item, "candles[]")
-        candles.append(
-            Candle(
-                _integer(c.get("epoch"), "candles[].epoch"),
-                _number(c.get("open"), "candles[].open"),
-                _number(c.get("high"), "candles[].high"),
-                _number(c.get("low"), "candles[].low"),
-                _number(c.get("close"), "candles[].close"),
-            )
+    candles = tuple(
+        Candle(
+            _integer(c.get("epoch"), "candles[].epoch"),
+            _number(c.get("open"), "candles[].open"),
+            _number(c.get("high"), "candles[].high"),
+            _number(c.get("low"), "candles[].low"),
+            _number(c.get("close"), "candles[].close"),
         )
+        for c in _objects(frame.get("candles"), "candles")
+    )
     return Candles(
-        tuple(candles),
+        candles,
         _pip_size(frame.get("pip_size"), "pip_size"),
         _echo_symbol(frame),
         _subscription_id(frame),
@@ -524,12 +527,8 @@ def _parse_time(frame: dict[str, Any], req_id: int | None) -> Time:
 
 
 def _parse_active_symbols(frame: dict[str, Any], req_id: int | None) -> ActiveSymbols:
-    items = frame.get("active_symbols")
-    if type(items) is not list:
-        raise _BadFrame("active_symbols is not an array")
     symbols = []
-    for item in items:
-        s = _object(item, "active_symbols[]")
+    for s in _objects(frame.get("active_symbols"), "active_symbols"):
         spot = s.get("spot")
         spot_time = s.get("spot_time")
         symbols.append(
