@@ -102,6 +102,16 @@ def test_a_repeated_line_is_let_through_once_per_interval_with_the_count_held_ba
     ]
 
 
+def test_after_a_reset_the_next_line_of_that_key_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    throttle = LogThrottle(logging.getLogger("backend_core.test"), interval_s=60.0)
+    throttle.log(1000.0, logging.WARNING, "read", "read failed %d", 1)
+    throttle.log(1001.0, logging.WARNING, "read", "read failed %d", 2)  # held back
+    throttle.reset("read")  # the trouble is over
+    throttle.log(1002.0, logging.WARNING, "read", "read failed %d", 3)  # new trouble: at once
+    throttle.reset("never-seen")  # forgetting an unknown key is harmless
+    assert [r.getMessage() for r in caplog.records] == ["read failed 1", "read failed 3"]
+
+
 def test_throttle_keys_from_outside_are_bounded() -> None:
     throttle = LogThrottle(logging.getLogger("backend_core.test"), interval_s=60.0, max_keys=3)
     assert [throttle.due(0.0, f"code{i}") for i in range(10)] == [0, 0, 0, 0, None, None, None, None, None, None]
