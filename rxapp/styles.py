@@ -96,6 +96,12 @@ error_box: dict[str, Any] = {
 }
 
 
+# Rows of a list are parted by a thin line above each.
+row_divider: dict[str, Any] = {"border_top": "1px solid var(--gray-a4)", "width": "100%"}
+# A row of the breakers and health panels.
+panel_row: dict[str, Any] = {"padding_y": "0.5rem", **row_divider}
+
+
 def list_row(
     columns: tuple[str, str], areas: tuple[str, str], *, align: str, row_gap: str, padding_y: str
 ) -> dict[str, Any]:
@@ -108,8 +114,7 @@ def list_row(
         "column_gap": "0.75rem",
         "row_gap": row_gap,
         "padding_y": padding_y,
-        "border_top": "1px solid var(--gray-a4)",
-        "width": "100%",
+        **row_divider,
     }
 
 
@@ -156,8 +161,7 @@ history_item: dict[str, Any] = {
     "flex_direction": "column",
     "gap": "0.375rem",
     "padding_y": "0.75rem",
-    "border_top": "1px solid var(--gray-a4)",
-    "width": "100%",
+    **row_divider,
 }
 
 incident_facts: dict[str, Any] = {

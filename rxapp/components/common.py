@@ -56,14 +56,20 @@ def card(*children: Any, **props: Any) -> rx.Component:
     return rx.box(*children, **style, **props)
 
 
-def section_heading(text: str, icon: str, *extra: Any, heading_id: str | None = None) -> rx.Component:
+def heading_label(text: str, icon: str, heading_id: str | None = None) -> rx.Component:
+    """A section's ``<h2>`` behind its icon."""
     return rx.hstack(
-        rx.hstack(
-            rx.icon(icon, size=18, color="var(--gray-11)", aria_hidden="true"),
-            rx.heading(text, as_="h2", id=heading_id, **styles.section_title),
-            align="center",
-            spacing="2",
-        ),
+        rx.icon(icon, size=18, color="var(--gray-11)", aria_hidden="true"),
+        rx.heading(text, as_="h2", id=heading_id, **styles.section_title),
+        align="center",
+        spacing="2",
+    )
+
+
+def section_heading(text: str, icon: str, *extra: Any, heading_id: str | None = None) -> rx.Component:
+    """The heading label, with ``extra`` (a caption, a badge) at the end of the line."""
+    return rx.hstack(
+        heading_label(text, icon, heading_id),
         *extra,
         justify="between",
         align="center",
@@ -76,3 +82,51 @@ def section_heading(text: str, icon: str, *extra: Any, heading_id: str | None = 
 def plain_link(text: str, href: str, **props: Any) -> rx.Component:
     """A link that leaves the single-page app (JSON, health, metrics are not pages)."""
     return rx.el.a(text, href=href, class_name="rt-Text rt-Link rt-r-size-1 rt-underline-auto", **props)
+
+
+def panel(anchor: str, title: str, icon: str, *body: Any, aside: Any = None, live: bool = False) -> rx.Component:
+    """A card in its own ``<section id=anchor>``, named by its ``<h2 id="{anchor}-heading">``.
+
+    ``aside`` ends the heading's line: a caption (a string, said small and muted) or a
+    component. A ``live`` card holds live data (dimmed while the page's link is paused).
+    """
+    heading_id = f"{anchor}-heading"
+    extra = () if aside is None else (rx.text(aside, **styles.small_muted) if isinstance(aside, str) else aside,)
+    return rx.el.section(
+        card(
+            section_heading(title, icon, *extra, heading_id=heading_id),
+            *body,
+            **({"class_name": "live-data"} if live else {}),
+        ),
+        id=anchor,
+        aria_labelledby=heading_id,
+        width="100%",
+    )
+
+
+def row_head(title: rx.Component, row: Any) -> rx.Component:
+    """A list row's first line: its title, and its state's badge (``row`` has word, icon, tone) at the end."""
+    return rx.hstack(
+        title,
+        state_badge(row["word"], row["icon"], row["tone"]),
+        justify="between",
+        align="center",
+        spacing="2",
+        width="100%",
+    )
+
+
+def open_section(heading: rx.Component, *body: Any, heading_id: str, **props: Any) -> rx.Component:
+    """A section without a card of its own: ``heading`` (holding ``heading_id``) over ``body``."""
+    return rx.el.section(
+        rx.vstack(heading, *body, spacing="2", width="100%"),
+        **props,
+        aria_labelledby=heading_id,
+        width="100%",
+    )
+
+
+def icon_button(icon: rx.Component, label: str, tip: str, **props: Any) -> rx.Component:
+    """A button that shows only an icon: named for screen readers (``label``), with a
+    tooltip (``tip``), and never a form's submit button."""
+    return rx.icon_button(icon, **props, aria_label=label, title=tip, type="button")

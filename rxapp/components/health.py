@@ -7,19 +7,15 @@ from typing import Any
 import reflex as rx
 
 from rxapp import styles
-from rxapp.components.common import card, plain_link, section_heading, state_badge
+from rxapp.components.common import panel, plain_link, row_head, state_badge
 from rxapp.state import StatusState
 
 
 def _breaker(row: Any) -> rx.Component:
     return rx.box(
-        rx.hstack(
+        row_head(
             rx.text(row["name"], weight="medium", size="2", flex="1", min_width="0", style={"word_break": "break-all"}),
-            state_badge(row["word"], row["icon"], row["tone"]),
-            justify="between",
-            align="center",
-            spacing="2",
-            width="100%",
+            row,
         ),
         rx.hstack(
             rx.text(row["failures"], **styles.small_muted),
@@ -29,65 +25,40 @@ def _breaker(row: Any) -> rx.Component:
             wrap="wrap",
         ),
         rx.cond(row["last_failure"] != "", rx.text("Last failure: ", row["last_failure"], **styles.small_muted)),
-        padding_y="0.5rem",
-        border_top="1px solid var(--gray-a4)",
-        width="100%",
+        **styles.panel_row,
         custom_attrs={"data-breaker": row["key"], "data-state": row["state"]},
     )
 
 
 def breakers_panel() -> rx.Component:
-    return rx.el.section(
-        card(
-            section_heading("Circuit breakers", "shield", heading_id="breakers-heading"),
-            rx.text(
-                "They pause calls to a failing service so it can recover.",
-                **styles.small_muted,
-                margin_bottom="0.25rem",
-            ),
-            rx.foreach(StatusState.breakers, _breaker),
-            class_name="live-data",
+    return panel(
+        "breakers",
+        "Circuit breakers",
+        "shield",
+        rx.text(
+            "They pause calls to a failing service so it can recover.", **styles.small_muted, margin_bottom="0.25rem"
         ),
-        id="breakers",
-        aria_labelledby="breakers-heading",
-        width="100%",
+        rx.foreach(StatusState.breakers, _breaker),
+        live=True,
     )
 
 
 def _health_row(row: Any) -> rx.Component:
     return rx.box(
-        rx.hstack(
-            rx.text(row["name"], size="2", flex="1"),
-            state_badge(row["word"], row["icon"], row["tone"]),
-            justify="between",
-            align="center",
-            spacing="2",
-            width="100%",
-        ),
+        row_head(rx.text(row["name"], size="2", flex="1"), row),
         rx.cond(row["note"] != "", rx.text(row["note"], **styles.small_muted)),
-        padding_y="0.5rem",
-        border_top="1px solid var(--gray-a4)",
-        width="100%",
+        **styles.panel_row,
         custom_attrs={"data-component": row["key"], "data-status": row["status"]},
     )
 
 
 def health_summary() -> rx.Component:
-    return rx.el.section(
-        card(
-            section_heading(
-                "Health",
-                "heart-pulse",
-                state_badge(
-                    StatusState.health_word, StatusState.health_icon, StatusState.health_tone, id="health-badge"
-                ),
-                heading_id="health-heading",
-            ),
-            rx.text("The same checks as ", plain_link("/health", "/health/detailed"), ".", **styles.small_muted),
-            rx.foreach(StatusState.health_rows, _health_row),
-            class_name="live-data",
-        ),
-        id="health",
-        aria_labelledby="health-heading",
-        width="100%",
+    return panel(
+        "health",
+        "Health",
+        "heart-pulse",
+        rx.text("The same checks as ", plain_link("/health", "/health/detailed"), ".", **styles.small_muted),
+        rx.foreach(StatusState.health_rows, _health_row),
+        aside=state_badge(StatusState.health_word, StatusState.health_icon, StatusState.health_tone, id="health-badge"),
+        live=True,
     )

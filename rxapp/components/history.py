@@ -15,7 +15,7 @@ from typing import Any
 import reflex as rx
 
 from rxapp import history_view, styles
-from rxapp.components.common import card, section_heading, state_badge, state_icon
+from rxapp.components.common import panel, row_head, state_icon
 from rxapp.state import StatusState
 
 
@@ -128,30 +128,23 @@ def _legend() -> rx.Component:
 
 
 def uptime_panel() -> rx.Component:
-    return rx.el.section(
-        card(
-            section_heading(
-                "Uptime",
-                "calendar-days",
-                rx.text(f"last {history_view.HISTORY_DAYS} days, one bar a day (UTC)", **styles.small_muted),
-                heading_id="uptime-heading",
-            ),
-            rx.match(
-                StatusState.history_state,
-                ("loading", _loading("Loading uptime…")),
-                ("unavailable", _loading("Uptime is not available right now.")),
-                rx.vstack(
-                    rx.foreach(StatusState.uptime_rows, _uptime_row),
-                    _legend(),
-                    spacing="4",
-                    width="100%",
-                    margin_top="0.75rem",
-                ),
+    return panel(
+        "uptime",
+        "Uptime",
+        "calendar-days",
+        rx.match(
+            StatusState.history_state,
+            ("loading", _loading("Loading uptime…")),
+            ("unavailable", _loading("Uptime is not available right now.")),
+            rx.vstack(
+                rx.foreach(StatusState.uptime_rows, _uptime_row),
+                _legend(),
+                spacing="4",
+                width="100%",
+                margin_top="0.75rem",
             ),
         ),
-        id="uptime",
-        aria_labelledby="uptime-heading",
-        width="100%",
+        aside=f"last {history_view.HISTORY_DAYS} days, one bar a day (UTC)",
     )
 
 
@@ -168,14 +161,7 @@ def _fact(label: str, *value: Any, **props: Any) -> rx.Component:
 
 def _incident(row: Any) -> rx.Component:
     return rx.el.li(
-        rx.hstack(
-            rx.text(row["title"], weight="medium", size="2", class_name="incident-title"),
-            state_badge(row["word"], row["icon"], row["tone"]),
-            justify="between",
-            align="center",
-            spacing="2",
-            width="100%",
-        ),
+        row_head(rx.text(row["title"], weight="medium", size="2", class_name="incident-title"), row),
         rx.hstack(
             state_icon(row["cause_icon"], size=14, color="var(--gray-11)", flex_shrink="0", margin_top="3px"),
             rx.box(
@@ -223,19 +209,17 @@ def _list_panel(
     empty: rx.Component,
 ) -> rx.Component:
     """A history list card: loading, unavailable, the rows newest first, or an empty state."""
-    return rx.el.section(
-        card(
-            section_heading(title, icon, rx.text(caption, **styles.small_muted), heading_id=f"{anchor}-heading"),
-            rx.match(
-                StatusState.history_state,
-                ("loading", _loading(f"Loading {what}…")),
-                ("unavailable", _loading(f"{what[0].upper()}{what[1:]} is not available right now.")),
-                rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty),
-            ),
+    return panel(
+        anchor,
+        title,
+        icon,
+        rx.match(
+            StatusState.history_state,
+            ("loading", _loading(f"Loading {what}…")),
+            ("unavailable", _loading(f"{what[0].upper()}{what[1:]} is not available right now.")),
+            rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty),
         ),
-        id=anchor,
-        aria_labelledby=f"{anchor}-heading",
-        width="100%",
+        aside=caption,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import reflex as rx
 
 from rxapp import styles, ui_logic
-from rxapp.components.common import card, section_heading
+from rxapp.components.common import panel
 from rxapp.state import StatusState
 
 
@@ -105,22 +105,11 @@ def _row(row: Any) -> rx.Component:
 
 
 def live_ticks() -> rx.Component:
-    return rx.el.section(
-        card(
-            section_heading(
-                "Live prices",
-                "activity",
-                rx.text("last minute", **styles.small_muted),
-                heading_id="ticks-heading",
-            ),
-            rx.box(
-                rx.foreach(StatusState.ticks, _row),
-                width="100%",
-                margin_top="0.5rem",
-            ),
-            class_name="live-data",
-        ),
-        id="ticks",
-        aria_labelledby="ticks-heading",
-        width="100%",
+    return panel(
+        "ticks",
+        "Live prices",
+        "activity",
+        rx.box(rx.foreach(StatusState.ticks, _row), width="100%", margin_top="0.5rem"),
+        aside="last minute",
+        live=True,
     )

@@ -8,6 +8,7 @@ import reflex as rx
 
 from rxapp import styles, ui_logic
 from rxapp.components.browser_link import browser_link_down
+from rxapp.components.common import heading_label, open_section
 from rxapp.state import StatusState
 
 
@@ -38,26 +39,16 @@ def troubleshooting_tips() -> rx.Component:
     """Shown only while something is wrong: what it means and what to do about it."""
     return rx.cond(
         browser_link_down() | (StatusState.tips.length() > 0),
-        rx.el.section(
+        open_section(
+            heading_label("What you can do", "life-buoy", "tips-heading"),
             rx.vstack(
-                rx.hstack(
-                    rx.icon("life-buoy", size=18, color="var(--gray-11)", aria_hidden="true"),
-                    rx.heading("What you can do", as_="h2", id="tips-heading", **styles.section_title),
-                    align="center",
-                    spacing="2",
-                ),
-                rx.vstack(
-                    rx.cond(browser_link_down(), _static_tip_card(ui_logic.BROWSER_OFFLINE_TIPS)),
-                    rx.foreach(StatusState.tips, _state_tip_card),
-                    spacing="3",
-                    **styles.tips_card,
-                ),
-                spacing="2",
-                width="100%",
+                rx.cond(browser_link_down(), _static_tip_card(ui_logic.BROWSER_OFFLINE_TIPS)),
+                rx.foreach(StatusState.tips, _state_tip_card),
+                spacing="3",
+                **styles.tips_card,
             ),
+            heading_id="tips-heading",
             id="troubleshooting",
-            aria_labelledby="tips-heading",
-            width="100%",
         ),
     )
 

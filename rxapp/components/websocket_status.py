@@ -13,7 +13,7 @@ import reflex as rx
 
 from rxapp import styles
 from rxapp.components.browser_link import browser_link_card
-from rxapp.components.common import card, section_heading, state_badge, state_icon
+from rxapp.components.common import card, icon_button, open_section, section_heading, state_badge, state_icon
 from rxapp.components.retry import retry_button
 from rxapp.state import StatusState
 
@@ -49,15 +49,14 @@ def feed_link_card() -> rx.Component:
                         spacing="0",
                         flex="1",
                     ),
-                    rx.icon_button(
+                    icon_button(
                         rx.icon("x", size=14),
+                        "Dismiss this error",
+                        "Dismiss",
                         on_click=StatusState.reset_error,
                         variant="ghost",
                         color_scheme="red",
                         size="1",
-                        aria_label="Dismiss this error",
-                        title="Dismiss",
-                        type="button",
                     ),
                     **styles.error_box,
                 ),
@@ -73,13 +72,8 @@ def feed_link_card() -> rx.Component:
 
 
 def websocket_status() -> rx.Component:
-    return rx.el.section(
-        rx.vstack(
-            section_heading("Connections", "cable", heading_id="connections-heading"),
-            rx.grid(browser_link_card(), feed_link_card(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
-            spacing="2",
-            width="100%",
-        ),
-        aria_labelledby="connections-heading",
-        width="100%",
+    return open_section(
+        section_heading("Connections", "cable", heading_id="connections-heading"),
+        rx.grid(browser_link_card(), feed_link_card(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+        heading_id="connections-heading",
     )

@@ -25,7 +25,7 @@ from rxapp.components import (
     troubleshooting_tips,
     websocket_status,
 )
-from rxapp.components.common import plain_link
+from rxapp.components.common import icon_button, plain_link
 from rxapp.state import StatusState
 
 
@@ -33,14 +33,13 @@ def _color_mode_menu() -> rx.Component:
     """Light, dark, or the system's preference (the default)."""
     return rx.dropdown_menu.root(
         rx.dropdown_menu.trigger(
-            rx.icon_button(
+            icon_button(
                 rx.color_mode.icon(),
+                "Colour theme: light, dark or system",
+                "Colour theme",
                 variant="soft",
                 color_scheme="gray",
                 size="2",
-                aria_label="Colour theme: light, dark or system",
-                title="Colour theme",
-                type="button",
             ),
         ),
         rx.dropdown_menu.content(
