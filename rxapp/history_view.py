@@ -22,6 +22,7 @@ from typing import Any
 from backend_core.history.reader import HISTORY_DAYS, MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
 from backend_core.incidents import BREAKER_PREFIX, BREAKER_REASON_WORDS, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery
 from rxapp.ui_logic import (
+    BREAKER_LOOK,
     MAINTENANCE_ICON,
     TIPS,
     TONE_DEGRADED,
@@ -53,18 +54,6 @@ LEGEND: tuple[tuple[str, str], ...] = tuple(
 # The store's uptime windows ("24h", "7d", ...), as the page labels them.
 WINDOW_LABELS: tuple[tuple[str, str], ...] = tuple((key, key[:-1] + " " + key[-1]) for key in UPTIME_WINDOWS)
 
-BREAKER_STATE_WORDS: Mapping[str, str] = {
-    "closed": "Closed",
-    "open": "Open",
-    "half_open": "Half-open",
-    "disabled": "Disabled",
-}
-BREAKER_STATE_TONES: Mapping[str, str] = {
-    "closed": TONE_LIVE,
-    "open": TONE_DOWN,
-    "half_open": TONE_DEGRADED,
-    "disabled": TONE_NEUTRAL,
-}
 # Upstream incident causes (backend_core.incidents.Cause) when no error code says more.
 CAUSE_WORDS: Mapping[str, str] = {
     Cause.CONNECTION_LOST: "The link to the market data server dropped",
@@ -344,6 +333,10 @@ def incident_rows(
 # ---------------------------------------------------------------------------- breaker transitions
 
 
+def _breaker_word(state: str) -> str:
+    return BREAKER_LOOK[state][0] if state in BREAKER_LOOK else state or "?"
+
+
 def transition_row(transition: Mapping[str, Any], now: float) -> dict[str, str]:
     """One line of the breaker log: which breaker, from -> to, why, when."""
     name = str(transition.get("name") or "")
@@ -356,9 +349,9 @@ def transition_row(transition: Mapping[str, Any], now: float) -> dict[str, str]:
         "key": name,
         "from_state": from_state,
         "to_state": to_state,
-        "from_word": BREAKER_STATE_WORDS.get(from_state, from_state or "?"),
-        "to_word": BREAKER_STATE_WORDS.get(to_state, to_state or "?"),
-        "tone": BREAKER_STATE_TONES.get(to_state, TONE_NEUTRAL),
+        "from_word": _breaker_word(from_state),
+        "to_word": _breaker_word(to_state),
+        "tone": BREAKER_LOOK[to_state][2] if to_state in BREAKER_LOOK else TONE_NEUTRAL,
         "reason": BREAKER_REASON_WORDS.get(reason, reason.replace("_", " ")),
         "at": format_when_utc(at) if at is not None else "unknown time",
         "at_iso": str(transition.get("at") or ""),

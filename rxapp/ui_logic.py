@@ -633,6 +633,21 @@ def breaker_name(name: str) -> str:
     return name
 
 
+# A breaker's state -> word, icon, tone (the breakers panel and the breaker log agree).
+BREAKER_LOOK: Mapping[str, tuple[str, str, str]] = {
+    "closed": ("Closed", "circle-check", TONE_LIVE),
+    "open": ("Open", "circle-pause", TONE_DOWN),
+    "half_open": ("Half-open", "flask-conical", TONE_DEGRADED),
+    "disabled": ("Disabled", "circle-minus", TONE_NEUTRAL),
+}
+# What a breaker that is not open does with calls.
+BREAKER_PASSING: Mapping[str, str] = {
+    "closed": "passing calls",
+    "half_open": "testing one call",
+    "disabled": "passes everything",
+}
+
+
 def breaker_rows(breakers: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """The circuit breakers panel: the market feed's breaker first, then the API routes."""
     ordered = sorted(breakers, key=lambda b: (b.get("name") != "websocket", str(b.get("name"))))
@@ -642,17 +657,14 @@ def breaker_rows(breakers: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
         threshold = (b.get("config") or {}).get("failure_threshold")
         failures = int(b.get("failure_count") or 0)
         failures_text = f"{failures} of {threshold} failures" if threshold else f"{failures} failures"
+        # A state this page does not know is shown as closed.
+        word, icon, tone = BREAKER_LOOK.get(state, BREAKER_LOOK["closed"])
         if state == "open":
-            word, icon, tone = "Open", "circle-pause", TONE_DOWN
             countdown = (
                 "held open by an admin" if b.get("forced") else f"retry {format_countdown(b.get('retry_after_s'))}"
             )
-        elif state == "half_open":
-            word, icon, tone, countdown = "Half-open", "flask-conical", TONE_DEGRADED, "testing one call"
-        elif state == "disabled":
-            word, icon, tone, countdown = "Disabled", "circle-minus", TONE_NEUTRAL, "passes everything"
         else:
-            word, icon, tone, countdown = "Closed", "circle-check", TONE_LIVE, "passing calls"
+            countdown = BREAKER_PASSING.get(state, BREAKER_PASSING["closed"])
         rows.append(
             {
                 "name": breaker_name(str(b.get("name", ""))),
