@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import reflex as rx
@@ -159,10 +159,10 @@ class StatusState(rx.State):
     transition_rows: list[dict[str, str]] = []
     # The VITE_* settings of the running server (set on load; the build's are not used).
     reconnect_attempts: int = BROWSER_DEFAULTS.reconnect_attempts
-    lost_after_attempts: int = BROWSER_DEFAULTS.lost_after
-    reconnect_interval_ms: int = BROWSER_DEFAULTS.interval_ms
-    real_time_updates: bool = BROWSER_DEFAULTS.real_time
-    fallback_enabled: bool = BROWSER_DEFAULTS.fallback
+    lost_after_attempts: int = BROWSER_DEFAULTS.lost_after_attempts
+    reconnect_interval_ms: int = BROWSER_DEFAULTS.reconnect_interval_ms
+    real_time_updates: bool = BROWSER_DEFAULTS.real_time_updates
+    fallback_enabled: bool = BROWSER_DEFAULTS.fallback_enabled
     live_text: str = BROWSER_DEFAULTS.live_text
 
     # Backend vars live in Reflex's state manager, shared by every instance when that is
@@ -248,15 +248,8 @@ class StatusState(rx.State):
         )
 
     def _apply_settings(self, settings: Settings) -> None:
-        view = browser_settings_of(settings)
-        self._set(
-            reconnect_attempts=view.reconnect_attempts,
-            lost_after_attempts=view.lost_after,
-            reconnect_interval_ms=view.interval_ms,
-            real_time_updates=view.real_time,
-            fallback_enabled=view.fallback,
-            live_text=view.live_text,
-        )
+        # BrowserSettings' fields are named as the vars above.
+        self._set(**asdict(browser_settings_of(settings)))
 
     def _set_health(self, report: HealthReport) -> None:
         results = [(r.component_id, r.status, r.output) for r in report.results]

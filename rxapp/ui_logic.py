@@ -744,13 +744,16 @@ def _health_look(status: str) -> tuple[str, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class BrowserSettings:
-    """The ``VITE_*`` settings as the page uses them (the running server's, not the build's)."""
+    """The ``VITE_*`` settings as the page uses them (the running server's, not the build's).
+
+    Each field is named as the state var that holds it (:class:`rxapp.state.StatusState`).
+    """
 
     reconnect_attempts: int
-    lost_after: int  # failed attempts of the page's own link before the card says "Lost"
-    interval_ms: int
-    real_time: bool
-    fallback: bool
+    lost_after_attempts: int  # failed attempts of the page's own link before the card says "Lost"
+    reconnect_interval_ms: int
+    real_time_updates: bool
+    fallback_enabled: bool
     live_text: str  # the browser link card's line while the link is up
 
 

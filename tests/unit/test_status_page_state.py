@@ -152,5 +152,5 @@ def test_the_compiled_defaults_are_the_documented_ones() -> None:
 
 def test_no_reconnect_attempts_still_counts_one_before_lost() -> None:
     view = browser_settings_of(load_settings({"VITE_WS_RECONNECT_ATTEMPTS": "0"}))
-    assert view.reconnect_attempts == 0 and view.lost_after == 1
+    assert view.reconnect_attempts == 0 and view.lost_after_attempts == 1
     assert view.live_text == "Live updates are streaming."

@@ -398,9 +398,9 @@ def test_health_components_have_readable_names_even_new_ones() -> None:
 
 def test_browser_settings_words_follow_the_running_values() -> None:
     live = ui_logic.browser_settings(reconnect_attempts=7, interval_ms=3000, real_time=True, fallback=True)
-    assert (live.reconnect_attempts, live.lost_after, live.live_text) == (7, 7, "Live updates are streaming.")
+    assert (live.reconnect_attempts, live.lost_after_attempts, live.live_text) == (7, 7, "Live updates are streaming.")
     timer = ui_logic.browser_settings(reconnect_attempts=0, interval_ms=2500, real_time=False, fallback=False)
-    assert timer.lost_after == 1  # the first failed attempt already counts
+    assert timer.lost_after_attempts == 1  # the first failed attempt already counts
     assert timer.live_text == "Refreshing every 2.5 s (real-time updates are off)."
 
 
