@@ -32,7 +32,7 @@ from rxapp.history_view import (
     uptime_view,
     uptime_windows,
 )
-from rxapp.ui_logic import TIPS
+from rxapp.ui_logic import TIPS, breaker_rows
 
 # 2027-01-15 08:00:00 UTC
 NOW = 1_800_000_000.0
@@ -349,6 +349,14 @@ def test_a_transition_says_which_breaker_from_to_why_and_when() -> None:
     assert probe["at"] == "unknown time"
     odd = transition_row({"name": "x", "from_state": "weird", "to_state": "", "reason": "new_reason"}, NOW)
     assert (odd["from_word"], odd["to_word"], odd["reason"]) == ("weird", "?", "new reason")
+
+
+@pytest.mark.parametrize("state", ["closed", "open", "half_open", "disabled"])
+def test_the_breaker_log_names_a_state_as_the_breakers_panel_does(state: str) -> None:
+    [panel] = breaker_rows([{"name": "websocket", "state": state, "failure_count": 0, "config": {}}])
+    log = transition_row({"name": "websocket", "from_state": state, "to_state": state, "reason": ""}, NOW)
+    assert log["from_word"] == log["to_word"] == panel["word"]
+    assert log["tone"] == panel["tone"]
 
 
 def test_the_breaker_log_is_bounded() -> None:
