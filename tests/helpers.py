@@ -11,18 +11,27 @@
 - ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
 - ``iso``: a wall time as the API writes it.
 - ``upstream_snapshot``, ``counting_keys``: the inputs of the incident and history logic.
+- ``statuspage_observation``: the Statuspage mapping's input, healthy unless changed.
+- ``runtime_counting_health_runs``: a Runtime on a FakeClock that counts its health runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from backend_core.clock import iso_utc
+from backend_core import statuspage
+from backend_core.clock import FakeClock, iso_utc
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
+
+if TYPE_CHECKING:
+    from backend_core.health import HealthReport
+    from backend_core.runtime import Runtime
 
 WAIT_S = 15.0
 POLL_S = 0.02
@@ -119,3 +128,45 @@ def counting_keys() -> Callable[[], str]:
     """Incident keys k1, k2, ... in order."""
     counter = itertools.count(1)
     return lambda: f"k{next(counter)}"
+
+
+HEALTHY_OBSERVATION = statuspage.Observation(
+    upstream_state="connected",
+    upstream_check="pass",
+    upstream_error=False,
+    site_updating=False,
+    planned_drop=False,
+    relay_enabled=True,
+    relay_active=3,
+    relay_max=100,
+    api_breaker_states=("closed", "closed"),
+    loop_lag_check="pass",
+    database_check="pass",
+    database_reachable=True,
+    database_unusable=False,
+)
+
+
+def statuspage_observation(**changes: Any) -> statuspage.Observation:
+    """What the Statuspage mapping observes: all healthy but for ``changes``."""
+    return dataclasses.replace(HEALTHY_OBSERVATION, **changes)
+
+
+def runtime_counting_health_runs(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
+    """A Runtime on a FakeClock (nothing started, its history in SQLite under ``tmp_path``)
+    whose health runs are counted: one entry in the list per run."""
+    # The whole app: imported only by the tests that use it.
+    from backend_core.config import load_settings
+    from backend_core.runtime import Runtime
+
+    clock = FakeClock()
+    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/status.db"}), clock=clock)
+    runs: list[int] = []
+    real_run = runtime.health.run
+
+    async def counting_run() -> HealthReport:
+        runs.append(1)  # concurrent callers arrive while this run is in flight: none runs its own
+        return await real_run()
+
+    runtime.health.run = counting_run  # type: ignore[method-assign]
+    return runtime, clock, runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from backend_core.incidents import (
     MESSAGE_CHARS,
     Cause,
     IncidentClosed,
+    IncidentEvent,
     IncidentFeed,
     IncidentOpened,
     IncidentTracker,
@@ -68,24 +70,124 @@ def test_a_dropped_link_opens_an_incident_that_closes_with_the_attempt_count() -
     assert t.open_incidents == []
 
 
-def test_attempts_are_summed_over_retry_cycles() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    for attempt in (1, 2, 3, 1, 2):
-        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt, in_progress=True), T0)
-        t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=attempt), T0)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 5)
-    assert isinstance(closed, IncidentClosed)
-    assert (closed.recovery, closed.attempts) == (Recovery.RECONNECTED, 5)
+Step = Callable[[IncidentTracker], list[IncidentEvent]]
 
 
-def test_one_attempt_is_counted() -> None:
+def up(state: LinkState, at: float, **fields: Any) -> Step:
+    """The manager publishes ``snap(state, **fields)`` at ``T0 + at``."""
+    return lambda t: t.upstream(snap(state, **fields), T0 + at)
+
+
+def breaker_opens(name: str, at: float) -> Step:
+    return lambda t: t.transition(name, "closed", "open", "failure_threshold", T0 + at)
+
+
+def manual_retry(at: float) -> Step:
+    def step(t: IncidentTracker) -> list[IncidentEvent]:
+        t.manual_retry(T0 + at)
+        return []
+
+    return step
+
+
+CONNECTED, RECONNECTING, CIRCUIT_OPEN = LinkState.CONNECTED, LinkState.RECONNECTING, LinkState.CIRCUIT_OPEN
+DROPPED = [up(CONNECTED, 0), up(RECONNECTING, 0, error="ConnectionLost")]
+
+# How the link came back, from the snapshots (and breaker and retry events) before it did:
+# steps, then the recovery and the attempts the closing event names (None: not checked).
+RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
+    "attempts are summed over retry cycles": (
+        [
+            *DROPPED,
+            *(
+                step
+                for attempt in (1, 2, 3, 1, 2)
+                for step in (
+                    up(RECONNECTING, 0, error="X", attempt=attempt, in_progress=True),
+                    up(RECONNECTING, 0, error="X", attempt=attempt),
+                )
+            ),
+            up(CONNECTED, 5),
+        ],
+        Recovery.RECONNECTED,
+        5,
+    ),
+    "one attempt is counted": (
+        [
+            up(CONNECTED, 0),
+            up(RECONNECTING, 0, error="ConnectionLost", attempt=1, in_progress=True),
+            up(CONNECTED, 1),
+        ],
+        Recovery.RECONNECTED,
+        1,
+    ),
+    "recovery through the open breaker is a breaker probe": (
+        [
+            *DROPPED,
+            up(CIRCUIT_OPEN, 3, error="ConnectionRefused", next_at=T0 + 30),
+            up(RECONNECTING, 33, error="ConnectionRefused", attempt=1, in_progress=True),
+            up(CONNECTED, 34),
+        ],
+        Recovery.BREAKER_PROBE,
+        None,
+    ),
+    "the websocket breaker opening during an outage means a probe recovery": (
+        [*DROPPED, breaker_opens("websocket", 1), up(CONNECTED, 40)],
+        Recovery.BREAKER_PROBE,
+        None,
+    ),
+    "a manual retry that connects is credited": (
+        [
+            up(CONNECTED, 0),
+            up(CIRCUIT_OPEN, 0, error="ConnectionLost", next_at=T0 + 30),
+            manual_retry(2),
+            # An older event still queued before the retry's own snapshot must not cancel it.
+            up(CIRCUIT_OPEN, 2, error="ConnectionLost", next_at=T0 + 30),
+            up(RECONNECTING, 2, error="ConnectionLost", attempt=1, in_progress=True),
+            up(CONNECTED, 3),
+        ],
+        Recovery.MANUAL_RETRY,
+        None,
+    ),
+    "a manual retry is recognised from the snapshots alone": (
+        [
+            up(CONNECTED, 0),
+            up(RECONNECTING, 0, error="ConnectionLost", next_at=T0 + 9),
+            # The manager marks a manual retry: in progress while the automatic countdown is still set.
+            up(RECONNECTING, 1, error="ConnectionLost", next_at=T0 + 9, in_progress=True),
+            up(RECONNECTING, 1, error="ConnectionLost", attempt=1, in_progress=True),
+            up(CONNECTED, 2),
+        ],
+        Recovery.MANUAL_RETRY,
+        None,
+    ),
+    "a failed manual retry is not credited with a later recovery": (
+        [
+            up(CONNECTED, 0),
+            up(RECONNECTING, 0, error="ConnectionLost", next_at=T0 + 9),
+            manual_retry(1),
+            up(RECONNECTING, 1, error="X", attempt=1, in_progress=True),
+            up(RECONNECTING, 2, error="X", attempt=1),  # it failed
+            up(RECONNECTING, 5, error="X", attempt=2, in_progress=True),
+            up(CONNECTED, 6),
+        ],
+        Recovery.RECONNECTED,
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize(("steps", "recovery", "attempts"), list(RECOVERIES.values()), ids=list(RECOVERIES))
+def test_the_closing_event_names_how_the_link_recovered(
+    steps: list[Step], recovery: Recovery, attempts: int | None
+) -> None:
     t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 1)
-    assert isinstance(closed, IncidentClosed) and (closed.recovery, closed.attempts) == (Recovery.RECONNECTED, 1)
+    for step in steps[:-1]:
+        step(t)
+    [closed] = steps[-1](t)
+    assert isinstance(closed, IncidentClosed) and closed.recovery == recovery
+    if attempts is not None:
+        assert closed.attempts == attempts
 
 
 def test_a_failed_start_is_an_incident_too() -> None:
@@ -93,60 +195,6 @@ def test_a_failed_start_is_an_incident_too() -> None:
     t.upstream(snap(LinkState.CONNECTING, attempt=1, in_progress=True), T0)
     [opened] = t.upstream(snap(LinkState.CONNECTING, error="ConnectionRefused", attempt=1), T0 + 1)
     assert isinstance(opened, IncidentOpened) and opened.cause == Cause.COULD_NOT_CONNECT
-
-
-def test_recovery_through_the_open_breaker_is_a_breaker_probe() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionRefused", next_at=T0 + 30), T0 + 3)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionRefused", attempt=1, in_progress=True), T0 + 33)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 34)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == Recovery.BREAKER_PROBE
-
-
-def test_the_websocket_breaker_opening_during_an_outage_means_a_probe_recovery() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost"), T0)
-    t.transition("websocket", "closed", "open", "failure_threshold", T0 + 1)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 40)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == Recovery.BREAKER_PROBE
-
-
-def test_a_manual_retry_that_connects_is_credited() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0)
-    t.manual_retry(T0 + 2)
-    # An older event still queued before the retry's own snapshot must not cancel it.
-    t.upstream(snap(LinkState.CIRCUIT_OPEN, error="ConnectionLost", next_at=T0 + 30), T0 + 2)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 2)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 3)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == Recovery.MANUAL_RETRY
-
-
-def test_a_manual_retry_is_recognised_from_the_snapshots_alone() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
-    # The manager marks a manual retry: in progress while the automatic countdown is still set.
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9, in_progress=True), T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", attempt=1, in_progress=True), T0 + 1)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 2)
-    assert isinstance(closed, IncidentClosed) and closed.recovery == Recovery.MANUAL_RETRY
-
-
-def test_a_failed_manual_retry_is_not_credited_with_a_later_recovery() -> None:
-    t = tracker()
-    t.upstream(snap(LinkState.CONNECTED), T0)
-    t.upstream(snap(LinkState.RECONNECTING, error="ConnectionLost", next_at=T0 + 9), T0)
-    t.manual_retry(T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1, in_progress=True), T0 + 1)
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=1), T0 + 2)  # it failed
-    t.upstream(snap(LinkState.RECONNECTING, error="X", attempt=2, in_progress=True), T0 + 5)
-    [closed] = t.upstream(snap(LinkState.CONNECTED), T0 + 6)
-    assert isinstance(closed, IncidentClosed) and (closed.recovery, closed.attempts) == (Recovery.RECONNECTED, 2)
 
 
 def test_announced_maintenance_is_planned() -> None:

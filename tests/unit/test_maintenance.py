@@ -3,7 +3,6 @@ uptime sampler, the metrics' upstream_state label, the Statuspage component and 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from backend_core.history.minutes import upstream_sample_status
 from backend_core.incidents import upstream_in_maintenance
 from backend_core.metrics import MAINTENANCE, UpstreamCollector, upstream_state
 from rxapp.ui_logic import banner_for, feed_link_view
+from tests.helpers import statuspage_observation
 
 T0 = 1_700_000_040.0
 
@@ -59,9 +59,9 @@ def test_every_surface_agrees(snapshot: UpstreamSnapshot) -> None:
     # The metric keeps a serving link "connected" (no outage alert either way).
     assert (upstream_state(snapshot) == MAINTENANCE) == (maintenance and snapshot.state != LinkState.CONNECTED)
     if snapshot.state != LinkState.STOPPED:
-        observation = dataclasses.replace(
-            STATUSPAGE_HEALTHY,
+        observation = statuspage_observation(
             upstream_state=snapshot.state.value,
+            upstream_error=True,
             site_updating=snapshot.site_status == "updating",
             planned_drop=snapshot.planned_reconnect,
         )
@@ -70,23 +70,6 @@ def test_every_surface_agrees(snapshot: UpstreamSnapshot) -> None:
     assert (banner_for(page, T0).level == "maintenance") == maintenance
     if snapshot.state != LinkState.CONNECTED:
         assert (feed_link_view(page["upstream"], T0).tone == "blue") == maintenance
-
-
-STATUSPAGE_HEALTHY = sp.Observation(
-    upstream_state="connected",
-    upstream_check="pass",
-    upstream_error=True,
-    site_updating=False,
-    planned_drop=False,
-    relay_enabled=True,
-    relay_active=0,
-    relay_max=100,
-    api_breaker_states=(),
-    loop_lag_check="pass",
-    database_check="pass",
-    database_reachable=True,
-    database_unusable=False,
-)
 
 
 def status_dict(snapshot: UpstreamSnapshot) -> dict[str, Any]:

@@ -5,29 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from backend_core.clock import FakeClock
-from backend_core.config import load_settings
 from backend_core.health import HealthReport
 from backend_core.runtime import Runtime
-from tests.helpers import turns_until
-
-
-def make_runtime(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
-    clock = FakeClock()
-    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/h.db"}), clock=clock)
-    runs: list[int] = []
-    real_run = runtime.health.run
-
-    async def counting_run() -> HealthReport:
-        runs.append(1)  # concurrent callers arrive while this run is in flight: none runs its own
-        return await real_run()
-
-    runtime.health.run = counting_run  # type: ignore[method-assign]
-    return runtime, clock, runs
+from tests.helpers import runtime_counting_health_runs, turns_until
 
 
 async def test_pages_share_one_run_and_reuse_a_recent_report(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
     assert len(runs) == 1
     assert all(r is reports[0] for r in reports)
@@ -39,14 +23,14 @@ async def test_pages_share_one_run_and_reuse_a_recent_report(tmp_path: Path) -> 
 
 
 async def test_http_health_routes_always_get_a_fresh_report(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     await runtime.health_report()
     await runtime.health_report()
     assert len(runs) == 2
 
 
 async def test_pages_wait_for_a_status_change_or_their_period_on_the_runtime_clock(tmp_path: Path) -> None:
-    runtime, clock, _ = make_runtime(tmp_path)
+    runtime, clock, _ = runtime_counting_health_runs(tmp_path)
     seen = runtime.status_version
     waiting = asyncio.ensure_future(runtime.wait_for_change(seen, 1.0))
     await asyncio.sleep(0)
@@ -62,7 +46,7 @@ async def test_pages_wait_for_a_status_change_or_their_period_on_the_runtime_clo
 
 
 async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share_it(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     before = await runtime.health_report(max_age_s=1.0)
     clock.advance(0.1)  # still well inside max_age_s
     # Open the breaker: a breaker transition signals a status change.
@@ -86,7 +70,7 @@ def breaker_state(report: HealthReport) -> object:
 
 
 async def test_a_run_in_flight_from_before_a_change_is_not_handed_to_later_pages(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     counting_run, gate, read = runtime.health.run, asyncio.Event(), []
 
     async def first_run_is_slow() -> HealthReport:

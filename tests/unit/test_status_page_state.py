@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend_core import status_view
-from backend_core.clock import FakeClock
 from backend_core.config import load_settings
-from backend_core.health import HealthReport
 from backend_core.runtime import Runtime
 from rxapp import ui_logic
 from rxapp.components.banner import browser_settings
@@ -23,22 +21,9 @@ from rxapp.components.browser_link import browser_link_card
 from rxapp.pages.index import index
 from rxapp.runtime_ref import get_runtime
 from rxapp.state import BROWSER_DEFAULTS, HEALTH_REFRESH_S, StatusState, browser_settings_of, health_for_round
+from tests.helpers import runtime_counting_health_runs
 
 PAGES = 20
-
-
-def make_runtime(tmp_path: Path) -> tuple[Runtime, FakeClock, list[int]]:
-    clock = FakeClock()
-    runtime = Runtime(load_settings({"DB_URL": f"sqlite:///{tmp_path}/s.db"}), clock=clock)
-    runs: list[int] = []
-    real_run = runtime.health.run
-
-    async def counting_run() -> HealthReport:
-        runs.append(1)
-        return await real_run()
-
-    runtime.health.run = counting_run  # type: ignore[method-assign]
-    return runtime, clock, runs
 
 
 def page_state() -> StatusState:
@@ -65,7 +50,7 @@ async def open_breaker(runtime: Runtime) -> None:
 
 
 async def test_a_change_brings_health_that_agrees_with_the_breakers_on_every_page(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     pages = [page_state() for _ in range(PAGES)]
     # Every page's first round: health while all is well.
     for page, report in zip(
@@ -95,7 +80,7 @@ async def test_a_change_brings_health_that_agrees_with_the_breakers_on_every_pag
 
 
 async def test_without_a_change_health_waits_for_its_period(tmp_path: Path) -> None:
-    runtime, clock, runs = make_runtime(tmp_path)
+    runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     assert await health_for_round(runtime, changed=True, health_at=clock.monotonic()) is not None
     health_at = clock.monotonic()
     clock.advance(HEALTH_REFRESH_S / 2)

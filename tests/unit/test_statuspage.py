@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -12,6 +11,7 @@ import feedparser
 import pytest
 
 from backend_core import statuspage as sp
+from tests.helpers import statuspage_observation as obs
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 PAGE = "https://status.example.org"
@@ -47,26 +47,7 @@ COMPONENT_KEYS = {
     "group",
     "only_show_if_degraded",
 }
-HEALTHY = sp.Observation(
-    upstream_state="connected",
-    upstream_check="pass",
-    upstream_error=False,
-    site_updating=False,
-    planned_drop=False,
-    relay_enabled=True,
-    relay_active=3,
-    relay_max=100,
-    api_breaker_states=("closed", "closed"),
-    loop_lag_check="pass",
-    database_check="pass",
-    database_reachable=True,
-    database_unusable=False,
-)
 KEY = uuid.UUID(int=7).hex
-
-
-def obs(**changes: Any) -> sp.Observation:
-    return dataclasses.replace(HEALTHY, **changes)
 
 
 def outage(**changes: Any) -> sp.IncidentRecord:
@@ -86,7 +67,7 @@ def outage(**changes: Any) -> sp.IncidentRecord:
 
 
 def state(statuses: dict[str, str] | None = None, incidents: list[sp.IncidentRecord] | None = None) -> sp.PageState:
-    statuses = statuses if statuses is not None else sp.component_statuses(HEALTHY)
+    statuses = statuses if statuses is not None else sp.component_statuses(obs())
     return sp.PageState(PAGE, T0, statuses, {k: T0 for k in statuses}, incidents or [])
 
 
