@@ -77,6 +77,12 @@ def record_transitions(breaker: CircuitBreaker) -> list[Transition]:
     return seen
 
 
+def make_recorded(clock: FakeClock, name: str = "t", **config: Any) -> tuple[CircuitBreaker, list[Transition]]:
+    """``make(...)`` and the transitions its listener is told (once delivered: ``callbacks_ran``)."""
+    breaker = make(clock, name, **config)
+    return breaker, record_transitions(breaker)
+
+
 def reasons(transitions: list[Transition]) -> list[tuple[str, str, str]]:
     return [(str(t.from_state), str(t.to_state), t.reason) for t in transitions]
 
@@ -179,8 +185,7 @@ async def test_closed_passes_results_and_exceptions_through(clock: FakeClock) ->
 
 
 async def test_opens_after_threshold_consecutive_failures(clock: FakeClock) -> None:
-    breaker = make(clock, failure_threshold=3, recovery_timeout_s=10)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=3, recovery_timeout_s=10)
     await fail_times(breaker, 2)
     assert breaker.state is BreakerState.CLOSED
     await fail_times(breaker, 1)
@@ -208,8 +213,7 @@ async def test_a_success_resets_the_consecutive_count(clock: FakeClock) -> None:
 
 
 async def test_probe_after_recovery_timeout_closes_on_success(clock: FakeClock) -> None:
-    breaker = make(clock, failure_threshold=1, recovery_timeout_s=10)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=1, recovery_timeout_s=10)
     await fail_times(breaker, 1)
     clock.advance(9.999)
     with pytest.raises(CircuitOpenError):
@@ -226,8 +230,7 @@ async def test_probe_after_recovery_timeout_closes_on_success(clock: FakeClock) 
 
 
 async def test_failed_probe_reopens_for_a_new_period(clock: FakeClock) -> None:
-    breaker = make(clock, failure_threshold=1, recovery_timeout_s=10)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=1, recovery_timeout_s=10)
     await fail_times(breaker, 1)
     clock.advance(10)
     await fail_times(breaker, 1)
@@ -445,8 +448,7 @@ async def test_a_cancelled_probe_gives_its_slot_back(clock: FakeClock) -> None:
 
 
 async def test_a_hung_probe_is_reclaimed_after_the_maximum_half_open_wait(clock: FakeClock) -> None:
-    breaker = make(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=5)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=1, recovery_timeout_s=10, half_open_max_wait_s=5)
     await fail_times(breaker, 1)
     clock.advance(10)
     hung = Gate()
@@ -493,8 +495,7 @@ async def test_a_half_open_breaker_without_probes_in_flight_does_not_time_out(cl
 
 async def test_count_window_waits_for_minimum_calls_then_opens_on_the_rate(clock: FakeClock) -> None:
     window = SlidingWindow.count(10, failure_rate_threshold=0.5, minimum_calls=4)
-    breaker = make(clock, failure_threshold=100, window=window)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=100, window=window)
     await fail_times(breaker, 1)
     await call(breaker, ok)
     await fail_times(breaker, 1)
@@ -672,8 +673,7 @@ async def test_reset_clears_counters_but_keeps_totals(clock: FakeClock) -> None:
 
 
 def test_allow_probe_now_ends_the_open_period_for_one_probe(clock: FakeClock) -> None:
-    breaker = make(clock, failure_threshold=1, recovery_timeout_s=60)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, failure_threshold=1, recovery_timeout_s=60)
     assert breaker.allow_probe_now() is False  # closed: nothing to end
     breaker.record_failure(breaker.acquire())
     assert breaker.allow_probe_now() is True
@@ -757,8 +757,7 @@ async def test_listeners_run_after_the_call_via_call_soon(clock: FakeClock) -> N
 
 async def test_a_transition_carries_name_states_reason_and_both_clocks() -> None:
     clock = FakeClock(start_monotonic=50.0, start_wall=1_700_000_000.0)
-    breaker = make(clock, "websocket", failure_threshold=1)
-    seen = record_transitions(breaker)
+    breaker, seen = make_recorded(clock, "websocket", failure_threshold=1)
     clock.advance(2.5)
     await fail_times(breaker, 1)
     await callbacks_ran()
