@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from backend_core.clock import SystemClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
 from backend_core.incidents import IncidentFeed
+from tests.helpers import until
 
 # Every wait here is bounded by this.
 DELIVERY_TIMEOUT_S = 10.0
@@ -65,14 +67,6 @@ def breaker(to_state: BreakerState, reason: str, from_state: BreakerState) -> Tr
     return Transition("websocket", from_state, to_state, reason, time.monotonic(), time.time())
 
 
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def start_service(
     asgi_server: Callable[..., Awaitable[Any]], receiver: Receiver, after_s: str = "0.3", **kwargs: Any
 ) -> AlertService:
@@ -97,11 +91,23 @@ async def stop_service(service: AlertService) -> None:
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("alerts-")], "an alerts task was left"
 
 
+@contextlib.asynccontextmanager
+async def alerting(
+    asgi_server: Callable[..., Awaitable[Any]], receiver: Receiver, **options: Any
+) -> AsyncIterator[tuple[AlertService, IncidentFeed]]:
+    """A started service that alerts ``receiver``, and the feed that reaches it; on the way
+    out the receiver lets any hanging request go and the service stops, leaving no task."""
+    service = await start_service(asgi_server, receiver, **options)
+    try:
+        yield service, fed(service)
+    finally:
+        receiver.release.set()
+        await stop_service(service)
+
+
 async def test_breaker_alerts_are_delivered_once_each(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver()
-    service = await start_service(asgi_server, receiver)
-    feed = fed(service)
-    try:
+    async with alerting(asgi_server, receiver) as (service, feed):
         feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         feed.transition(breaker(BreakerState.HALF_OPEN, "recovery_timeout", BreakerState.OPEN))
         feed.transition(breaker(BreakerState.OPEN, "probe_failed", BreakerState.HALF_OPEN))
@@ -113,15 +119,11 @@ async def test_breaker_alerts_are_delivered_once_each(asgi_server: Callable[...,
             ("breaker_closed", "resolved", "breaker:websocket"),
         ]
         assert receiver.accepted[1]["recovery"] == "breaker_probe" and receiver.accepted[1]["recovered"] is True
-    finally:
-        await stop_service(service)
 
 
 async def test_a_failing_receiver_gets_the_alert_after_retries(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver(fail_first=3)
-    service = await start_service(asgi_server, receiver)
-    feed = fed(service)
-    try:
+    async with alerting(asgi_server, receiver) as (service, feed):
         feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         assert len(receiver.attempts) == 4 and len(receiver.accepted) == 1
@@ -129,32 +131,23 @@ async def test_a_failing_receiver_gets_the_alert_after_retries(asgi_server: Call
         snapshot = service.snapshot()
         assert (snapshot["sent_total"], snapshot["attempts_total"], snapshot["failed_total"]) == (1, 4, 0)
         assert service.health_check()[0].status == "pass"
-    finally:
-        await stop_service(service)
 
 
 async def test_a_hanging_receiver_times_out_and_is_retried(asgi_server: Callable[..., Awaitable[Any]]) -> None:
     receiver = Receiver(fail_first=1, hang=True)  # the first POST never gets an answer
-    service = await start_service(asgi_server, receiver, timeout_s=0.3)
-    feed = fed(service)
-    try:
+    async with alerting(asgi_server, receiver, timeout_s=0.3) as (service, feed):
         feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
         # Delivered while the first POST still hangs: the sender gave up on it and retried.
         assert len(receiver.accepted) == 1 and not receiver.release.is_set()
         assert service.snapshot()["attempts_total"] == 2
-    finally:
-        receiver.release.set()
-        await stop_service(service)
 
 
 async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
     asgi_server: Callable[..., Awaitable[Any]],
 ) -> None:
     receiver = Receiver()
-    service = await start_service(asgi_server, receiver, after_s="0.3")
-    feed = fed(service)
-    try:
+    async with alerting(asgi_server, receiver, after_s="0.3") as (service, feed):
         feed.status(snap(LinkState.CONNECTED))
         # A short outage: nothing is sent, ever (alerts go out in order, so the first one
         # the receiver sees is the long outage's below).
@@ -164,7 +157,7 @@ async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
         feed.status(snap(LinkState.RECONNECTING, "HeartbeatTimeout"))
         for attempt in (1, 2, 3):
             feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused", attempt))
-        await until(lambda: bool(receiver.accepted), "the upstream_down alert")
+        await until(lambda: receiver.accepted, DELIVERY_TIMEOUT_S, what="the upstream_down alert")
         feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused", 1))
         feed.status(snap(LinkState.CONNECTED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)
@@ -180,24 +173,18 @@ async def test_the_upstream_alerts_only_when_down_longer_than_the_delay(
         assert (resolved["recovery"], resolved["attempts"]) == ("reconnected", 4)
         assert resolved["summary"].endswith("(reconnected after 4 attempts)")
         assert resolved["ended_at"] is not None and firing["ended_at"] is None
-    finally:
-        await stop_service(service)
 
 
 @pytest.mark.parametrize("status", [400, 404, 410])
 async def test_a_refusing_receiver_is_not_retried(asgi_server: Callable[..., Awaitable[Any]], status: int) -> None:
     receiver = Receiver(fail_first=100, fail_status=status)
-    service = await start_service(asgi_server, receiver)
-    feed = fed(service)
-    try:
+    async with alerting(asgi_server, receiver) as (service, feed):
         feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
         assert await service.wait_idle(DELIVERY_TIMEOUT_S)  # done with it: refused, not retried
         snapshot = service.snapshot()
         assert (snapshot["attempts_total"], snapshot["failed_total"], len(receiver.attempts)) == (1, 1, 1)
         check = service.health_check()[0]
         assert check.status == "warn" and f"HTTP {status}" in check.output
-    finally:
-        await stop_service(service)
 
 
 async def test_stop_is_bounded_while_the_receiver_is_down(asgi_server: Callable[..., Awaitable[Any]]) -> None:
@@ -205,7 +192,7 @@ async def test_stop_is_bounded_while_the_receiver_is_down(asgi_server: Callable[
     service = await start_service(asgi_server, receiver)
     feed = fed(service)
     feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
-    await until(lambda: len(receiver.attempts) >= 2, "two failed deliveries")
+    await until(lambda: len(receiver.attempts) >= 2, DELIVERY_TIMEOUT_S, what="two failed deliveries")
     await stop_service(service)  # returns (ALERT_STOP_TIMEOUT_S at most) with the alert undelivered
     snapshot = service.snapshot()
     assert snapshot["pending"] == 0 and snapshot["sent_total"] == 0
