@@ -25,6 +25,7 @@ from backend_core.history.reader import (
     history_components,
     history_schedule,
 )
+from tests.helpers import callbacks_ran, turns_until
 
 
 @dataclass
@@ -120,9 +121,21 @@ def runtime_of(reader: HistoryReader) -> FakeRuntime:
     return RUNTIMES[id(reader)]
 
 
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+def waiting(reader: HistoryReader) -> bool:
+    """The reader's task is gone, or parked: on the clock, or for a request (none is pending)."""
+    runtime = runtime_of(reader)
+    task = reader._task
+    if task is None or task.done():
+        return True
+    if runtime.store.running:
+        return False  # a read is in progress
+    return runtime.clock.sleepers > 0 or (reader._wake is not None and not reader._wake.is_set())
+
+
+async def run_until_waiting(reader: HistoryReader) -> None:
+    """Let the reader act on what the test just did (a request, a clock advance) until it waits again."""
+    await callbacks_ran()  # a woken task runs to its next wait first
+    await turns_until(lambda: waiting(reader), "the history reader to wait")
 
 
 async def test_a_read_fetches_incidents_transitions_and_the_bars_of_each_component(reader: HistoryReader) -> None:
@@ -168,7 +181,7 @@ async def test_a_hung_database_and_a_bug_are_bounded_and_never_raise(reader: His
     runtime = runtime_of(reader)
     runtime.store.hang = True
     read = asyncio.ensure_future(reader.read_once())
-    await settle()
+    await turns_until(lambda: runtime.store.running and runtime.clock.deadlines, "the read on the hung store")
     assert not read.done()
     runtime.clock.advance(READ_TIMEOUT_S)  # the read's deadline runs on the clock
     assert (await read).error == "the history database did not answer in time"
@@ -181,12 +194,12 @@ async def test_many_pages_asking_at_once_cost_one_read(reader: HistoryReader) ->
     clock = runtime_of(reader).clock
     for _ in range(20):
         reader.request(clock.monotonic() - 10)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     # Pages that load later and accept a read this recent cause none.
     clock.advance(3)
     reader.request(clock.monotonic() - 10)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
 
 
@@ -195,58 +208,58 @@ async def test_a_read_asked_for_just_after_a_change_waits_for_that_moment(reader
     change_at = clock.monotonic()
     for _ in range(5):
         reader.request(change_at + 0.5)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 0
     clock.advance(0.5)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     reader.request(change_at + 0.5)  # served already
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
 
 
 async def test_a_recent_read_from_before_a_status_change_is_not_fresh(reader: HistoryReader) -> None:
     runtime = runtime_of(reader)
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     runtime.clock.advance(3)
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)  # nothing changed
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     runtime.status_version += 1  # e.g. the feed recovered: the incident is no longer ongoing
     for _ in range(20):  # every page that loads now asks; one read, just after the change
         reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     runtime.clock.advance(SETTLE_S)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 2
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 2
 
 
 async def test_reads_are_paced_however_often_pages_ask(reader: HistoryReader) -> None:
     clock = runtime_of(reader).clock
     reader.request(clock.monotonic())
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 1
     # A fresher read asked for right away waits for the gap; asks meanwhile join it.
     for _ in range(4):
         clock.advance(0.25)
         reader.request(clock.monotonic())
-        await settle()
+        await run_until_waiting(reader)
     assert reader.reads_total == 1
     clock.advance(READ_GAP_S)
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 2
 
 
 async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: HistoryReader) -> None:
     clock = runtime_of(reader).clock
     reader.request(clock.monotonic())
-    await settle()
+    await run_until_waiting(reader)
     task = reader._task
     assert task is not None and not task.done()
     await reader.stop()
@@ -256,7 +269,7 @@ async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: 
     assert reader._task is None
     reader.start()  # a lifespan that starts again
     reader.request(clock.monotonic())
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 2
 
 
@@ -270,7 +283,7 @@ async def test_a_reader_that_was_never_started_reads_nothing() -> None:
 async def test_no_reads_start_while_the_app_shuts_down(reader: HistoryReader) -> None:
     runtime_of(reader).shutting_down = True
     reader.request(runtime_of(reader).clock.monotonic())
-    await settle()
+    await run_until_waiting(reader)
     assert reader.reads_total == 0 and reader._task is None
 
 
