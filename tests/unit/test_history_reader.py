@@ -138,6 +138,12 @@ async def run_until_waiting(reader: HistoryReader) -> None:
     await turns_until(lambda: waiting(reader), "the history reader to wait")
 
 
+async def reads_by_then(reader: HistoryReader) -> int:
+    """How many reads the reader has made once it waits again (``run_until_waiting``)."""
+    await run_until_waiting(reader)
+    return reader.reads_total
+
+
 async def test_a_read_fetches_incidents_transitions_and_the_bars_of_each_component(reader: HistoryReader) -> None:
     snapshot = await reader.read_once()
     assert snapshot.version == 1 and snapshot.error == "" and snapshot.has_data
@@ -194,13 +200,11 @@ async def test_many_pages_asking_at_once_cost_one_read(reader: HistoryReader) ->
     clock = runtime_of(reader).clock
     for _ in range(20):
         reader.request(clock.monotonic() - 10)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     # Pages that load later and accept a read this recent cause none.
     clock.advance(3)
     reader.request(clock.monotonic() - 10)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
 
 
 async def test_a_read_asked_for_just_after_a_change_waits_for_that_moment(reader: HistoryReader) -> None:
@@ -208,43 +212,34 @@ async def test_a_read_asked_for_just_after_a_change_waits_for_that_moment(reader
     change_at = clock.monotonic()
     for _ in range(5):
         reader.request(change_at + 0.5)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 0
+    assert await reads_by_then(reader) == 0
     clock.advance(0.5)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     reader.request(change_at + 0.5)  # served already
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
 
 
 async def test_a_recent_read_from_before_a_status_change_is_not_fresh(reader: HistoryReader) -> None:
     runtime = runtime_of(reader)
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     runtime.clock.advance(3)
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)  # nothing changed
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     runtime.status_version += 1  # e.g. the feed recovered: the incident is no longer ongoing
     for _ in range(20):  # every page that loads now asks; one read, just after the change
         reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     runtime.clock.advance(SETTLE_S)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 2
+    assert await reads_by_then(reader) == 2
     reader.request(runtime.clock.monotonic() - 10, runtime.status_version)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 2
+    assert await reads_by_then(reader) == 2
 
 
 async def test_reads_are_paced_however_often_pages_ask(reader: HistoryReader) -> None:
     clock = runtime_of(reader).clock
     reader.request(clock.monotonic())
-    await run_until_waiting(reader)
-    assert reader.reads_total == 1
+    assert await reads_by_then(reader) == 1
     # A fresher read asked for right away waits for the gap; asks meanwhile join it.
     for _ in range(4):
         clock.advance(0.25)
@@ -252,8 +247,7 @@ async def test_reads_are_paced_however_often_pages_ask(reader: HistoryReader) ->
         await run_until_waiting(reader)
     assert reader.reads_total == 1
     clock.advance(READ_GAP_S)
-    await run_until_waiting(reader)
-    assert reader.reads_total == 2
+    assert await reads_by_then(reader) == 2
 
 
 async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: HistoryReader) -> None:
@@ -269,8 +263,7 @@ async def test_stop_ends_the_readers_task_and_no_request_starts_another(reader: 
     assert reader._task is None
     reader.start()  # a lifespan that starts again
     reader.request(clock.monotonic())
-    await run_until_waiting(reader)
-    assert reader.reads_total == 2
+    assert await reads_by_then(reader) == 2
 
 
 async def test_a_reader_that_was_never_started_reads_nothing() -> None:
