@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from backend_core.clock import Clock, FakeClock
 from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
 from backend_core.incidents import Cause, IncidentClosed, IncidentFeed, IncidentOpened, Recovery
+from tests.helpers import turns_until
 
 WALL = 1_700_000_000.0
 URL = "https://hooks.example.test/services/T000/B000/sekrit"
@@ -264,9 +265,10 @@ async def running(
         await alerts.stop(timeout_s=stop_timeout_s)
 
 
-async def settle() -> None:
-    for _ in range(50):
-        await asyncio.sleep(0)
+def sender_waits(alerts: AlertService, clock: FakeClock) -> Callable[[], bool]:
+    """The sender waits: with nothing left to send, or for a retry on the clock (the timer
+    needs no clock in these tests: breaker alerts go out at once)."""
+    return lambda: alerts.pending == 0 or (alerts.delivering and clock.sleepers == 1)
 
 
 async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> None:
@@ -274,18 +276,17 @@ async def test_the_service_sends_one_alert_per_incident_and_one_resolution() -> 
     async with running(hook) as (alerts, feed, clock):
         feed.status(snap(LinkState.CONNECTED))
         feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
-        await settle()
+        await turns_until(lambda: clock.sleepers == 1, "the upstream alert's delay on the clock")
         clock.advance(59)
-        await settle()
-        assert hook.requests == []
+        await turns_until(lambda: clock.sleepers == 1, "the upstream alert's delay, still on the clock")
+        assert hook.requests == [] and alerts.pending == 0
         feed.status(snap(LinkState.RECONNECTING, "ConnectionRefused"))
         clock.advance(1)
-        await settle()
+        await turns_until(lambda: hook.requests, "the upstream_down alert")
         assert await alerts.wait_idle(5)
         assert [b["event"] for b in hook.bodies()] == ["upstream_down"]
         clock.advance(600)
         feed.status(snap(LinkState.CIRCUIT_OPEN, "ConnectionRefused"))
-        await settle()
         feed.status(snap(LinkState.CONNECTED))
         assert await alerts.wait_idle(5)
         bodies = hook.bodies()
@@ -324,13 +325,14 @@ async def test_failed_deliveries_are_retried_with_backoff_and_retry_after() -> N
     hook = Hook(503, 429, headers={"retry-after": "30"})
     async with running(hook, retry_initial_s=1.0, retry_max_s=60.0) as (alerts, feed, clock):
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
-        await settle()
+        waits = sender_waits(alerts, clock)
+        await turns_until(lambda: hook.requests and waits(), "the first attempt and its retry's wait")
         assert len(hook.requests) == 1
         clock.advance(29.9)  # Retry-After: 30 is honoured over the 1-2 s backoff
-        await settle()
+        await turns_until(waits, "the sender to wait")
         assert len(hook.requests) == 1
         clock.advance(0.1)
-        await settle()
+        await turns_until(lambda: len(hook.requests) == 2 and waits(), "the second attempt and its retry's wait")
         assert len(hook.requests) == 2
         clock.advance(30)
         assert await alerts.wait_idle(5)
@@ -347,7 +349,7 @@ async def test_a_refusal_is_not_retried_and_health_says_so() -> None:
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         assert await alerts.wait_idle(5)
         clock.advance(3600)
-        await settle()
+        await turns_until(sender_waits(alerts, clock), "the sender to wait")
         assert len(hook.requests) == 1
         check = alerts.health_check()[0]
         assert check.status == "warn" and "HTTP 404" in check.output and "sekrit" not in check.output
@@ -362,7 +364,8 @@ async def test_the_queue_is_bounded_drops_the_oldest_waiting_alert_and_counts_ea
     hook = Hook(503, 503)  # the first alert takes three attempts
     async with running(hook, queue_size=3, retry_initial_s=1.0, retry_max_s=1.0) as (alerts, feed, clock):
         feed.transition(opened("api:/r0"))
-        await settle()
+        waits = sender_waits(alerts, clock)
+        await turns_until(lambda: hook.requests and waits(), "r0's first attempt and its retry's wait")
         assert len(hook.requests) == 1 and alerts.delivering  # r0 is being delivered (and retried)
         for i in range(1, 6):
             feed.transition(opened(f"api:/r{i}"))
@@ -371,7 +374,7 @@ async def test_the_queue_is_bounded_drops_the_oldest_waiting_alert_and_counts_ea
         assert snapshot["pending"] == 3 and snapshot["dropped_total"] == 3
         for _ in range(5):
             clock.advance(1.0)
-            await settle()
+            await turns_until(waits, "the sender to wait")
         assert await alerts.wait_idle(5)
         delivered = [body["component"] for body in hook.bodies()[2:]]
         assert delivered == ["breaker:api:/r0", "breaker:api:/r4", "breaker:api:/r5"]
@@ -386,9 +389,10 @@ async def test_stop_is_bounded_on_the_clock_and_counts_each_undelivered_alert_on
     await alerts.start()
     for i in range(3):
         feed.transition(opened(f"api:/r{i}"))
-    await settle()
+    waits = sender_waits(alerts, clock)
+    await turns_until(lambda: alerts.snapshot()["attempts_total"] == 1 and waits(), "the first attempt's retry wait")
     stopping = asyncio.ensure_future(alerts.stop(timeout_s=3.0))
-    await settle()
+    await turns_until(lambda: clock.deadlines == 1, "stop waiting on the clock")
     assert not stopping.done(), "stop waits (on the clock) for the queue to drain"
     clock.advance(3.0)
     await stopping
@@ -425,12 +429,13 @@ async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
     await alerts.start()
     try:
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
-        await settle()
+        waits = sender_waits(alerts, clock)
+        await turns_until(lambda: calls and waits(), "the first attempt and its retry's wait")
         # The type and the host only: the exception's text holds the URL (here with its path).
         assert alerts.last_error == "ConnectError from the webhook at hooks.example.test"
         for _ in range(10):
             clock.advance(5)
-            await settle()
+            await turns_until(waits, "the sender to wait")
         assert await alerts.wait_idle(5)
         assert len(calls) == 3 and alerts.snapshot()["sent_total"] == 1
     finally:
@@ -455,9 +460,9 @@ async def test_incidents_that_fired_are_resolved_as_not_recovered_when_the_servi
     async with running(hook) as (alerts, feed, clock):
         feed.transition(Transition("websocket", BreakerState.CLOSED, BreakerState.OPEN, "x", 0.0, WALL))
         feed.status(snap(LinkState.RECONNECTING, "ConnectionLost"))
-        await settle()
+        await turns_until(lambda: hook.requests and clock.sleepers == 1, "the breaker alert, and the upstream timer")
         clock.advance(90)  # past ALERT_AFTER_SECONDS: upstream_down fires
-        await settle()
+        await turns_until(lambda: len(hook.requests) == 2, "the upstream_down alert")
         feed.close_all(Recovery.SERVICE_STOPPED)  # what the Runtime does at stop
         assert await alerts.wait_idle(5)
         bodies = hook.bodies()
