@@ -92,10 +92,12 @@ def manual_retry(at: float) -> Step:
 
 CONNECTED, RECONNECTING, CIRCUIT_OPEN = LinkState.CONNECTED, LinkState.RECONNECTING, LinkState.CIRCUIT_OPEN
 DROPPED = [up(CONNECTED, 0), up(RECONNECTING, 0, error="ConnectionLost")]
+# Dropped, and the automatic retry counting down to T0 + 9.
+COUNTING_DOWN = [up(CONNECTED, 0), up(RECONNECTING, 0, error="ConnectionLost", next_at=T0 + 9)]
 
 # How the link came back, from the snapshots (and breaker and retry events) before it did:
-# steps, then the recovery and the attempts the closing event names (None: not checked).
-RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
+# the steps, then the recovery and the attempts the closing event names (None: not checked).
+RECOVERIES: dict[str, tuple[list[Step], tuple[Recovery, int | None]]] = {
     "attempts are summed over retry cycles": (
         [
             *DROPPED,
@@ -109,8 +111,7 @@ RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
             ),
             up(CONNECTED, 5),
         ],
-        Recovery.RECONNECTED,
-        5,
+        (Recovery.RECONNECTED, 5),
     ),
     "one attempt is counted": (
         [
@@ -118,8 +119,7 @@ RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
             up(RECONNECTING, 0, error="ConnectionLost", attempt=1, in_progress=True),
             up(CONNECTED, 1),
         ],
-        Recovery.RECONNECTED,
-        1,
+        (Recovery.RECONNECTED, 1),
     ),
     "recovery through the open breaker is a breaker probe": (
         [
@@ -128,13 +128,11 @@ RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
             up(RECONNECTING, 33, error="ConnectionRefused", attempt=1, in_progress=True),
             up(CONNECTED, 34),
         ],
-        Recovery.BREAKER_PROBE,
-        None,
+        (Recovery.BREAKER_PROBE, None),
     ),
     "the websocket breaker opening during an outage means a probe recovery": (
         [*DROPPED, breaker_opens("websocket", 1), up(CONNECTED, 40)],
-        Recovery.BREAKER_PROBE,
-        None,
+        (Recovery.BREAKER_PROBE, None),
     ),
     "a manual retry that connects is credited": (
         [
@@ -146,41 +144,37 @@ RECOVERIES: dict[str, tuple[list[Step], Recovery, int | None]] = {
             up(RECONNECTING, 2, error="ConnectionLost", attempt=1, in_progress=True),
             up(CONNECTED, 3),
         ],
-        Recovery.MANUAL_RETRY,
-        None,
+        (Recovery.MANUAL_RETRY, None),
     ),
     "a manual retry is recognised from the snapshots alone": (
         [
-            up(CONNECTED, 0),
-            up(RECONNECTING, 0, error="ConnectionLost", next_at=T0 + 9),
+            *COUNTING_DOWN,
             # The manager marks a manual retry: in progress while the automatic countdown is still set.
             up(RECONNECTING, 1, error="ConnectionLost", next_at=T0 + 9, in_progress=True),
             up(RECONNECTING, 1, error="ConnectionLost", attempt=1, in_progress=True),
             up(CONNECTED, 2),
         ],
-        Recovery.MANUAL_RETRY,
-        None,
+        (Recovery.MANUAL_RETRY, None),
     ),
     "a failed manual retry is not credited with a later recovery": (
         [
-            up(CONNECTED, 0),
-            up(RECONNECTING, 0, error="ConnectionLost", next_at=T0 + 9),
+            *COUNTING_DOWN,
             manual_retry(1),
             up(RECONNECTING, 1, error="X", attempt=1, in_progress=True),
             up(RECONNECTING, 2, error="X", attempt=1),  # it failed
             up(RECONNECTING, 5, error="X", attempt=2, in_progress=True),
             up(CONNECTED, 6),
         ],
-        Recovery.RECONNECTED,
-        2,
+        (Recovery.RECONNECTED, 2),
     ),
 }
 
 
-@pytest.mark.parametrize(("steps", "recovery", "attempts"), list(RECOVERIES.values()), ids=list(RECOVERIES))
+@pytest.mark.parametrize(("steps", "expected"), list(RECOVERIES.values()), ids=list(RECOVERIES))
 def test_the_closing_event_names_how_the_link_recovered(
-    steps: list[Step], recovery: Recovery, attempts: int | None
+    steps: list[Step], expected: tuple[Recovery, int | None]
 ) -> None:
+    recovery, attempts = expected
     t = tracker()
     for step in steps[:-1]:
         step(t)
