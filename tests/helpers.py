@@ -12,7 +12,8 @@
 - ``iso``: a wall time as the API writes it.
 - ``upstream_snapshot``, ``counting_keys``: the inputs of the incident and history logic.
 - ``statuspage_observation``: the Statuspage mapping's input, healthy unless changed.
-- ``runtime_counting_health_runs``: a Runtime on a FakeClock that counts its health runs.
+- ``runtime_counting_health_runs``: a Runtime on a FakeClock that counts its health runs;
+  ``open_feed_breaker`` opens its market feed's breaker.
 """
 
 from __future__ import annotations
@@ -170,3 +171,13 @@ def runtime_counting_health_runs(tmp_path: Path) -> tuple[Runtime, FakeClock, li
 
     runtime.health.run = counting_run  # type: ignore[method-assign]
     return runtime, clock, runs
+
+
+async def open_feed_breaker(runtime: Runtime) -> None:
+    """Open ``runtime``'s market feed breaker; its listeners are told on the loop's next
+    turns: wait (bounded) until the transition has moved the status version."""
+    version = runtime.status_version
+    breaker = runtime.breakers.websocket
+    for _ in range(breaker.config.failure_threshold):
+        breaker.record_failure(breaker.acquire())
+    await turns_until(lambda: runtime.status_version != version, "the breaker transition's status change")

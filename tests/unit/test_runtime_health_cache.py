@@ -6,8 +6,7 @@ import asyncio
 from pathlib import Path
 
 from backend_core.health import HealthReport
-from backend_core.runtime import Runtime
-from tests.helpers import runtime_counting_health_runs, turns_until
+from tests.helpers import open_feed_breaker, runtime_counting_health_runs, turns_until
 
 
 async def test_pages_share_one_run_and_reuse_a_recent_report(tmp_path: Path) -> None:
@@ -33,13 +32,13 @@ async def test_pages_wait_for_a_status_change_or_their_period_on_the_runtime_clo
     runtime, clock, _ = runtime_counting_health_runs(tmp_path)
     seen = runtime.status_version
     waiting = asyncio.ensure_future(runtime.wait_for_change(seen, 1.0))
-    await asyncio.sleep(0)
-    assert clock.deadlines == 1 and not waiting.done()
+    await turns_until(lambda: clock.deadlines == 1, "the page's wait on the clock")
+    assert not waiting.done()
     clock.advance(1.0)
     assert await waiting == seen  # the period passed on fake time, nothing changed
 
     waiting = asyncio.ensure_future(runtime.wait_for_change(seen, 60.0))
-    await asyncio.sleep(0)
+    await turns_until(lambda: clock.deadlines == 1, "the page's wait on the clock")
     runtime._signal_change()  # what a status event or a breaker transition does
     assert await waiting == seen + 1
     assert clock.deadlines == 0  # the wait's deadline went with it
@@ -49,20 +48,12 @@ async def test_a_status_change_makes_the_next_page_run_afresh_and_the_rest_share
     runtime, clock, runs = runtime_counting_health_runs(tmp_path)
     before = await runtime.health_report(max_age_s=1.0)
     clock.advance(0.1)  # still well inside max_age_s
-    # Open the breaker: a breaker transition signals a status change.
-    for _ in range(runtime.breakers.websocket.config.failure_threshold):
-        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
-    await status_changed(runtime, 0)
+    await open_feed_breaker(runtime)
     reports = await asyncio.gather(*(runtime.health_report(max_age_s=1.0) for _ in range(20)))
     assert len(runs) == 2  # one run for the change, however many pages saw it
     assert all(r is reports[0] for r in reports) and reports[0] is not before
     assert breaker_state(reports[0]) == "open"
     assert await runtime.health_report(max_age_s=1.0) is reports[0]  # no change since: reused
-
-
-async def status_changed(runtime: Runtime, version: int) -> None:
-    """Breaker listeners are told on the loop's next turns: wait for the status version to move."""
-    await turns_until(lambda: runtime.status_version != version, "a status change from the breaker transition")
 
 
 def breaker_state(report: HealthReport) -> object:
@@ -83,9 +74,7 @@ async def test_a_run_in_flight_from_before_a_change_is_not_handed_to_later_pages
     runtime.health.run = first_run_is_slow  # type: ignore[method-assign]
     early = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
     await turns_until(lambda: read, "the first run reading the breakers")
-    for _ in range(runtime.breakers.websocket.config.failure_threshold):
-        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
-    await status_changed(runtime, 0)
+    await open_feed_breaker(runtime)
     late = asyncio.ensure_future(runtime.health_report(max_age_s=1.0))
     await asyncio.sleep(0)
     assert not late.done()  # it does not take the run from before the change

@@ -14,14 +14,13 @@ import pytest
 
 from backend_core import status_view
 from backend_core.config import load_settings
-from backend_core.runtime import Runtime
 from rxapp import ui_logic
 from rxapp.components.banner import browser_settings
 from rxapp.components.browser_link import browser_link_card
 from rxapp.pages.index import index
 from rxapp.runtime_ref import get_runtime
 from rxapp.state import BROWSER_DEFAULTS, HEALTH_REFRESH_S, StatusState, browser_settings_of, health_for_round
-from tests.helpers import runtime_counting_health_runs
+from tests.helpers import open_feed_breaker, runtime_counting_health_runs
 
 PAGES = 20
 
@@ -32,18 +31,6 @@ def page_state() -> StatusState:
 
 def health_row(state: StatusState, key: str) -> dict[str, str]:
     return next(row for row in state.health_rows if row["key"] == key)
-
-
-async def open_breaker(runtime: Runtime) -> None:
-    """Open the market feed's breaker; its transition signals a change on the loop's next turns."""
-    version = runtime.status_version
-    for _ in range(runtime.breakers.websocket.config.failure_threshold):
-        runtime.breakers.websocket.record_failure(runtime.breakers.websocket.acquire())
-    for _ in range(10):
-        if runtime.status_version != version:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the breaker transition signalled no status change")
 
 
 # ---------------------------------------------------------------------------- one truth
@@ -63,7 +50,7 @@ async def test_a_change_brings_health_that_agrees_with_the_breakers_on_every_pag
     assert health_row(pages[0], "circuitBreakers")["word"] == "Operational"
 
     clock.advance(0.1)  # the report is still young: before the fix, pages reused it
-    await open_breaker(runtime)
+    await open_feed_breaker(runtime)
     reports = await asyncio.gather(*(health_for_round(runtime, changed=True, health_at=0.0) for _ in pages))
     assert len(runs) == 2, "a change seen by every page must still be one health run"
 
