@@ -261,8 +261,15 @@ async def running(
     await alerts.start()
     try:
         yield alerts, feed, clock
-    finally:
-        await alerts.stop(timeout_s=stop_timeout_s)
+    except BaseException:
+        # A failed test can leave an alert queued; stop() would then wait on a fake clock
+        # nobody advances, and the failure would show as a pytest timeout. Expire it.
+        stopping = asyncio.ensure_future(alerts.stop(timeout_s=stop_timeout_s))
+        await turns_until(lambda: stopping.done() or clock.deadlines > 0, "stop() waiting or done")
+        clock.advance(stop_timeout_s)
+        await stopping
+        raise
+    await alerts.stop(timeout_s=stop_timeout_s)
 
 
 def sender_waits(alerts: AlertService, clock: FakeClock) -> Callable[[], bool]:
