@@ -24,8 +24,10 @@ What it decides (sections of ``shared/deriv-protocol.md``):
   Deriv's transient backend errors and a timeout back off with full jitter. One symbol's
   failure never touches the others.
 * **No gaps, no duplicates**: a symbol that has published before is subscribed again with
-  ``ticks_history`` from its last published epoch (3.4); :class:`TickSequencer` lets each
-  epoch out once, in order; :func:`backfill_gap` announces what one reply cannot reach.
+  ``ticks_history`` from its last published epoch (3.4); an outage longer than one reply
+  is paged in backwards, bounded (:mod:`backend_core.deriv.backfill`, which also holds
+  the :class:`~backend_core.deriv.backfill.TickSequencer` that lets each epoch out once,
+  in order); ``gap_from`` announces only what paging could not reach.
 * **Heartbeat**: a JSON ``ping`` an interval after each pong (5.1). A **dead or sick
   link** is found within ping interval + pong deadline: no pong in time (even while ticks
   flow), an error reply to a ping, a reply that cannot be parsed, or a full pending map.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 from typing import Any, Final
@@ -59,13 +61,9 @@ from backend_core.deriv.actions import (
     Send,
     Timer,
 )
-from backend_core.errors import (
-    DerivAPIError,
-    RequestTimeout,
-    TooManyPendingRequests,
-    UpstreamUnavailable,
-)
-from backend_core.events import ErrorInfo, SymbolStatus, Tick
+from backend_core.deriv.backfill import DEFAULT_MAX_PAGES, Backfill, Page, Release
+from backend_core.errors import DerivAPIError, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
+from backend_core.events import ErrorInfo, SymbolStatus
 from backend_core.logs import LogThrottle
 
 log = logging.getLogger("backend_core.deriv.link")
@@ -99,44 +97,6 @@ SITE_UPDATING: Final = "SiteUpdating"
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def backfill_gap(last_epoch: int | None, times: Sequence[int], requested: int) -> int | None:
-    """The epoch a backfill could not reach back to, or ``None`` when it left no gap. Pure.
-
-    ``ticks_history`` from ``last_epoch`` (inclusive) answers the *latest* ``requested``
-    ticks of the range (section 3.4). A reply shorter than that holds the whole range; a
-    full one that starts after ``last_epoch`` left out the ticks in between.
-    """
-    if last_epoch is None or not times or len(times) < requested or times[0] <= last_epoch:
-        return None
-    return last_epoch
-
-
-class TickSequencer:
-    """Lets each (symbol, epoch) through once, in ascending epoch order. Pure."""
-
-    __slots__ = ("_last", "duplicates")
-
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
-        self.duplicates = 0
-
-    def accept(self, tick: Tick) -> bool:
-        last = self._last.get(tick.symbol)
-        if last is not None and tick.epoch <= last:
-            self.duplicates += 1
-            return False
-        self._last[tick.symbol] = tick.epoch
-        return True
-
-    def last_epoch(self, symbol: str) -> int | None:
-        return self._last.get(symbol)
-
-    def seed(self, symbol: str, epoch: int) -> None:
-        """Treat ``epoch`` as published (a cluster's newest): later ticks only, backfilled from it."""
-        if epoch > self._last.get(symbol, 0):
-            self._last[symbol] = epoch
 
 
 class RetryPolicy(Enum):
@@ -175,6 +135,8 @@ class LinkConfig:
     request_timeout_s: float = REQUEST_TIMEOUT_S
     stale_stream_s: float | None = None  # None: STALE_STREAM_PINGS ping intervals
     backfill_count: int = protocol.MAX_HISTORY_COUNT
+    backfill_max_pages: int = DEFAULT_MAX_PAGES  # pages after the subscribe's reply; 0: announce at once
+    backfill_deadline_s: float | None = None  # None: one request timeout per page
     token: SecretStr | None = None
     max_pending: int = MAX_PENDING_REQUESTS
     market_closed_recheck_s: float = MARKET_CLOSED_RECHECK_S
@@ -208,6 +170,7 @@ class _Kind(Enum):
     PROBE = "website_status"
     AUTHORIZE = "authorize"
     SUBSCRIBE = "subscribe"
+    PAGE = "page"  # an earlier page of a backfill (no subscribe)
     FORGET = "forget"
     PING = "ping"
     EXTERNAL = "external"
@@ -243,7 +206,11 @@ class LinkProtocol:
         )
         self._backfill_count = max(1, min(config.backfill_count, protocol.MAX_HISTORY_COUNT))
         self._symbols = {s: _Symbol(s) for s in config.symbols}
-        self._sequencer = TickSequencer()
+        deadline_s = config.backfill_deadline_s
+        if deadline_s is None:
+            deadline_s = max(1, config.backfill_max_pages) * config.request_timeout_s
+        self._backfill = Backfill(self._backfill_count, config.backfill_max_pages, deadline_s)
+        self._sequencer = self._backfill.sequencer
         self._pending: dict[int, _Pending] = {}
         self._req_ids = itertools.count(1)
         self._phase = _Phase.CLOSED
@@ -254,7 +221,16 @@ class LinkProtocol:
         self._dirty = False
         # Counters for metrics (the manager adds its own).
         self.stats = dict.fromkeys(
-            ("ticks_received", "ticks_published", "ticks_backfilled", "backfill_gaps", "protocol_errors"), 0
+            (
+                "ticks_received",
+                "ticks_published",
+                "ticks_backfilled",
+                "backfill_gaps",
+                "backfill_pages",
+                "ticks_paged",
+                "protocol_errors",
+            ),
+            0,
         )
         self.planned = False
         self.site_status: str | None = None
@@ -310,6 +286,7 @@ class LinkProtocol:
     def connected(self, now: float) -> list[Action]:
         """A new WebSocket is open: start the setup and the heartbeat."""
         self._pending.clear()
+        self._backfill.cancel()
         self._phase = _Phase.PROBING
         self._ping_req = None
         self._next_ping_at = now + self.config.ping_interval_s
@@ -417,7 +394,11 @@ class LinkProtocol:
             sym.last_activity = now
             if message.subscription_id is not None:
                 sym.subscription_id = _forgettable(message.subscription_id)
-            if self._sequencer.accept(tick):
+            if tick.symbol in self._backfill.paging:  # held until its earlier pages are in
+                release = self._backfill.hold(tick)
+                if release is not None:
+                    actions += self._release(sym, release, now)
+            elif self._sequencer.accept(tick):
                 sym.last_tick_at = now
                 stats["ticks_published"] += 1
                 actions.append(PublishTick(tick))
@@ -439,7 +420,7 @@ class LinkProtocol:
             if entry.kind is _Kind.EXTERNAL:
                 assert req_id is not None
                 return [Resolve(req_id, message)]
-            if entry.kind is not _Kind.SUBSCRIBE:
+            if entry.kind is not _Kind.SUBSCRIBE and entry.kind is not _Kind.PAGE:
                 return self._unexpected(entry, message)
         name = message.symbol or (entry.symbol if entry is not None else None)
         sym = self._symbols.get(name) if name is not None else None
@@ -447,28 +428,54 @@ class LinkProtocol:
             return []
         if message.symbol is None:
             message = replace(message, symbol=sym.name)
-        answers_subscribe = req_id is not None and req_id == sym.req_id
         sym.last_activity = now
+        if entry is not None and entry.kind is _Kind.PAGE:
+            assert req_id is not None
+            outcome = self._backfill.page(sym.name, req_id, message.to_ticks(), now)
+            return [] if outcome is None else self._follow(sym, outcome, now)
+        answers_subscribe = req_id is not None and req_id == sym.req_id
         if message.subscription_id is not None:
             sym.subscription_id = _forgettable(message.subscription_id)
-        actions: list[Action] = []
-        ticks = message.to_ticks()
-        gap_from = backfill_gap(sym.backfill_from, message.times, self._backfill_count) if answers_subscribe else None
-        if gap_from is not None and ticks:
-            ticks = (replace(ticks[0], gap_from=gap_from), *ticks[1:])
-            sym.gap = (gap_from, ticks[0].epoch)  # published with the next status
-            self.stats["backfill_gaps"] += 1
-            lost = f"ticks after epoch {gap_from} and before {ticks[0].epoch} are lost"
-            log.warning("%s: the outage outlasted one backfill (%d ticks): %s", sym.name, self._backfill_count, lost)
-        for tick in ticks:
-            if self._sequencer.accept(tick):
-                sym.last_tick_at = now
-                self.stats["ticks_published"] += 1
-                self.stats["ticks_backfilled"] += 1
-                actions.append(PublishTick(tick))
+        if answers_subscribe:
+            actions = self._follow(
+                sym, self._backfill.replied(sym.name, sym.backfill_from, message.to_ticks(), now), now
+            )
+        elif sym.name in self._backfill.paging:
+            return []  # a stray reply: the pages cover its range, and their order must hold
+        else:
+            actions = self._release(sym, Release(message.to_ticks()), now)
         if answers_subscribe and sym.state in (SubscriptionState.REQUESTED, SubscriptionState.IDLE):
             actions += self._subscribed(sym, now)
-        elif gap_from is not None:
+        return actions
+
+    def _follow(self, sym: _Symbol, outcome: Page | Release, now: float) -> list[Action]:
+        """Ask for the next page of ``sym``'s backfill, or publish what it released."""
+        if isinstance(outcome, Release):
+            return self._release(sym, outcome, now)
+        req_id = self._next_req_id()
+        payload = protocol.ticks_history(sym.name, req_id, end=outcome.end, start=outcome.start, count=outcome.count)
+        self._backfill.sent(sym.name, req_id)
+        self.stats["backfill_pages"] += 1
+        return self._register(_Kind.PAGE, payload, now, sym.name)
+
+    def _release(self, sym: _Symbol, release: Release, now: float) -> list[Action]:
+        """Publish a backfill's ticks in order, and announce the part it could not fill."""
+        stats = self.stats
+        actions: list[Action] = []
+        if release.gap is not None:
+            sym.gap = release.gap  # published with the status below
+            stats["backfill_gaps"] += 1
+            lost = f"ticks after epoch {release.gap[0]} and before {release.gap[1]} are lost"
+            log.warning("%s: the outage could not be backfilled (%s): %s", sym.name, release.reason, lost)
+        stats["ticks_paged"] += release.paged
+        for tick in release.ticks:
+            if self._sequencer.accept(tick):
+                sym.last_tick_at = now
+                stats["ticks_published"] += 1
+                if tick.backfill:
+                    stats["ticks_backfilled"] += 1
+                actions.append(PublishTick(tick))
+        if release.gap is not None:
             actions.append(PublishStatus())
         return actions
 
@@ -558,6 +565,7 @@ class LinkProtocol:
     # ------------------------------------------------------------------ subscriptions
 
     def _subscribe(self, sym: _Symbol, now: float) -> list[Action]:
+        self._backfill.cancel(sym.name)  # a paging in progress starts over from the new reply
         last = self._sequencer.last_epoch(sym.name)
         req_id = self._next_req_id()
         if last is None:
@@ -624,6 +632,8 @@ class LinkProtocol:
             actions += self._register(_Kind.PING, protocol.ping(self._ping_req), now)
             if not self.is_open:
                 return actions
+        for symbol, release in self._backfill.expired(now):
+            actions += self._release(self._symbols[symbol], release, now)
         if self._phase is _Phase.READY:
             for sym in self._symbols.values():
                 if sym.state is SubscriptionState.IDLE and sym.retry_at is not None and sym.retry_at <= now:
@@ -660,6 +670,9 @@ class LinkProtocol:
         if kind is _Kind.FORGET:
             return self._forgotten(entry, now)
         sym = self._symbols.get(entry.symbol) if entry.symbol is not None else None
+        if sym is not None and kind is _Kind.PAGE:
+            release = self._backfill.page_failed(sym.name, req_id, f"{code}: {text}")
+            return [] if release is None else self._release(sym, release, now)
         if sym is None or sym.req_id != req_id:
             return []
         return self._subscribe_failed(sym, code, text, now)
@@ -722,6 +735,7 @@ class LinkProtocol:
     def _close(self, cause: ErrorInfo, planned: bool = False) -> list[Action]:
         self._phase = _Phase.CLOSED
         self._pending.clear()
+        self._backfill.cancel()  # held ticks were never published: the next link starts over
         self._ping_req = None
         for sym in self._symbols.values():
             if sym.state is not SubscriptionState.REJECTED:
@@ -736,8 +750,9 @@ class LinkProtocol:
             return actions
         self._dirty = False
         heartbeat: float | None = min((e.deadline for e in self._pending.values()), default=None)
-        if self._ping_req is None:
-            heartbeat = self._next_ping_at if heartbeat is None else min(heartbeat, self._next_ping_at)
+        for at in (self._next_ping_at if self._ping_req is None else None, self._backfill.next_deadline()):
+            if at is not None:
+                heartbeat = at if heartbeat is None else min(heartbeat, at)
         watchdog: float | None = None
         # The watchdog acts only on a link that has answered its last ping (see _watchdog):
         # armed otherwise, it would fire again and again until the pong.

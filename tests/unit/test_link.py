@@ -31,12 +31,11 @@ from backend_core.deriv.actions import (
     Send,
     Timer,
 )
+from backend_core.deriv.backfill import TickSequencer, backfill_gap
 from backend_core.deriv.link import (
     LinkConfig,
     LinkProtocol,
     RetryPolicy,
-    TickSequencer,
-    backfill_gap,
     retry_policy,
 )
 from backend_core.errors import DerivAPIError, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
@@ -226,8 +225,8 @@ def test_after_a_reconnect_each_symbol_is_backfilled_from_its_last_epoch_without
     assert [(t.epoch, t.backfill, t.gap_from) for t in ticks_of(actions)] == [(101, True, None), (102, True, None)]
 
 
-def test_an_outage_longer_than_one_backfill_reply_announces_its_gap() -> None:
-    link = make(backfill_count=3)
+def test_with_paging_off_an_outage_longer_than_one_backfill_reply_announces_its_gap() -> None:
+    link = make(backfill_count=3, backfill_max_pages=0)
     subs = connect(link)
     stream(link, subs, 100, 1.0)
     link.closed("closed", 2.0)
@@ -238,6 +237,164 @@ def test_an_outage_longer_than_one_backfill_reply_announces_its_gap() -> None:
     [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
     assert (r50.gap_from, r50.gap_to) == (100, 150)
     assert link.stats["backfill_gaps"] == 1
+
+
+# --------------------------------------------------------------------------- paging backwards
+
+
+def outage(link: LinkProtocol, last: int) -> dict[str, Send]:
+    """Both symbols publish ``last``, the link drops and reconnects: the subscribes."""
+    stream(link, connect(link), last, 1.0)
+    assert closed_with(link.closed("closed", 2.0)) is not None
+    return connect(link, 10.0)
+
+
+def answer(send: Send, market: Sequence[int]) -> messages.Message:
+    """Deriv's answer to a ``ticks_history``: the latest ``count`` epochs in [start, end] (3.4)."""
+    p = send.payload
+    end = market[-1] if p["end"] == "latest" else int(p["end"])
+    inside = [e for e in market if p["start"] <= e <= end][-p["count"] :]
+    return history(str(p["ticks_history"]), inside, send.req_id)
+
+
+def page_of(actions: Sequence[Action]) -> Send | None:
+    pages = [s for s in sends(actions, "ticks_history") if "subscribe" not in s.payload]
+    assert len(pages) <= 1
+    return pages[0] if pages else None
+
+
+def test_a_12000_tick_outage_is_filled_completely_in_three_replies_with_live_ticks_held_meanwhile() -> None:
+    link = make()
+    again = outage(link, last=1000)
+    market = range(1000, 13_001)  # 12,000 ticks after the last one published
+    subscribe = again["R_50"]
+    assert (subscribe.payload["start"], subscribe.payload["count"], subscribe.payload["subscribe"]) == (1000, 5000, 1)
+    actions = link.frame(answer(subscribe, market), 11.0)
+    assert ticks_of(actions) == []  # the newest 5000 are held until the older ones are in
+    page = page_of(actions)
+    assert page is not None and (page.payload["start"], page.payload["end"], page.payload["count"]) == (
+        1000,
+        "8000",
+        5000,
+    )
+    assert ticks_of(link.frame(tick("R_50", 13_001, None), 11.5)) == []  # live, held too
+    page = page_of(link.frame(answer(page, market), 12.0))
+    assert page is not None and page.payload["end"] == "3000"
+    actions = link.frame(answer(page, market), 13.0)
+    assert page_of(actions) is None
+    published = ticks_of(actions)
+    assert [t.epoch for t in published] == list(range(1001, 13_002))
+    assert all(t.gap_from is None for t in published) and published[-1].backfill is False
+    assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 7000, 0)
+    assert link.stats["ticks_backfilled"] == 12_000
+    [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
+    assert r50.gap_from is None and r50.last_epoch == 13_001
+    # From now on live ticks go straight through.
+    assert [t.epoch for t in ticks_of(link.frame(tick("R_50", 13_002, None), 14.0))] == [13_002]
+
+
+def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_the_rest() -> None:
+    link = make(backfill_count=3, backfill_max_pages=2)
+    again = outage(link, last=100)
+    market = range(100, 201)
+    actions = link.frame(answer(again["R_50"], market), 11.0)
+    for _ in range(2):
+        page = page_of(actions)
+        assert page is not None
+        actions = link.frame(answer(page, market), 12.0)
+    assert page_of(actions) is None
+    published = ticks_of(actions)
+    assert [(t.epoch, t.gap_from) for t in published][:2] == [(192, 100), (193, None)]
+    assert [t.epoch for t in published] == list(range(192, 201))
+    assert any(isinstance(a, PublishStatus) for a in actions)
+    [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
+    assert (r50.gap_from, r50.gap_to) == (100, 192)
+    assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 6, 1)
+
+
+@pytest.mark.parametrize("failure", ["error", "timeout"])
+def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(failure: str) -> None:
+    link = make(backfill_count=3)
+    again = outage(link, last=100)
+    market = range(100, 121)
+    page = page_of(link.frame(answer(again["R_50"], market), 11.0))
+    assert page is not None
+    other = link.frame(history("1HZ100V", [100, 101], again["1HZ100V"].req_id, 2), 11.0)
+    assert [t.epoch for t in ticks_of(other)] == [101]  # not held: only R_50 is paging
+    if failure == "error":
+        actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)
+    else:
+        actions = link.deadline_reached(Timer.HEARTBEAT, 11.0 + REQUEST_S)
+    assert closed_with(actions) is None and page_of(actions) is None
+    assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None)]
+    statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
+    assert statuses["R_50"].subscribed and statuses["R_50"].gap_from == 100
+    assert statuses["1HZ100V"].subscribed and statuses["1HZ100V"].gap_from is None
+    # A late answer to the failed page cannot publish anything out of order.
+    assert ticks_of(link.frame(answer(page, market), 30.0)) == []
+
+
+def test_paging_that_outlasts_its_deadline_is_released_when_the_deadline_passes() -> None:
+    link = make(backfill_count=3, backfill_deadline_s=5.0)
+    again = outage(link, last=100)
+    actions = link.frame(answer(again["R_50"], range(100, 121)), 11.0)
+    assert page_of(actions) is not None and armed(actions, Timer.HEARTBEAT) == 16.0
+    link.frame(tick("R_50", 121, None), 12.0)
+    actions = link.deadline_reached(Timer.HEARTBEAT, 16.0)
+    assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None), (121, None)]
+
+
+def test_a_reconnect_during_paging_starts_over_from_the_last_published_epoch() -> None:
+    link = make(backfill_count=3)
+    again = outage(link, last=100)
+    assert page_of(link.frame(answer(again["R_50"], range(100, 111)), 11.0)) is not None
+    assert ticks_of(link.frame(tick("R_50", 111, None), 11.5)) == []
+    assert ticks_of(link.closed("closed", 12.0)) == []  # what was held is dropped, unpublished
+    third = connect(link, 20.0)
+    assert third["R_50"].payload["start"] == 100
+    market = range(100, 116)
+    actions = link.frame(answer(third["R_50"], market), 21.0)
+    published = ticks_of(actions)
+    while (page := page_of(actions)) is not None:
+        actions = link.frame(answer(page, market), 22.0)
+        published += ticks_of(actions)
+    assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 116)]
+    assert link.stats["backfill_pages"] == 1 + 5
+
+
+@given(
+    missed=st.integers(0, 40),
+    count=st.integers(1, 6),
+    max_pages=st.integers(0, 5),
+    live=st.integers(0, 3),
+    fail_at=st.integers(0, 6),
+)
+def test_whatever_the_outage_and_bounds_each_epoch_is_published_once_in_order_or_announced_lost(
+    missed: int, count: int, max_pages: int, live: int, fail_at: int
+) -> None:
+    link = make(backfill_count=count, backfill_max_pages=max_pages)
+    again = outage(link, last=100)
+    market = range(100, 101 + missed)
+    actions = link.frame(answer(again["R_50"], market), 11.0)
+    published = ticks_of(actions)
+    for n in range(live):
+        published += ticks_of(link.frame(tick("R_50", 101 + missed + n, None), 11.0))
+    pages = 0
+    while (page := page_of(actions)) is not None:
+        pages += 1
+        reply = error("ticks_history", "WrongResponse", page.req_id) if pages == fail_at else answer(page, market)
+        actions = link.frame(reply, 12.0)
+        published += ticks_of(actions)
+    epochs = [t.epoch for t in published if t.symbol == "R_50"]
+    assert epochs == sorted(set(epochs)) and pages <= max_pages
+    expected = set(range(101, 101 + missed + live))
+    gaps = [t for t in published if t.gap_from is not None]
+    if gaps:
+        [gap] = gaps
+        lost = set(range(gap.gap_from + 1 if gap.gap_from is not None else 0, gap.epoch))
+        assert gap.gap_from == 100 and lost and set(epochs) == expected - lost
+    else:
+        assert set(epochs) == expected
 
 
 # --------------------------------------------------------------------------- one symbol's failure

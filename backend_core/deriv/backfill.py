@@ -1,0 +1,212 @@
+"""Backfill after a reconnect: every epoch once, in order, and long outages paged in. Pure.
+
+A symbol that has published before is subscribed again with ``ticks_history`` from its
+last published epoch ``L`` (``shared/deriv-protocol.md`` 3.4). The reply holds the
+*latest* ``count`` ticks of ``[L, now]``: a full reply that starts after ``L`` left
+ticks out (:func:`backfill_gap`). :class:`Backfill` then pages backwards, one
+``ticks_history`` at a time with ``start = L`` and ``end`` just before the oldest tick
+received (no subscribe), until a reply reaches back to ``L`` or is short (the whole rest
+of the range). Meanwhile the pages received and the live ticks that keep arriving are
+held, and released in epoch order when paging ends, so the sink still gets each epoch
+once, in order.
+
+Paging is bounded per symbol: at most ``max_pages`` page requests, a deadline, and at
+most :data:`MAX_HELD_LIVE_TICKS` live ticks held. When a bound is hit, a page fails or
+times out, what was received is released and only the part that truly could not be
+filled is announced: ``gap_from = L`` on the first tick released. The driver
+(:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages, matches their replies
+by ``req_id`` and runs every released tick through :class:`TickSequencer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from backend_core.events import Tick
+
+#: Page requests per symbol and outage, after the subscribe's own reply (10 x 5000 ticks:
+#: about 14 hours of a 1 s symbol on top of the reply's 5000).
+DEFAULT_MAX_PAGES: Final = 10
+#: Live ticks held for one symbol while its pages arrive; more ends the paging early.
+MAX_HELD_LIVE_TICKS: Final = 5000
+
+
+def backfill_gap(last_epoch: int | None, times: Sequence[int], requested: int) -> int | None:
+    """The epoch a backfill could not reach back to, or ``None`` when it left no gap. Pure.
+
+    ``ticks_history`` from ``last_epoch`` (inclusive) answers the *latest* ``requested``
+    ticks of the range (section 3.4). A reply shorter than that holds the whole range; a
+    full one that starts after ``last_epoch`` left out the ticks in between.
+    """
+    if last_epoch is None or not times or len(times) < requested or times[0] <= last_epoch:
+        return None
+    return last_epoch
+
+
+class TickSequencer:
+    """Lets each (symbol, epoch) through once, in ascending epoch order. Pure."""
+
+    __slots__ = ("_last", "duplicates")
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self.duplicates = 0
+
+    def accept(self, tick: Tick) -> bool:
+        last = self._last.get(tick.symbol)
+        if last is not None and tick.epoch <= last:
+            self.duplicates += 1
+            return False
+        self._last[tick.symbol] = tick.epoch
+        return True
+
+    def last_epoch(self, symbol: str) -> int | None:
+        return self._last.get(symbol)
+
+    def seed(self, symbol: str, epoch: int) -> None:
+        """Treat ``epoch`` as published (a cluster's newest): later ticks only, backfilled from it."""
+        if epoch > self._last.get(symbol, 0):
+            self._last[symbol] = epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The next page to ask for: ``ticks_history`` with ``start``, ``end`` and ``count``."""
+
+    start: int
+    end: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A symbol's backfill is over: publish ``ticks`` (ascending epochs) through the sequencer.
+
+    ``gap`` is ``(gap_from, first epoch after it)`` when part of the outage could not be
+    filled (``reason`` says why); the first tick then carries ``gap_from``. ``paged``:
+    how many of the ticks came from pages.
+    """
+
+    ticks: Sequence[Tick]
+    gap: tuple[int, int] | None = None
+    reason: str = ""
+    paged: int = 0
+
+
+@dataclass(slots=True)
+class _Paging:
+    last: int  # the last published epoch: the page requests' start, the gap's from
+    deadline: float  # monotonic
+    oldest: int  # the oldest epoch received so far: the next page ends just before it
+    held: list[Tick]  # pages and the subscribe's reply, oldest first
+    live: list[Tick] = field(default_factory=list)
+    pages: int = 0  # pages asked for
+    paged: int = 0  # ticks received from pages
+    req_id: int | None = None  # the page in flight
+
+
+class Backfill:
+    """Each symbol's backfill: direct when one reply reaches back, paged otherwise (see the module)."""
+
+    def __init__(self, count: int, max_pages: int, deadline_s: float) -> None:
+        self.count = count
+        self.max_pages = max(0, max_pages)
+        self.deadline_s = deadline_s
+        self.sequencer = TickSequencer()
+        #: Symbols being paged: their live ticks go to :meth:`hold`, not to the sink.
+        self.paging: dict[str, _Paging] = {}
+
+    def replied(self, symbol: str, since: int | None, ticks: Sequence[Tick], now: float) -> Page | Release:
+        """The subscribe's ``ticks_history`` reply, asked from ``since`` (the last published epoch)."""
+        self.paging.pop(symbol, None)
+        last = since
+        if last is None or backfill_gap(last, [t.epoch for t in ticks], self.count) is None:
+            return Release(ticks)
+        state = _Paging(last, now + self.deadline_s, ticks[0].epoch, list(ticks))
+        if self.max_pages == 0:
+            return self._release(symbol, state, "paging is off")
+        self.paging[symbol] = state
+        return self._next_page(state)
+
+    def sent(self, symbol: str, req_id: int) -> None:
+        """The page :meth:`replied` or :meth:`page` asked for went out as ``req_id``."""
+        state = self.paging.get(symbol)
+        if state is not None:
+            state.req_id = req_id
+
+    def page(self, symbol: str, req_id: int, ticks: Sequence[Tick], now: float) -> Page | Release | None:
+        """A page's reply (``None``: not the page in flight, ignore it)."""
+        state = self.paging.get(symbol)
+        if state is None or state.req_id != req_id:
+            return None
+        state.req_id = None
+        # Only what lies in the range asked for (an upstream cannot make the loop go forward).
+        fresh = [t for t in ticks if state.last < t.epoch < state.oldest]
+        state.paged += len(fresh)
+        if fresh:
+            state.held[:0] = fresh
+            state.oldest = fresh[0].epoch
+        if backfill_gap(state.last, [t.epoch for t in fresh], self.count) is None:
+            return self._release(symbol, state, None)
+        if state.pages >= self.max_pages:
+            return self._release(symbol, state, f"the outage outlasted {state.pages} pages of {self.count} ticks")
+        if now >= state.deadline:
+            return self._release(symbol, state, f"paging took longer than {self.deadline_s:g} s")
+        return self._next_page(state)
+
+    def page_failed(self, symbol: str, req_id: int, reason: str) -> Release | None:
+        """A page got an error reply or none in time: release what was received."""
+        state = self.paging.get(symbol)
+        if state is None or state.req_id != req_id:
+            return None
+        return self._release(symbol, state, f"a page failed: {reason}")
+
+    def hold(self, tick: Tick) -> Release | None:
+        """A live tick of a symbol being paged (``tick.symbol in paging``): held, or the
+        release when the live buffer is full."""
+        state = self.paging[tick.symbol]
+        state.live.append(tick)
+        if len(state.live) >= MAX_HELD_LIVE_TICKS:
+            return self._release(tick.symbol, state, f"{len(state.live)} live ticks arrived while paging")
+        return None
+
+    def expired(self, now: float) -> list[tuple[str, Release]]:
+        """Symbols whose paging deadline passed, each with its release."""
+        due = [(symbol, state) for symbol, state in self.paging.items() if state.deadline <= now]
+        return [
+            (symbol, self._release(symbol, state, f"paging took longer than {self.deadline_s:g} s"))
+            for symbol, state in due
+        ]
+
+    def next_deadline(self) -> float | None:
+        return min((state.deadline for state in self.paging.values()), default=None)
+
+    def cancel(self, symbol: str | None = None) -> None:
+        """Forget the paging of ``symbol`` (``None``: all): held ticks are dropped, unpublished;
+        the next subscribe starts over from the last published epoch."""
+        if symbol is None:
+            self.paging.clear()
+        else:
+            self.paging.pop(symbol, None)
+
+    def _next_page(self, state: _Paging) -> Page:
+        state.pages += 1
+        return Page(state.last, state.oldest - 1, self.count)
+
+    def _release(self, symbol: str, state: _Paging, reason: str | None) -> Release:
+        self.paging.pop(symbol, None)
+        ticks = state.held + state.live
+        ticks.sort(key=_epoch)  # nearly sorted already: linear; the sequencer drops repeats
+        if reason is None:
+            return Release(ticks, paged=state.paged)
+        first = next((i for i, t in enumerate(ticks) if t.epoch > state.last), None)
+        if first is None or ticks[first].epoch == state.last + 1:  # epochs are whole seconds
+            return Release(ticks, paged=state.paged)
+        ticks[first] = replace(ticks[first], gap_from=state.last)
+        return Release(ticks, (state.last, ticks[first].epoch), reason, state.paged)
+
+
+def _epoch(tick: Tick) -> int:
+    return tick.epoch
