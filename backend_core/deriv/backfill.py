@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, NamedTuple
 
 from backend_core.events import Tick
 
@@ -71,13 +71,11 @@ class TickSequencer:
             self._last[symbol] = epoch
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    """The next page to ask for: ``ticks_history`` with ``start``, ``end`` and ``count``."""
+class Page(NamedTuple):
+    """The next page to ask for: ``ticks_history`` from ``start`` to ``end``, ``count`` ticks."""
 
     start: int
     end: int
-    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +191,7 @@ class Backfill:
 
     def _next_page(self, state: _Paging) -> Page:
         state.pages += 1
-        return Page(state.last, state.oldest - 1, self.count)
+        return Page(state.last, state.oldest - 1)
 
     def _release(self, symbol: str, state: _Paging, reason: str | None) -> Release:
         self.paging.pop(symbol, None)

@@ -453,7 +453,9 @@ class LinkProtocol:
         if isinstance(outcome, Release):
             return self._release(sym, outcome, now)
         req_id = self._next_req_id()
-        payload = protocol.ticks_history(sym.name, req_id, end=outcome.end, start=outcome.start, count=outcome.count)
+        payload = protocol.ticks_history(
+            sym.name, req_id, end=outcome.end, start=outcome.start, count=self._backfill_count
+        )
         self._backfill.sent(sym.name, req_id)
         self.stats["backfill_pages"] += 1
         return self._register(_Kind.PAGE, payload, now, sym.name)

@@ -53,19 +53,9 @@ from backend_core.breakers.breaker import CircuitBreaker
 from backend_core.breakers.core import Permit
 from backend_core.clock import Clock, SystemClock, sleep_unless
 from backend_core.config import Settings
+from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
-from backend_core.deriv.actions import (
-    Action,
-    ArmDeadline,
-    CloseLink,
-    Fail,
-    LinkUp,
-    PublishStatus,
-    PublishTick,
-    Resolve,
-    Send,
-    Timer,
-)
+from backend_core.deriv.backfill import DEFAULT_MAX_PAGES
 from backend_core.deriv.link import REQUEST_TIMEOUT_S, LinkConfig, LinkProtocol
 from backend_core.errors import CircuitOpenError, ConnectionLost, UpstreamError, UpstreamUnavailable
 from backend_core.events import ErrorInfo, FeedSink, LinkState, UpstreamSnapshot
@@ -146,7 +136,7 @@ class _AttemptFailed(Exception):
 class _SessionOver(Exception):
     """Raised by the task that meets the protocol's CloseLink: the TaskGroup ends the rest."""
 
-    def __init__(self, close: CloseLink) -> None:
+    def __init__(self, close: act.CloseLink) -> None:
         super().__init__(close.cause.message)
         self.close = close
 
@@ -258,10 +248,10 @@ class _Session:
         self.permit = permit
         self.proven = False
         self.up = asyncio.Event()
-        self.armed: dict[Timer, float | None] = dict.fromkeys(Timer)
-        self.rearm = {timer: asyncio.Event() for timer in Timer}
+        self.armed: dict[act.Timer, float | None] = dict.fromkeys(act.Timer)
+        self.rearm = {timer: asyncio.Event() for timer in act.Timer}
 
-    def arm(self, timer: Timer, at: float | None) -> None:
+    def arm(self, timer: act.Timer, at: float | None) -> None:
         self.armed[timer] = at
         self.rearm[timer].set()
 
@@ -292,6 +282,7 @@ class DerivManager:
         stable_session_s: float = STABLE_SESSION_S,
         stale_stream_s: float | None = None,
         backfill_count: int = protocol.MAX_HISTORY_COUNT,
+        backfill_max_pages: int = DEFAULT_MAX_PAGES,
         simulated: bool = False,
         connect: Connector = connect_websocket,
         link_type: type[LinkProtocol] = LinkProtocol,
@@ -317,6 +308,7 @@ class DerivManager:
             request_timeout_s=request_timeout_s,
             stale_stream_s=stale_stream_s,
             backfill_count=backfill_count,
+            backfill_max_pages=backfill_max_pages,
             token=settings.DERIV_API_TOKEN,
         )
         self._link = link_type(config, self._backoff)
@@ -360,7 +352,7 @@ class DerivManager:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Counters for metrics: ticks received/published/backfilled, errors by code."""
+        """Counters for metrics: ticks received/published/backfilled/paged, errors by code."""
         return {
             **self._link.stats,
             "duplicates_dropped": self._link.duplicates,
@@ -445,13 +437,13 @@ class DerivManager:
         self._waiters[req_id] = future
         try:
             for action in actions:
-                if type(action) is Send:
+                if type(action) is act.Send:
                     try:
                         await session.ws.send(protocol.encode(action.payload))
                     except websockets.ConnectionClosed:
                         # The reader sees the close too and ends the session.
                         raise ConnectionLost(f"the link closed while sending {action.method}") from None
-                elif type(action) is ArmDeadline:
+                elif type(action) is act.ArmDeadline:
                     session.arm(action.timer, action.at)
             return await future
         finally:
@@ -614,8 +606,8 @@ class DerivManager:
                 work = {
                     "setup": self._setup(session),
                     "reader": self._read(session),
-                    "heartbeat": self._timer(session, Timer.HEARTBEAT),
-                    "watchdog": self._timer(session, Timer.WATCHDOG),
+                    "heartbeat": self._timer(session, act.Timer.HEARTBEAT),
+                    "watchdog": self._timer(session, act.Timer.WATCHDOG),
                 }
                 for name, coro in work.items():
                     tasks.create_task(self._guard(name, coro), name=f"deriv-{name}")
@@ -690,9 +682,9 @@ class DerivManager:
             reason = _describe_close_code(ws.close_code, ws.close_reason)
         await self._execute(session, link.closed(reason, clock.monotonic()))
         # The protocol always answers a close with CloseLink; should it not, end anyway.
-        raise _SessionOver(CloseLink(ErrorInfo("ConnectionLost", f"The market data link dropped: {reason}.", 0)))
+        raise _SessionOver(act.CloseLink(ErrorInfo("ConnectionLost", f"The market data link dropped: {reason}.", 0)))
 
-    async def _timer(self, session: _Session, timer: Timer) -> None:
+    async def _timer(self, session: _Session, timer: act.Timer) -> None:
         """Wait for the deadline the protocol armed for ``timer`` (on the clock), then tell it."""
         rearm = session.rearm[timer]
         while True:
@@ -709,37 +701,37 @@ class DerivManager:
                     session.armed[timer] = None
                 await self._execute(session, self._link.deadline_reached(timer, self._clock.monotonic()))
 
-    async def _execute(self, session: _Session, actions: Iterable[Action]) -> None:
+    async def _execute(self, session: _Session, actions: Iterable[act.Action]) -> None:
         """Carry out the protocol's actions in order; CloseLink ends the session."""
         for action in actions:
-            if type(action) is PublishTick:
+            if type(action) is act.PublishTick:
                 self._sink.publish_tick(action.tick)
-            elif type(action) is Send:
+            elif type(action) is act.Send:
                 try:
                     await session.ws.send(protocol.encode(action.payload))
                 except websockets.ConnectionClosed as exc:
                     failed = self._link.send_failed(action.req_id, _describe_close(exc), self._clock.monotonic())
                     await self._execute(session, failed)
-            elif type(action) is ArmDeadline or type(action) is Resolve or type(action) is Fail:
+            elif type(action) is act.ArmDeadline or type(action) is act.Resolve or type(action) is act.Fail:
                 self._arm_only(session, (action,))
-            elif type(action) is PublishStatus:
+            elif type(action) is act.PublishStatus:
                 if action.error is not None:
                     self._record_error(action.error)
                 self._publish_status()
-            elif type(action) is LinkUp:
+            elif type(action) is act.LinkUp:
                 self._link_up(session)
-            elif type(action) is CloseLink:
+            elif type(action) is act.CloseLink:
                 raise _SessionOver(action)
 
-    def _arm_only(self, session: _Session, actions: Iterable[Action]) -> None:
+    def _arm_only(self, session: _Session, actions: Iterable[act.Action]) -> None:
         """Carry out actions that need no I/O (deadlines, replies to requests)."""
         for action in actions:
-            if isinstance(action, ArmDeadline):
+            if isinstance(action, act.ArmDeadline):
                 session.arm(action.timer, action.at)
-            elif isinstance(action, Resolve | Fail):
+            elif isinstance(action, act.Resolve | act.Fail):
                 future = self._waiters.get(action.req_id)
                 if future is not None and not future.done():
-                    if isinstance(action, Resolve):
+                    if isinstance(action, act.Resolve):
                         future.set_result(action.message)
                     else:
                         future.set_exception(action.error)

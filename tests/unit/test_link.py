@@ -18,19 +18,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from backend_core.backoff import FullJitter
+from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
-from backend_core.deriv.actions import (
-    Action,
-    ArmDeadline,
-    CloseLink,
-    Fail,
-    LinkUp,
-    PublishStatus,
-    PublishTick,
-    Resolve,
-    Send,
-    Timer,
-)
 from backend_core.deriv.backfill import TickSequencer, backfill_gap
 from backend_core.deriv.link import (
     LinkConfig,
@@ -61,31 +50,31 @@ def parse(frame: dict[str, Any]) -> messages.Message:
     return messages.parse(json.dumps(frame))
 
 
-def sends(actions: Sequence[Action], method: str | None = None) -> list[Send]:
-    return [a for a in actions if isinstance(a, Send) and (method is None or a.method == method)]
+def sends(actions: Sequence[act.Action], method: str | None = None) -> list[act.Send]:
+    return [a for a in actions if isinstance(a, act.Send) and (method is None or a.method == method)]
 
 
-def one_send(actions: Sequence[Action], method: str) -> Send:
+def one_send(actions: Sequence[act.Action], method: str) -> act.Send:
     [send] = sends(actions, method)
     return send
 
 
-def ticks_of(actions: Sequence[Action]) -> list[Tick]:
-    return [a.tick for a in actions if isinstance(a, PublishTick)]
+def ticks_of(actions: Sequence[act.Action]) -> list[Tick]:
+    return [a.tick for a in actions if isinstance(a, act.PublishTick)]
 
 
-def closed_with(actions: Sequence[Action]) -> CloseLink | None:
-    return next((a for a in actions if isinstance(a, CloseLink)), None)
+def closed_with(actions: Sequence[act.Action]) -> act.CloseLink | None:
+    return next((a for a in actions if isinstance(a, act.CloseLink)), None)
 
 
-def armed(actions: Sequence[Action], timer: Timer) -> float | None:
-    arms = [a for a in actions if isinstance(a, ArmDeadline) and a.timer is timer]
+def armed(actions: Sequence[act.Action], timer: act.Timer) -> float | None:
+    arms = [a for a in actions if isinstance(a, act.ArmDeadline) and a.timer is timer]
     assert arms, f"{timer} was not armed"
     return arms[-1].at
 
 
-def errors(actions: Sequence[Action]) -> list[str]:
-    return [a.error.code for a in actions if isinstance(a, PublishStatus) and a.error is not None]
+def errors(actions: Sequence[act.Action]) -> list[str]:
+    return [a.error.code for a in actions if isinstance(a, act.PublishStatus) and a.error is not None]
 
 
 def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> messages.Message:
@@ -137,15 +126,15 @@ def pong(req_id: int) -> messages.Message:
     return reply("ping", req_id, ping="pong")
 
 
-def connect(link: LinkProtocol, now: float = 0.0) -> dict[str, Send]:
+def connect(link: LinkProtocol, now: float = 0.0) -> dict[str, act.Send]:
     """Connect and answer the probe; the subscribe request of each symbol."""
     probe = one_send(link.connected(now), "website_status")
     actions = link.frame(website_status(probe.req_id), now)
-    assert any(isinstance(a, LinkUp) for a in actions)
+    assert any(isinstance(a, act.LinkUp) for a in actions)
     return {str(s.payload.get("ticks") or s.payload["ticks_history"]): s for s in sends(actions)}
 
 
-def stream(link: LinkProtocol, subscribes: dict[str, Send], epoch: int, now: float) -> list[Tick]:
+def stream(link: LinkProtocol, subscribes: dict[str, act.Send], epoch: int, now: float) -> list[Tick]:
     """Every symbol ticks once at ``epoch``."""
     out: list[Tick] = []
     for n, (symbol, send) in enumerate(subscribes.items()):
@@ -153,8 +142,8 @@ def stream(link: LinkProtocol, subscribes: dict[str, Send], epoch: int, now: flo
     return out
 
 
-def ping_due(link: LinkProtocol, now: float) -> Send:
-    return one_send(link.deadline_reached(Timer.HEARTBEAT, now), "ping")
+def ping_due(link: LinkProtocol, now: float) -> act.Send:
+    return one_send(link.deadline_reached(act.Timer.HEARTBEAT, now), "ping")
 
 
 # --------------------------------------------------------------------------- setup
@@ -164,11 +153,11 @@ def test_a_website_status_round_trip_proves_the_link_before_anything_is_subscrib
     link = make()
     actions = link.connected(100.0)
     assert [s.method for s in sends(actions)] == ["website_status"]
-    assert armed(actions, Timer.HEARTBEAT) == 100.0 + REQUEST_S  # the probe's deadline comes first
+    assert armed(actions, act.Timer.HEARTBEAT) == 100.0 + REQUEST_S  # the probe's deadline comes first
     probe = one_send(actions, "website_status")
     assert probe.payload["subscribe"] == 1
     actions = link.frame(website_status(probe.req_id), 101.0)
-    assert isinstance(actions[0], LinkUp)
+    assert isinstance(actions[0], act.LinkUp)
     assert [(s.method, s.payload["ticks"]) for s in sends(actions)] == [("ticks", "R_50"), ("ticks", "1HZ100V")]
 
 
@@ -177,13 +166,13 @@ def test_an_error_reply_to_the_probe_is_still_a_reply() -> None:
     probe = one_send(link.connected(0.0), "website_status")
     actions = link.frame(error("website_status", "RateLimit", probe.req_id), 1.0)
     assert errors(actions) == ["RateLimit"]
-    assert any(isinstance(a, LinkUp) for a in actions) and len(sends(actions, "ticks")) == 2
+    assert any(isinstance(a, act.LinkUp) for a in actions) and len(sends(actions, "ticks")) == 2
 
 
 def test_a_probe_without_an_answer_ends_the_session_with_its_cause() -> None:
     link = make()
     link.connected(0.0)
-    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, REQUEST_S))
+    close = closed_with(link.deadline_reached(act.Timer.HEARTBEAT, REQUEST_S))
     assert close is not None and close.cause.code == "RequestTimeout" and "website_status" in close.cause.message
 
 
@@ -242,14 +231,14 @@ def test_with_paging_off_an_outage_longer_than_one_backfill_reply_announces_its_
 # --------------------------------------------------------------------------- paging backwards
 
 
-def outage(link: LinkProtocol, last: int) -> dict[str, Send]:
+def outage(link: LinkProtocol, last: int) -> dict[str, act.Send]:
     """Both symbols publish ``last``, the link drops and reconnects: the subscribes."""
     stream(link, connect(link), last, 1.0)
     assert closed_with(link.closed("closed", 2.0)) is not None
     return connect(link, 10.0)
 
 
-def answer(send: Send, market: Sequence[int]) -> messages.Message:
+def answer(send: act.Send, market: Sequence[int]) -> messages.Message:
     """Deriv's answer to a ``ticks_history``: the latest ``count`` epochs in [start, end] (3.4)."""
     p = send.payload
     end = market[-1] if p["end"] == "latest" else int(p["end"])
@@ -257,7 +246,7 @@ def answer(send: Send, market: Sequence[int]) -> messages.Message:
     return history(str(p["ticks_history"]), inside, send.req_id)
 
 
-def page_of(actions: Sequence[Action]) -> Send | None:
+def page_of(actions: Sequence[act.Action]) -> act.Send | None:
     pages = [s for s in sends(actions, "ticks_history") if "subscribe" not in s.payload]
     assert len(pages) <= 1
     return pages[0] if pages else None
@@ -306,7 +295,7 @@ def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_
     published = ticks_of(actions)
     assert [(t.epoch, t.gap_from) for t in published][:2] == [(192, 100), (193, None)]
     assert [t.epoch for t in published] == list(range(192, 201))
-    assert any(isinstance(a, PublishStatus) for a in actions)
+    assert any(isinstance(a, act.PublishStatus) for a in actions)
     [r50] = [s for s in link.symbol_statuses(0.0) if s.symbol == "R_50"]
     assert (r50.gap_from, r50.gap_to) == (100, 192)
     assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 6, 1)
@@ -324,7 +313,7 @@ def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(fa
     if failure == "error":
         actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)
     else:
-        actions = link.deadline_reached(Timer.HEARTBEAT, 11.0 + REQUEST_S)
+        actions = link.deadline_reached(act.Timer.HEARTBEAT, 11.0 + REQUEST_S)
     assert closed_with(actions) is None and page_of(actions) is None
     assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None)]
     statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
@@ -338,9 +327,9 @@ def test_paging_that_outlasts_its_deadline_is_released_when_the_deadline_passes(
     link = make(backfill_count=3, backfill_deadline_s=5.0)
     again = outage(link, last=100)
     actions = link.frame(answer(again["R_50"], range(100, 121)), 11.0)
-    assert page_of(actions) is not None and armed(actions, Timer.HEARTBEAT) == 16.0
+    assert page_of(actions) is not None and armed(actions, act.Timer.HEARTBEAT) == 16.0
     link.frame(tick("R_50", 121, None), 12.0)
-    actions = link.deadline_reached(Timer.HEARTBEAT, 16.0)
+    actions = link.deadline_reached(act.Timer.HEARTBEAT, 16.0)
     assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None), (121, None)]
 
 
@@ -410,7 +399,7 @@ def test_invalid_symbol_is_final_and_the_others_stream_on() -> None:
     assert statuses["NOPE_1"].failed_code == "InvalidSymbol" and "NOPE_1" in (statuses["NOPE_1"].failed_reason or "")
     assert statuses["R_50"].subscribed
     # Never asked again: not on a timer, not after a reconnect.
-    later = link.deadline_reached(Timer.HEARTBEAT, 10_000.0)
+    later = link.deadline_reached(act.Timer.HEARTBEAT, 10_000.0)
     assert not sends(later, "ticks")
     link.closed("closed", 10_001.0)
     assert set(connect(link, 10_002.0)) == {"R_50"}
@@ -426,11 +415,11 @@ def test_a_failed_subscribe_is_asked_again_after_its_policy_delay(code: str, ear
     link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
     actions = link.frame(error("tick", code, subs["R_50"].req_id), 10.0)
     assert errors(actions) == [code] and closed_with(actions) is None
-    retry_at = armed(actions, Timer.HEARTBEAT)
+    retry_at = armed(actions, act.Timer.HEARTBEAT)
     assert retry_at is not None and 10.0 + earliest <= retry_at <= 10.0 + latest
     assert link.waiting_symbols() == ["R_50"]
-    assert not sends(link.deadline_reached(Timer.HEARTBEAT, retry_at - 0.001))
-    again = link.deadline_reached(Timer.HEARTBEAT, retry_at)
+    assert not sends(link.deadline_reached(act.Timer.HEARTBEAT, retry_at - 0.001))
+    again = link.deadline_reached(act.Timer.HEARTBEAT, retry_at)
     assert [s.payload.get("ticks") for s in sends(again, "ticks")] == ["R_50"]  # only the failed symbol
 
 
@@ -438,17 +427,17 @@ def test_one_symbols_request_timeout_affects_only_that_symbol() -> None:
     link = make()
     subs = connect(link)
     link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
-    actions = link.deadline_reached(Timer.HEARTBEAT, REQUEST_S)
+    actions = link.deadline_reached(act.Timer.HEARTBEAT, REQUEST_S)
     assert closed_with(actions) is None
     assert errors(actions) == ["RequestTimeout"]
     statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
     assert statuses["R_50"].failed_code == "RequestTimeout" and not statuses["R_50"].subscribed
     assert statuses["1HZ100V"].subscribed and statuses["1HZ100V"].failed_code is None
     # Retried with backoff; the healthy stream goes on meanwhile.
-    retry_at = armed(actions, Timer.HEARTBEAT)
+    retry_at = armed(actions, act.Timer.HEARTBEAT)
     assert retry_at is not None and retry_at <= REQUEST_S + 1.0
     assert [t.epoch for t in ticks_of(link.frame(tick("1HZ100V", 2, subs["1HZ100V"].req_id), 16.0))] == [2]
-    assert sends(link.deadline_reached(Timer.HEARTBEAT, retry_at), "ticks")
+    assert sends(link.deadline_reached(act.Timer.HEARTBEAT, retry_at), "ticks")
 
 
 def test_backoff_delays_double_with_each_failure_in_a_row_up_to_the_cap() -> None:
@@ -461,11 +450,11 @@ def test_backoff_delays_double_with_each_failure_in_a_row_up_to_the_cap() -> Non
     link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 0.0)
     req, now, delays = subs["R_50"].req_id, 0.0, []
     for _ in range(7):
-        retry_at = armed(link.frame(error("tick", "RateLimit", req), now), Timer.HEARTBEAT)
+        retry_at = armed(link.frame(error("tick", "RateLimit", req), now), act.Timer.HEARTBEAT)
         assert retry_at is not None
         delays.append(retry_at - now)
         now = retry_at
-        req = one_send(link.deadline_reached(Timer.HEARTBEAT, now), "ticks").req_id
+        req = one_send(link.deadline_reached(act.Timer.HEARTBEAT, now), "ticks").req_id
     assert delays == [1, 2, 4, 8, 16, 30, 30]
     link.frame(tick("R_50", 1, req), now)  # subscribed: the next failure starts again at 1 s
     assert link.waiting_symbols() == []
@@ -474,7 +463,7 @@ def test_backoff_delays_double_with_each_failure_in_a_row_up_to_the_cap() -> Non
 def test_a_late_answer_to_a_subscribe_that_timed_out_still_counts() -> None:
     link = make()
     subs = connect(link)
-    link.deadline_reached(Timer.HEARTBEAT, REQUEST_S)
+    link.deadline_reached(act.Timer.HEARTBEAT, REQUEST_S)
     actions = link.frame(tick("R_50", 5, subs["R_50"].req_id), REQUEST_S + 0.5)
     assert [t.epoch for t in ticks_of(actions)] == [5]
     assert {s.symbol: s.subscribed for s in link.symbol_statuses(0.0)}["R_50"]
@@ -486,8 +475,8 @@ def test_a_retry_request_asks_for_waiting_symbols_now() -> None:
     subs = connect(link)
     link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 1.0)
     link.frame(error("tick", "MarketIsClosed", subs["R_50"].req_id), 10.0)
-    assert armed(link.retry_requested(20.0), Timer.HEARTBEAT) == 20.0
-    assert sends(link.deadline_reached(Timer.HEARTBEAT, 20.0), "ticks")
+    assert armed(link.retry_requested(20.0), act.Timer.HEARTBEAT) == 20.0
+    assert sends(link.deadline_reached(act.Timer.HEARTBEAT, 20.0), "ticks")
 
 
 # --------------------------------------------------------------------------- dead and sick links
@@ -500,8 +489,8 @@ def test_pings_go_out_an_interval_after_each_pong() -> None:
     ping = ping_due(link, PING_S)
     actions = link.frame(pong(ping.req_id), PING_S + 0.25)
     assert link.last_pong_latency_s == 0.25
-    assert armed(actions, Timer.HEARTBEAT) == PING_S + 0.25 + PING_S
-    assert not sends(link.deadline_reached(Timer.HEARTBEAT, PING_S + 10.0), "ping")
+    assert armed(actions, act.Timer.HEARTBEAT) == PING_S + 0.25 + PING_S
+    assert not sends(link.deadline_reached(act.Timer.HEARTBEAT, PING_S + 10.0), "ping")
 
 
 def test_no_pong_in_time_is_a_dead_link_even_while_ticks_still_flow() -> None:
@@ -510,7 +499,7 @@ def test_no_pong_in_time_is_a_dead_link_even_while_ticks_still_flow() -> None:
     ping_due(link, PING_S)
     for second in range(1, 10):
         assert closed_with(link.frame(tick("R_50", second, subs["R_50"].req_id), PING_S + second)) is None
-    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, PING_S + PONG_S))
+    close = closed_with(link.deadline_reached(act.Timer.HEARTBEAT, PING_S + PONG_S))
     assert close is not None and close.cause.code == "HeartbeatTimeout"
 
 
@@ -569,7 +558,7 @@ def test_repeated_upstream_errors_are_all_counted_but_logged_at_a_bounded_rate(
 def test_a_full_pending_map_is_a_sick_link_found_at_the_next_ping() -> None:
     link = make(max_pending=2, request_timeout_s=1000.0)
     connect(link)  # two subscribes, never answered
-    close = closed_with(link.deadline_reached(Timer.HEARTBEAT, PING_S))
+    close = closed_with(link.deadline_reached(act.Timer.HEARTBEAT, PING_S))
     assert close is not None and close.cause.code == "TooManyPendingRequests"
 
 
@@ -633,11 +622,11 @@ def test_the_watchdog_waits_while_a_ping_is_in_flight() -> None:
     subs = connect(link)
     stream(link, subs, 1, 1.0)
     actions = link.frame(pong(ping_due(link, PING_S).req_id), PING_S)
-    watchdog_at = armed(actions, Timer.WATCHDOG)
+    watchdog_at = armed(actions, act.Timer.WATCHDOG)
     assert watchdog_at == 41.0
-    in_flight = link.deadline_reached(Timer.HEARTBEAT, 2 * PING_S)
-    assert sends(in_flight, "ping") and armed(in_flight, Timer.WATCHDOG) is None  # disarmed: the pong decides
-    assert link.deadline_reached(Timer.WATCHDOG, 2 * PING_S) == []
+    in_flight = link.deadline_reached(act.Timer.HEARTBEAT, 2 * PING_S)
+    assert sends(in_flight, "ping") and armed(in_flight, act.Timer.WATCHDOG) is None  # disarmed: the pong decides
+    assert link.deadline_reached(act.Timer.WATCHDOG, 2 * PING_S) == []
 
 
 # --------------------------------------------------------------------------- someone else's requests
@@ -648,12 +637,12 @@ def test_someone_elses_request_is_answered_failed_or_timed_out_by_req_id() -> No
     connect(link)
     actions = link.request(protocol.time(9001), 1.0)
     assert one_send(actions, "time").req_id == 9001
-    assert link.frame(reply("time", 9001, time=5), 2.0) == [Resolve(9001, messages.Time(5, 9001))]
+    assert link.frame(reply("time", 9001, time=5), 2.0) == [act.Resolve(9001, messages.Time(5, 9001))]
     link.request(protocol.time(9002), 3.0)
     [failed] = link.frame(error("time", "WrongResponse", 9002), 4.0)
-    assert isinstance(failed, Fail) and isinstance(failed.error, DerivAPIError)
+    assert isinstance(failed, act.Fail) and isinstance(failed.error, DerivAPIError)
     link.request(protocol.time(9003), 5.0, timeout_s=2.0)
-    timed_out = [a for a in link.deadline_reached(Timer.HEARTBEAT, 7.0) if isinstance(a, Fail)]
+    timed_out = [a for a in link.deadline_reached(act.Timer.HEARTBEAT, 7.0) if isinstance(a, act.Fail)]
     assert [f.req_id for f in timed_out] == [9003] and isinstance(timed_out[0].error, RequestTimeout)
 
 
@@ -742,7 +731,7 @@ def test_whatever_arrives_ticks_leave_in_order_once_and_the_pending_map_stays_bo
             actions = link.frame(messages.parse("{not json"), now)
         elif kind == "advance":
             now += number
-            actions = link.deadline_reached(Timer.HEARTBEAT, now) + link.deadline_reached(Timer.WATCHDOG, now)
+            actions = link.deadline_reached(act.Timer.HEARTBEAT, now) + link.deadline_reached(act.Timer.WATCHDOG, now)
         else:
             actions = link.closed("closed", now)
         published += ticks_of(actions)
