@@ -161,6 +161,38 @@ def test_market_catch_up_is_bounded() -> None:
     assert min(t.epoch for t in ticks) == START + 9_991
 
 
+def test_a_market_jump_puts_every_tick_of_it_in_history_and_streams_none() -> None:
+    mk = _market()
+    mk.advance_to(START + 2)
+    made = mk.jump(12_000)
+    assert made["1HZ100V"] == 12_000 and made["R_50"] == 6_000
+    assert mk.last_epoch == START + 12_002
+    epochs, _ = mk.history("1HZ100V").window(0, START + 20_000, 100_000)
+    assert epochs == list(range(START + 1, START + 12_003))
+    latest = mk.latest("1HZ100V")
+    assert latest is not None and latest.epoch == START + 12_002
+    assert [t.epoch for t in mk.advance_to(START + 12_003) if t.symbol == "1HZ100V"] == [START + 12_003]
+    with pytest.raises(ValueError):
+        mk.jump(market.MAX_JUMP_S + 1)
+
+
+def test_after_a_jump_paging_back_with_ticks_history_serves_every_tick_once() -> None:
+    h = Harness()
+    h.advance(2)
+    last = START + 2
+    h.market.jump(12_000)
+    h.now += 12_000
+    (reply,) = h.call({"ticks_history": "1HZ100V", "start": last, "end": "latest", "count": 5000, "subscribe": 1})
+    pages = [reply["history"]["times"]]
+    while len(pages[-1]) == 5000 and pages[-1][0] > last:
+        (page,) = h.call({"ticks_history": "1HZ100V", "start": last, "end": str(pages[-1][0] - 1), "count": 5000})
+        assert "subscription" not in page
+        pages.append(page["history"]["times"])
+    assert [len(p) for p in pages] == [5000, 5000, 2001]  # the last one reaches back to `last`
+    assert sorted(e for p in pages for e in p) == list(range(last, START + 12_003))
+    assert [f["tick"]["epoch"] for f in h.advance(1) if f["tick"]["symbol"] == "1HZ100V"] == [START + 12_003]
+
+
 def test_market_next_due_epoch() -> None:
     mk = _market()
     assert mk.next_due_epoch() == START + 1
@@ -694,6 +726,7 @@ def test_session_frames_parse_with_the_client_codec() -> None:
             control.ControlCommand("inject_error", {"code": "WrongResponse", "count": 2}),
         ),
         ("POST", "/control/drop_replies?x=1", b'{"count": 3}', control.ControlCommand("drop_replies", {"count": 3})),
+        ("POST", "/control/advance", b'{"ticks": 12000}', control.ControlCommand("advance", {"ticks": 12_000})),
         ("GET", "/control/stats", b"", control.ControlCommand("stats", {})),
     ],
 )
@@ -720,6 +753,10 @@ def test_parse_control_accepts(method: str, path: str, body: bytes, expected: co
         ("POST", "/control/inject_error", b'{"code": "Boom"}', 400),
         ("POST", "/control/drop_replies", b'{"count": 1, "enabled": true}', 400),
         ("POST", "/control/set_site_status", b'{"site_status": "sideways"}', 400),
+        ("POST", "/control/advance", b"{}", 400),
+        ("POST", "/control/advance", b'{"ticks": 0}', 400),
+        ("POST", "/control/advance", b'{"ticks": 86401}', 400),
+        ("POST", "/control/advance", b'{"ticks": 1.5}', 400),
     ],
 )
 def test_parse_control_rejects(method: str, path: str, body: bytes, status: int) -> None:
@@ -739,8 +776,11 @@ class FakeTarget:
             self.calls.append((name, args))
             return 1
 
-        def record(*args: Any) -> None:
+        def record(*args: Any) -> Any:
             self.calls.append((name, args))
+            if name == "advance" and args[0] > 100:
+                raise ValueError("too long for these symbols")
+            return {"to_epoch": 1} if name == "advance" else None
 
         return record_async if name in ("drop_all", "send_malformed_frame", "deploy", "restart") else record
 
@@ -763,6 +803,16 @@ async def test_control_app_runs_commands() -> None:
     assert paused.json() == {"ok": True, "action": "pause_feed", "result": {"connection_count": 0}}
     assert stats.json()["result"] == {"connection_count": 0}
     assert target.calls == [("drop_all", (4001, "x")), ("pause_feed", (True,))]
+
+
+async def test_control_app_advances_the_market_and_refuses_what_the_target_refuses() -> None:
+    target = FakeTarget()
+    async with _control_client(target) as http:
+        advanced = await http.post("/advance", json={"ticks": 12})
+        refused = await http.post("/advance", json={"ticks": 1000})
+    assert advanced.json() == {"ok": True, "action": "advance", "result": {"to_epoch": 1}}
+    assert refused.status_code == 400 and "too long" in refused.json()["error"]
+    assert target.calls == [("advance", (12,)), ("advance", (1000,))]
 
 
 async def test_control_app_answers_json_errors() -> None:

@@ -11,6 +11,7 @@ Actions and body fields::
     refuse_connections     {"seconds": number}
     blackhole_handshakes   {"enabled": bool}
     pause_feed             {"enabled": bool}
+    advance                {"ticks": int}  the market jumps ahead (1 to 86400 ticks; see below)
     ignore_pings           {"enabled": bool}
     delay_replies          {"seconds": number}
     drop_replies           {"enabled": bool} or {"count": int}
@@ -22,6 +23,13 @@ Actions and body fields::
     reset                  {}
 
 Example: ``curl -X POST 127.0.0.1:8766/control/drop_all -d '{"code": 1011}'``.
+
+``advance`` moves simulated time and the market ahead at once by ``ticks`` ticks of the
+fastest symbol (slower symbols get their share of the same span). Every tick of the jump
+is in history, where ``ticks_history`` serves it, and none is streamed: while clients are
+away (``refuse_connections``, then ``drop_all``) it makes an outage of any length up to a
+day, e.g. ``{"ticks": 12000}`` for one longer than a 5000-tick reply. Its result is
+``{"from_epoch", "to_epoch", "ticks": {symbol: ticks made}}``.
 
 :func:`parse_control` (pure) validates a request into a :class:`ControlCommand`;
 :func:`run_control` carries it out on anything shaped like :class:`Controllable` (the
@@ -80,6 +88,7 @@ _CONTROL_FIELDS: Final[dict[str, dict[str, str]]] = {
     "refuse_connections": {"seconds": "seconds"},
     "blackhole_handshakes": {"enabled": "bool"},
     "pause_feed": {"enabled": "bool"},
+    "advance": {"ticks": "ticks"},
     "ignore_pings": {"enabled": "bool"},
     "delay_replies": {"seconds": "seconds"},
     "drop_replies": {"enabled": "bool", "count": "count"},
@@ -106,6 +115,9 @@ def _control_value(kind: str, value: Any) -> tuple[Any, str | None]:
     if kind == "count":
         ok = type(value) is int and 0 <= value <= 1_000_000
         return value, None if ok else "must be a whole number from 0 to 1000000"
+    if kind == "ticks":
+        ok = type(value) is int and 1 <= value <= DAY_S
+        return value, None if ok else f"must be a whole number from 1 to {DAY_S}"
     if kind == "close_code":
         ok = type(value) is int and valid_close_code(value)
         return value, None if ok else "must be a valid close code (1000-1003, 1007-1014, 3000-4999) or null"
@@ -159,6 +171,7 @@ def parse_control(method: str, path: str, body: bytes) -> ControlCommand | Contr
         "refuse_connections": ("seconds",),
         "blackhole_handshakes": ("enabled",),
         "pause_feed": ("enabled",),
+        "advance": ("ticks",),
         "ignore_pings": ("enabled",),
         "delay_replies": ("seconds",),
         "set_site_status": ("site_status",),
@@ -199,6 +212,7 @@ class Controllable(Protocol):
     def refuse_connections(self, seconds: float) -> None: ...
     def blackhole_handshakes(self, enabled: bool) -> None: ...
     def pause_feed(self, enabled: bool) -> None: ...
+    def advance(self, ticks: int) -> dict[str, Any]: ...
     def ignore_pings(self, enabled: bool) -> None: ...
     def delay_replies(self, seconds: float) -> None: ...
     def drop_replies(self, enabled_or_count: bool | int) -> None: ...
@@ -223,6 +237,8 @@ async def run_control(target: Controllable, command: ControlCommand) -> Any:
         target.blackhole_handshakes(p["enabled"])
     elif action == "pause_feed":
         target.pause_feed(p["enabled"])
+    elif action == "advance":
+        return target.advance(p["ticks"])
     elif action == "ignore_pings":
         target.ignore_pings(p["enabled"])
     elif action == "delay_replies":
@@ -286,6 +302,8 @@ def control_app(target: Controllable) -> Starlette:
             return _refusal(command.status, command.error)
         try:
             result = await run_control(target, command)
+        except ValueError as exc:  # a value the target refuses (a jump too long for its symbols)
+            return _refusal(400, f"{command.action}: {exc}")
         except Exception as exc:  # a bug must not leak a traceback to the client
             logger.exception("control action %s failed", command.action)
             return _refusal(500, f"{command.action} failed: {type(exc).__name__}")

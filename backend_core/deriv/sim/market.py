@@ -14,7 +14,7 @@ import math
 import random
 import secrets
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -29,6 +29,9 @@ YEAR_S: Final = 365 * DAY_S
 #: Ticks generated in one feed step after a stall; a longer stall leaves a gap rather
 #: than a burst of catch-up work.
 MAX_CATCH_UP_S: Final = 600
+#: The longest jump ahead :meth:`Market.jump` makes at once (one day: the default
+#: retention of a 1 s symbol, so every tick of the jump stays in history).
+MAX_JUMP_S: Final = DAY_S
 
 # --- symbols (section 6) --------------------------------------------------------------
 
@@ -86,6 +89,10 @@ class SimulatedTime:
     def now(self) -> float:
         """Simulated Unix seconds."""
         return self._origin + (self._clock.monotonic() - self._mono_origin) * self.time_scale
+
+    def jump(self, simulated_s: float) -> None:
+        """Move "now" ``simulated_s`` ahead at once (the market's jump ahead)."""
+        self._origin += simulated_s
 
     def to_clock_seconds(self, simulated_s: float) -> float:
         """How long ``simulated_s`` lasts on the injected clock."""
@@ -232,27 +239,51 @@ class Market:
         if epoch <= self._last_epoch:
             return []
         first = max(self._last_epoch + 1, epoch - catch_up_limit_s + 1)
-        out: list[Tick] = []
-        for e in range(first, epoch + 1):
-            for symbol, path in self._paths.items():
-                spec = path.spec
-                if e % spec.interval_s:
-                    continue
-                quote = path.step()
-                spread = half_spread(quote, spec)
-                tick = Tick(
-                    symbol,
-                    e,
-                    quote,
-                    spec.pip_size,
-                    round_quote(quote - spread, spec.pip_size),
-                    round_quote(quote + spread, spec.pip_size),
-                )
-                self._histories[symbol].append(e, quote)
-                self._latest[symbol] = tick
-                out.append(tick)
+        out = [self._tick(spec, e, quote) for spec, e, quote in self._generate(first, epoch)]
         self._last_epoch = epoch
         return out
+
+    def jump(self, seconds: int) -> dict[str, int]:
+        """Generate ``seconds`` (1 to :data:`MAX_JUMP_S`) of history at once, all of it.
+
+        For an outage longer than any catch-up: the ticks go to history only (nothing to
+        stream), and the latest tick of each symbol is the jump's last. Returns the ticks
+        made per symbol.
+        """
+        if not 1 <= seconds <= MAX_JUMP_S:
+            raise ValueError(f"a jump is 1 to {MAX_JUMP_S} seconds")
+        made = dict.fromkeys(self.specs, 0)
+        newest: dict[str, tuple[SymbolSpec, int, float]] = {}
+        for spec, e, quote in self._generate(self._last_epoch + 1, self._last_epoch + seconds):
+            made[spec.symbol] += 1
+            newest[spec.symbol] = (spec, e, quote)
+        self._last_epoch += seconds
+        for spec, e, quote in newest.values():
+            self._tick(spec, e, quote)
+        return made
+
+    def _generate(self, first: int, last: int) -> Iterator[tuple[SymbolSpec, int, float]]:
+        """Step every path over the grid epochs of ``[first, last]`` into history, oldest first."""
+        for e in range(first, last + 1):
+            for symbol, path in self._paths.items():
+                if e % path.spec.interval_s:
+                    continue
+                quote = path.step()
+                self._histories[symbol].append(e, quote)
+                yield path.spec, e, quote
+
+    def _tick(self, spec: SymbolSpec, epoch: int, quote: float) -> Tick:
+        spread = half_spread(quote, spec)
+        tick = Tick(
+            spec.symbol,
+            epoch,
+            quote,
+            spec.pip_size,
+            round_quote(quote - spread, spec.pip_size),
+            round_quote(quote + spread, spec.pip_size),
+        )
+        self._latest[spec.symbol] = tick
+        return tick
 
 
 @dataclass(slots=True)

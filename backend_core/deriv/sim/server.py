@@ -28,6 +28,9 @@ Fault controls (methods, and the control interface of :mod:`.control`)
     ``drop_all(code=None|int, reason)``, ``refuse_connections(seconds)`` (HTTP 503),
     ``blackhole_handshakes(enabled)`` (TCP accepted, HTTP request never answered),
     ``pause_feed(enabled)`` (no ticks and a gap in history, no disconnect),
+    ``advance(ticks)`` (the market jumps ahead at once: ``ticks`` ticks of the fastest
+    symbol, slower ones in proportion, all in history, none streamed; for an outage
+    longer than one ``ticks_history`` reply while clients are away),
     ``ignore_pings(enabled)``, ``delay_replies(seconds)`` (at 15 simulated seconds or more
     the reply is a ``Timeout`` error, as the real dispatcher does), ``drop_replies(True |
     False | count)`` (requests vanish unanswered), ``inject_error(code, count)`` (codes
@@ -65,7 +68,7 @@ from backend_core.clock import Clock, SystemClock
 from backend_core.deriv.protocol import APP_ID_PATTERN, TOKEN_PATTERN
 from backend_core.deriv.sim.control import ControlServer, Listening
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE, SITE_STATUSES, FaultPlan, valid_close_code
-from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, Market, SimulatedTime, SymbolSpec
+from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, MAX_JUMP_S, Market, SimulatedTime, SymbolSpec
 from backend_core.deriv.sim.session import (
     IDLE_TIMEOUT_S,
     PING_TIME_LIMIT,
@@ -391,6 +394,21 @@ class DerivSimulator(Listening):
     def pause_feed(self, enabled: bool) -> None:
         """No ticks at all while enabled (and a gap in history); connections stay open."""
         self.faults.feed_paused = enabled
+
+    def advance(self, ticks: int) -> dict[str, Any]:
+        """Jump simulated time and the market ahead by ``ticks`` ticks of the fastest symbol.
+
+        Every tick of the jump is in history (``ticks_history`` serves it exactly); none is
+        streamed, so subscribers still connected see their stream resume after it. Use it
+        while clients are disconnected (e.g. ``refuse_connections`` then ``drop_all``).
+        """
+        seconds = ticks * min(spec.interval_s for spec in self._symbols)
+        if not 1 <= seconds <= MAX_JUMP_S:
+            raise ValueError(f"ticks must make a jump of 1 to {MAX_JUMP_S} simulated seconds")
+        before = self.market.last_epoch
+        self._time.jump(seconds)
+        made = self.market.jump(seconds)
+        return {"from_epoch": before, "to_epoch": self.market.last_epoch, "ticks": made}
 
     def ignore_pings(self, enabled: bool) -> None:
         """Leave ``ping`` requests unanswered while enabled."""
