@@ -166,15 +166,36 @@ async def test_drop_with_close_code_while_feed_keeps_moving_is_backfilled() -> N
         assert_no_gap_no_duplicate(recorder, sim)
 
 
-async def test_an_outage_longer_than_one_backfill_announces_its_gap_exactly() -> None:
-    # One backfill reply holds at most 20 ticks here (5000 against Deriv); the outage
-    # misses more than that for both symbols (20 and 10 ticks a second at 20x).
-    async with running(backfill_count=20) as (manager, sim, recorder, _):
-        await wait_live(recorder, manager)
-        sim.refuse_connections(3.0)
-        await sim.drop_all()
-        await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
-        await wait_live(recorder, manager)
+async def jump_while_away(recorder: Recorder, manager: DerivManager, sim: DerivSimulator, ticks: int) -> int:
+    """Drop the link, make the market jump ``ticks`` ahead before it is back; wait until
+    every symbol is live past the jump. The jump's last epoch."""
+    await wait_live(recorder, manager)
+    await sim.drop_all()  # aborted at once: no reconnect can start before the jump
+    to_epoch = int(sim.advance(ticks)["to_epoch"])
+    await recorder.wait_for(lambda: manager.snapshot().reconnect_count >= 1)
+    await recorder.wait_for(
+        lambda: all(any(t.symbol == s and t.epoch > to_epoch + 4 for t in recorder.ticks[-50:]) for s in SYMBOLS)
+    )
+    return to_epoch
+
+
+async def test_an_outage_of_12000_ticks_is_paged_in_completely_without_gap_or_duplicate() -> None:
+    # 12,000 ticks of 1HZ100V and 6,000 of R_50 are missed: more than one 5000-tick reply.
+    async with running() as (manager, sim, recorder, _):
+        await jump_while_away(recorder, manager, sim, 12_000)
+        assert_no_gap_no_duplicate(recorder, sim)
+        stats = manager.stats()
+        assert stats["backfill_gaps"] == 0
+        assert stats["backfill_pages"] >= 2 + 1  # 1HZ100V: two pages; R_50: at least one
+        assert stats["ticks_paged"] >= 7_000 + 1_000
+        assert all(s.gap_from is None for s in manager.snapshot().symbols)
+
+
+async def test_an_outage_past_the_paging_bound_announces_exactly_the_part_it_could_not_fill() -> None:
+    # A reply holds 100 ticks here and two more pages may be asked for: 300 ticks at most
+    # per symbol, against 2000 (1HZ100V) and 1000 (R_50) missed.
+    async with running(backfill_count=100, backfill_max_pages=2) as (manager, sim, recorder, _):
+        await jump_while_away(recorder, manager, sim, 2_000)
         for symbol in SYMBOLS:
             ticks = [t for t in recorder.ticks if t.symbol == symbol]
             epochs = [t.epoch for t in ticks]
@@ -189,12 +210,13 @@ async def test_an_outage_longer_than_one_backfill_announces_its_gap_exactly() ->
             assert missing, f"{symbol}: nothing was lost, yet a gap was announced"
             unannounced = [m for m in missing if not any(t.gap_from < m < t.epoch for _, t in gaps)]
             assert not unannounced, f"{symbol}: missing epochs outside any announced gap: {unannounced[:10]}"
-            # What the reply could hold was recovered: the last 20 ticks before the live stream.
-            assert sum(1 for t in ticks if t.backfill) >= 20
+            # What the reply and its pages could hold was recovered: 300 ticks before the live stream.
+            assert sum(1 for t in ticks if t.backfill) >= 300
             # The status names the latest lost stretch (what the status page shows).
             [status] = [s for s in manager.snapshot().symbols if s.symbol == symbol]
             assert (status.gap_from, status.gap_to) == (gaps[-1][1].gap_from, gaps[-1][1].epoch)
         assert manager.stats()["backfill_gaps"] >= len(SYMBOLS)
+        assert manager.stats()["backfill_pages"] >= 2 * len(SYMBOLS)
 
 
 async def test_refused_connections_open_the_breaker_then_a_probe_recovers() -> None:

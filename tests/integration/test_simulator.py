@@ -688,6 +688,32 @@ async def test_control_interface_toggles_faults(controlled_sim: DerivSimulator) 
             assert await closed_code(ws) == 1001
 
 
+async def test_control_advance_makes_an_outage_longer_than_one_reply_that_history_serves_exactly(
+    controlled_sim: DerivSimulator,
+) -> None:
+    async with (
+        client(controlled_sim) as ws,
+        httpx.AsyncClient(base_url=controlled_sim.control_url, timeout=WAIT_S) as http,
+    ):
+        first = await call(ws, {"ticks_history": "1HZ100V", "end": "latest", "count": 1, "subscribe": 1, "req_id": 1})
+        [last] = first["history"]["times"]
+        response = await http.post("/advance", json={"ticks": 12_000})
+        assert response.status_code == 200
+        result = response.json()["result"]
+        assert result["ticks"]["1HZ100V"] == 12_000 and result["to_epoch"] >= last + 12_000
+        request: dict[str, Any] = {"ticks_history": "1HZ100V", "start": last, "end": "latest", "count": 5000}
+        pages = [(await call(ws, {**request, "req_id": 2}))["history"]["times"]]
+        while len(pages[-1]) == 5000 and pages[-1][0] > last:
+            older = {**request, "end": str(pages[-1][0] - 1), "req_id": 2 + len(pages)}
+            pages.append((await call(ws, older))["history"]["times"])
+        epochs = [e for page in reversed(pages) for e in page]
+        assert len(pages) == 3 and epochs[0] == last and epochs[-1] >= result["to_epoch"]
+        assert epochs == list(range(last, epochs[-1] + 1))  # every epoch once, in order
+        # The stream goes on after the jump, without the jump's ticks.
+        live = await recv_until(ws, lambda f: f.get("msg_type") == "tick")
+        assert live["tick"]["epoch"] > result["to_epoch"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [
