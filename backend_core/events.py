@@ -33,8 +33,8 @@ class Tick:
     ``ticks_history`` does not carry them.
 
     ``gap_from`` is set on the first tick after a gap the upstream could not fill (an
-    outage longer than one ``ticks_history`` reply reaches back): the epoch of the last
-    tick published before it. Ticks with epochs strictly between are lost.
+    outage longer than the bounded ``ticks_history`` paging reaches back, or a page that
+    failed): the epoch of the last tick published before it. Ticks strictly between are lost.
     """
 
     symbol: str

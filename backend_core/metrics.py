@@ -131,9 +131,11 @@ class UpstreamCollector(Collector):
             ("ticks_received", "Tick frames received from the upstream."),
             ("ticks_published", "Ticks published to the hub (live and backfilled)."),
             ("ticks_backfilled", "Ticks recovered with ticks_history after a reconnect."),
+            ("backfill_pages", "Earlier ticks_history pages asked for to fill an outage longer than one reply."),
+            ("ticks_paged", "Ticks recovered from those earlier pages."),
             (
                 "backfill_gaps",
-                "Backfills that could not reach back to the last tick published (the outage outlasted one reply).",
+                "Backfills that left ticks unrecovered (the outage outlasted the paging bound, or a page failed).",
             ),
         ):
             yield _counter(name, text, float(stats.get(name, 0)))
