@@ -11,7 +11,8 @@ held, and released in epoch order when paging ends, so the sink still gets each 
 once, in order.
 
 Paging is bounded per symbol: at most ``max_pages`` page requests, a deadline, and at
-most :data:`MAX_HELD_LIVE_TICKS` live ticks held. When a bound is hit, a page fails or
+most :data:`MAX_HELD_LIVE_TICKS` live ticks held; and for all symbols together by
+:data:`MAX_HELD_TICKS` ticks held. When a bound is hit, a page fails or
 times out, what was received is released and only the part that truly could not be
 filled is announced: ``gap_from = L`` on the first tick released. The driver
 (:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages, matches their replies
@@ -31,6 +32,9 @@ from backend_core.events import Tick
 DEFAULT_MAX_PAGES: Final = 10
 #: Live ticks held for one symbol while its pages arrive; more ends the paging early.
 MAX_HELD_LIVE_TICKS: Final = 5000
+#: Ticks held for all symbols at once (about 30 MB): a page that would pass it is not
+#: asked for, and that symbol's paging ends with what it has.
+MAX_HELD_TICKS: Final = 250_000
 
 
 def backfill_gap(last_epoch: int | None, times: Sequence[int], requested: int) -> int | None:
@@ -108,10 +112,11 @@ class _Paging:
 class Backfill:
     """Each symbol's backfill: direct when one reply reaches back, paged otherwise (see the module)."""
 
-    def __init__(self, count: int, max_pages: int, deadline_s: float) -> None:
+    def __init__(self, count: int, max_pages: int, deadline_s: float, max_held: int = MAX_HELD_TICKS) -> None:
         self.count = count
         self.max_pages = max(0, max_pages)
         self.deadline_s = deadline_s
+        self.max_held = max_held
         self.sequencer = TickSequencer()
         #: Symbols being paged: their live ticks go to :meth:`hold`, not to the sink.
         self.paging: dict[str, _Paging] = {}
@@ -126,7 +131,7 @@ class Backfill:
         if self.max_pages == 0:
             return self._release(symbol, state, "paging is off")
         self.paging[symbol] = state
-        return self._next_page(state)
+        return self._next_page(symbol, state)
 
     def sent(self, symbol: str, req_id: int) -> None:
         """The page :meth:`replied` or :meth:`page` asked for went out as ``req_id``."""
@@ -152,7 +157,7 @@ class Backfill:
             return self._release(symbol, state, f"the outage outlasted {state.pages} pages of {self.count} ticks")
         if now >= state.deadline:
             return self._release(symbol, state, f"paging took longer than {self.deadline_s:g} s")
-        return self._next_page(state)
+        return self._next_page(symbol, state)
 
     def page_failed(self, symbol: str, req_id: int, reason: str) -> Release | None:
         """A page got an error reply or none in time: release what was received."""
@@ -189,7 +194,10 @@ class Backfill:
         else:
             self.paging.pop(symbol, None)
 
-    def _next_page(self, state: _Paging) -> Page:
+    def _next_page(self, symbol: str, state: _Paging) -> Page | Release:
+        held = sum(len(s.held) + len(s.live) for s in self.paging.values())
+        if held + self.count > self.max_held:
+            return self._release(symbol, state, f"{held} ticks are held for the backfills in progress")
         state.pages += 1
         return Page(state.last, state.oldest - 1)
 

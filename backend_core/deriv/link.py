@@ -68,8 +68,8 @@ from backend_core.logs import LogThrottle
 
 log = logging.getLogger("backend_core.deriv.link")
 
-# Requests in flight at once. The link needs at most two per symbol (forget, subscribe;
-# DERIV_SYMBOLS holds at most 50) plus a ping, website_status and authorize.
+# Requests in flight at once. The link needs at most two per symbol (forget, subscribe or
+# a backfill page; DERIV_SYMBOLS holds at most 50) plus a ping, website_status and authorize.
 MAX_PENDING_REQUESTS: Final = 256
 # Slots requests made through LinkProtocol.request leave free, so callers can never crowd
 # out the link's own requests: a full map then always means the upstream stopped answering.

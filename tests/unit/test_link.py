@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from backend_core.backoff import FullJitter
 from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
-from backend_core.deriv.backfill import TickSequencer, backfill_gap
+from backend_core.deriv.backfill import Backfill, Page, Release, TickSequencer, backfill_gap
 from backend_core.deriv.link import (
     LinkConfig,
     LinkProtocol,
@@ -689,6 +689,15 @@ def test_sequencer_lets_each_epoch_through_once_in_order() -> None:
     assert accepted == [True, True, False, False, True]
     assert seq.duplicates == 2
     assert seq.last_epoch("A") == 2 and seq.last_epoch("B") == 1 and seq.last_epoch("C") is None
+
+
+def test_the_ticks_held_for_all_symbols_paging_at_once_are_bounded() -> None:
+    backfill = Backfill(count=3, max_pages=10, deadline_s=100.0, max_held=8)
+    assert backfill.replied("A", 100, [plain_tick("A", e) for e in (150, 151, 152)], 0.0) == Page(100, 149)
+    released = backfill.replied("B", 100, [plain_tick("B", e) for e in (150, 151, 152)], 0.0)
+    assert isinstance(released, Release) and released.gap == (100, 150) and "held" in released.reason
+    assert [t.gap_from for t in released.ticks] == [100, None, None]
+    assert set(backfill.paging) == {"A"}
 
 
 def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_tick() -> None:
