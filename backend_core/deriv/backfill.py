@@ -27,6 +27,9 @@ from typing import Final, NamedTuple
 
 from backend_core.events import Tick
 
+#: The link's counters of backfill: ticks recovered (by any reply, and by pages), gaps
+#: announced, pages asked for.
+COUNTERS: Final = ("ticks_backfilled", "ticks_paged", "backfill_gaps", "backfill_pages")
 #: Page requests per symbol and outage, after the subscribe's own reply (10 x 5000 ticks:
 #: about 14 hours of a 1 s symbol on top of the reply's 5000).
 DEFAULT_MAX_PAGES: Final = 10

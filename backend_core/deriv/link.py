@@ -61,7 +61,7 @@ from backend_core.deriv.actions import (
     Send,
     Timer,
 )
-from backend_core.deriv.backfill import DEFAULT_MAX_PAGES, Backfill, Page, Release
+from backend_core.deriv.backfill import COUNTERS, DEFAULT_MAX_PAGES, Backfill, Page, Release
 from backend_core.errors import DerivAPIError, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
 from backend_core.events import ErrorInfo, SymbolStatus
 from backend_core.logs import LogThrottle
@@ -220,18 +220,7 @@ class LinkProtocol:
         self._armed: dict[Timer, float | None] = {Timer.HEARTBEAT: None, Timer.WATCHDOG: None}
         self._dirty = False
         # Counters for metrics (the manager adds its own).
-        self.stats = dict.fromkeys(
-            (
-                "ticks_received",
-                "ticks_published",
-                "ticks_backfilled",
-                "backfill_gaps",
-                "backfill_pages",
-                "ticks_paged",
-                "protocol_errors",
-            ),
-            0,
-        )
+        self.stats = dict.fromkeys(("ticks_received", "ticks_published", "protocol_errors", *COUNTERS), 0)
         self.planned = False
         self.site_status: str | None = None
         self.last_pong_latency_s: float | None = None
