@@ -7,6 +7,8 @@ fault is injected:
 * ``drop``:       abrupt close without a close frame (1006);
 * ``close``:      close with code 1011;
 * ``outage``:     refuse new connections (HTTP 503) for a while, then drop the link;
+* ``long_outage``: the same, and the market jumps 6,000 to 15,000 ticks ahead meanwhile
+  (more than one ``ticks_history`` reply: the backfill pages it in);
 * ``blackhole``:  accept TCP but never finish handshakes for a while, then drop;
 * ``stall``:      stop answering pings (a half-open link): the manager must find it dead.
 
@@ -48,7 +50,7 @@ PING_INTERVAL_S = 1.0
 PONG_DEADLINE_S = 1.0
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 2.0
-FAULTS = ["drop", "close", "outage", "blackhole", "stall"]
+FAULTS = ["drop", "close", "outage", "long_outage", "blackhole", "stall"]
 
 
 TickRecord = tuple[str, int, bool]  # symbol, epoch, backfill
@@ -135,9 +137,11 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
                 await sim.drop_all()
             elif kind == "close":
                 await sim.drop_all(1011, "soak")
-            elif kind == "outage":
+            elif kind in ("outage", "long_outage"):
                 sim.refuse_connections(60)
                 await sim.drop_all()
+                if kind == "long_outage":
+                    sim.advance(rng.randint(6_000, 15_000))
                 await asyncio.sleep(rng.uniform(0.5, 3.0))
             elif kind == "blackhole":
                 sim.blackhole_handshakes(True)
@@ -178,7 +182,7 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
                 recovery_margins.append(pending_wait + 1.0 - took)
         await asyncio.sleep(1.0)
     finally:
-        announced_gaps = manager.stats()["backfill_gaps"]
+        stats = manager.stats()
         await manager.stop()
         await sim.stop()
 
@@ -204,9 +208,11 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
         "ticks_delivered": delivered_total - duplicates,
         "ticks_backfilled": backfilled,
         "gaps": gaps,
-        # Gaps the manager announced (gap_from): outages longer than one backfill reply.
-        # None of this soak's outages is; any announced gap here would be a false alarm.
-        "announced_gaps": announced_gaps,
+        # Gaps the manager announced (gap_from): outages longer than the backfill can page
+        # in. None of this soak's outages is; any announced gap here would be a false alarm.
+        "announced_gaps": stats["backfill_gaps"],
+        "backfill_pages": stats["backfill_pages"],
+        "ticks_paged": stats["ticks_paged"],
         "duplicates": duplicates,
         "recoveries": len(recoveries),
         "recovery_median_s": round(statistics.median(recoveries), 3) if recoveries else None,
