@@ -420,7 +420,11 @@ class LinkProtocol:
         sym.last_activity = now
         if entry is not None and entry.kind is _Kind.PAGE:
             assert req_id is not None
-            outcome = self._backfill.page(sym.name, req_id, message.to_ticks(), now)
+            ticks = message.to_ticks()
+            if len(ticks) != len(message.times):  # no pip_size: its quotes cannot be published
+                release = self._backfill.page_failed(sym.name, req_id, "a page without pip_size")
+                return [] if release is None else self._release(sym, release, now)
+            outcome = self._backfill.page(sym.name, req_id, ticks, now)
             return [] if outcome is None else self._follow(sym, outcome, now)
         answers_subscribe = req_id is not None and req_id == sym.req_id
         if message.subscription_id is not None:

@@ -301,7 +301,7 @@ def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_
     assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 6, 1)
 
 
-@pytest.mark.parametrize("failure", ["error", "timeout"])
+@pytest.mark.parametrize("failure", ["error", "timeout", "no_pip_size"])
 def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(failure: str) -> None:
     link = make(backfill_count=3)
     again = outage(link, last=100)
@@ -312,6 +312,9 @@ def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(fa
     assert [t.epoch for t in ticks_of(other)] == [101]  # not held: only R_50 is paging
     if failure == "error":
         actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)
+    elif failure == "no_pip_size":
+        frame = {"msg_type": "history", "echo_req": {"ticks_history": "R_50"}, "req_id": page.req_id}
+        actions = link.frame(parse({**frame, "history": {"times": [115, 116, 117], "prices": [1.0, 2.0, 3.0]}}), 12.0)
     else:
         actions = link.deadline_reached(act.Timer.HEARTBEAT, 11.0 + REQUEST_S)
     assert closed_with(actions) is None and page_of(actions) is None
