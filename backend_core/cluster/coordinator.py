@@ -112,10 +112,10 @@ class Coordinator:
             and self._renewed_sent_at is not None
             and now - self._renewed_sent_at >= self.timing.step_down_after_s
         ):
-            change = self._become(Role.FOLLOWER, "the lease was not renewed in time")
             if now - self._last_redis_ok >= self.timing.degrade_after_s:
-                return self._become(Role.DEGRADED, "Redis has not answered") or change
-            return change
+                # One change, so the driver sees that it was the leader (and lets the grant go).
+                return self._become(Role.DEGRADED, "the lease was not renewed in time; Redis has not answered")
+            return self._become(Role.FOLLOWER, "the lease was not renewed in time")
         if self.role is not Role.DEGRADED and now - self._last_redis_ok >= self.timing.degrade_after_s:
             return self._become(Role.DEGRADED, "Redis has not answered")
         return None

@@ -183,6 +183,7 @@ class ClusterMember:
         self.ready = asyncio.Event()
         self._grant: Grant | None = None
         self._link_running = False
+        self._link_lock = asyncio.Lock()
         self._pending_status: UpstreamSnapshot | None = None
         self._write_wanted = asyncio.Event()
         self._wake_lease = asyncio.Event()
@@ -228,7 +229,8 @@ class ClusterMember:
                     await self.writer.flush(grant.token)
             with contextlib.suppress(*redis_errors()):
                 await self.lease.release(grant)
-        await self._set_link(False)
+        async with self._link_lock:
+            await self._set_link(False, {})
 
     def snapshot(self) -> MemberSnapshot:
         leader = self._leader
@@ -313,14 +315,11 @@ class ClusterMember:
             sent_at = now
             try:
                 if plan.step is Step.ACQUIRE:
-                    grant = await self.lease.acquire()
+                    grant = await self.lease.acquire() or await self._own_lease()
                     if grant is None:
-                        self._leader = await self.lease.holder()
                         await self._apply(self.coordinator.not_acquired(self.clock.monotonic()))
                     else:
-                        self._grant = grant
-                        self._leader = (grant.instance_id, grant.term)
-                        await self._apply(self.coordinator.acquired(grant.term, sent_at, self.clock.monotonic()))
+                        await self._take_over(grant, sent_at)
                 elif plan.step is Step.RENEW and self._grant is not None:
                     if await self.lease.renew(self._grant):
                         await self._apply(self.coordinator.renewed(sent_at, self.clock.monotonic()))
@@ -332,6 +331,58 @@ class ClusterMember:
                 _unless_cancelled()
                 self._failed(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
+
+    async def _own_lease(self) -> Grant | None:
+        """The lease when Redis holds it for this member although the acquire said no.
+
+        An acquire whose reply was lost (timed out while Redis was paused or slow) still
+        runs once Redis reads it; the lease it took is this member's, and nobody else can
+        use it. It is renewed at once (its age is unknown) and taken over; otherwise the
+        cluster would have no leader until it expired.
+        """
+        self._leader = holder = await self.lease.holder()
+        if holder is None or holder[0] != self.instance_id:
+            return None
+        grant = Grant(*holder)
+        return grant if await self.lease.renew(grant) else None
+
+    async def _take_over(self, grant: Grant, sent_at: float) -> None:
+        """Lead with ``grant``: first make the log continue where its newest entry ends.
+
+        While this member was not writing, its hub may have received ticks the log never
+        got (its own link ran while it was degraded, or ran later than the previous
+        leader's). A member that follows keeps what its own hub has and reads the log
+        after that, so the log must hold every tick after its newest entry: they are
+        queued from this hub before anything the link publishes from now on. Where the hub
+        no longer holds them (its ring moved past the log's newest entry), the link is
+        (re)started from the log's newest epoch instead, and its backfill writes them.
+        """
+        tops = await self._log_tops()
+        bridge: list[Tick] = []
+        reseed: dict[str, int] = {}
+        for symbol in self.symbols:
+            top = tops.get(symbol)
+            evicted = self.hub.evicted_through(symbol)
+            if top is not None and evicted is not None and evicted > top:
+                reseed[symbol] = top
+            bridge.extend(self.hub.ticks_since(symbol, top or 0, self._ring_size))
+        self.writer.requeue(bridge)  # what an earlier term left queued is in the hub too
+        self._grant = grant
+        self._leader = (grant.instance_id, grant.term)
+        await self._apply(self.coordinator.acquired(grant.term, sent_at, self.clock.monotonic()), reseed)
+
+    async def _log_tops(self) -> dict[str, int]:
+        """The newest epoch in each symbol's stream (absent: the stream is empty)."""
+        async with self.clock.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+            for symbol in self.symbols:
+                pipe.xrevrange(self.keys.ticks(symbol), count=1)
+            replies = await pipe.execute()
+        tops: dict[str, int] = {}
+        for symbol, entries in zip(self.symbols, replies, strict=True):
+            epoch = _text(entries[0][0]).partition("-")[0] if entries else ""
+            if epoch.isascii() and epoch.isdigit():
+                tops[symbol] = int(epoch)
+        return tops
 
     async def _publish_newest_status(self) -> None:
         async with self.clock.timeout(2.0):
@@ -471,7 +522,13 @@ class ClusterMember:
 
     # --- role changes ---------------------------------------------------------------------------
 
-    async def _apply(self, change: RoleChange | None) -> None:
+    async def _apply(self, change: RoleChange | None, reseed: Mapping[str, int] | None = None) -> None:
+        """Act on a role change: a leader and a degraded member run the link, a follower not.
+
+        Changes can come from every loop; they are applied one at a time, and the link is
+        set for the role the member has once it is its turn (a later change may already
+        have superseded this one).
+        """
         if change is None:
             return
         log.info("cluster member %s: %s -> %s (%s)", self.instance_id, change.before, change.after, change.reason)
@@ -480,30 +537,37 @@ class ClusterMember:
             self._write_wanted.set()
         if change.before is Role.LEADER:
             self._grant = None
+            self.writer.requeue([])  # the hub has it; a next term queues from the log's top
         if change.after is Role.FOLLOWER:
             self._refresh_status = True  # the stopped link's last word is not the cluster's status
-        await self._set_link(change.after in (Role.LEADER, Role.DEGRADED))
+        async with self._link_lock:
+            await self._set_link(self.coordinator.role in (Role.LEADER, Role.DEGRADED), reseed or {})
 
-    async def _set_link(self, running: bool) -> None:
-        if running == self._link_running:
+    async def _set_link(self, running: bool, reseed: Mapping[str, int]) -> None:
+        """Start or stop the link; ``reseed``: symbols whose backfill must begin at an epoch
+        older than the hub's newest (a running link is restarted for them)."""
+        if running == self._link_running and not (running and reseed):
             return
-        self._link_running = running
-        if running:
-            store = self.breaker_store
-            if store is not None and self.coordinator.role is Role.LEADER:
-                store.drop_pending()
-                try:  # inherit the cluster's breaker (an open one keeps the new leader waiting)
-                    await store.refresh(self.redis, self.clock)
-                except redis_errors() as exc:
-                    _unless_cancelled()
-                    self._failed(exc, "reading the shared breaker")
-            seed = {}
-            for symbol in self.symbols:
-                latest = self.hub.latest(symbol)
-                seed[symbol] = max(latest.epoch if latest else 0, self.reader.position(symbol))
-            await self._link.start_link(seed)
-        else:
+        if self._link_running:
+            self._link_running = False
             await self._link.stop_link()
+        if not running:
+            return
+        self._link_running = True
+        store = self.breaker_store
+        if store is not None and self.coordinator.role is Role.LEADER:
+            store.drop_pending()
+            try:  # inherit the cluster's breaker (an open one keeps the new leader waiting)
+                await store.refresh(self.redis, self.clock)
+            except redis_errors() as exc:
+                _unless_cancelled()
+                self._failed(exc, "reading the shared breaker")
+        # Backfill from the newest epoch this member's own hub has: what its clients saw.
+        seed = {}
+        for symbol in self.symbols:
+            latest = self.hub.latest(symbol)
+            seed[symbol] = reseed.get(symbol, latest.epoch if latest else 0)
+        await self._link.start_link(seed)
 
     # --- publishing (never waits) -----------------------------------------------------------------
 

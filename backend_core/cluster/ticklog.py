@@ -132,6 +132,12 @@ class TickLogWriter:
     def pending(self) -> int:
         return len(self._queue)
 
+    def requeue(self, ticks: Iterable[Tick]) -> None:
+        """Replace what is queued with ``ticks`` (a new term starts from the log's top)."""
+        self._queue.clear()
+        for tick in ticks:
+            self.offer(tick)
+
     async def flush(self, token: str) -> WriteResult:
         """Write what is queued, one fenced script call per symbol (pipelined).
 

@@ -25,6 +25,7 @@ START_TIMEOUT_S = 10.0
 class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
+    command: list[str]
 
     @property
     def url(self) -> str:
@@ -36,11 +37,45 @@ class RedisServer:
     def resume(self) -> None:
         self.process.send_signal(18)  # SIGCONT
 
+    def kill(self) -> None:
+        _stop(self.process, kill=True)
+
+    def start(self) -> None:
+        """A new server on the same port: no persistence, so after :meth:`kill` it comes
+        back with empty memory (no streams, no lease, no term)."""
+        self.process = _start(self.command, self.port)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _start(command: list[str], port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return process
+        if time.monotonic() > deadline or process.poll() is not None:
+            _stop(process, kill=True)
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(18)
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 @contextlib.contextmanager
@@ -52,26 +87,9 @@ def redis_server(work_dir: Path) -> Iterator[RedisServer]:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
     port = _free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(
-        [*command, "--dir", str(work_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command += ["--dir", str(work_dir)]
+    server = RedisServer(port, _start(command, port), command)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield RedisServer(port, process)
+        yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(18)
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        _stop(server.process)

@@ -87,6 +87,16 @@ def test_a_leader_cut_off_from_redis_steps_down_then_degrades() -> None:
     assert second is not None and second.after is Role.DEGRADED
 
 
+def test_a_leader_that_hears_nothing_until_it_degrades_reports_one_change_from_leader() -> None:
+    # The renew in flight timed out after degrade_after_s: the driver must see that the
+    # leader itself degraded, so it lets its grant go.
+    c = Coordinator(TIMING, now=0.0)
+    c.acquired(term=4, sent_at=0.0, now=0.0)
+    change = c.redis_failed(10.0)
+    assert change is not None and (change.before, change.after, change.term) == (Role.LEADER, Role.DEGRADED, 4)
+    assert c.check(10.5) is None
+
+
 def test_stopping_ends_every_step() -> None:
     c = Coordinator(TIMING, now=0.0)
     c.acquired(term=1, sent_at=0.0, now=0.0)
