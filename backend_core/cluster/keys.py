@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from backend_core.deriv.protocol import SYMBOL_PATTERN
 
@@ -16,9 +16,27 @@ from backend_core.deriv.protocol import SYMBOL_PATTERN
 CLUSTER_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+class _Key:
+    """A fixed key of the cluster: its name after the cluster's prefix."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, keys: ClusterKeys, owner: type | None = None) -> str:
+        return keys.prefix + self.name
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterKeys:
     cluster: str
+
+    leader: ClassVar[_Key] = _Key("leader")
+    term: ClassVar[_Key] = _Key("leader:term")
+    meta: ClassVar[_Key] = _Key("meta")
+    status: ClassVar[_Key] = _Key("status")
+    control: ClassVar[_Key] = _Key("control")
+    retry_gate: ClassVar[_Key] = _Key("retry:gate")
+    members: ClassVar[_Key] = _Key("members")
 
     def __post_init__(self) -> None:
         if not CLUSTER_NAME_PATTERN.match(self.cluster):
@@ -27,34 +45,6 @@ class ClusterKeys:
     @property
     def prefix(self) -> str:
         return f"{{ds:{self.cluster}}}:"
-
-    @property
-    def leader(self) -> str:
-        return self.prefix + "leader"
-
-    @property
-    def term(self) -> str:
-        return self.prefix + "leader:term"
-
-    @property
-    def meta(self) -> str:
-        return self.prefix + "meta"
-
-    @property
-    def status(self) -> str:
-        return self.prefix + "status"
-
-    @property
-    def control(self) -> str:
-        return self.prefix + "control"
-
-    @property
-    def retry_gate(self) -> str:
-        return self.prefix + "retry:gate"
-
-    @property
-    def members(self) -> str:
-        return self.prefix + "members"
 
     def ticks(self, symbol: str) -> str:
         if not SYMBOL_PATTERN.match(symbol):

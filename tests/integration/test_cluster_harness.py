@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
+from backend_core.cluster.keys import ClusterKeys
 from tests.app_process import group_processes
-from tests.cluster_harness import Cluster, MissingBinary, RelayClient, cluster
+from tests.cluster_harness import Cluster, Member, MissingBinary, RelayClient, cluster, wait_until
 
 WAIT_S = 20.0
 
@@ -113,6 +115,85 @@ def test_a_paused_member_loses_its_relay_sessions_and_the_client_resumes_elsewhe
     epochs = [e for e, *_ in client.ticks["R_100"]]
     # Resume by epoch: the second member replays what the first did not deliver, never twice.
     assert len(epochs) == len(set(epochs))
+
+
+def leader_term(member: Member) -> int:
+    """The lease term this member has seen, from /health/detailed's ``cluster:leader``."""
+    body = httpx.get(f"{member.url}/health/detailed", timeout=5).json()
+    return int(body["checks"]["cluster:leader"][0]["term"])
+
+
+def metric(member: Member, name: str) -> float:
+    for line in httpx.get(f"{member.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in {member.server}'s /metrics")
+
+
+def status_terms(c: Cluster) -> list[int]:
+    """The lease term of every entry in the cluster's status stream, oldest first."""
+    assert c.redis_url is not None
+    client = redis.Redis.from_url(c.redis_url, socket_timeout=5)
+    try:
+        return [int(fields[b"term"]) for _, fields in client.xrange(ClusterKeys("harness").status)]
+    finally:
+        client.close()
+
+
+def test_a_leader_stopped_past_its_lease_is_replaced_and_fenced_off_and_follows_after(running: Cluster) -> None:
+    # SIGSTOP the leader process: a follower takes the lease (a new term); when the stopped
+    # one runs again it writes nothing more into the cluster's log and follows, and relay
+    # clients on the other members see every upstream tick once.
+    wait_until(lambda: running.leader() is not None, WAIT_S, "a leader")
+    old = running.leader()
+    assert old is not None
+    others = [m for m in running.members if m is not old and m.alive]
+    wait_until(lambda: all(m.role() == "follower" for m in others), WAIT_S, "the others follow")
+    old_term = leader_term(old)
+    clients = [RelayClient(f"ws://127.0.0.1:{m.port}/api/v1/ws", ["R_100"]) for m in others]
+
+    def received() -> int:
+        return min(len(c.ticks.get("R_100", [])) for c in clients)
+
+    async def scenario() -> Member:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+        try:
+            async with asyncio.timeout(4 * WAIT_S):
+                while received() < 3:  # noqa: ASYNC110 - polling a counter
+                    await asyncio.sleep(0.05)
+                old.pause()
+                try:
+                    await asyncio.to_thread(
+                        wait_until, lambda: any(m.role() == "leader" for m in others), WAIT_S, "a new leader"
+                    )
+                    before = received()
+                    while received() < before + 10:  # noqa: ASYNC110 - the new leader's ticks arrive
+                        await asyncio.sleep(0.05)
+                finally:
+                    old.resume()
+                await asyncio.to_thread(wait_until, lambda: old.role() == "follower", WAIT_S, "the old leader follows")
+                after = received()
+                while received() < after + 5:  # noqa: ASYNC110 - live on, with the old leader following
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        return next(m for m in others if m.role() == "leader")
+
+    new = asyncio.run(scenario())
+    new_term = leader_term(new)
+    assert new_term > old_term
+    assert leader_term(old) == new_term  # the old leader follows the new term
+    assert metric(old, 'deriv_status_cluster_role{role="follower"}') == 1.0
+    # Fenced: once the new term wrote, no entry of the old term comes after it.
+    terms = status_terms(running)
+    assert old_term not in terms[terms.index(new_term) :]
+    expected = running.upstream_epochs("R_100")
+    for client in clients:
+        got = [e for e, *_ in client.ticks["R_100"]]
+        assert client.lost_and_duplicated("R_100", got[0], got[-1], expected) == (0, 0)
+        assert {served for _, served in client.connections} == {client.connections[0][1]}  # never moved
 
 
 def test_leaving_the_block_stops_every_process(tmp_path: Path) -> None:

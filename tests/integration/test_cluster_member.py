@@ -146,6 +146,10 @@ async def leader_and_follower(make_member: Any) -> tuple[Market, ClusterMember, 
     return market, a, b
 
 
+async def both_degraded(a: ClusterMember, b: ClusterMember) -> None:
+    await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
+
+
 def assert_contiguous(seen: list[int]) -> None:
     assert seen, "no ticks"
     assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
@@ -195,10 +199,7 @@ async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make
 async def test_a_leader_whose_lease_was_taken_is_fenced_off_and_stops_its_link(
     make_member: Any, server: RedisServer
 ) -> None:
-    market = Market()
-    a = await make_member("a", market)
-    await until(lambda: a.role is Role.LEADER)
-    b = await make_member("b", market)
+    market, a, b = await leader_and_follower(make_member)
     # As after a pause longer than the TTL: the lease expired and b took it.
     raw = Redis.from_url(server.url)
     try:
@@ -216,14 +217,10 @@ async def test_a_leader_whose_lease_was_taken_is_fenced_off_and_stops_its_link(
 async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_after(
     make_member: Any, server: RedisServer
 ) -> None:
-    market = Market()
-    a = await make_member("a", market)
-    await until(lambda: a.role is Role.LEADER)
-    b = await make_member("b", market)
-    await until(lambda: len(epochs(b)) > 10)
+    market, a, b = await leader_and_follower(make_member)
     server.pause()
     try:
-        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
+        await both_degraded(a, b)
         assert FakeLink.running == {"a", "b"}
         degraded_at = market.newest()
         await until(lambda: epochs(b)[-1] > degraded_at + 20)  # b serves its own ticks
@@ -244,11 +241,7 @@ async def test_a_member_whose_own_link_lagged_while_degraded_misses_nothing_when
     # While Redis is away each member's hub holds what its own link published; b's link
     # lags behind a's. a then wins the lease and b follows: the log must carry every tick
     # after its newest entry, including those a published before it became the leader.
-    market = Market()
-    a = await make_member("a", market)
-    await until(lambda: a.role is Role.LEADER)
-    b = await make_member("b", market)
-    await until(lambda: len(epochs(b)) > 10)
+    market, a, b = await leader_and_follower(make_member)
     b_link = b._link
     assert isinstance(b_link, FakeLink)
     real_acquire = b.lease.acquire
@@ -260,7 +253,7 @@ async def test_a_member_whose_own_link_lagged_while_degraded_misses_nothing_when
 
     server.pause()
     try:
-        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
+        await both_degraded(a, b)
         b.lease.acquire = acquire_once_a_leads  # type: ignore[method-assign]
         b_link.held = True
         held_at = market.newest()
@@ -285,7 +278,7 @@ async def test_a_redis_restart_with_empty_memory_is_survived_with_no_tick_lost_o
     last_before = epochs(b)[-1]
     server.kill()  # no persistence: the streams, the lease, the term and the status are gone
     if degraded_first:
-        await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
+        await both_degraded(a, b)
     server.start()
     restarted_at = market.newest()
     raw = Redis.from_url(server.url)

@@ -97,6 +97,15 @@ async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
             await asyncio.sleep(0.05)
 
 
+async def leader_first(cluster: Any, leader: str, *others: str, ticks: int = 5, **env: str) -> list[Member]:
+    """``leader`` joins and leads, then ``others`` join; every hub has more than ``ticks`` ticks."""
+    first = await cluster(leader, **env)
+    await until(lambda: first.role is Role.LEADER)
+    members = [first, *[await cluster(name, **env) for name in others]]
+    await until(lambda: all(len(m.epochs()) > ticks for m in members))
+    return members
+
+
 def assert_contiguous(seen: list[int]) -> None:
     assert seen, "no ticks"
     assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
@@ -132,11 +141,7 @@ async def test_one_upstream_link_for_three_members_and_every_hub_gets_the_same_t
 async def test_stopping_the_leader_hands_over_with_no_tick_lost_or_repeated_at_a_follower(
     cluster: Any, simulator: DerivSimulator
 ) -> None:
-    a = await cluster("a")
-    await until(lambda: a.role is Role.LEADER)
-    b = await cluster("b")
-    c = await cluster("c")
-    await until(lambda: len(c.epochs()) > 20)
+    a, b, c = await leader_first(cluster, "a", "b", "c", ticks=20)
     await a.runtime.stop()
     await until(lambda: Role.LEADER in (b.role, c.role), timeout=5.0)
     handed_over_at = c.epochs()[-1]
@@ -149,10 +154,8 @@ async def test_stopping_the_leader_hands_over_with_no_tick_lost_or_repeated_at_a
 async def test_retries_spread_over_three_members_make_one_upstream_attempt(
     cluster: Any, simulator: DerivSimulator
 ) -> None:
-    a = await cluster("a")
-    await until(lambda: a.role is Role.LEADER)
-    members = [a, await cluster("b"), await cluster("c")]
-    await until(lambda: all(len(m.epochs()) > 5 for m in members))
+    members = await leader_first(cluster, "a", "b", "c")
+    a = members[0]
     simulator.refuse_connections(60)
     await simulator.drop_all()
     # The leader's own attempts fail until its breaker opens (30 s): from then on, no
@@ -169,10 +172,7 @@ async def test_retries_spread_over_three_members_make_one_upstream_attempt(
 async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_after(
     cluster: Any, redis: RedisServer, simulator: DerivSimulator
 ) -> None:
-    a = await cluster("a")
-    await until(lambda: a.role is Role.LEADER)
-    b = await cluster("b")
-    await until(lambda: len(b.epochs()) > 10)
+    a, b = await leader_first(cluster, "a", "b", ticks=10)
     redis.pause()
     try:
         await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), timeout=15)
@@ -196,10 +196,8 @@ async def test_one_outage_seen_by_three_members_is_one_incident_in_the_shared_hi
     cluster: Any, simulator: DerivSimulator
 ) -> None:
     quick = {"WEBSOCKET_CB_RECOVERY_TIMEOUT": "1"}
-    a = await cluster("a", **quick)
-    await until(lambda: a.role is Role.LEADER)
-    members = [a, await cluster("b", **quick), await cluster("c", **quick)]
-    await until(lambda: all(len(m.epochs()) > 5 for m in members))
+    members = await leader_first(cluster, "a", "b", "c", **quick)
+    a = members[0]
     simulator.refuse_connections(2)
     await simulator.drop_all()
     await until(lambda: all(m.runtime.upstream_snapshot().state != LinkState.CONNECTED for m in members))  # type: ignore[union-attr]
@@ -213,10 +211,7 @@ async def test_one_outage_seen_by_three_members_is_one_incident_in_the_shared_hi
 async def test_a_new_leader_inherits_the_open_websocket_breaker_and_waits_for_it(
     cluster: Any, simulator: DerivSimulator
 ) -> None:
-    a = await cluster("a")
-    await until(lambda: a.role is Role.LEADER)
-    b = await cluster("b")
-    await until(lambda: len(b.epochs()) > 5)
+    a, b = await leader_first(cluster, "a", "b")
     simulator.refuse_connections(60)
     await simulator.drop_all()
     await until(lambda: str(a.runtime.breakers.websocket.snapshot().state) == "open")
