@@ -83,6 +83,9 @@ class MemberSnapshot:
     fenced_writes_total: int
     failovers_total: int
     last_error: str | None
+    #: A follower that has seen no sign of a leader for longer than the lease TTL: the
+    #: wall time of the last one (or of its own start), else None.
+    no_leader_since: float | None = None
 
 
 class _ClusterSink:
@@ -177,6 +180,8 @@ class ClusterMember:
         self.on_control: Callable[[dict[str, str]], None] | None = None
         #: When this member last saw a status entry from the leader (monotonic), for health.
         self.last_status_at: float | None = None
+        #: When this member last saw the lease held (by anyone) or held it (monotonic).
+        self._leader_seen_at = clock.monotonic()
         self._heartbeat_at = float("-inf")
         self._status_script = redis.register_script(PUBLISH_STATUS)
         self.sink = _ClusterSink(self)
@@ -245,7 +250,20 @@ class ClusterMember:
             fenced_writes_total=self.writer.fenced_writes,
             failovers_total=self._failovers,
             last_error=self._last_error,
+            no_leader_since=self._no_leader_since(),
         )
+
+    def _no_leader_since(self) -> float | None:
+        """A follower's last sign of a leader (a lease holder or a status entry), as wall
+        time, when it is older than the lease TTL. The status alone is no sign of life: a
+        leader writes it only when it changes, while a held lease is renewed every TTL/3."""
+        if self.coordinator.role is not Role.FOLLOWER:
+            return None
+        now = self.clock.monotonic()
+        seen = max(self._leader_seen_at, self.last_status_at or self._leader_seen_at)
+        if now - seen <= self.timing.ttl_s:
+            return None
+        return self.clock.wall() - (now - seen)
 
     @property
     def role(self) -> Role:
@@ -322,6 +340,7 @@ class ClusterMember:
                         await self._take_over(grant, sent_at)
                 elif plan.step is Step.RENEW and self._grant is not None:
                     if await self.lease.renew(self._grant):
+                        self._leader_seen_at = self.clock.monotonic()
                         await self._apply(self.coordinator.renewed(sent_at, self.clock.monotonic()))
                     else:
                         await self._apply(self.coordinator.lease_lost(self.clock.monotonic()))
@@ -341,6 +360,8 @@ class ClusterMember:
         cluster would have no leader until it expired.
         """
         self._leader = holder = await self.lease.holder()
+        if holder is not None:
+            self._leader_seen_at = self.clock.monotonic()
         if holder is None or holder[0] != self.instance_id:
             return None
         grant = Grant(*holder)
@@ -369,6 +390,7 @@ class ClusterMember:
         self.writer.requeue(bridge)  # what an earlier term left queued is in the hub too
         self._grant = grant
         self._leader = (grant.instance_id, grant.term)
+        self._leader_seen_at = self.clock.monotonic()
         await self._apply(self.coordinator.acquired(grant.term, sent_at, self.clock.monotonic()), reseed)
 
     async def _log_tops(self) -> dict[str, int]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from backend_core.clock import Clock
+from backend_core.clock import Clock, iso_utc
 from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import LeaseTiming, Role
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.member import ClusterMember, redis_errors
+from backend_core.cluster.member import ClusterMember, MemberSnapshot, redis_errors
 from backend_core.health import CheckResult
 
 if TYPE_CHECKING:
@@ -80,6 +80,22 @@ def build_member(
     )
 
 
+def leader_check(snap: MemberSnapshot) -> CheckResult:
+    """``cluster:leader``: the holder and term; a warn "no leader since <time>" when this
+    follower has seen no sign of a leader for longer than the lease TTL."""
+    since = snap.no_leader_since
+    return CheckResult(
+        "cluster",
+        "component",
+        "leader",
+        "pass" if since is None else "warn",
+        snap.leader,
+        None,
+        "" if since is None else f"no leader since {iso_utc(since)}",
+        {"term": snap.leader_term, **({} if since is None else {"noLeaderSince": iso_utc(since)})},
+    )
+
+
 def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], Any]:
     """``cluster:mode``, ``cluster:redis``, ``cluster:leader``, ``cluster:members`` (CLUSTER.md 2.6)."""
 
@@ -105,6 +121,7 @@ def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], An
         if degraded:
             results.append(CheckResult("cluster", "component", "redis", "warn", None, "ms", "Redis unreachable"))
             return results
+        leader = leader_check(snap)
         try:
             # Well inside the health check's own 1 s: Redis slow or away is a warn, not a fail.
             async with clock.timeout(REDIS_CHECK_TIMEOUT_S):
@@ -116,23 +133,9 @@ def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], An
                     "cluster", "component", "redis", "warn", None, "ms", f"Redis unreachable ({type(exc).__name__})"
                 )
             )
-            return results
+            return [*results, leader]
         results.append(CheckResult("cluster", "component", "redis", "pass", round(rtt, 2), "ms"))
-        ttl = member.timing.ttl_s
-        status_age = None if member.last_status_at is None else clock.monotonic() - member.last_status_at
-        no_leader = snap.leader is None and (status_age is None or status_age > 3 * ttl)
-        results.append(
-            CheckResult(
-                "cluster",
-                "component",
-                "leader",
-                "warn" if no_leader else "pass",
-                snap.leader,
-                None,
-                "no leader" if no_leader else "",
-                {"term": snap.leader_term},
-            )
-        )
+        results.append(leader)
         results.append(
             CheckResult("cluster", "component", "members", "pass", len(members), None, "", {"roles": members})
         )

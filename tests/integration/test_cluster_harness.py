@@ -193,7 +193,7 @@ def test_a_leader_stopped_past_its_lease_is_replaced_and_fenced_off_and_follows_
     for client in clients:
         got = [e for e, *_ in client.ticks["R_100"]]
         assert client.lost_and_duplicated("R_100", got[0], got[-1], expected) == (0, 0)
-        assert {served for _, served in client.connections} == {client.connections[0][1]}  # never moved
+        assert len(client.connections) == 1  # a follower's relay does not depend on the leader process
 
 
 def test_leaving_the_block_stops_every_process(tmp_path: Path) -> None:

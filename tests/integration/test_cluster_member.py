@@ -23,6 +23,7 @@ from backend_core.clock import SystemClock
 from backend_core.cluster.coordinator import LeaseTiming, Role
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.member import ClusterMember
+from backend_core.cluster.wiring import cluster_check
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import Closed, Dropped, InMemoryHub
 from tests.helpers import WAIT_S, until
@@ -98,7 +99,7 @@ async def make_member(server: RedisServer) -> AsyncIterator[Callable[[str, Marke
     FakeLink.running = set()
     made: list[tuple[ClusterMember, Any]] = []
 
-    async def make(name: str, market: Market) -> ClusterMember:
+    async def make(name: str, market: Market, timing: LeaseTiming = TIMING) -> ClusterMember:
         redis = Redis.from_url(server.url, socket_timeout=2.5, socket_connect_timeout=1)
         link = FakeLink(name, market)
         member = ClusterMember(
@@ -109,7 +110,7 @@ async def make_member(server: RedisServer) -> AsyncIterator[Callable[[str, Marke
             InMemoryHub(CLOCK, ring_size=5000),
             link,
             CLOCK,
-            timing=TIMING,
+            timing=timing,
             ring_size=5000,
         )
         link.member = member
@@ -300,3 +301,37 @@ async def test_a_redis_restart_with_empty_memory_is_survived_with_no_tick_lost_o
     assert_contiguous(seen)  # what b's relay clients got: no gap, no repeat
     assert_contiguous(epochs(a))
     assert_contiguous(epochs(b))
+
+
+async def test_a_follower_that_sees_no_leader_for_longer_than_the_ttl_says_since_when(
+    make_member: Any, server: RedisServer
+) -> None:
+    # Redis is away, but for less than it takes to degrade: the follower cannot see the
+    # lease or any status, and /health/detailed's cluster:leader says since when.
+    slow_to_degrade = LeaseTiming(ttl_s=1.0, degrade_after_s=60.0)
+    market = Market()
+    a = await make_member("a", market, slow_to_degrade)
+    await until(lambda: a.role is Role.LEADER)
+    b = await make_member("b", market, slow_to_degrade)
+    await until(lambda: b.snapshot().leader == "a")
+    check = cluster_check(b, CLOCK)
+
+    async def leader_entry() -> dict[str, Any]:
+        results = {r.key: r for r in await check()}
+        return results["cluster:leader"].to_json(CLOCK.wall())
+
+    assert (await leader_entry())["status"] == "pass"
+    server.pause()
+    try:
+        await until(lambda: b.snapshot().no_leader_since is not None, WAIT_S)
+        entry = await leader_entry()
+        assert entry["status"] == "warn"
+        assert entry["output"] == f"no leader since {entry['noLeaderSince']}"
+        since = b.snapshot().no_leader_since
+        assert since is not None and since <= CLOCK.wall() - slow_to_degrade.ttl_s
+        assert b.role is Role.FOLLOWER
+    finally:
+        server.resume()
+    await until(lambda: b.snapshot().no_leader_since is None, WAIT_S)
+    entry = await leader_entry()
+    assert entry["status"] == "pass" and "noLeaderSince" not in entry
