@@ -166,6 +166,22 @@ class ClusterCollector(Collector):
         term = GaugeMetricFamily(f"{PREFIX}_cluster_leader_term", "The leader lease's term (fencing token) last seen.")
         term.add_metric([], float(snap.leader_term or 0))
         yield term
+        for name, doc, value in (
+            (
+                "cluster_lease_renew_seconds",
+                "Seconds since this member last saw the leader lease held (renewed by itself, or its holder read).",
+                snap.leader_seen_s,
+            ),
+            (
+                "cluster_follower_lag_seconds",
+                "Seconds since this member last read a tick entry from the log.",
+                snap.log_age_s,
+            ),
+        ):
+            if value is not None:
+                gauge = GaugeMetricFamily(f"{PREFIX}_{name}", doc)
+                gauge.add_metric([], float(value))
+                yield gauge
         yield _counter("cluster_failovers", "Times this member became the leader.", float(snap.failovers_total))
         yield _counter(
             "cluster_fenced_writes",

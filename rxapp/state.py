@@ -49,6 +49,7 @@ from backend_core.health import HealthReport
 from backend_core.history.reader import HISTORY_LOAD_MAX_AGE_S, HistorySchedule, history_schedule
 from backend_core.runtime import Runtime
 from rxapp import history_view, ui_logic
+from rxapp.cluster_view import cluster_rows
 from rxapp.page_loops import Claim, PageLoops, Verdict, next_verdict, socket_watch
 from rxapp.runtime_ref import get_page_loops, get_runtime
 
@@ -146,6 +147,8 @@ class StatusState(rx.State):
     health_icon: str = "loader"
     health_tone: str = "gray"
     health_rows: list[dict[str, str]] = []
+    # The cluster section (none for a single instance): rxapp.cluster_view.
+    cluster_rows: list[dict[str, str]] = []
     announcement: str = ""
     updated_at: str = ""
     feed_url: str = ""
@@ -254,7 +257,13 @@ class StatusState(rx.State):
     def _set_health(self, report: HealthReport) -> None:
         results = [(r.component_id, r.status, r.output) for r in report.results]
         health = ui_logic.health_view(report.status, results)
-        self._set(health_word=health.word, health_icon=health.icon, health_tone=health.tone, health_rows=health.rows)
+        self._set(
+            health_word=health.word,
+            health_icon=health.icon,
+            health_tone=health.tone,
+            health_rows=health.rows,
+            cluster_rows=cluster_rows(report.results),
+        )
 
     # ------------------------------------------------------------------ events
 

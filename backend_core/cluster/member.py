@@ -86,6 +86,12 @@ class MemberSnapshot:
     #: A follower that has seen no sign of a leader for longer than the lease TTL: the
     #: wall time of the last one (or of its own start), else None.
     no_leader_since: float | None = None
+    #: Seconds since this member last saw the lease held (its own renewal while leading,
+    #: the holder read or a status entry while following); None before the first sign.
+    leader_seen_s: float | None = None
+    #: Seconds since this member's reader last got a tick entry from the log (the
+    #: follower's lag; the leader reads its own writes back); None before the first.
+    log_age_s: float | None = None
 
 
 class _ClusterSink:
@@ -180,6 +186,7 @@ class ClusterMember:
         self.on_control: Callable[[dict[str, str]], None] | None = None
         #: When this member last saw a status entry from the leader (monotonic), for health.
         self.last_status_at: float | None = None
+        self._entry_at: float | None = None  # when the reader last got a tick entry (monotonic)
         #: When this member last saw the lease held (by anyone) or held it (monotonic).
         self._leader_seen_at = clock.monotonic()
         self._heartbeat_at = float("-inf")
@@ -251,7 +258,15 @@ class ClusterMember:
             failovers_total=self._failovers,
             last_error=self._last_error,
             no_leader_since=self._no_leader_since(),
+            leader_seen_s=self._age(self._leader_sign_at()) if leader else None,
+            log_age_s=self._age(self._entry_at),
         )
+
+    def _age(self, at: float | None) -> float | None:
+        return None if at is None else max(0.0, self.clock.monotonic() - at)
+
+    def _leader_sign_at(self) -> float:
+        return max(self._leader_seen_at, self.last_status_at or self._leader_seen_at)
 
     def _no_leader_since(self) -> float | None:
         """A follower's last sign of a leader (a lease holder or a status entry), as wall
@@ -260,7 +275,7 @@ class ClusterMember:
         if self.coordinator.role is not Role.FOLLOWER:
             return None
         now = self.clock.monotonic()
-        seen = max(self._leader_seen_at, self.last_status_at or self._leader_seen_at)
+        seen = self._leader_sign_at()
         if now - seen <= self.timing.ttl_s:
             return None
         return self.clock.wall() - (now - seen)
@@ -519,6 +534,8 @@ class ClusterMember:
                 batch = await self.reader.read(block_ms=READ_BLOCK_MS)
                 for tick in batch.ticks:
                     self.hub.publish_tick(tick)  # the hub drops epochs it already has
+                if batch.ticks:
+                    self._entry_at = self.clock.monotonic()
                 if self._refresh_status and self.coordinator.role is Role.FOLLOWER:
                     self._refresh_status = False
                     await self._publish_newest_status()

@@ -92,8 +92,19 @@ def leader_check(snap: MemberSnapshot) -> CheckResult:
         snap.leader,
         None,
         "" if since is None else f"no leader since {iso_utc(since)}",
-        {"term": snap.leader_term, **({} if since is None else {"noLeaderSince": iso_utc(since)})},
+        {
+            "term": snap.leader_term,
+            **({} if snap.leader_seen_s is None else {"lastSeenS": round(snap.leader_seen_s, 1)}),
+            **({} if since is None else {"noLeaderSince": iso_utc(since)}),
+        },
     )
+
+
+def log_lag_check(snap: MemberSnapshot) -> CheckResult:
+    """``cluster:followerLag``: milliseconds since this member last read a tick entry from
+    the log (informational: a quiet market writes nothing; the upstream checks judge the feed)."""
+    age = snap.log_age_s
+    return CheckResult("cluster", "component", "followerLag", "pass", None if age is None else round(age * 1000), "ms")
 
 
 def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], Any]:
@@ -116,12 +127,14 @@ def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], An
                 f"cluster degraded: {snap.last_error or 'Redis unreachable'}; serving from this member's own link"
                 if degraded
                 else "",
+                {"instance": snap.instance_id},
             )
         ]
         if degraded:
             results.append(CheckResult("cluster", "component", "redis", "warn", None, "ms", "Redis unreachable"))
             return results
         leader = leader_check(snap)
+        lag = log_lag_check(snap)
         try:
             # Well inside the health check's own 1 s: Redis slow or away is a warn, not a fail.
             async with clock.timeout(REDIS_CHECK_TIMEOUT_S):
@@ -133,12 +146,13 @@ def cluster_check(member: ClusterMember | None, clock: Clock) -> Callable[[], An
                     "cluster", "component", "redis", "warn", None, "ms", f"Redis unreachable ({type(exc).__name__})"
                 )
             )
-            return [*results, leader]
+            return [*results, leader, lag]
         results.append(CheckResult("cluster", "component", "redis", "pass", round(rtt, 2), "ms"))
         results.append(leader)
         results.append(
             CheckResult("cluster", "component", "members", "pass", len(members), None, "", {"roles": members})
         )
+        results.append(lag)
         return results
 
     return check

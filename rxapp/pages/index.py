@@ -1,7 +1,7 @@
 """``/``: the live status page.
 
 An overall banner, both links with Retry, troubleshooting tips for what is wrong now,
-live prices, circuit breakers and health, history (uptime bars, incidents, the circuit
+live prices, circuit breakers and health, the cluster (with REDIS_URL set), history (uptime bars, incidents, the circuit
 breaker log), general tips. It follows the system's light or dark preference (with a
 toggle), works at phone width, and every control is a real button or link.
 """
@@ -15,6 +15,7 @@ from rxapp import styles, ui_logic
 from rxapp.components import (
     breakers_panel,
     browser_settings,
+    cluster_panel,
     connection_tips,
     fallback_region,
     health_summary,
@@ -98,6 +99,7 @@ def index() -> rx.Component:
             troubleshooting_tips(),
             live_ticks(),
             rx.grid(breakers_panel(), health_summary(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+            cluster_panel(),
             history_section(),
             connection_tips(),
             _footer(),

@@ -22,6 +22,7 @@ from backend_core.config import load_settings
 from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
+from rxapp.cluster_view import cluster_rows
 from tests.integration.conftest import ServedApp
 from tests.integration.redis_server import RedisServer, redis_server
 
@@ -134,8 +135,18 @@ async def test_one_upstream_link_for_three_members_and_every_hub_gets_the_same_t
     assert detailed["checks"]["cluster:mode"][0]["observedValue"] == "follower"
     assert detailed["checks"]["cluster:leader"][0]["observedValue"] == "a"
     assert detailed["checks"]["cluster:members"][0]["observedValue"] == 3
+    assert detailed["checks"]["cluster:mode"][0]["instance"] == "b"
+    assert detailed["checks"]["cluster:leader"][0]["lastSeenS"] >= 0
+    assert isinstance(detailed["checks"]["cluster:followerLag"][0]["observedValue"], int)
     metrics = (await b.client.get("/metrics")).text
     assert 'deriv_status_cluster_role{role="follower"} 1.0' in metrics
+    assert "deriv_status_cluster_follower_lag_seconds " in metrics
+    assert "deriv_status_cluster_lease_renew_seconds " in metrics
+    # The page's cluster section reads the same checks.
+    rows = {r["key"]: r for r in cluster_rows((await b.runtime.health_report()).results)}
+    assert (rows["role"]["word"], rows["role"]["value"]) == ("Follower", "b")
+    assert rows["leader"]["value"].startswith("a · term ")
+    assert rows["members"]["value"] == "3 live: a (leader), b (follower), c (follower)"
 
 
 async def test_stopping_the_leader_hands_over_with_no_tick_lost_or_repeated_at_a_follower(
