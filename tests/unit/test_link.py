@@ -257,6 +257,15 @@ def page_of(actions: Sequence[act.Action]) -> act.Send | None:
     return pages[0] if pages else None
 
 
+def page_through(link: LinkProtocol, actions: Sequence[act.Action], market: Sequence[int], now: float) -> list[Tick]:
+    """What ``actions`` and the answers to every page that follows publish."""
+    published = ticks_of(actions)
+    while (page := page_of(actions)) is not None:
+        actions = link.frame(answer(page, market), now)
+        published += ticks_of(actions)
+    return published
+
+
 def test_a_12000_tick_outage_is_filled_completely_in_three_replies_with_live_ticks_held_meanwhile() -> None:
     link = make()
     again = outage(link, last=1000)
@@ -350,11 +359,7 @@ def test_a_reconnect_during_paging_starts_over_from_the_last_published_epoch() -
     third = connect(link, 20.0)
     assert third["R_50"].payload["start"] == 100
     market = range(100, 116)
-    actions = link.frame(answer(third["R_50"], market), 21.0)
-    published = ticks_of(actions)
-    while (page := page_of(actions)) is not None:
-        actions = link.frame(answer(page, market), 22.0)
-        published += ticks_of(actions)
+    published = page_through(link, link.frame(answer(third["R_50"], market), 21.0), market, 22.0)
     assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 116)]
     assert link.stats["backfill_pages"] == 1 + 5
 
@@ -400,12 +405,7 @@ def test_a_page_that_fails_for_a_transient_reason_is_asked_again_and_the_outage_
     retry, retry_at = retry_of(link, page, actions)
     assert now < retry_at <= now + 1.0  # the house backoff's first step
     assert ticks_of(link.frame(answer(page, market), retry_at)) == []  # a late answer to the failed try
-    published: list[Tick] = []
-    actions = link.frame(answer(retry, market), retry_at)
-    while (page_ := page_of(actions)) is not None:
-        published += ticks_of(actions)
-        actions = link.frame(answer(page_, market), retry_at)
-    published += ticks_of(actions)
+    published = page_through(link, link.frame(answer(retry, market), retry_at), market, retry_at)
     assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 112)]
     assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (1, 0)
     assert link.stats["backfill_pages"] == 3  # distinct pages; the retry is counted apart
@@ -458,11 +458,7 @@ def test_a_retry_timer_from_before_a_reconnect_is_void() -> None:
     third = connect(link, 12.6)
     assert third["R_50"].payload["start"] == 100  # starts over
     assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, retry_at)) is None
-    actions = link.frame(answer(third["R_50"], market), 14.0)
-    published = ticks_of(actions)
-    while (page := page_of(actions)) is not None:
-        actions = link.frame(answer(page, market), 14.0)
-        published += ticks_of(actions)
+    published = page_through(link, link.frame(answer(third["R_50"], market), 14.0), market, 14.0)
     assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 116)]
     assert link.stats["backfill_page_retries"] == 0
 
