@@ -27,8 +27,8 @@ What it decides (sections of ``shared/deriv-protocol.md``):
   ``ticks_history`` from its last published epoch (3.4); an outage longer than one reply
   is paged in backwards, bounded (:mod:`backend_core.deriv.backfill`, which also holds
   the :class:`~backend_core.deriv.backfill.TickSequencer` that lets each epoch out once,
-  in order); a page that fails as a subscribe would back off is asked again with the same
-  backoff; ``gap_from`` announces only what paging could not reach.
+  in order); a page failing with a code a subscribe backs off on is asked again with the
+  same backoff, a few times, within the deadline; ``gap_from`` announces only the rest.
 * **Heartbeat**: a JSON ``ping`` an interval after each pong (5.1). A **dead or sick
   link** is found within ping interval + pong deadline: no pong in time (even while ticks
   flow), an error reply to a ping, a reply that cannot be parsed, or a full pending map.
