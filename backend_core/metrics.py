@@ -132,6 +132,7 @@ class UpstreamCollector(Collector):
             ("ticks_published", "Ticks published to the hub (live and backfilled)."),
             ("ticks_backfilled", "Ticks recovered with ticks_history after a reconnect."),
             ("backfill_pages", "Earlier ticks_history pages asked for to fill an outage longer than one reply."),
+            ("backfill_page_retries", "Those pages asked for again after a transient failure (RateLimit, timeout)."),
             ("ticks_paged", "Ticks recovered from those earlier pages."),
             (
                 "backfill_gaps",

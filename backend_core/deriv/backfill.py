@@ -12,11 +12,15 @@ once, in order.
 
 Paging is bounded per symbol: at most ``max_pages`` page requests, a deadline, and at
 most :data:`MAX_HELD_LIVE_TICKS` live ticks held; and for all symbols together by
-:data:`MAX_HELD_TICKS` ticks held. When a bound is hit, a page fails or
-times out, what was received is released and only the part that truly could not be
-filled is announced: ``gap_from = L`` on the first tick released. The driver
-(:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages, matches their replies
-by ``req_id`` and runs every released tick through :class:`TickSequencer`.
+:data:`MAX_HELD_TICKS` ticks held. A page that fails for a transient reason (the driver
+says which: RateLimit, a backend error, no reply in time) is asked again after the house
+backoff (:class:`~backend_core.backoff.FullJitter`), up to :data:`PAGE_TRIES` tries per
+page and only while the retry falls before the deadline; live ticks stay held meanwhile.
+When a bound is hit, or a page fails for good, what was received is released and only
+the part that truly could not be filled is announced: ``gap_from = L`` on the first tick
+released. The driver (:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages,
+matches their replies by ``req_id``, arms a timer at :meth:`Backfill.next_deadline` and
+runs every released tick through :class:`TickSequencer`.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
+from backend_core.backoff import FullJitter
 from backend_core.events import Tick
 
 #: The link's counters of backfill: ticks recovered (by any reply, and by pages), gaps
-#: announced, pages asked for.
-COUNTERS: Final = ("ticks_backfilled", "ticks_paged", "backfill_gaps", "backfill_pages")
+#: announced, pages asked for, and pages asked for again after a transient failure.
+COUNTERS: Final = ("ticks_backfilled", "ticks_paged", "backfill_gaps", "backfill_pages", "backfill_page_retries")
 #: Page requests per symbol and outage, after the subscribe's own reply (10 x 5000 ticks:
 #: about 14 hours of a 1 s symbol on top of the reply's 5000).
 DEFAULT_MAX_PAGES: Final = 10
@@ -38,6 +43,8 @@ MAX_HELD_LIVE_TICKS: Final = 5000
 #: Ticks held for all symbols at once (about 30 MB): a page that would pass it is not
 #: asked for, and that symbol's paging ends with what it has.
 MAX_HELD_TICKS: Final = 250_000
+#: Tries per page (the first and its retries) when it fails for a transient reason.
+PAGE_TRIES: Final = 3
 
 
 def backfill_gap(last_epoch: int | None, times: Sequence[int], requested: int) -> int | None:
@@ -79,10 +86,12 @@ class TickSequencer:
 
 
 class Page(NamedTuple):
-    """The next page to ask for: ``ticks_history`` from ``start`` to ``end``, ``count`` ticks."""
+    """The next page to ask for: ``ticks_history`` from ``start`` to ``end``, ``count`` ticks
+    (``retry``: the same page again, after a transient failure)."""
 
     start: int
     end: int
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +119,29 @@ class _Paging:
     pages: int = 0  # pages asked for
     paged: int = 0  # ticks received from pages
     req_id: int | None = None  # the page in flight
+    failures: int = 0  # transient failures of the current page
+    retry_at: float | None = None  # monotonic: the current page is asked again then
+    failed: str = ""  # why the current page last failed
 
 
 class Backfill:
     """Each symbol's backfill: direct when one reply reaches back, paged otherwise (see the module)."""
 
-    def __init__(self, count: int, max_pages: int, deadline_s: float, max_held: int = MAX_HELD_TICKS) -> None:
+    def __init__(
+        self,
+        count: int,
+        max_pages: int,
+        deadline_s: float,
+        backoff: FullJitter,
+        max_held: int = MAX_HELD_TICKS,
+        tries: int = PAGE_TRIES,
+    ) -> None:
         self.count = count
         self.max_pages = max(0, max_pages)
         self.deadline_s = deadline_s
+        self.backoff = backoff
         self.max_held = max_held
+        self.tries = max(1, tries)
         self.sequencer = TickSequencer()
         #: Symbols being paged: their live ticks go to :meth:`hold`, not to the sink.
         self.paging: dict[str, _Paging] = {}
@@ -147,7 +169,7 @@ class Backfill:
         state = self.paging.get(symbol)
         if state is None or state.req_id != req_id:
             return None
-        state.req_id = None
+        state.req_id, state.failures = None, 0
         # Only what lies in the range asked for (an upstream cannot make the loop go forward).
         fresh = [t for t in ticks if state.last < t.epoch < state.oldest]
         state.paged += len(fresh)
@@ -162,12 +184,24 @@ class Backfill:
             return self._release(symbol, state, f"paging took longer than {self.deadline_s:g} s")
         return self._next_page(symbol, state)
 
-    def page_failed(self, symbol: str, req_id: int, reason: str) -> Release | None:
-        """A page got an error reply or none in time: release what was received."""
+    def page_failed(self, symbol: str, req_id: int, reason: str, now: float, transient: bool) -> Release | None:
+        """A page got an error reply or none in time: asked again after the backoff when
+        ``transient`` and tries and time are left (``None``: nothing to do now, as for a
+        reply that is not the page in flight), else what was received is released."""
         state = self.paging.get(symbol)
         if state is None or state.req_id != req_id:
             return None
-        return self._release(symbol, state, f"a page failed: {reason}")
+        state.req_id = None
+        state.failures += 1
+        if not transient:
+            return self._release(symbol, state, f"a page failed: {reason}")
+        if state.failures >= self.tries:
+            return self._release(symbol, state, f"a page failed {state.failures} times: {reason}")
+        at = now + self.backoff.delay(state.failures)
+        if at >= state.deadline:
+            return self._release(symbol, state, f"a page failed ({reason}) with no time left to retry it")
+        state.retry_at, state.failed = at, reason
+        return None
 
     def hold(self, tick: Tick) -> Release | None:
         """A live tick of a symbol being paged (``tick.symbol in paging``): held, or the
@@ -178,16 +212,26 @@ class Backfill:
             return self._release(tick.symbol, state, f"{len(state.live)} live ticks arrived while paging")
         return None
 
-    def expired(self, now: float) -> list[tuple[str, Release]]:
-        """Symbols whose paging deadline passed, each with its release."""
-        due = [(symbol, state) for symbol, state in self.paging.items() if state.deadline <= now]
-        return [
-            (symbol, self._release(symbol, state, f"paging took longer than {self.deadline_s:g} s"))
-            for symbol, state in due
-        ]
+    def due(self, now: float) -> list[tuple[str, Page | Release]]:
+        """Symbols with something to do at ``now``: the retry of a failed page, or the
+        release of a paging whose deadline passed (even while it waited for a retry)."""
+        out: list[tuple[str, Page | Release]] = []
+        for symbol, state in list(self.paging.items()):
+            if state.deadline <= now:
+                why = f" (a page failed: {state.failed})" if state.retry_at is not None else ""
+                reason = f"paging took longer than {self.deadline_s:g} s{why}"
+                out.append((symbol, self._release(symbol, state, reason)))
+            elif state.retry_at is not None and state.retry_at <= now:
+                state.retry_at = None
+                out.append((symbol, self._next_page(symbol, state, retry=True)))
+        return out
 
     def next_deadline(self) -> float | None:
-        return min((state.deadline for state in self.paging.values()), default=None)
+        """When :meth:`due` has something to do next."""
+        return min(
+            (min(s.deadline, s.retry_at) if s.retry_at is not None else s.deadline for s in self.paging.values()),
+            default=None,
+        )
 
     def cancel(self, symbol: str | None = None) -> None:
         """Forget the paging of ``symbol`` (``None``: all): held ticks are dropped, unpublished;
@@ -197,12 +241,13 @@ class Backfill:
         else:
             self.paging.pop(symbol, None)
 
-    def _next_page(self, symbol: str, state: _Paging) -> Page | Release:
+    def _next_page(self, symbol: str, state: _Paging, retry: bool = False) -> Page | Release:
         held = sum(len(s.held) + len(s.live) for s in self.paging.values())
         if held + self.count > self.max_held:
             return self._release(symbol, state, f"{held} ticks are held for the backfills in progress")
-        state.pages += 1
-        return Page(state.last, state.oldest - 1)
+        if not retry:
+            state.pages += 1
+        return Page(state.last, state.oldest - 1, retry)
 
     def _release(self, symbol: str, state: _Paging, reason: str | None) -> Release:
         self.paging.pop(symbol, None)

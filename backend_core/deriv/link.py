@@ -27,7 +27,8 @@ What it decides (sections of ``shared/deriv-protocol.md``):
   ``ticks_history`` from its last published epoch (3.4); an outage longer than one reply
   is paged in backwards, bounded (:mod:`backend_core.deriv.backfill`, which also holds
   the :class:`~backend_core.deriv.backfill.TickSequencer` that lets each epoch out once,
-  in order); ``gap_from`` announces only what paging could not reach.
+  in order); a page failing with a code a subscribe backs off on is asked again with the
+  same backoff, a few times, within the deadline; ``gap_from`` announces only the rest.
 * **Heartbeat**: a JSON ``ping`` an interval after each pong (5.1). A **dead or sick
   link** is found within ping interval + pong deadline: no pong in time (even while ticks
   flow), an error reply to a ping, a reply that cannot be parsed, or a full pending map.
@@ -209,7 +210,7 @@ class LinkProtocol:
         deadline_s = config.backfill_deadline_s
         if deadline_s is None:
             deadline_s = max(1, config.backfill_max_pages) * config.request_timeout_s
-        self._backfill = Backfill(self._backfill_count, config.backfill_max_pages, deadline_s)
+        self._backfill = Backfill(self._backfill_count, config.backfill_max_pages, deadline_s, backoff)
         self._sequencer = self._backfill.sequencer
         self._pending: dict[int, _Pending] = {}
         self._req_ids = itertools.count(1)
@@ -422,7 +423,7 @@ class LinkProtocol:
             assert req_id is not None
             ticks = message.to_ticks()
             if len(ticks) != len(message.times):  # no pip_size: its quotes cannot be published
-                release = self._backfill.page_failed(sym.name, req_id, "a page without pip_size")
+                release = self._backfill.page_failed(sym.name, req_id, "a page without pip_size", now, transient=False)
                 return [] if release is None else self._release(sym, release, now)
             outcome = self._backfill.page(sym.name, req_id, ticks, now)
             return [] if outcome is None else self._follow(sym, outcome, now)
@@ -450,7 +451,7 @@ class LinkProtocol:
             sym.name, req_id, end=outcome.end, start=outcome.start, count=self._backfill_count
         )
         self._backfill.sent(sym.name, req_id)
-        self.stats["backfill_pages"] += 1
+        self.stats["backfill_page_retries" if outcome.retry else "backfill_pages"] += 1
         return self._register(_Kind.PAGE, payload, now, sym.name)
 
     def _release(self, sym: _Symbol, release: Release, now: float) -> list[Action]:
@@ -627,8 +628,10 @@ class LinkProtocol:
             actions += self._register(_Kind.PING, protocol.ping(self._ping_req), now)
             if not self.is_open:
                 return actions
-        for symbol, release in self._backfill.expired(now):
-            actions += self._release(self._symbols[symbol], release, now)
+        for symbol, outcome in self._backfill.due(now):  # page retries and paging deadlines
+            actions += self._follow(self._symbols[symbol], outcome, now)
+            if not self.is_open:
+                return actions
         if self._phase is _Phase.READY:
             for sym in self._symbols.values():
                 if sym.state is SubscriptionState.IDLE and sym.retry_at is not None and sym.retry_at <= now:
@@ -666,7 +669,8 @@ class LinkProtocol:
             return self._forgotten(entry, now)
         sym = self._symbols.get(entry.symbol) if entry.symbol is not None else None
         if sym is not None and kind is _Kind.PAGE:
-            release = self._backfill.page_failed(sym.name, req_id, f"{code}: {text}")
+            transient = retry_policy(code) is RetryPolicy.BACKOFF
+            release = self._backfill.page_failed(sym.name, req_id, f"{code}: {text}", now, transient)
             return [] if release is None else self._release(sym, release, now)
         if sym is None or sym.req_id != req_id:
             return []

@@ -191,6 +191,22 @@ async def test_an_outage_of_12000_ticks_is_paged_in_completely_without_gap_or_du
         assert all(s.gap_from is None for s in manager.snapshot().symbols)
 
 
+@pytest.mark.parametrize("code", ["RateLimit", "Timeout"])
+async def test_pages_refused_for_a_transient_reason_are_asked_again_and_the_outage_is_still_filled(code: str) -> None:
+    async with running() as (manager, sim, recorder, _):
+        await wait_live(recorder, manager)
+        history_before = sim.stats().requests_by_type.get("ticks_history", 0)
+        sim.inject_error(code, count=2, pages_only=True)  # the first two pages after the reconnect
+        await jump_while_away(recorder, manager, sim, 12_000)
+        assert_no_gap_no_duplicate(recorder, sim)
+        stats = manager.stats()
+        assert (stats["backfill_gaps"], stats["backfill_page_retries"]) == (0, 2)
+        # Two subscribes, the pages, and one more request for each refused page.
+        requests = sim.stats().requests_by_type.get("ticks_history", 0) - history_before
+        assert requests == len(SYMBOLS) + stats["backfill_pages"] + 2
+        assert manager.snapshot().reconnect_count == 1, "a refused page must not cost the link"
+
+
 async def test_an_outage_past_the_paging_bound_announces_exactly_the_part_it_could_not_fill() -> None:
     # A reply holds 100 ticks here and two more pages may be asked for: 300 ticks at most
     # per symbol, against 2000 (1HZ100V) and 1000 (R_50) missed.

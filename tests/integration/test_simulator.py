@@ -579,6 +579,19 @@ async def test_inject_errors(sim: DerivSimulator) -> None:
     assert isinstance(message, messages.ApiError) and message.code == "RateLimit"
 
 
+async def test_inject_errors_on_history_pages_only(sim: DerivSimulator) -> None:
+    history = {"ticks_history": "R_50", "end": "latest", "count": 5}
+    async with client(sim) as ws:
+        sim.inject_error("RateLimit", count=1, pages_only=True)
+        other = await call(ws, {"time": 1, "req_id": 1})
+        subscribed = await call(ws, {**history, "subscribe": 1, "req_id": 2})
+        page = await call(ws, {**history, "req_id": 3})
+        again = await call(ws, {**history, "req_id": 4})
+    assert "error" not in other and "error" not in subscribed  # only pages are refused
+    assert page["msg_type"] == "ticks_history" and page["error"]["code"] == "RateLimit"
+    assert "error" not in again and again["msg_type"] == "history"  # the count is used up
+
+
 async def test_send_malformed_frame(sim: DerivSimulator) -> None:
     async with client(sim) as ws:
         await call(ws, {"ping": 1, "req_id": 1})

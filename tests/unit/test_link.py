@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from backend_core.backoff import FullJitter
 from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
-from backend_core.deriv.backfill import Backfill, Page, Release, TickSequencer, backfill_gap
+from backend_core.deriv.backfill import PAGE_TRIES, Backfill, Page, Release, TickSequencer, backfill_gap
 from backend_core.deriv.link import (
     LinkConfig,
     LinkProtocol,
@@ -38,6 +38,11 @@ REQUEST_S = 15.0
 
 def sub_id(n: int) -> str:
     return f"{n:08x}-0744-c46b-f59b-cb7dd936bafa"
+
+
+class Ceiling(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b  # the longest wait full jitter may choose
 
 
 def make(symbols: Sequence[str] = SYMBOLS, *, rng: random.Random | None = None, **overrides: Any) -> LinkProtocol:
@@ -252,6 +257,15 @@ def page_of(actions: Sequence[act.Action]) -> act.Send | None:
     return pages[0] if pages else None
 
 
+def page_through(link: LinkProtocol, actions: Sequence[act.Action], market: Sequence[int], now: float) -> list[Tick]:
+    """What ``actions`` and the answers to every page that follows publish."""
+    published = ticks_of(actions)
+    while (page := page_of(actions)) is not None:
+        actions = link.frame(answer(page, market), now)
+        published += ticks_of(actions)
+    return published
+
+
 def test_a_12000_tick_outage_is_filled_completely_in_three_replies_with_live_ticks_held_meanwhile() -> None:
     link = make()
     again = outage(link, last=1000)
@@ -301,8 +315,8 @@ def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_
     assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 6, 1)
 
 
-@pytest.mark.parametrize("failure", ["error", "timeout", "no_pip_size"])
-def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(failure: str) -> None:
+@pytest.mark.parametrize("failure", ["InvalidSymbol", "MarketIsClosed", "InputValidationFailed", "no_pip_size"])
+def test_a_page_that_fails_for_good_is_not_retried_and_releases_what_was_received(failure: str) -> None:
     link = make(backfill_count=3)
     again = outage(link, last=100)
     market = range(100, 121)
@@ -310,13 +324,11 @@ def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(fa
     assert page is not None
     other = link.frame(history("1HZ100V", [100, 101], again["1HZ100V"].req_id, 2), 11.0)
     assert [t.epoch for t in ticks_of(other)] == [101]  # not held: only R_50 is paging
-    if failure == "error":
-        actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)
-    elif failure == "no_pip_size":
+    if failure == "no_pip_size":
         frame = {"msg_type": "history", "echo_req": {"ticks_history": "R_50"}, "req_id": page.req_id}
         actions = link.frame(parse({**frame, "history": {"times": [115, 116, 117], "prices": [1.0, 2.0, 3.0]}}), 12.0)
     else:
-        actions = link.deadline_reached(act.Timer.HEARTBEAT, 11.0 + REQUEST_S)
+        actions = link.frame(error("ticks_history", failure, page.req_id), 12.0)
     assert closed_with(actions) is None and page_of(actions) is None
     assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None)]
     statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
@@ -324,6 +336,8 @@ def test_a_failed_page_releases_what_was_received_and_touches_no_other_symbol(fa
     assert statuses["1HZ100V"].subscribed and statuses["1HZ100V"].gap_from is None
     # A late answer to the failed page cannot publish anything out of order.
     assert ticks_of(link.frame(answer(page, market), 30.0)) == []
+    assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, 40.0)) is None  # never asked again
+    assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (0, 1)
 
 
 def test_paging_that_outlasts_its_deadline_is_released_when_the_deadline_passes() -> None:
@@ -345,13 +359,108 @@ def test_a_reconnect_during_paging_starts_over_from_the_last_published_epoch() -
     third = connect(link, 20.0)
     assert third["R_50"].payload["start"] == 100
     market = range(100, 116)
-    actions = link.frame(answer(third["R_50"], market), 21.0)
-    published = ticks_of(actions)
-    while (page := page_of(actions)) is not None:
-        actions = link.frame(answer(page, market), 22.0)
-        published += ticks_of(actions)
+    published = page_through(link, link.frame(answer(third["R_50"], market), 21.0), market, 22.0)
     assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 116)]
     assert link.stats["backfill_pages"] == 1 + 5
+
+
+# --------------------------------------------------------------------------- a failed page's retries
+
+
+def paging_with_one_page_out(link: LinkProtocol, market: Sequence[int]) -> act.Send:
+    """An outage of R_50 past one reply (``backfill_count=3``): its first page, in flight at 11 s."""
+    again = outage(link, last=100)
+    page = page_of(link.frame(answer(again["R_50"], market), 11.0))
+    assert page is not None
+    # The other symbol is not paging: its reply is published at once, whatever R_50 waits for.
+    assert [t.epoch for t in ticks_of(link.frame(answer(again["1HZ100V"], [100, 101]), 11.0))] == [101]
+    return page
+
+
+def retry_of(link: LinkProtocol, page: act.Send, actions: Sequence[act.Action]) -> tuple[act.Send, float]:
+    """After ``page`` failed (``actions``): nothing released yet; the same page asked again when
+    the heartbeat armed for its retry fires, not before."""
+    assert ticks_of(actions) == [] and page_of(actions) is None and closed_with(actions) is None
+    retry_at = armed(actions, act.Timer.HEARTBEAT)
+    assert retry_at is not None
+    assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, retry_at - 0.001)) is None
+    retry = page_of(link.deadline_reached(act.Timer.HEARTBEAT, retry_at))
+    assert retry is not None and retry.req_id != page.req_id
+    assert (retry.payload["start"], retry.payload["end"]) == (page.payload["start"], page.payload["end"])
+    return retry, retry_at
+
+
+@pytest.mark.parametrize("failure", ["RateLimit", "Timeout", "WrongResponse", "no_reply"])
+def test_a_page_that_fails_for_a_transient_reason_is_asked_again_and_the_outage_is_filled(failure: str) -> None:
+    link = make(backfill_count=3)
+    market = range(100, 111)
+    page = paging_with_one_page_out(link, market)
+    if failure == "no_reply":
+        now = 11.0 + REQUEST_S
+        actions = link.deadline_reached(act.Timer.HEARTBEAT, now)
+    else:
+        now = 12.0
+        actions = link.frame(error("ticks_history", failure, page.req_id), now)
+    assert ticks_of(link.frame(tick("R_50", 111, None), now)) == []  # live ticks are held meanwhile
+    retry, retry_at = retry_of(link, page, actions)
+    assert now < retry_at <= now + 1.0  # the house backoff's first step
+    assert ticks_of(link.frame(answer(page, market), retry_at)) == []  # a late answer to the failed try
+    published = page_through(link, link.frame(answer(retry, market), retry_at), market, retry_at)
+    assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 112)]
+    assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (1, 0)
+    assert link.stats["backfill_pages"] == 3  # distinct pages; the retry is counted apart
+    assert all(s.gap_from is None for s in link.symbol_statuses(0.0))
+
+
+def test_a_page_that_keeps_failing_is_given_up_after_its_tries_with_an_honest_gap() -> None:
+    link = make(backfill_count=3)
+    market = range(100, 121)
+    page = paging_with_one_page_out(link, market)
+    actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)
+    for _ in range(PAGE_TRIES - 1):
+        page, now = retry_of(link, page, actions)
+        actions = link.frame(error("ticks_history", "RateLimit", page.req_id), now)
+    assert page_of(actions) is None
+    assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None)]
+    assert {s.symbol: s.gap_from for s in link.symbol_statuses(0.0)} == {"R_50": 100, "1HZ100V": None}
+    assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (PAGE_TRIES - 1, 1)
+    assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, 100.0)) is None
+
+
+def test_the_paging_deadline_reached_while_a_retry_waits_releases_with_an_honest_gap() -> None:
+    link = make(backfill_count=3, backfill_deadline_s=5.0)  # paging ends at 16 s
+    market = range(100, 121)
+    page = paging_with_one_page_out(link, market)
+    retry_at = armed(link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0), act.Timer.HEARTBEAT)
+    assert retry_at is not None and retry_at < 16.0
+    link.frame(tick("R_50", 121, None), 12.5)
+    actions = link.deadline_reached(act.Timer.HEARTBEAT, 16.0)  # the driver woke late: both are due
+    assert page_of(actions) is None
+    assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None), (121, None)]
+    assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (0, 1)
+
+
+def test_a_retry_that_would_come_after_the_paging_deadline_is_not_waited_for() -> None:
+    link = make(backfill_count=3, backfill_deadline_s=1.5, rng=Ceiling())  # paging ends at 12.5 s
+    page = paging_with_one_page_out(link, range(100, 121))
+    actions = link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0)  # a retry at 13 s
+    assert page_of(actions) is None
+    assert [(t.epoch, t.gap_from) for t in ticks_of(actions)] == [(118, 100), (119, None), (120, None)]
+
+
+def test_a_retry_timer_from_before_a_reconnect_is_void() -> None:
+    link = make(backfill_count=3, rng=Ceiling())
+    market = range(100, 116)
+    page = paging_with_one_page_out(link, market)
+    retry_at = armed(link.frame(error("ticks_history", "RateLimit", page.req_id), 12.0), act.Timer.HEARTBEAT)
+    assert retry_at == 13.0
+    assert ticks_of(link.closed("closed", 12.5)) == []  # what was held is dropped, unpublished
+    third = connect(link, 12.6)
+    assert third["R_50"].payload["start"] == 100  # starts over
+    assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, retry_at)) is None
+    published = page_through(link, link.frame(answer(third["R_50"], market), 14.0), market, 14.0)
+    assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 116)]
+    assert link.stats["backfill_page_retries"] == 0
 
 
 @given(
@@ -360,9 +469,11 @@ def test_a_reconnect_during_paging_starts_over_from_the_last_published_epoch() -
     max_pages=st.integers(0, 5),
     live=st.integers(0, 3),
     fail_at=st.integers(0, 6),
+    fail_code=st.sampled_from(["WrongResponse", "InputValidationFailed"]),
+    fail_times=st.integers(1, PAGE_TRIES),
 )
 def test_whatever_the_outage_and_bounds_each_epoch_is_published_once_in_order_or_announced_lost(
-    missed: int, count: int, max_pages: int, live: int, fail_at: int
+    missed: int, count: int, max_pages: int, live: int, fail_at: int, fail_code: str, fail_times: int
 ) -> None:
     link = make(backfill_count=count, backfill_max_pages=max_pages)
     again = outage(link, last=100)
@@ -371,16 +482,26 @@ def test_whatever_the_outage_and_bounds_each_epoch_is_published_once_in_order_or
     published = ticks_of(actions)
     for n in range(live):
         published += ticks_of(link.frame(tick("R_50", 101 + missed + n, None), 11.0))
-    pages = 0
+    asked, now = 0, 12.0
     while (page := page_of(actions)) is not None:
-        pages += 1
-        reply = error("ticks_history", "WrongResponse", page.req_id) if pages == fail_at else answer(page, market)
-        actions = link.frame(reply, 12.0)
+        asked += 1  # requests: tries fail_at .. fail_at + fail_times - 1 fail
+        failing = fail_at <= asked < fail_at + fail_times
+        reply = error("ticks_history", fail_code, page.req_id) if failing else answer(page, market)
+        actions = link.frame(reply, now)
         published += ticks_of(actions)
+        if failing and not ticks_of(actions):  # a retry waits: its timer fires
+            retry_at = armed(actions, act.Timer.HEARTBEAT)
+            assert retry_at is not None
+            now = retry_at
+            actions = link.deadline_reached(act.Timer.HEARTBEAT, now)
+            published += ticks_of(actions)
     epochs = [t.epoch for t in published if t.symbol == "R_50"]
-    assert epochs == sorted(set(epochs)) and pages <= max_pages
+    assert epochs == sorted(set(epochs)) and link.stats["backfill_pages"] <= max_pages
+    assert link.stats["backfill_page_retries"] <= (PAGE_TRIES - 1) * link.stats["backfill_pages"]
     expected = set(range(101, 101 + missed + live))
     gaps = [t for t in published if t.gap_from is not None]
+    if fail_code == "WrongResponse" and fail_times < PAGE_TRIES and missed <= count * (max_pages + 1):
+        assert not gaps  # transient failures within the tries cost nothing
     if gaps:
         [gap] = gaps
         lost = set(range(gap.gap_from + 1 if gap.gap_from is not None else 0, gap.epoch))
@@ -444,10 +565,6 @@ def test_one_symbols_request_timeout_affects_only_that_symbol() -> None:
 
 
 def test_backoff_delays_double_with_each_failure_in_a_row_up_to_the_cap() -> None:
-    class Ceiling(random.Random):
-        def uniform(self, a: float, b: float) -> float:
-            return b  # the longest wait full jitter may choose
-
     link = make(rng=Ceiling(), ping_interval_s=1000.0)
     subs = connect(link)
     link.frame(tick("1HZ100V", 1, subs["1HZ100V"].req_id), 0.0)
@@ -695,7 +812,7 @@ def test_sequencer_lets_each_epoch_through_once_in_order() -> None:
 
 
 def test_the_ticks_held_for_all_symbols_paging_at_once_are_bounded() -> None:
-    backfill = Backfill(count=3, max_pages=10, deadline_s=100.0, max_held=8)
+    backfill = Backfill(count=3, max_pages=10, deadline_s=100.0, backoff=FullJitter(1.0, 30.0), max_held=8)
     assert backfill.replied("A", 100, [plain_tick("A", e) for e in (150, 151, 152)], 0.0) == Page(100, 149)
     released = backfill.replied("B", 100, [plain_tick("B", e) for e in (150, 151, 152)], 0.0)
     assert isinstance(released, Release) and released.gap == (100, 150) and "held" in released.reason

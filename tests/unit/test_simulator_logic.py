@@ -725,6 +725,12 @@ def test_session_frames_parse_with_the_client_codec() -> None:
             b'{"code": "WrongResponse", "count": 2}',
             control.ControlCommand("inject_error", {"code": "WrongResponse", "count": 2}),
         ),
+        (
+            "POST",
+            "/control/inject_error",
+            b'{"code": "RateLimit", "count": 1, "pages_only": true}',
+            control.ControlCommand("inject_error", {"code": "RateLimit", "count": 1, "pages_only": True}),
+        ),
         ("POST", "/control/drop_replies?x=1", b'{"count": 3}', control.ControlCommand("drop_replies", {"count": 3})),
         ("POST", "/control/advance", b'{"ticks": 12000}', control.ControlCommand("advance", {"ticks": 12_000})),
         ("GET", "/control/stats", b"", control.ControlCommand("stats", {})),

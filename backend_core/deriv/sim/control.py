@@ -15,7 +15,8 @@ Actions and body fields::
     ignore_pings           {"enabled": bool}
     delay_replies          {"seconds": number}
     drop_replies           {"enabled": bool} or {"count": int}
-    inject_error           {"code": "RateLimit" | "WrongResponse" | "CallError" | "Timeout", "count": int}
+    inject_error           {"code": "RateLimit" | "WrongResponse" | "CallError" | "Timeout", "count": int,
+                            "pages_only": bool}  pages_only: ticks_history without subscribe only
     send_malformed_frame   {}
     deploy                 {"close_after_s": number, "code": int | null}
     restart                {"disconnect": bool}
@@ -92,7 +93,7 @@ _CONTROL_FIELDS: Final[dict[str, dict[str, str]]] = {
     "ignore_pings": {"enabled": "bool"},
     "delay_replies": {"seconds": "seconds"},
     "drop_replies": {"enabled": "bool", "count": "count"},
-    "inject_error": {"code": "error_code", "count": "count"},
+    "inject_error": {"code": "error_code", "count": "count", "pages_only": "bool"},
     "send_malformed_frame": {},
     "deploy": {"close_after_s": "seconds", "code": "close_code?"},
     "restart": {"disconnect": "bool"},
@@ -216,7 +217,7 @@ class Controllable(Protocol):
     def ignore_pings(self, enabled: bool) -> None: ...
     def delay_replies(self, seconds: float) -> None: ...
     def drop_replies(self, enabled_or_count: bool | int) -> None: ...
-    def inject_error(self, code: str = "RateLimit", count: int = 1) -> None: ...
+    def inject_error(self, code: str = "RateLimit", count: int = 1, pages_only: bool = False) -> None: ...
     async def send_malformed_frame(self) -> int: ...
     async def deploy(self, close_after_s: float = 1.0, code: int | None = 1001) -> None: ...
     async def restart(self, disconnect: bool = True, code: int | None = 1012) -> None: ...
@@ -246,7 +247,7 @@ async def run_control(target: Controllable, command: ControlCommand) -> Any:
     elif action == "drop_replies":
         target.drop_replies(p["count"] if "count" in p else p.get("enabled", True))
     elif action == "inject_error":
-        target.inject_error(p.get("code", "RateLimit"), p.get("count", 1))
+        target.inject_error(p.get("code", "RateLimit"), p.get("count", 1), p.get("pages_only", False))
     elif action == "send_malformed_frame":
         return {"clients": await target.send_malformed_frame()}
     elif action == "deploy":

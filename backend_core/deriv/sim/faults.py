@@ -62,9 +62,11 @@ class FaultPlan:
     drop_all_replies: bool = False
     #: The next this many requests go unanswered.
     drop_count: int = 0
-    #: The next ``inject_count`` requests get ``inject_code``.
+    #: The next ``inject_count`` requests get ``inject_code`` (only history pages: ``ticks_history``
+    #: without ``subscribe``, while ``inject_pages_only``).
     inject_code: str = "RateLimit"
     inject_count: int = 0
+    inject_pages_only: bool = False
 
     def reset(self) -> None:
         """Clear every fault switch."""
@@ -76,6 +78,7 @@ class FaultPlan:
         self.drop_all_replies = False
         self.drop_count = 0
         self.inject_count = 0
+        self.inject_pages_only = False
 
     # -- setting (validated: the values come from the control interface too) ------------
 
@@ -102,18 +105,20 @@ class FaultPlan:
         else:
             raise ValueError("count must not be negative")
 
-    def set_inject(self, code: str, count: int) -> None:
+    def set_inject(self, code: str, count: int, pages_only: bool = False) -> None:
         if code not in INJECTABLE_ERRORS:
             raise ValueError(f"code must be one of {', '.join(INJECTABLE_ERRORS)}")
         if count < 0:
             raise ValueError("count must not be negative")
         self.inject_code = code
         self.inject_count = count
+        self.inject_pages_only = pages_only
 
     # -- consulting -------------------------------------------------------------------------
 
-    def fate(self, action: str) -> Fate:
-        """What becomes of the next request (a call to ``action``); counts are used up."""
+    def fate(self, action: str, page: bool = False) -> Fate:
+        """What becomes of the next request (a call to ``action``; ``page``: a ``ticks_history``
+        that does not subscribe); counts are used up."""
         if action == "ping" and self.ignore_pings:
             return _DROP
         if self.drop_all_replies:
@@ -121,7 +126,7 @@ class FaultPlan:
         if self.drop_count > 0:
             self.drop_count -= 1
             return _DROP
-        if self.inject_count > 0:
+        if self.inject_count > 0 and (page or not self.inject_pages_only):
             self.inject_count -= 1
             return Fate("error", error_code=self.inject_code)
         if self.delay_s > 0:

@@ -33,8 +33,9 @@ Fault controls (methods, and the control interface of :mod:`.control`)
     longer than one ``ticks_history`` reply while clients are away),
     ``ignore_pings(enabled)``, ``delay_replies(seconds)`` (at 15 simulated seconds or more
     the reply is a ``Timeout`` error, as the real dispatcher does), ``drop_replies(True |
-    False | count)`` (requests vanish unanswered), ``inject_error(code, count)`` (codes
-    ``RateLimit``, ``WrongResponse``, ``CallError``, ``Timeout``), ``send_malformed_frame()``,
+    False | count)`` (requests vanish unanswered), ``inject_error(code, count, pages_only)``
+    (codes ``RateLimit``, ``WrongResponse``, ``CallError``, ``Timeout``; ``pages_only``: only
+    ``ticks_history`` requests without ``subscribe``), ``send_malformed_frame()``,
     ``deploy(close_after_s, code)`` (pushes ``site_status: "updating"`` with Deriv's
     message to ``website_status`` subscribers, then closes), ``restart(disconnect=True)``
     (all subscriptions invalidated, with or without disconnecting), ``set_site_status``,
@@ -422,9 +423,10 @@ class DerivSimulator(Listening):
         """Drop requests unanswered: all while True, none when False, or the next ``count``."""
         self.faults.set_drop_replies(enabled_or_count)
 
-    def inject_error(self, code: str = "RateLimit", count: int = 1) -> None:
-        """Answer the next ``count`` requests (any connection) with error ``code``."""
-        self.faults.set_inject(code, count)
+    def inject_error(self, code: str = "RateLimit", count: int = 1, pages_only: bool = False) -> None:
+        """Answer the next ``count`` requests (any connection) with error ``code``; with
+        ``pages_only``, the next ``count`` history pages (``ticks_history`` without ``subscribe``)."""
+        self.faults.set_inject(code, count, pages_only)
 
     async def send_malformed_frame(self) -> int:
         """Send a text frame that is not JSON to every client."""
@@ -583,7 +585,8 @@ class DerivSimulator(Listening):
         request = received.request
         if request is None:
             return
-        fate = self.faults.fate(request.action)
+        page = request.action == "ticks_history" and request.body.get("subscribe") != 1
+        fate = self.faults.fate(request.action, page)
         if fate.kind == "drop":
             return
         if fate.kind == "error":
