@@ -9,7 +9,7 @@ module only moves data and calls it:
 - the **writer loop** (leader only) writes what the link published, fenced by the lease
   token; a refused write steps the member down at once;
 - the **reader loop** (every member) follows every symbol's stream with one blocking
-  XREAD (``READ_BLOCK_MS``: the client's socket timeout must be longer) and publishes
+  XREAD (``READ_BLOCK_MS``, bounded by the reader's own deadline) and publishes
   into the local hub, which drops what it already has (the leader's
   own ticks, overlap after a takeover), and, on a follower, the leader's status.
 
@@ -42,7 +42,7 @@ from backend_core.hub import Hub
 
 log = logging.getLogger(__name__)
 
-# How long one XREAD waits for new entries; the Redis client's socket timeout must exceed it.
+# How long one XREAD waits for new entries (its deadline is this plus 2 s: ticklog.TickLogReader).
 READ_BLOCK_MS = 1000
 # Status entries kept in Redis: new members read only the newest.
 STATUS_MAXLEN = 100
@@ -101,8 +101,10 @@ class _ClusterSink:
         self._member = member
 
     def publish_tick(self, tick: Tick) -> None:
-        self._member.hub.publish_tick(tick)
+        # The tick log first: its way (Redis, then every follower) is the long one, so the
+        # writer task wakes ahead of this member's own relay.
         self._member._offer_tick(tick)
+        self._member.hub.publish_tick(tick)
 
     def publish_status(self, snapshot: UpstreamSnapshot) -> None:
         self._member.hub.publish_status(snapshot)
@@ -241,6 +243,7 @@ class ClusterMember:
                     await self.writer.flush(grant.token)
             with contextlib.suppress(*redis_errors()):
                 await self.lease.release(grant)
+                await self.writer.close()  # the held connection of that last flush
         async with self._link_lock:
             await self._set_link(False, {})
 
@@ -485,6 +488,13 @@ class ClusterMember:
             )
 
     async def _writer_loop(self) -> None:
+        try:
+            await self._write_forever()
+        finally:
+            with contextlib.suppress(*redis_errors()):
+                await self.writer.close()  # its held connection goes back to the pool
+
+    async def _write_forever(self) -> None:
         attempt = 0
         while not self._stopped:
             await self._write_wanted.wait()
@@ -528,6 +538,13 @@ class ClusterMember:
             raise FencedOut("the lease is held by another member")
 
     async def _reader_loop(self) -> None:
+        try:
+            await self._read_forever()
+        finally:
+            with contextlib.suppress(*redis_errors()):
+                await self.reader.close()  # its held connection goes back to the pool
+
+    async def _read_forever(self) -> None:
         attempt = 0
         while not self._stopped:
             try:

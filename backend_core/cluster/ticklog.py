@@ -12,6 +12,7 @@ ticks), ``bf`` 1 for backfill, ``g`` gap_from (only where there is a gap).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 from collections.abc import Iterable, Mapping
@@ -23,18 +24,27 @@ from backend_core.cluster.keys import ClusterKeys
 from backend_core.deriv.protocol import SYMBOL_PATTERN
 from backend_core.events import Tick
 
-# KEYS: leader, stream. ARGV: token, maxlen, then 7 values per entry:
-# id, q, p, b, a, bf, g ('' = absent). Returns -1 when fenced, else entries written.
+# KEYS: leader, then the streams written. ARGV: token, maxlen, then per stream (in KEYS
+# order) its entry count and 7 values per entry: id, q, p, b, a, bf, g ('' = absent).
+# Returns -1 when fenced, else the entries written. One call covers every symbol of a
+# flush: one round trip, where a pipeline of per-symbol calls cost redis-py a SCRIPT EXISTS
+# round trip first on every flush.
 PUBLISH_TICKS: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local written = 0
-for i = 3, #ARGV, 7 do
-  local fields = {'q', ARGV[i + 1], 'p', ARGV[i + 2], 'bf', ARGV[i + 5]}
-  if ARGV[i + 3] ~= '' then table.insert(fields, 'b'); table.insert(fields, ARGV[i + 3]) end
-  if ARGV[i + 4] ~= '' then table.insert(fields, 'a'); table.insert(fields, ARGV[i + 4]) end
-  if ARGV[i + 6] ~= '' then table.insert(fields, 'g'); table.insert(fields, ARGV[i + 6]) end
-  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[i], unpack(fields))
-  if type(ok) ~= 'table' or not ok.err then written = written + 1 end
+local i = 3
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, n do
+    local fields = {'q', ARGV[i + 1], 'p', ARGV[i + 2], 'bf', ARGV[i + 5]}
+    if ARGV[i + 3] ~= '' then table.insert(fields, 'b'); table.insert(fields, ARGV[i + 3]) end
+    if ARGV[i + 4] ~= '' then table.insert(fields, 'a'); table.insert(fields, ARGV[i + 4]) end
+    if ARGV[i + 6] ~= '' then table.insert(fields, 'g'); table.insert(fields, ARGV[i + 6]) end
+    local ok = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[2], ARGV[i], unpack(fields))
+    if type(ok) ~= 'table' or not ok.err then written = written + 1 end
+    i = i + 7
+  end
 end
 return written
 """
@@ -68,26 +78,96 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# Field names as the client returns them: bytes, or str with ``decode_responses``.
+_BYTES_NAMES: Final = (b"q", b"p", b"b", b"a", b"bf", b"g", b"-", b"0", b"1")
+_STR_NAMES: Final = ("q", "p", "b", "a", "bf", "g", "-", "0", "1")
+
+
 def decode(symbol: str, raw_id: Any, fields: Mapping[Any, Any]) -> Tick | None:
-    """The tick of one stream entry; None for an entry that is not one of ours."""
+    """The tick of one stream entry; None for an entry that is not one of ours.
+
+    Works on the client's values as they come (bytes, or str with ``decode_responses``):
+    ``int`` and ``float`` parse both, so nothing is decoded to text on the way (this runs
+    once per tick on every member).
+    """
+    names = _BYTES_NAMES if isinstance(raw_id, bytes) else _STR_NAMES
+    q, p, b, a, bf, g, dash, zero, one = names
     try:
-        epoch_text, _, seq = _text(raw_id).partition("-")
-        values = {_text(k): _text(v) for k, v in fields.items()}
-        if seq != "0" or not epoch_text.isascii() or not epoch_text.isdigit():
+        epoch_text, _, seq = raw_id.partition(dash)
+        if seq != zero or not epoch_text.isascii() or not epoch_text.isdigit():
             return None
-        bid, ask, gap = values.get("b"), values.get("a"), values.get("g")
+        bid, ask, gap = fields.get(b), fields.get(a), fields.get(g)
         return Tick(
             symbol=symbol,
             epoch=int(epoch_text),
-            quote=float(values["q"]),
-            pip_size=int(values["p"]),
+            quote=float(fields[q]),
+            pip_size=int(fields[p]),
             bid=None if bid is None else float(bid),
             ask=None if ask is None else float(ask),
-            backfill=values.get("bf") == "1",
+            backfill=fields.get(bf) == one,
             gap_from=None if gap is None else int(gap),
         )
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError, AttributeError):
         return None
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _no_script_error() -> type[Exception]:
+    from redis.exceptions import NoScriptError  # redis is imported only by clustered processes
+
+    return NoScriptError
+
+
+def pack(*args: bytes | str | int) -> bytes:
+    """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it."""
+    return b"*%d\r\n" % len(args) + b"".join(
+        _bulk(arg if isinstance(arg, bytes) else str(arg).encode()) for arg in args
+    )
+
+
+class HeldConnection:
+    """One connection of a redis-py client's pool, held for one hot path (a command per tick).
+
+    ``client.execute_command`` costs about 300 us of CPU per call here (pool checkout with
+    a health probe, the retry wrapper, and on Python 3.11 a task per write for the socket
+    timeout's ``asyncio.wait_for``); a held connection costs a fifth of that. So the tick
+    log's reader and writer send their commands through one, already encoded
+    (:func:`pack`), and read the reply raw (hiredis parses it when installed).
+
+    The caller's deadline bounds every call (``clock.timeout`` around :meth:`call`), so the
+    held connection runs without the client's socket timeout. A call that fails or is
+    cancelled leaves the connection closed (redis-py closes it on any error mid-command)
+    and the next call reconnects it; a Redis error reply is raised (``ResponseError``) and
+    leaves it usable. Calls are serialised (a lock: a reply is read by whoever sent its
+    command). The client's ``aclose`` closes the connection too; :meth:`close` gives it back
+    to the pool first.
+    """
+
+    def __init__(self, redis: Any) -> None:
+        self._pool = redis.connection_pool
+        self._conn: Any = None
+        self._socket_timeout: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def call(self, command: bytes) -> Any:
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                conn = await self._pool.get_connection()
+                self._conn, self._socket_timeout = conn, conn.socket_timeout
+                conn.socket_timeout = None  # the caller's deadline bounds every call
+            await conn.send_packed_command(command, check_health=False)
+            return await conn.read_response()
+
+    async def close(self) -> None:
+        """Give the connection back to the pool (with its socket timeout restored)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.socket_timeout = self._socket_timeout
+            await self._pool.release(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +200,7 @@ class TickLogWriter:
         self._timeout_s = call_timeout_s
         self._queue: collections.deque[Tick] = collections.deque(maxlen=queue_size)
         self._script = redis.register_script(PUBLISH_TICKS)
+        self._connection = HeldConnection(redis)
         self.dropped = 0
         self.fenced_writes = 0
 
@@ -139,7 +220,7 @@ class TickLogWriter:
             self.offer(tick)
 
     async def flush(self, token: str) -> WriteResult:
-        """Write what is queued, one fenced script call per symbol (pipelined).
+        """Write what is queued (up to :data:`MAX_BATCH` entries) in one fenced script call.
 
         Raises :class:`FencedOut` (after putting the entries back) when the lease is not
         ``token``'s any more.
@@ -150,23 +231,31 @@ class TickLogWriter:
         by_symbol: dict[str, list[Tick]] = {}
         for tick in batch:
             by_symbol.setdefault(tick.symbol, []).append(tick)
+        keys = [self._keys.leader, *(self._keys.ticks(symbol) for symbol in by_symbol)]
+        args: list[bytes | str | int] = [len(keys), *keys, token, self._maxlen]
+        for ticks in by_symbol.values():
+            args.append(len(ticks))
+            for tick in ticks:
+                args.extend(encode(tick))
         try:
-            async with self._clock.timeout(self._timeout_s), self._redis.pipeline(transaction=False) as pipe:
-                for symbol, ticks in by_symbol.items():
-                    args: list[Any] = [token, self._maxlen]
-                    for tick in ticks:
-                        args.extend(encode(tick))
-                    await self._script(keys=[self._keys.leader, self._keys.ticks(symbol)], args=args, client=pipe)
-                results = await pipe.execute()
+            async with self._clock.timeout(self._timeout_s):
+                try:
+                    written = int(await self._connection.call(pack("EVALSHA", self._script.sha, *args)))
+                except _no_script_error():  # a restarted Redis, or another server behind the URL
+                    await self._connection.call(pack("SCRIPT", "LOAD", PUBLISH_TICKS))
+                    written = int(await self._connection.call(pack("EVALSHA", self._script.sha, *args)))
         except BaseException:
             self._queue.extendleft(reversed(batch))  # not lost: written on the next flush
             raise
-        if any(int(r) < 0 for r in results):
+        if written < 0:
             self.fenced_writes += 1
             self._queue.extendleft(reversed(batch))
             raise FencedOut("the lease is held by another member")
-        written = sum(int(r) for r in results)
         return WriteResult(written, len(batch) - written)
+
+    async def close(self) -> None:
+        """Give the held connection back to the client's pool."""
+        await self._connection.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +269,12 @@ class ReadBatch:
 
 class TickLogReader:
     """Every member's reader: one blocking XREAD over all symbols' streams (and the status
-    stream, when ``status_key`` is given)."""
+    and control streams, when their keys are given).
+
+    The XREAD runs once per tick on every member: it goes through a
+    :class:`HeldConnection`, encoded here (the keys once, only the ids per call), and its
+    raw reply is decoded without text conversion.
+    """
 
     def __init__(
         self,
@@ -206,6 +300,13 @@ class TickLogReader:
         self._control_key = control_key
         if control_key is not None:
             self._last[control_key] = "0-0"
+        # A reply names its streams as bytes (or str with decode_responses): both map back.
+        self._key_of: dict[Any, str] = {}
+        for key in self._last:
+            self._key_of[key] = key
+            self._key_of[key.encode()] = key
+        self._streams = b"".join(_bulk(key.encode()) for key in self._last)
+        self._connection = HeldConnection(redis)
 
     def control_from(self, entry_id: str) -> None:
         """Read only control entries after ``entry_id`` (the newest one at start)."""
@@ -226,27 +327,51 @@ class TickLogReader:
         key = self._keys.ticks(symbol)
         self._last[key] = f"{max(epoch, self.position(symbol))}-0"
 
+    def _command(self, block_ms: int, count: int) -> bytes:
+        """``XREAD COUNT count BLOCK block_ms STREAMS <keys> <ids>`` in RESP."""
+        ids = b"".join(_bulk(last.encode()) for last in self._last.values())
+        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$5\r\nBLOCK\r\n%s$7\r\nSTREAMS\r\n" % (
+            6 + 2 * len(self._last),
+            _bulk(b"%d" % count),
+            _bulk(b"%d" % block_ms),
+        )
+        return head + self._streams + ids
+
+    async def close(self) -> None:
+        """Give the held connection back to the client's pool."""
+        await self._connection.close()
+
     async def read(self, *, block_ms: int = 1000, count: int = 500) -> ReadBatch:
         """The next entries of every stream, oldest first per stream; empty after ``block_ms``."""
+        command = self._command(block_ms, count)
         async with self._clock.timeout(block_ms / 1000 + 2.0):
-            reply = await self._redis.xread(self._last, count=count, block=block_ms)
+            reply = await self._connection.call(command)
         ticks: list[Tick] = []
         statuses: list[Mapping[Any, Any]] = []
         controls: list[Mapping[Any, Any]] = []
-        for raw_key, entries in reply or []:
-            key = _text(raw_key)
-            symbol = self._symbol_of.get(key)
-            for raw_id, fields in entries:
-                self._last[key] = _text(raw_id)
-                if symbol is None:
-                    if key == self._status_key:
-                        statuses.append(fields)
-                    elif key == self._control_key:
-                        controls.append(fields)
-                    continue
-                tick = decode(symbol, raw_id, fields)
-                if tick is not None:
-                    ticks.append(tick)
+        if not reply:
+            return ReadBatch(ticks, statuses, controls)
+        # RESP2: [[key, entries], ...]; RESP3 (protocol=3 in the URL): {key: entries}.
+        streams = reply.items() if isinstance(reply, dict) else reply
+        last, symbol_of, key_of = self._last, self._symbol_of, self._key_of
+        for raw_key, entries in streams:
+            key = key_of.get(raw_key)
+            if key is None or not entries:
+                continue
+            symbol = symbol_of.get(key)
+            for raw_id, flat in entries:
+                # An entry is [id, [field, value, field, value, ...]] (None if deleted).
+                pairs = iter(flat or ())
+                fields = dict(zip(pairs, pairs, strict=False))
+                if symbol is not None:
+                    tick = decode(symbol, raw_id, fields)
+                    if tick is not None:
+                        ticks.append(tick)
+                elif key == self._status_key:
+                    statuses.append(fields)
+                else:
+                    controls.append(fields)
+            last[key] = _text(entries[-1][0])
         return ReadBatch(ticks, statuses, controls)
 
     async def latest(self, symbol: str, count: int) -> list[Tick]:

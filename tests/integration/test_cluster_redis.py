@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from backend_core.clock import SystemClock
 from backend_core.cluster.keys import ClusterKeys
@@ -145,3 +147,98 @@ async def test_a_reader_blocked_on_xread_wakes_for_a_new_entry(redis: Any, serve
             assert [t.epoch for t in (await pending).ticks] == [42]
     finally:
         await follower.aclose()
+
+
+async def leader_writer(redis: Any) -> tuple[TickLogWriter, str]:
+    grant = await LeaseClient(redis, KEYS, "leader", ttl_s=30, clock=CLOCK).acquire()
+    assert grant is not None
+    return TickLogWriter(redis, KEYS, CLOCK), grant.token
+
+
+async def epochs_in(redis: Any, symbol: str) -> list[int]:
+    return [int(raw_id.decode().split("-")[0]) for raw_id, _ in await redis.xrange(KEYS.ticks(symbol))]
+
+
+async def test_one_flush_writes_every_symbol_fenced_as_one(redis: Any) -> None:
+    writer, token = await leader_writer(redis)
+    for tick in [*ticks("R_50", range(1, 4)), *ticks("1HZ100V", range(1, 6)), *ticks("R_100", range(7, 8))]:
+        writer.offer(tick)
+    assert (await writer.flush(token)).written == 9
+    for tick in [*ticks("R_50", range(3, 5)), *ticks("1HZ100V", range(5, 7))]:
+        writer.offer(tick)  # epochs 3 and 5 are there already
+    result = await writer.flush(token)
+    assert (result.written, result.refused_as_duplicates) == (2, 2)
+    assert await epochs_in(redis, "R_50") == [1, 2, 3, 4]
+    assert await epochs_in(redis, "1HZ100V") == [1, 2, 3, 4, 5, 6]
+    # Fenced: no symbol of the flush is written, and every tick is kept for a retry.
+    for tick in [*ticks("R_50", range(10, 12)), *ticks("R_100", range(10, 12))]:
+        writer.offer(tick)
+    with pytest.raises(FencedOut):
+        await writer.flush("someone-else:1")
+    assert writer.pending == 4
+    assert await epochs_in(redis, "R_50") == [1, 2, 3, 4]
+    assert await epochs_in(redis, "R_100") == [7]
+    await writer.close()
+
+
+async def test_the_writer_reloads_its_script_after_redis_forgot_it(redis: Any) -> None:
+    writer, token = await leader_writer(redis)
+    writer.offer(Tick("R_50", 1, 1.0, 2))
+    await writer.flush(token)
+    await redis.script_flush()  # as after a Redis restart
+    writer.offer(Tick("R_50", 2, 1.0, 2))
+    assert (await writer.flush(token)).written == 1
+    assert await epochs_in(redis, "R_50") == [1, 2]
+    await writer.close()
+
+
+async def test_a_reader_cancelled_mid_read_or_cut_off_loses_and_repeats_nothing(redis: Any) -> None:
+    writer, token = await leader_writer(redis)
+    reader = TickLogReader(redis, KEYS, ["R_50"], CLOCK)
+    got: list[int] = []
+    # Cancelled while blocked: its connection is closed, so no late reply is read as the next one's.
+    pending = asyncio.create_task(reader.read(block_ms=3000))
+    await asyncio.sleep(0.1)
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    for tick in ticks("R_50", range(1, 4)):
+        writer.offer(tick)
+    await writer.flush(token)
+    got += [t.epoch for t in (await reader.read(block_ms=100)).ticks]
+    # Redis drops every client connection: the next read reconnects and goes on from its position.
+    await redis.client_kill_filter(_type="normal", skipme=True)
+    for tick in ticks("R_50", range(4, 6)):
+        writer.offer(tick)
+    with contextlib.suppress(ConnectionError, RedisConnectionError):
+        await writer.flush(token)  # its held connection was cut as well
+    while writer.pending:
+        await writer.flush(token)
+    for _ in range(3):
+        with contextlib.suppress(ConnectionError, RedisConnectionError):
+            got += [t.epoch for t in (await reader.read(block_ms=100)).ticks]
+    assert got == [1, 2, 3, 4, 5]
+    await reader.close()
+    await writer.close()
+
+
+@pytest.mark.parametrize("options", [{"decode_responses": True}, {"protocol": 3}], ids=["decoded", "resp3"])
+async def test_the_reader_works_with_decoded_replies_and_resp3(server: RedisServer, options: dict[str, Any]) -> None:
+    client = Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2, **options)
+    try:
+        writer, token = await leader_writer(client)
+        reader = TickLogReader(client, KEYS, ["R_50"], CLOCK, status_key=KEYS.status)
+        sent = Tick("R_50", 7, 1234.5678, 4, bid=1234.5, ask=1234.6, gap_from=3)
+        writer.offer(sent)
+        await writer.flush(token)
+        await client.xadd(KEYS.status, {"term": "1", "s": "{}"})
+        batch = await reader.read(block_ms=100)
+        assert batch.ticks == [sent]
+        expected: dict[Any, Any] = {"term": "1", "s": "{}"}
+        if not options.get("decode_responses"):
+            expected = {k.encode(): v.encode() for k, v in expected.items()}
+        assert [dict(fields) for fields in batch.statuses] == [expected]
+        await reader.close()
+        await writer.close()
+    finally:
+        await client.aclose()
