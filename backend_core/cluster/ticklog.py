@@ -7,7 +7,8 @@ the writer's lease token (:mod:`.lease`), so an ex-leader's late writes are refu
 (``FencedOut``). Streams are bounded with ``MAXLEN ~`` (the hub's ring size).
 
 Entry fields: ``q`` quote, ``p`` pip size, ``b``/``a`` bid/ask (absent on backfilled
-ticks), ``bf`` 1 for backfill, ``g`` gap_from (only where there is a gap).
+ticks), ``bf`` 1 for backfill, ``g`` gap_from (only where there is a gap), ``w`` the number
+of streams the same write added to (only where more than one: see :meth:`TickLogReader.read`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ from backend_core.events import Tick
 # order) its entry count and 7 values per entry: id, q, p, b, a, bf, g ('' = absent).
 # Returns -1 when fenced, else the entries written. One call covers every symbol of a
 # flush: one round trip, where a pipeline of per-symbol calls cost redis-py a SCRIPT EXISTS
-# round trip first on every flush.
+# round trip first on every flush. An entry of a write that spans several streams carries
+# their number (w), which tells a reader woken by one of them to collect the others.
 PUBLISH_TICKS: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local written = 0
 local i = 3
+local streams = tostring(#KEYS - 1)
 for k = 2, #KEYS do
   local n = tonumber(ARGV[i])
   i = i + 1
   for _ = 1, n do
     local fields = {'q', ARGV[i + 1], 'p', ARGV[i + 2], 'bf', ARGV[i + 5]}
+    if #KEYS > 2 then table.insert(fields, 'w'); table.insert(fields, streams) end
     if ARGV[i + 3] ~= '' then table.insert(fields, 'b'); table.insert(fields, ARGV[i + 3]) end
     if ARGV[i + 4] ~= '' then table.insert(fields, 'a'); table.insert(fields, ARGV[i + 4]) end
     if ARGV[i + 6] ~= '' then table.insert(fields, 'g'); table.insert(fields, ARGV[i + 6]) end
@@ -113,6 +117,15 @@ def decode(symbol: str, raw_id: Any, fields: Mapping[Any, Any]) -> Tick | None:
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _streams_spanned(fields: Mapping[Any, Any]) -> int:
+    """An entry's ``w``: the streams its write added to (1 when absent or not a number)."""
+    value = fields.get(b"w", fields.get("w"))
+    try:
+        return 1 if value is None else int(value)
+    except ValueError:
+        return 1
 
 
 def _no_script_error() -> type[Exception]:
@@ -327,13 +340,14 @@ class TickLogReader:
         key = self._keys.ticks(symbol)
         self._last[key] = f"{max(epoch, self.position(symbol))}-0"
 
-    def _command(self, block_ms: int, count: int) -> bytes:
-        """``XREAD COUNT count BLOCK block_ms STREAMS <keys> <ids>`` in RESP."""
+    def _command(self, block_ms: int | None, count: int) -> bytes:
+        """``XREAD COUNT count [BLOCK block_ms] STREAMS <keys> <ids>`` in RESP."""
         ids = b"".join(_bulk(last.encode()) for last in self._last.values())
-        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s$5\r\nBLOCK\r\n%s$7\r\nSTREAMS\r\n" % (
-            6 + 2 * len(self._last),
+        block = b"" if block_ms is None else b"$5\r\nBLOCK\r\n" + _bulk(b"%d" % block_ms)
+        head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s%s$7\r\nSTREAMS\r\n" % (
+            (4 if block_ms is None else 6) + 2 * len(self._last),
             _bulk(b"%d" % count),
-            _bulk(b"%d" % block_ms),
+            block,
         )
         return head + self._streams + ids
 
@@ -342,25 +356,44 @@ class TickLogReader:
         await self._connection.close()
 
     async def read(self, *, block_ms: int = 1000, count: int = 500) -> ReadBatch:
-        """The next entries of every stream, oldest first per stream; empty after ``block_ms``."""
-        command = self._command(block_ms, count)
-        async with self._clock.timeout(block_ms / 1000 + 2.0):
-            reply = await self._connection.call(command)
-        ticks: list[Tick] = []
-        statuses: list[Mapping[Any, Any]] = []
-        controls: list[Mapping[Any, Any]] = []
+        """The next entries of every stream, oldest first per stream; empty after ``block_ms``.
+
+        Redis before 7.2 answers a blocked XREAD with the one stream whose entry woke it,
+        even when the same write (one flush, one script) added to other streams too. Such
+        entries say how many streams their write spanned (``w``); when the reply holds
+        fewer, one more XREAD that does not block collects the rest, so the whole write is
+        published at once and the relay sends it to each client in one write, as it does
+        with a standalone instance's upstream frames that arrive together.
+        """
+        batch = ReadBatch([], [], [])
+        positions = dict(self._last)
+        try:
+            async with self._clock.timeout(block_ms / 1000 + 2.0):
+                served, spanned = self._take(await self._connection.call(self._command(block_ms, count)), batch)
+                if spanned > served:
+                    self._take(await self._connection.call(self._command(None, count)), batch)
+        except BaseException:
+            self._last = positions  # nothing of this read was delivered: the next one reads it again
+            raise
+        return batch
+
+    def _take(self, reply: Any, batch: ReadBatch) -> tuple[int, int]:
+        """Add the entries of one XREAD reply to ``batch``; returns how many streams it
+        named, and how many the write of its newest tick entries spanned (``w``)."""
         if not reply:
-            return ReadBatch(ticks, statuses, controls)
+            return 0, 0
         # RESP2: [[key, entries], ...]; RESP3 (protocol=3 in the URL): {key: entries}.
         streams = reply.items() if isinstance(reply, dict) else reply
         last, symbol_of, key_of = self._last, self._symbol_of, self._key_of
+        ticks, served, spanned = batch.ticks, 0, 0
         for raw_key, entries in streams:
             key = key_of.get(raw_key)
             if key is None or not entries:
                 continue
+            served += 1
             symbol = symbol_of.get(key)
             for raw_id, flat in entries:
-                # An entry is [id, [field, value, field, value, ...]] (None if deleted).
+                # An entry is [id, [field, value, field, value, ...]].
                 pairs = iter(flat or ())
                 fields = dict(zip(pairs, pairs, strict=False))
                 if symbol is not None:
@@ -368,11 +401,13 @@ class TickLogReader:
                     if tick is not None:
                         ticks.append(tick)
                 elif key == self._status_key:
-                    statuses.append(fields)
+                    batch.statuses.append(fields)
                 else:
-                    controls.append(fields)
+                    batch.controls.append(fields)
             last[key] = _text(entries[-1][0])
-        return ReadBatch(ticks, statuses, controls)
+            if symbol is not None and fields:
+                spanned = max(spanned, _streams_spanned(fields))
+        return served, spanned
 
     async def latest(self, symbol: str, count: int) -> list[Tick]:
         """The newest ``count`` entries of ``symbol``, oldest first (to pre-fill a hub)."""

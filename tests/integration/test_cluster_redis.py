@@ -242,3 +242,27 @@ async def test_the_reader_works_with_decoded_replies_and_resp3(server: RedisServ
         await writer.close()
     finally:
         await client.aclose()
+
+
+async def test_a_blocked_reader_gets_a_write_to_several_streams_in_one_batch(redis: Any, server: RedisServer) -> None:
+    # Redis before 7.2 answers a blocked XREAD with only the stream that woke it; the reader
+    # collects the rest of that write before it returns, so the relay sends it as one.
+    writer, token = await leader_writer(redis)
+    follower = Redis.from_url(server.url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        reader = TickLogReader(follower, KEYS, ["R_50", "R_100", "1HZ100V"], CLOCK)
+        pending = asyncio.create_task(reader.read(block_ms=3000))
+        await asyncio.sleep(0.1)
+        sent = [Tick("R_50", 5, 1.0, 2), Tick("R_100", 6, 2.0, 2), Tick("1HZ100V", 7, 3.0, 2)]
+        for tick in sent:
+            writer.offer(tick)
+        await writer.flush(token)
+        async with asyncio.timeout(5):
+            assert sorted((await pending).ticks, key=lambda t: t.epoch) == sent
+        writer.offer(Tick("R_50", 8, 1.0, 2))  # a write to one stream: one XREAD, as before
+        await writer.flush(token)
+        assert [t.epoch for t in (await reader.read(block_ms=1000)).ticks] == [8]
+        await reader.close()
+        await writer.close()
+    finally:
+        await follower.aclose()
