@@ -7,16 +7,22 @@ Run: ``.venv/bin/python bench/cluster_fanout.py`` (``--clients N`` per instance,
 members (leader and follower) and a third, standalone instance (no ``REDIS_URL``) beside
 them on the same simulator.
 
-- **Latency of the hop**: one probe relay client on the leader and one on the follower,
-  both connected straight to the instance (not through haproxy) and both in this
-  process. For every tick both receive, ``follower receipt - leader receipt``
-  (``time.monotonic()``, one clock): what the follower path (leader -> XADD -> XREAD ->
+- **Latency of the hop**: one probe relay client on the leader, one on the follower and
+  one on the standalone instance, all connected straight to the instance (not through
+  haproxy) and all in a probe process of their own (``--probe``), which does nothing
+  else: the relay clients under load live in this process, and a probe that shared its
+  event loop with them would be timed late by whatever frames it had to read first. For
+  every tick both receive, ``follower receipt - leader receipt`` (``time.monotonic()``,
+  one clock for both processes): what the follower path (leader -> XADD -> XREAD ->
   follower hub -> relay) adds over the leader's own relay. p50 and p99 in ms; goal
-  p99 <= 5 ms.
+  p99 <= 5 ms. Beside it, ``direct_skew``: ``standalone receipt - leader receipt``, two
+  instances each on its own upstream connection, measured the same way: no Redis on that
+  path, so it is what the machine (two cores, shared) and the method alone spread by.
 - **CPU per delivered frame**: ``--clients`` relay clients on the follower and as many on
-  the standalone instance, for ``--seconds``; each instance's process CPU (utime+stime
-  from /proc) divided by the tick frames its clients received. Reported per 1,000
-  frames, and the follower / standalone ratio; goal <= 1.2.
+  the standalone instance, for ``--seconds`` (each instance also serves its probe: the
+  same clients on both); each instance's process CPU (utime+stime from /proc) divided by
+  the tick frames its ``--clients`` clients received. Reported per 1,000 frames, and the
+  follower / standalone ratio; goal <= 1.2.
 
 Until the members read ``REDIS_URL`` (the cluster wiring on main), the "leader" and the
 "follower" are two more standalone instances, each with its own upstream connection: the
@@ -46,6 +52,8 @@ SYMBOLS = ["1HZ100V", "R_100"]
 WARMUP_S = 3.0
 RUN_TIMEOUT_S = 180.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The probe process's longest output line: every tick one probe got (~40 bytes each).
+PROBE_LINE_LIMIT = 64 * 1024 * 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -70,6 +78,37 @@ def ws_url(member: Member) -> str:
     return f"ws://127.0.0.1:{member.port}/api/v1/ws"
 
 
+async def probe(urls: list[str]) -> None:
+    """``--probe``: one relay client per URL; prints ``ready`` once each has a tick, then,
+    when stdin closes, every tick each received as one JSON line ``[[symbol, epoch, at]...]``
+    per URL."""
+    clients = [RelayClient(url, SYMBOLS) for url in urls]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(client.run(stop)) for client in clients]
+    try:
+        async with asyncio.timeout(RUN_TIMEOUT_S):
+            while not all(client.ticks for client in clients):  # noqa: ASYNC110 - polling counters
+                await asyncio.sleep(0.05)
+            print("ready", flush=True)
+            await asyncio.to_thread(sys.stdin.read)  # until the bench closes our stdin
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for client in clients:
+        rows = [[symbol, epoch, at] for symbol, ticks in client.ticks.items() for epoch, _, at, _ in ticks]
+        print(json.dumps(rows), flush=True)
+
+
+def skew_ms(first: list[list[Any]], second: list[list[Any]], start: float, end: float) -> list[float]:
+    """``second``'s receipt minus ``first``'s for every tick both got (first's within the window)."""
+    at_first = {(symbol, epoch): at for symbol, epoch, at in first if start <= at <= end}
+    return [(at - at_first[(symbol, epoch)]) * 1000 for symbol, epoch, at in second if (symbol, epoch) in at_first]
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     env = {"DERIV_SYMBOLS": ",".join(SYMBOLS), "WEBSOCKET_MAX_CONNECTIONS": str(max(100, 4 * args.clients))}
     work = Path(tempfile.mkdtemp(prefix="cluster-fanout-"))
@@ -79,14 +118,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         leader = next((m for m in pair if roles[m.server] == "leader"), pair[0])
         follower = next(m for m in pair if m is not leader)
         wired = roles[leader.server] == "leader" and roles[follower.server] == "follower"
-        probes = [RelayClient(ws_url(leader), SYMBOLS), RelayClient(ws_url(follower), SYMBOLS)]
+        prober = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--probe",
+            *(ws_url(m) for m in (leader, follower, standalone)),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=PROBE_LINE_LIMIT,
+        )
+        assert prober.stdin is not None and prober.stdout is not None
         on_follower = [RelayClient(ws_url(follower), SYMBOLS) for _ in range(args.clients)]
         on_standalone = [RelayClient(ws_url(standalone), SYMBOLS) for _ in range(args.clients)]
         stop = asyncio.Event()
-        everyone = [*probes, *on_follower, *on_standalone]
+        everyone = [*on_follower, *on_standalone]
         tasks = [asyncio.create_task(client.run(stop)) for client in everyone]
         try:
             async with asyncio.timeout(RUN_TIMEOUT_S):
+                if await prober.stdout.readline() != b"ready\n":
+                    raise RuntimeError("the probe process ended before its clients had a tick")
                 while not all(client.ticks for client in everyone):  # noqa: ASYNC110 - polling counters
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(WARMUP_S)
@@ -95,15 +145,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(args.seconds)
                 cpu_end = {m.server: cpu_seconds(m.pid) for m in (follower, standalone)}
                 end = time.monotonic()
+                prober.stdin.close()
+                received = [json.loads(await prober.stdout.readline()) for _ in range(3)]
+                await prober.wait()
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-    deltas: list[float] = []
-    for symbol in SYMBOLS:
-        at_leader = {e: at for e, _, at, _ in probes[0].ticks.get(symbol, []) if start <= at <= end}
-        for epoch, _, at, _ in probes[1].ticks.get(symbol, []):
-            if epoch in at_leader:
-                deltas.append((at - at_leader[epoch]) * 1000)
+            if prober.returncode is None:
+                prober.kill()
+                await prober.wait()
+    at_leader, at_follower, at_standalone = received
+    deltas = skew_ms(at_leader, at_follower, start, end)
+    direct = skew_ms(at_leader, at_standalone, start, end)
     frames = {
         follower.server: frames_between(on_follower, start, end),
         standalone.server: frames_between(on_standalone, start, end),
@@ -113,7 +166,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for name in frames
     }
     follower_cost, standalone_cost = per_1000[follower.server], per_1000[standalone.server]
-    p50, p99 = percentile(deltas, 0.5), percentile(deltas, 0.99)
     return {
         "bench": "cluster_fanout",
         "cluster_wired": wired,
@@ -122,13 +174,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "symbols": SYMBOLS,
         "clients_per_instance": args.clients,
         "seconds": args.seconds,
-        "hop_latency_ms_p50": round(p50, 3) if p50 is not None else None,
-        "hop_latency_ms_p99": round(p99, 3) if p99 is not None else None,
+        "hop_latency_ms_p50": rounded(percentile(deltas, 0.5)),
+        "hop_latency_ms_p99": rounded(percentile(deltas, 0.99)),
         "hop_latency_samples": len(deltas),
+        "direct_skew_ms_p50": rounded(percentile(direct, 0.5)),
+        "direct_skew_ms_p99": rounded(percentile(direct, 0.99)),
         "frames_follower": frames[follower.server],
         "frames_standalone": frames[standalone.server],
-        "cpu_ms_per_1000_frames_follower": round(follower_cost, 3) if follower_cost is not None else None,
-        "cpu_ms_per_1000_frames_standalone": round(standalone_cost, 3) if standalone_cost is not None else None,
+        "cpu_ms_per_1000_frames_follower": rounded(follower_cost),
+        "cpu_ms_per_1000_frames_standalone": rounded(standalone_cost),
         "cpu_ratio_follower_vs_standalone": (
             round(follower_cost / standalone_cost, 3) if follower_cost and standalone_cost else None
         ),
@@ -142,7 +196,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="measured window (20 s)")
     parser.add_argument("--time-scale", type=float, default=50.0)
     parser.add_argument("--quick", action="store_true", help="10 clients, 8 s")
+    parser.add_argument("--probe", nargs="+", metavar="URL", help=argparse.SUPPRESS)  # the probe process
     args = parser.parse_args()
+    if args.probe:
+        asyncio.run(probe(args.probe))
+        return
     args.clients = args.clients or (10 if args.quick else 20)
     args.seconds = args.seconds or (8.0 if args.quick else 20.0)
     if not 1 <= args.clients <= 200 or not 1 <= args.seconds <= 120:
