@@ -20,9 +20,10 @@ them on the same simulator.
   path, so it is what the machine (two cores, shared) and the method alone spread by.
 - **CPU per delivered frame**: ``--clients`` relay clients on the follower and as many on
   the standalone instance, for ``--seconds`` (each instance also serves its probe: the
-  same clients on both); each instance's process CPU (utime+stime from /proc) divided by
-  the tick frames its ``--clients`` clients received. Reported per 1,000 frames, and the
-  follower / standalone ratio; goal <= 1.2.
+  same clients on both; light clients that only note each tick's arrival, so that this
+  process takes little of the two cores from the instances); each instance's process CPU
+  (utime+stime from /proc) divided by the tick frames its ``--clients`` clients received.
+  Reported per 1,000 frames, and the follower / standalone ratio; goal <= 1.2.
 
 Until the members read ``REDIS_URL`` (the cluster wiring on main), the "leader" and the
 "follower" are two more standalone instances, each with its own upstream connection: the
@@ -40,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +72,41 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def frames_between(clients: list[RelayClient], start: float, end: float) -> int:
-    return sum(1 for c in clients for ticks in c.ticks.values() for _, _, at, _ in ticks if start <= at <= end)
+@dataclass
+class LoadClient:
+    """A relay client under load that only notes when each tick frame came.
+
+    Much lighter per frame than the harness's RelayClient (no task and no bookkeeping per
+    frame), so this process's own CPU, on the same two cores, competes less with the
+    instances it measures."""
+
+    url: str
+    ticks: list[float] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(self.url, open_timeout=5, close_timeout=1, compression=None) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "symbols": SYMBOLS, "id": "load"}))
+            receiving = asyncio.ensure_future(self._receive(ws))
+            try:
+                await asyncio.wait({receiving, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
+            finally:
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+
+    async def _receive(self, ws: Any) -> None:
+        ticks = self.ticks
+        async for raw in ws:
+            kind = json.loads(raw).get("type")
+            if kind == "tick":
+                ticks.append(time.monotonic())
+            elif kind == "ping":
+                await ws.send('{"type": "pong"}')
+
+
+def frames_between(clients: list[LoadClient], start: float, end: float) -> int:
+    return sum(1 for client in clients for at in client.ticks if start <= at <= end)
 
 
 def ws_url(member: Member) -> str:
@@ -128,8 +163,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             limit=PROBE_LINE_LIMIT,
         )
         assert prober.stdin is not None and prober.stdout is not None
-        on_follower = [RelayClient(ws_url(follower), SYMBOLS) for _ in range(args.clients)]
-        on_standalone = [RelayClient(ws_url(standalone), SYMBOLS) for _ in range(args.clients)]
+        on_follower = [LoadClient(ws_url(follower)) for _ in range(args.clients)]
+        on_standalone = [LoadClient(ws_url(standalone)) for _ in range(args.clients)]
         stop = asyncio.Event()
         everyone = [*on_follower, *on_standalone]
         tasks = [asyncio.create_task(client.run(stop)) for client in everyone]
