@@ -378,7 +378,7 @@ class TickLogReader:
         return batch
 
     def _take(self, reply: Any, batch: ReadBatch) -> tuple[int, int]:
-        """Add the entries of one XREAD reply to ``batch``; returns how many streams it
+        """Add the entries of one XREAD reply to ``batch``; returns how many tick streams it
         named, and how many the write of its newest tick entries spanned (``w``)."""
         if not reply:
             return 0, 0
@@ -390,8 +390,8 @@ class TickLogReader:
             key = key_of.get(raw_key)
             if key is None or not entries:
                 continue
-            served += 1
             symbol = symbol_of.get(key)
+            served += symbol is not None
             for raw_id, flat in entries:
                 # An entry is [id, [field, value, field, value, ...]].
                 pairs = iter(flat or ())
