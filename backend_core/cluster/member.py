@@ -39,6 +39,7 @@ from backend_core.cluster.status import PUBLISH_STATUS, decode_status, encode_st
 from backend_core.cluster.ticklog import FencedOut, TickLogReader, TickLogWriter
 from backend_core.events import Tick, UpstreamSnapshot
 from backend_core.hub import Hub
+from backend_core.logs import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class ClusterMember:
         self._refresh_status = False
         self._errors = 0
         self._last_error: str | None = None
-        self._last_error_logged_at = float("-inf")
+        self._error_log = LogThrottle(log, ERROR_LOG_INTERVAL_S)
         self._failovers = 0
         self._leader: tuple[str, int] | None = None
         self._backoff = FullJitter(0.1, 2.0)
@@ -520,7 +521,11 @@ class ClusterMember:
                 attempt = 0
                 self._ok()
             except FencedOut:
-                await self._apply(self.coordinator.lease_lost(self.clock.monotonic(), "a write was fenced off"))
+                # Only a write under the current grant says the lease is gone: a flush
+                # still under way for an older term is refused, but this member may have
+                # won the lease again since.
+                if self._grant is grant:
+                    await self._apply(self.coordinator.lease_lost(self.clock.monotonic(), "a write was fenced off"))
             except redis_errors() as exc:
                 _unless_cancelled()
                 self._failed(exc, "writing the tick log")
@@ -649,9 +654,12 @@ class ClusterMember:
     def _failed(self, exc: BaseException, doing: str) -> None:
         self._errors += 1
         self._last_error = f"{type(exc).__name__} while {doing}"
-        now = self.clock.monotonic()
-        if now - self._last_error_logged_at >= ERROR_LOG_INTERVAL_S:
-            self._last_error_logged_at = now
-            log.warning(
-                "cluster: Redis failed while %s: %s (%d errors so far)", doing, type(exc).__name__, self._errors
-            )
+        self._error_log.log(
+            self.clock.monotonic(),
+            logging.WARNING,
+            "redis",
+            "cluster: Redis failed while %s: %s (%d errors so far)",
+            doing,
+            type(exc).__name__,
+            self._errors,
+        )
