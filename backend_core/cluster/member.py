@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -147,6 +147,19 @@ async def _cancel_until_done(tasks: list[asyncio.Task[None]], clock: Clock, time
         if pending and clock.monotonic() >= deadline:
             log.error("cluster: %s did not stop in %.0f s", sorted(t.get_name() for t in pending), timeout_s)
             return
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+async def _closing(loop: Coroutine[Any, Any, None], holder: _Closable) -> None:
+    """Run ``loop``; when it ends, ``holder`` gives its held connection back to the pool."""
+    try:
+        await loop
+    finally:
+        with contextlib.suppress(*redis_errors()):
+            await holder.close()
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -297,8 +310,8 @@ class ClusterMember:
             return
         self._loops = [
             asyncio.create_task(self._lease_loop(), name="cluster-lease"),
-            asyncio.create_task(self._writer_loop(), name="cluster-writer"),
-            asyncio.create_task(self._reader_loop(), name="cluster-reader"),
+            asyncio.create_task(_closing(self._write_forever(), self.writer), name="cluster-writer"),
+            asyncio.create_task(_closing(self._read_forever(), self.reader), name="cluster-reader"),
         ]
         for task in self._loops:
             task.add_done_callback(_log_crash)
@@ -488,13 +501,6 @@ class ClusterMember:
                 approximate=True,
             )
 
-    async def _writer_loop(self) -> None:
-        try:
-            await self._write_forever()
-        finally:
-            with contextlib.suppress(*redis_errors()):
-                await self.writer.close()  # its held connection goes back to the pool
-
     async def _write_forever(self) -> None:
         attempt = 0
         while not self._stopped:
@@ -541,13 +547,6 @@ class ClusterMember:
             )
         if int(result) < 0:
             raise FencedOut("the lease is held by another member")
-
-    async def _reader_loop(self) -> None:
-        try:
-            await self._read_forever()
-        finally:
-            with contextlib.suppress(*redis_errors()):
-                await self.reader.close()  # its held connection goes back to the pool
 
     async def _read_forever(self) -> None:
         attempt = 0
