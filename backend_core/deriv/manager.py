@@ -10,8 +10,8 @@ under it, after python-websockets' ``asyncio/connection.py`` over its ``protocol
   supervisor). The connect timeout (``WEBSOCKET_CONNECTION_TIMEOUT``) runs on the
   injected :class:`~backend_core.clock.Clock` and covers TCP, TLS and the handshake. Each
   failure gets its own code and plain words naming the host (:func:`classify_connect_error`).
-  Repeated failure opens the breaker; attempts then wait for its half-open probe. The
-  manager never gives up for good.
+  Repeated failure opens the breaker; the cycle then ends at once and the next attempt
+  is its half-open probe (the status counts down to it). The manager never gives up for good.
 * **One session per connected link, in one** :class:`asyncio.TaskGroup`: the reader
   (frames to the protocol), setup (starts the exchange), the heartbeat timer (pings,
   pong and request deadlines, symbol retries) and the silent-stream watchdog. The
@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_any
 
 from backend_core.backoff import FullJitter
 from backend_core.breakers.breaker import CircuitBreaker
@@ -530,7 +530,10 @@ class DerivManager:
     async def _connect_cycle(self, state: LinkState) -> tuple[UpstreamConnection, Permit]:
         """Up to max_attempts attempts with backoff; raises CircuitOpenError or _AttemptFailed."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._max_attempts),
+            # A failure that opened the breaker (its threshold, or a half-open probe that
+            # failed) ends the cycle at once: the next attempt is the breaker's probe, and
+            # the status shows that wait, not a backoff no attempt would follow.
+            stop=stop_any(stop_after_attempt(self._max_attempts), self._breaker_opened),
             wait=self._backoff,
             retry=retry_if_exception_type(_AttemptFailed),
             sleep=self._backoff_sleep,
@@ -541,6 +544,9 @@ class DerivManager:
                 number = attempt.retry_state.attempt_number
                 return await self._attempt(number, state)
         raise AssertionError("unreachable: tenacity re-raises the last failure")  # pragma: no cover
+
+    def _breaker_opened(self, retry_state: RetryCallState) -> bool:
+        return self._breaker.state.value == "open"
 
     async def _attempt(self, number: int, state: LinkState) -> tuple[UpstreamConnection, Permit]:
         if self._stopping:

@@ -85,12 +85,17 @@ class FakeServer:
         self.connections: list[FakeConnection] = []
         self.requests: list[Frame] = []
         self.hang = False
+        self.refuse = False
+        self.refused = 0
         self.overrides: dict[str, Callable[[Frame], list[Frame]]] = {}
         self._epochs = itertools.count(1000)
 
     async def connect(self, url: str) -> FakeConnection:
         if self.hang:
             await asyncio.Event().wait()  # never answers: only the clock's deadline ends it
+        if self.refuse:
+            self.refused += 1
+            raise ConnectionRefusedError(111, "Connection refused")
         connection = FakeConnection(self)
         self.connections.append(connection)
         return connection
@@ -309,6 +314,38 @@ async def test_one_symbols_request_timeout_leaves_the_link_and_the_other_symbol_
         assert timed_out and all(x.subscribed for x in timed_out[0].symbols if x.symbol == "1HZ100V")
         assert timed_out[0].symbols[0].failed_code == "RequestTimeout"
         assert len(h.server.sent("ticks")) == 3
+
+
+async def test_a_failure_that_opens_the_breaker_ends_the_cycle_and_the_countdown_is_the_probes() -> None:
+    # Threshold 2, three attempts per cycle: the second refusal opens the breaker, and the
+    # half-open probe 30 s later is refused too (the open period then grows).
+    async with running(settings_for(WEBSOCKET_CB_FAILURE_THRESHOLD="2"), stable_session_s=0.0) as h:
+        await streaming(h)
+        h.server.refuse = True
+        h.server.live.abort()
+        await h.advance(3.0)  # the backoff after the first refusal (at most 1 s here)
+        assert h.server.refused == 2 and h.manager.snapshot().state == LinkState.CIRCUIT_OPEN
+        await h.advance(30.0)
+        assert h.server.refused == 3 and h.manager.snapshot().state == LinkState.CIRCUIT_OPEN
+        countdowns = [
+            (s.state, s.next_attempt_at)
+            for s in h.recorder.statuses
+            if s.next_attempt_at is not None and s.last_error is not None and s.last_error.code == "ConnectionRefused"
+        ]
+        # No "reconnecting, next attempt in a moment" once the breaker is open: only the
+        # backoff after the first refusal, then the waits for the probe, each as long as
+        # the breaker's own open period.
+        assert [state for state, _ in dict.fromkeys(countdowns)] == [
+            LinkState.RECONNECTING,
+            LinkState.CIRCUIT_OPEN,
+            LinkState.CIRCUIT_OPEN,
+        ]
+        probe_at = countdowns[-1][1]
+        assert probe_at is not None and probe_at >= h.clock.wall() + 29.0
+        h.server.refuse = False
+        await h.advance(probe_at - h.clock.wall() + 1.0)
+        await h.reconnected()
+        assert h.server.refused == 3
 
 
 # --------------------------------------------------------------------------- a task fails
