@@ -46,7 +46,8 @@ from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websockets
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, stop_any
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
 
 from backend_core.backoff import FullJitter
 from backend_core.breakers.breaker import CircuitBreaker
@@ -148,6 +149,16 @@ class _TaskFailed(Exception):
         super().__init__(f"{task}: {type(error).__name__}")
         self.task = task
         self.error = error
+
+
+class _StopWhenOpen(stop_base):
+    """tenacity's stop condition: the breaker is open (no attempt can be made before its probe)."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._breaker.state.value == "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +544,7 @@ class DerivManager:
             # A failure that opened the breaker (its threshold, or a half-open probe that
             # failed) ends the cycle at once: the next attempt is the breaker's probe, and
             # the status shows that wait, not a backoff no attempt would follow.
-            stop=stop_any(stop_after_attempt(self._max_attempts), self._breaker_opened),
+            stop=stop_after_attempt(self._max_attempts) | _StopWhenOpen(self._breaker),
             wait=self._backoff,
             retry=retry_if_exception_type(_AttemptFailed),
             sleep=self._backoff_sleep,
@@ -544,9 +555,6 @@ class DerivManager:
                 number = attempt.retry_state.attempt_number
                 return await self._attempt(number, state)
         raise AssertionError("unreachable: tenacity re-raises the last failure")  # pragma: no cover
-
-    def _breaker_opened(self, retry_state: RetryCallState) -> bool:
-        return self._breaker.state.value == "open"
 
     async def _attempt(self, number: int, state: LinkState) -> tuple[UpstreamConnection, Permit]:
         if self._stopping:
