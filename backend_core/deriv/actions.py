@@ -36,7 +36,16 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class PublishTick:
+    """Hand one live tick to the sink (the hot path: one action per tick frame)."""
+
     tick: Tick
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTicks:
+    """Hand these ticks to the sink, one after another (a backfill's release, in epoch order)."""
+
+    ticks: tuple[Tick, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,4 +92,6 @@ class Fail:
     error: UpstreamError
 
 
-Action: TypeAlias = Send | PublishTick | PublishStatus | LinkUp | CloseLink | ArmDeadline | Resolve | Fail
+Action: TypeAlias = (
+    Send | PublishTick | PublishTicks | PublishStatus | LinkUp | CloseLink | ArmDeadline | Resolve | Fail
+)

@@ -25,8 +25,9 @@ runs every released tick through :class:`TickSequencer`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 from backend_core.backoff import FullJitter
@@ -75,6 +76,21 @@ class TickSequencer:
             return False
         self._last[tick.symbol] = tick.epoch
         return True
+
+    def accept_all(self, ticks: Iterable[Tick]) -> tuple[Tick, ...]:
+        """The ticks :meth:`accept` would let through, one at a time, in their order (one pass)."""
+        last_by = self._last
+        out: list[Tick] = []
+        keep = out.append
+        seen = 0
+        for tick in ticks:
+            seen += 1
+            last = last_by.get(tick.symbol)
+            if last is None or tick.epoch > last:
+                last_by[tick.symbol] = tick.epoch
+                keep(tick)
+        self.duplicates += seen - len(out)
+        return tuple(out)
 
     def last_epoch(self, symbol: str) -> int | None:
         return self._last.get(symbol)
@@ -252,7 +268,7 @@ class Backfill:
     def _release(self, symbol: str, state: _Paging, reason: str | None) -> Release:
         self.paging.pop(symbol, None)
         ticks = state.held + state.live
-        ticks.sort(key=_epoch)  # nearly sorted already: linear; the sequencer drops repeats
+        ticks.sort(key=_epoch)  # runs already in order: linear; the sequencer drops repeats
         if reason is None:
             return Release(ticks, paged=state.paged)
         first = next((i for i, t in enumerate(ticks) if t.epoch > state.last), None)
@@ -262,5 +278,4 @@ class Backfill:
         return Release(ticks, (state.last, ticks[first].epoch), reason, state.paged)
 
 
-def _epoch(tick: Tick) -> int:
-    return tick.epoch
+_epoch: Final = attrgetter("epoch")

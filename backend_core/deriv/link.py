@@ -10,9 +10,10 @@ Events: :meth:`~LinkProtocol.connected`, :meth:`~LinkProtocol.frame` (a parsed
 message), :meth:`~LinkProtocol.send_failed`, :meth:`~LinkProtocol.deadline_reached`,
 :meth:`~LinkProtocol.retry_requested`, :meth:`~LinkProtocol.closed`, and
 :meth:`~LinkProtocol.request` (someone else's request). Actions: :class:`Send`,
-:class:`PublishTick`, :class:`PublishStatus`, :class:`LinkUp`, :class:`CloseLink` (with
-its cause), :class:`ArmDeadline` (one of two :class:`Timer`), :class:`Resolve`/:class:`Fail`
-(all in :mod:`backend_core.deriv.actions`).
+:class:`PublishTick` (a live tick), :class:`PublishTicks` (a backfill's ticks, in order),
+:class:`PublishStatus`, :class:`LinkUp`, :class:`CloseLink` (with its cause),
+:class:`ArmDeadline` (one of two :class:`Timer`), :class:`Resolve`/:class:`Fail` (all in
+:mod:`backend_core.deriv.actions`).
 
 What it decides (sections of ``shared/deriv-protocol.md``):
 
@@ -58,6 +59,7 @@ from backend_core.deriv.actions import (
     LinkUp,
     PublishStatus,
     PublishTick,
+    PublishTicks,
     Resolve,
     Send,
     Timer,
@@ -464,13 +466,12 @@ class LinkProtocol:
             lost = f"ticks after epoch {release.gap[0]} and before {release.gap[1]} are lost"
             log.warning("%s: the outage could not be backfilled (%s): %s", sym.name, release.reason, lost)
         stats["ticks_paged"] += release.paged
-        for tick in release.ticks:
-            if self._sequencer.accept(tick):
-                sym.last_tick_at = now
-                stats["ticks_published"] += 1
-                if tick.backfill:
-                    stats["ticks_backfilled"] += 1
-                actions.append(PublishTick(tick))
+        ticks = self._sequencer.accept_all(release.ticks)  # one action for all: thousands after an outage
+        if ticks:
+            sym.last_tick_at = now
+            stats["ticks_published"] += len(ticks)
+            stats["ticks_backfilled"] += sum(1 for tick in ticks if tick.backfill)
+            actions.append(PublishTicks(ticks))
         if release.gap is not None:
             actions.append(PublishStatus())
         return actions

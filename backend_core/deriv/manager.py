@@ -720,6 +720,10 @@ class DerivManager:
         for action in actions:
             if type(action) is act.PublishTick:
                 self._sink.publish_tick(action.tick)
+            elif type(action) is act.PublishTicks:
+                publish = self._sink.publish_tick
+                for tick in action.ticks:
+                    publish(tick)
             elif type(action) is act.Send:
                 try:
                     await session.ws.send(protocol.encode(action.payload))

@@ -44,6 +44,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, ClassVar, Final, TypeAlias
 
 from backend_core.deriv.protocol import clip_code, clip_text
@@ -105,11 +106,12 @@ class History:
         """The history as backfilled :class:`Tick` values (no bid/ask, section 3.4)."""
         if self.symbol is None or self.pip_size is None:
             return ()
-        sym, pip = self.symbol, self.pip_size
-        return tuple(
-            Tick(symbol=sym, epoch=e, quote=q, pip_size=pip, backfill=True)
-            for e, q in zip(self.times, self.prices, strict=True)
-        )
+        n = len(self.times)
+        if len(self.prices) != n:
+            raise ValueError("history prices and times differ in length")
+        # Tick(symbol, epoch, quote, pip_size, bid=None, ask=None, backfill=True), the loop in C.
+        symbol, pip_size, bid, ask = repeat(self.symbol, n), repeat(self.pip_size, n), repeat(None), repeat(None)
+        return tuple(map(Tick, symbol, self.times, self.prices, pip_size, bid, ask, repeat(True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +321,9 @@ def _reject_constant(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 _decode: Final = _DECODER.decode
 _isfinite: Final = math.isfinite
+# Exact types, as the per-value checks use (a bool is not a number here).
+_NUMBER_TYPES: Final = frozenset({float, int})
+_INTEGER_TYPE: Final = frozenset({int})
 
 
 def _frame_error(
@@ -464,8 +469,17 @@ def _parse_history(frame: dict[str, Any], req_id: int | None) -> History:
         raise _BadFrame("history.prices and history.times must be arrays")
     if len(prices_raw) != len(times_raw):
         raise _BadFrame("history.prices and history.times differ in length")
-    prices = tuple(_number(p, "history.prices[]") for p in prices_raw)
-    times = tuple(_integer(t, "history.times[]") for t in times_raw)
+    # A page holds up to 5000 of each: checked a whole array at a time (type set, then
+    # finiteness), and element by element only to name what is wrong.
+    price_types = set(map(type, prices_raw))
+    if price_types <= _NUMBER_TYPES and all(map(_isfinite, prices_raw)):
+        prices = tuple(prices_raw) if int not in price_types else tuple(map(float, prices_raw))
+    else:
+        prices = tuple(_number(p, "history.prices[]") for p in prices_raw)
+    if set(map(type, times_raw)) <= _INTEGER_TYPE:
+        times = tuple(times_raw)
+    else:
+        times = tuple(_integer(t, "history.times[]") for t in times_raw)
     return History(
         prices,
         times,

@@ -65,7 +65,14 @@ def one_send(actions: Sequence[act.Action], method: str) -> act.Send:
 
 
 def ticks_of(actions: Sequence[act.Action]) -> list[Tick]:
-    return [a.tick for a in actions if isinstance(a, act.PublishTick)]
+    """The ticks the actions publish, in order (live ones alone, a backfill's together)."""
+    out: list[Tick] = []
+    for a in actions:
+        if isinstance(a, act.PublishTick):
+            out.append(a.tick)
+        elif isinstance(a, act.PublishTicks):
+            out.extend(a.ticks)
+    return out
 
 
 def closed_with(actions: Sequence[act.Action]) -> act.CloseLink | None:
@@ -285,7 +292,9 @@ def test_a_12000_tick_outage_is_filled_completely_in_three_replies_with_live_tic
     assert page is not None and page.payload["end"] == "3000"
     actions = link.frame(answer(page, market), 13.0)
     assert page_of(actions) is None
+    [release] = [a for a in actions if isinstance(a, act.PublishTicks)]  # one action for the whole outage
     published = ticks_of(actions)
+    assert list(release.ticks) == published
     assert [t.epoch for t in published] == list(range(1001, 13_002))
     assert all(t.gap_from is None for t in published) and published[-1].backfill is False
     assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 7000, 0)
@@ -809,6 +818,21 @@ def test_sequencer_lets_each_epoch_through_once_in_order() -> None:
     assert accepted == [True, True, False, False, True]
     assert seq.duplicates == 2
     assert seq.last_epoch("A") == 2 and seq.last_epoch("B") == 1 and seq.last_epoch("C") is None
+
+
+@given(st.lists(st.tuples(st.sampled_from("AB"), st.integers(0, 6)), max_size=30), st.integers(0, 30))
+def test_the_sequencer_lets_a_batch_through_as_it_would_one_tick_at_a_time(
+    ticks: list[tuple[str, int]], split: int
+) -> None:
+    one_by_one, batched = TickSequencer(), TickSequencer()
+    batched.seed("A", 2)
+    one_by_one.seed("A", 2)
+    each = [plain_tick(s, e) for s, e in ticks]
+    expected = [t for t in each if one_by_one.accept(t)]
+    # In two batches: the second goes on from where the first left off.
+    assert list(batched.accept_all(each[:split]) + batched.accept_all(each[split:])) == expected
+    assert batched.duplicates == one_by_one.duplicates
+    assert all(batched.last_epoch(s) == one_by_one.last_epoch(s) for s in "AB")
 
 
 def test_the_ticks_held_for_all_symbols_paging_at_once_are_bounded() -> None:

@@ -259,6 +259,27 @@ def test_parse_history_3_4() -> None:
     assert len(ticks) == 3
 
 
+def test_history_prices_given_as_integers_are_floats_and_every_value_is_checked() -> None:
+    frame = json.loads(HISTORY_FRAME)
+    frame["history"]["prices"] = [218, 218.7205, 219]
+    msg = m.parse(json.dumps(frame))
+    assert isinstance(msg, m.History) and msg.prices == (218.0, 218.7205, 219.0)
+    assert all(type(p) is float for p in msg.prices) and all(type(t.quote) is float for t in msg.to_ticks())
+    # One bad value anywhere in a long page is named, whichever check finds it.
+    long_page = {"prices": [1.5] * 4999, "times": list(range(1, 5000))}
+    for key, bad, fragment in [
+        ("prices", True, "history.prices[] is not a number"),
+        ("prices", "1.5", "history.prices[] is not a number"),
+        ("prices", 1e999, "history.prices[] is not a finite number"),
+        ("times", True, "history.times[] is not an integer"),
+        ("times", 7.0, "history.times[] is not an integer"),
+    ]:
+        page = {k: list(v) for k, v in long_page.items()}
+        page[key][2500] = bad
+        raw = json.dumps({"msg_type": "history", "history": page}).replace("Infinity", "1e999")
+        assert _frame_error(raw).reason == fragment, (key, bad)
+
+
 def test_history_without_symbol_gives_no_ticks() -> None:
     frame = json.loads(HISTORY_FRAME)
     del frame["echo_req"]

@@ -62,6 +62,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -107,6 +108,13 @@ MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_BACKGROUND_TASKS: Final = 1024
 #: How long (clock seconds) ``stop()`` waits for polite closes before aborting sockets.
 _STOP_CLOSE_TIMEOUT_S: Final = 2.0
+
+#: permessage-deflate as websockets offers it by default (section 1: on), at zlib level 1:
+#: a 5000-tick ``ticks_history`` page (~90 kB) compresses in a quarter of the default's
+#: time to about the same size, and the simulator shares the client's CPU in tests.
+DEFLATE: Final = ServerPerMessageDeflateFactory(
+    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5, "level": 1}
+)
 
 #: What ``authorize`` accepts when no tokens are configured (a demo token, not a secret).
 DEFAULT_ACCEPTED_TOKENS: Final = ("simulator-demo-token",)
@@ -285,6 +293,7 @@ class DerivSimulator(Listening):
             close_timeout=_STOP_CLOSE_TIMEOUT_S,
             max_size=MAX_REQUEST_BYTES,
             server_header=None,
+            extensions=[DEFLATE],
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._feed_task = asyncio.create_task(self._feed_loop(), name="deriv-simulator-feed")
