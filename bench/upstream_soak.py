@@ -212,6 +212,7 @@ async def run(seconds: float, seed: int) -> dict[str, object]:
         # in. None of this soak's outages is; any announced gap here would be a false alarm.
         "announced_gaps": stats["backfill_gaps"],
         "backfill_pages": stats["backfill_pages"],
+        "backfill_page_retries": stats["backfill_page_retries"],
         "ticks_paged": stats["ticks_paged"],
         "duplicates": duplicates,
         "recoveries": len(recoveries),
