@@ -651,9 +651,11 @@ async def test_counters(sim: DerivSimulator) -> None:
 
 async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
     # A client that never reads: once the kernel buffers are full its queue fills and it
-    # is cut off. A small queue keeps this well inside the (scaled) idle timeout, which
-    # would otherwise also end such a connection: a stalled write is no activity.
+    # is cut off (a stalled write is no activity, so the idle timeout would end it too).
     monkeypatch.setattr(server_module, "OUTBOUND_QUEUE_FRAMES", 16)
+    # Fast ticks fill the buffers soon; the idle timeout (scaled too: 0.12 s real) must
+    # not end the stalled connection first on a loaded machine.
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT_S", 120_000)
     async with make_sim(time_scale=1000) as simulator:
         # A small fixed receive window and no compression, so the kernel buffers fill soon.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
