@@ -7,7 +7,15 @@ instance behind the balancer, and a tab whose socket moved to another instance w
 find "already streaming" (written by the instance it left) and never get a loop there.
 
 The registry is owned by the app's one runtime reference (:mod:`rxapp.runtime_ref`),
-never a module global of its own (DESIGN.md rule 3), and bounded (rule 5).
+never a module global of its own (DESIGN.md rule 3), and bounded (rule 5). The newest
+loop of a page is its loop: a page that loads again in this process (a reconnect, which
+makes Reflex cancel the old loop's event chain) gets a new loop at once, and the older
+one, no longer the registered one, ends at its next round (:func:`next_verdict`). An old
+loop is never trusted to be "still running": Reflex cancels a page's loop when its socket
+disconnects or reconnects, but a cancellation can be absorbed by code below the loop
+(seen in Reflex's state write, which is now shielded: :meth:`PageLoops.unbroken`; the
+task then goes on with ``cancelling()`` set), so a loop also ends by itself once it has
+been asked to.
 
 Whether a page's socket is still *here* is read from Reflex's token manager, which
 records each token's socket with the id of the process that holds it
@@ -24,7 +32,10 @@ import asyncio
 import enum
 import os
 import uuid
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Live loops one process runs at most (one per open page whose socket is here). A page
 # beyond it gets no loop: its fallback.js sees the page's time stop and polls the REST
@@ -48,13 +59,14 @@ class Verdict(enum.Enum):
     GO_ON = "go_on"
     SOCKET_GONE = "socket_gone"
     UNWATCHED_TOO_LONG = "unwatched_too_long"
+    SUPERSEDED = "superseded"  # a newer loop of the same page runs in this process
+    CANCELLED = "cancelled"  # asked to stop (by Reflex or on shutdown), the request absorbed
 
 
 class Claim(enum.Enum):
     """The answer to a page's loop asking to run."""
 
-    STARTED = "started"
-    RUNNING = "running"  # this page already has a loop here (a reconnect to the same process)
+    STARTED = "started"  # this loop is the page's loop here (an older one ends at its next round)
     FULL = "full"  # MAX_PAGE_LOOPS reached
 
 
@@ -78,29 +90,38 @@ def socket_watch(token_manager: Any, token: str) -> Watch:
     return Watch.HERE if owner == instance_id else Watch.GONE
 
 
-# While a tab moves between instances the registries churn (the old instance's
-# disconnect can land after the new one's connect); a socket must stay gone this long
-# before its loop ends, so a loop does not end in the middle of its own tab's move.
-GONE_GRACE_S = 3.0
-
-
 def next_verdict(
-    watch: Watch, now: float, unwatched_since: float | None, limit_s: float
+    watch: Watch,
+    now: float,
+    unwatched_since: float | None,
+    limit_s: float,
+    *,
+    current: bool = True,
+    cancel_requested: bool = False,
 ) -> tuple[Verdict, float | None]:
-    """A loop's verdict after a round, and since when its socket has not been seen here.
+    """A loop's verdict after a round, and since when the socket registry has been unreadable.
 
-    A socket gone or seen elsewhere for :data:`GONE_GRACE_S` ends the loop; an unreadable
-    registry is tolerated for ``limit_s`` (a page still open then gets a new loop when it
-    reconnects).
+    ``current``: this loop is still the page's registered loop here; ``cancel_requested``:
+    its task has been asked to stop. Either ending ends the loop, and so does a socket gone
+    or held by another instance, at the first round that sees it. No grace is needed, as
+    Reflex 0.10's token manager keeps the record of a socket here exact in this process:
+    ``link_token_to_sid`` writes it before the connection's first event (the hydrate
+    whose ``on_load`` starts the loop) is processed, and a Redis notification never drops
+    a live record of this process's own: a deletion is answered by storing it again, and
+    it is replaced only by a newer record in Redis, i.e. by the tab's socket on another
+    instance. An unreadable registry is tolerated for ``limit_s`` (a page still open then
+    gets a new loop when it reconnects).
     """
+    if cancel_requested:
+        return Verdict.CANCELLED, unwatched_since
+    if not current:
+        return Verdict.SUPERSEDED, unwatched_since
     if watch is Watch.HERE:
         return Verdict.GO_ON, None
+    if watch is Watch.GONE:
+        return Verdict.SOCKET_GONE, None
     if unwatched_since is None:
         return Verdict.GO_ON, now
-    if watch is Watch.GONE:
-        if now - unwatched_since >= GONE_GRACE_S:
-            return Verdict.SOCKET_GONE, None
-        return Verdict.GO_ON, unwatched_since
     if now - unwatched_since >= limit_s:
         return Verdict.UNWATCHED_TOO_LONG, unwatched_since
     return Verdict.GO_ON, unwatched_since
@@ -109,15 +130,20 @@ def next_verdict(
 class PageLoops:
     """The live loops of this process, one per page token.
 
-    Claiming and releasing are synchronous, so a loop that sees its socket gone and
-    releases its claim cannot interleave with a reconnected page claiming a new one:
-    either the new claim finds the old loop (which then sees the socket back) or a free
-    slot.
+    The newest claim of a token wins: a page that loads again while an older loop of
+    its token is still registered here (a reconnect to this process) gets a loop at
+    once, whatever state the older one is in (waiting, cancelled but not yet unwound,
+    or cancelled with the cancellation absorbed); the older one sees that it is no longer
+    :meth:`owns` and ends at its next round. Claiming and releasing are synchronous, and
+    a release drops only the releasing loop's own claim.
     """
 
     def __init__(self, limit: int = MAX_PAGE_LOOPS) -> None:
         self._limit = limit
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        # State writes finishing after their loop was cancelled (at most one per loop:
+        # a loop awaits its write, and a cancelled loop starts no other).
+        self._writes: set[asyncio.Task[Any]] = set()
         self._nonce = uuid.uuid4().hex
 
     @property
@@ -128,18 +154,37 @@ class PageLoops:
         return f"{self._nonce}:{os.getpid()}"
 
     def claim(self, token: str, task: asyncio.Task[Any]) -> Claim:
-        current = self._tasks.get(token)
-        if current is not None and current is not task and not current.done():
-            return Claim.RUNNING
-        if current is None and len(self._tasks) >= self._limit:
+        """Make ``task`` the loop of ``token`` here (an older one stops owning it)."""
+        if token not in self._tasks and len(self._tasks) >= self._limit:
             return Claim.FULL
         self._tasks[token] = task
         return Claim.STARTED
+
+    def owns(self, token: str, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` is still the registered loop of ``token``."""
+        return self._tasks.get(token) is task
 
     def release(self, token: str, task: asyncio.Task[Any]) -> None:
         """Forget ``task``'s claim (a newer loop's claim for the same token stays)."""
         if self._tasks.get(token) is task:
             del self._tasks[token]
+
+    async def unbroken(self, write: Coroutine[Any, Any, T]) -> T:
+        """Run a loop's state write to its end even if the loop is cancelled meanwhile.
+
+        The write takes the tab's state lock in Redis. Reflex cancels a page's loop when
+        its socket disconnects, which happens right after a push, i.e. while the loop is
+        still inside the write that sent it (Reflex emits the delta, then saves the state
+        and releases the lock). Cancelled there, the write can leave the lock held until
+        it expires (Reflex's ``redis_lock_expiration``, 10 s), and every event of that tab
+        waits for it, on any instance: the tab that just reconnected gets nothing for
+        10 s. So the write runs in its own task, which the loop's cancellation does not
+        reach; the loop itself still ends at once. Bounded by the Redis socket timeouts.
+        """
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
 
     def running(self, token: str) -> bool:
         task = self._tasks.get(token)
@@ -149,10 +194,12 @@ class PageLoops:
         return len(self._tasks)
 
     async def stop(self) -> None:
-        """Cancel every loop and wait (bounded) for them to finish: on shutdown."""
+        """Cancel every loop and wait (bounded) for them and their last writes to finish: on shutdown."""
         tasks = [task for task in self._tasks.values() if task is not asyncio.current_task()]
         self._tasks.clear()
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+        if self._writes:
+            await asyncio.wait(list(self._writes), timeout=STOP_WAIT_S)

@@ -12,7 +12,8 @@ second, refreshes ages and countdowns; it sleeps and waits on the runtime's cloc
 it awaits (the shared health run) only outside the state lock, so ``on_load`` itself never
 awaits. Which pages have a loop is kept per process (:mod:`rxapp.page_loops`, not in the
 state, which Redis shares between instances behind a balancer). The loop stops when the
-page's socket is gone or now connected to another instance (or, if Reflex's socket
+page's socket is gone or now connected to another instance, when a newer loop of the same
+page took over in this process, or when it has been cancelled (or, if Reflex's socket
 registry cannot be read, after ``UNWATCHED_LIMIT_S``: never forever); a reconnecting page
 runs ``on_load`` again, on whichever instance it reached, which starts a new one there. With
 ``VITE_ENABLE_REAL_TIME_UPDATES=false`` the loop refreshes on a timer of
@@ -282,10 +283,8 @@ class StatusState(rx.State):
         loops = get_page_loops()
         if task is None:  # pragma: no cover - Reflex runs every background event in a task
             return
-        claim = loops.claim(token, task)
-        if claim is Claim.FULL:
+        if loops.claim(token, task) is Claim.FULL:
             log.warning("status page loop not started: %d pages already stream from this process", len(loops))
-        if claim is not Claim.STARTED:
             return
         try:
             await self._stream(token, loops, task)
@@ -311,11 +310,17 @@ class StatusState(rx.State):
                 first, changed = False, True
             else:
                 changed, seen = await _next_round(runtime, seen, period_s, real_time=real_time)
-            # Decided and released with no await in between, so a page that reconnects
-            # here meanwhile either finds this loop still claimed (and it sees the socket
-            # back next round) or claims a fresh one.
+            # Decided and released with no await in between. A reconnect here meanwhile
+            # has claimed the page for its own loop (this one is no longer current), and
+            # Reflex's cancellation of this loop's event chain may have been absorbed
+            # below it (cancelling() stays set): both end this loop.
             verdict, unwatched_since = next_verdict(
-                socket_watch(_token_manager(), token), clock.monotonic(), unwatched_since, UNWATCHED_LIMIT_S
+                socket_watch(_token_manager(), token),
+                clock.monotonic(),
+                unwatched_since,
+                UNWATCHED_LIMIT_S,
+                current=loops.owns(token, task),
+                cancel_requested=task.cancelling() > 0,
             )
             if verdict is Verdict.UNWATCHED_TOO_LONG:
                 # Without the registry a gone page is never noticed: end rather than run forever.
@@ -341,10 +346,9 @@ class StatusState(rx.State):
                 # With Reflex's state on Redis this is a Redis round trip, bounded by the
                 # socket timeouts of REFLEX_REDIS_URL (rxapp/reflex_redis.py): a hung
                 # Redis fails this round after that bound, and the next round tries again.
-                async with self:
-                    if report is not None:
-                        self._set_health(report)
-                    self._apply(*snapshot)
+                # A cancellation of this loop does not break into it (PageLoops.unbroken):
+                # it would leave the tab's state lock held.
+                await loops.unbroken(_write_round(self, report, snapshot))
             except Exception:
                 failures = _log_failure(failures)
 
@@ -364,6 +368,14 @@ class StatusState(rx.State):
         self._dismissed_error_at = str(last_error.get("at") or "")
         self.retry_message = ""
         self._apply(*_read_snapshot())
+
+
+async def _write_round(page: Any, report: HealthReport | None, snapshot: tuple[Any, ...]) -> None:
+    """Apply one round to the page's state (under the tab's state lock) and push it."""
+    async with page:
+        if report is not None:
+            page._set_health(report)
+        page._apply(*snapshot)
 
 
 async def health_for_round(runtime: Runtime, *, changed: bool, health_at: float) -> HealthReport | None:
@@ -412,11 +424,16 @@ def _log_failure(failures: int) -> int:
 
 def _token_manager() -> Any:
     """Reflex's token manager of this process (None outside a running app, or when
-    Reflex's internals move: the page loop then ends after UNWATCHED_LIMIT_S)."""
-    from reflex.utils import prerequisites
+    Reflex's internals move: the page loop then ends after UNWATCHED_LIMIT_S).
+
+    Read from the app Reflex registered for the running event (what its own handlers
+    use), not through ``prerequisites.get_and_validate_app()``: that inserts the working
+    directory into ``sys.path`` on every call, and every page asks once a second.
+    """
+    from reflex_base.registry import RegistrationContext
 
     try:
-        namespace = prerequisites.get_and_validate_app().app.event_namespace
-    except Exception:  # pragma: no cover - only outside a running app
+        namespace = RegistrationContext.get().app.event_namespace
+    except Exception:  # outside a running app (LookupError, ReflexRuntimeError)
         return None
     return getattr(namespace, "_token_manager", None)

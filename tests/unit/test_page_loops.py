@@ -1,6 +1,7 @@
 """The status page's live loops behind a balancer (CLUSTER.md 2.7): each process keeps its
-own ``{token: task}`` registry, and a loop ends when its page's socket is no longer on
-*this* process.
+own ``{token: task}`` registry, the newest loop of a page is its loop, and a loop ends when
+its page's socket is no longer on *this* process, when a newer loop took over, or when it
+has been cancelled (even if the cancellation was absorbed below it).
 
 Reflex's own token manager (the in-memory one; the Redis one keeps the same records and
 also caches other instances' records) stands for "where the sockets are"; the loop runs
@@ -10,6 +11,7 @@ on a Runtime with a fake clock. Nothing is started, no sockets, no real sleeps.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,13 +24,10 @@ from backend_core.clock import FakeClock
 from backend_core.config import load_settings
 from backend_core.runtime import Runtime
 from rxapp import state as state_module
-from rxapp.page_loops import GONE_GRACE_S, Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
+from rxapp.page_loops import Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
 from rxapp.state import UNWATCHED_LIMIT_S, StatusState
 
 TOKEN = "tab-1"
-
-# Rounds (one second each) until a socket that is gone has been gone for the grace.
-GRACE_ROUNDS = int(GONE_GRACE_S) + 2
 
 
 # ---------------------------------------------------------------------------- where is the socket
@@ -58,6 +57,15 @@ def test_a_registry_that_cannot_be_read_is_unknown_never_an_error() -> None:
     assert socket_watch(moved, TOKEN) is Watch.UNKNOWN
 
 
+def test_reading_the_socket_registry_every_round_leaves_the_import_path_alone() -> None:
+    """Each page reads the registry once a second: a read must not grow anything (Reflex's
+    ``get_and_validate_app`` inserts the working directory into ``sys.path`` per call)."""
+    before = list(sys.path)
+    for _ in range(50):
+        state_module._token_manager()
+    assert sys.path == before
+
+
 def test_an_unreadable_registry_is_tolerated_for_a_bounded_time_only() -> None:
     verdict, since = next_verdict(Watch.UNKNOWN, 100.0, None, 600.0)
     assert (verdict, since) == (Verdict.GO_ON, 100.0)
@@ -68,13 +76,15 @@ def test_an_unreadable_registry_is_tolerated_for_a_bounded_time_only() -> None:
     assert next_verdict(Watch.GONE, 650.0, since, 600.0)[0] is Verdict.SOCKET_GONE
 
 
-def test_a_socket_must_stay_gone_for_the_grace_before_its_loop_ends() -> None:
-    # The registries churn while a tab moves: one round that misses the socket is not the end.
-    verdict, since = next_verdict(Watch.GONE, 100.0, None, 600.0)
-    assert (verdict, since) == (Verdict.GO_ON, 100.0)
-    assert next_verdict(Watch.GONE, 100.0 + GONE_GRACE_S - 0.1, since, 600.0) == (Verdict.GO_ON, 100.0)
-    assert next_verdict(Watch.HERE, 101.0, since, 600.0) == (Verdict.GO_ON, None)  # back: the count starts over
-    assert next_verdict(Watch.GONE, 100.0 + GONE_GRACE_S, since, 600.0)[0] is Verdict.SOCKET_GONE
+def test_a_socket_gone_from_here_ends_the_loop_at_the_first_round_that_sees_it() -> None:
+    # Reflex's token manager keeps this process's own records exact: nothing to wait for.
+    assert next_verdict(Watch.GONE, 100.0, None, 600.0)[0] is Verdict.SOCKET_GONE
+    assert next_verdict(Watch.HERE, 100.0, None, 600.0) == (Verdict.GO_ON, None)
+
+
+def test_a_loop_that_is_no_longer_its_pages_loop_or_was_cancelled_ends_even_with_its_socket_here() -> None:
+    assert next_verdict(Watch.HERE, 100.0, None, 600.0, current=False)[0] is Verdict.SUPERSEDED
+    assert next_verdict(Watch.HERE, 100.0, None, 600.0, cancel_requested=True)[0] is Verdict.CANCELLED
 
 
 # ---------------------------------------------------------------------------- the registry
@@ -103,12 +113,33 @@ async def test_one_loop_per_page_and_a_moved_page_gets_one_on_the_other_instance
     instance_a, instance_b = PageLoops(), PageLoops()
     first = tasks()
     assert instance_a.claim(TOKEN, first) is Claim.STARTED
-    # The page reconnects to the same process while its loop runs: still one loop.
-    assert instance_a.claim(TOKEN, tasks()) is Claim.RUNNING
+    # The page reconnects to the same process while its loop runs: the newer loop is the
+    # page's loop, the older one no longer owns it (and ends at its next round).
+    second = tasks()
+    assert instance_a.claim(TOKEN, second) is Claim.STARTED
+    assert instance_a.owns(TOKEN, second) and not instance_a.owns(TOKEN, first) and len(instance_a) == 1
     # Its socket lands on another instance: that process has its own registry.
     assert instance_b.claim(TOKEN, tasks()) is Claim.STARTED
-    instance_a.release(TOKEN, first)
+    instance_a.release(TOKEN, second)
     assert not instance_a.running(TOKEN) and instance_b.running(TOKEN)
+
+
+async def test_a_reconnect_gets_a_loop_while_the_old_one_is_still_being_cancelled(
+    tasks: Callable[[], asyncio.Task[None]],
+) -> None:
+    """Reflex cancels the old loop's event chain when the page reconnects; the new loop's
+    claim can come before the old task has unwound, or after its cancellation was
+    absorbed (the task goes on with ``cancelling()`` set): the page must get its loop."""
+    loops = PageLoops()
+    old = tasks()
+    loops.claim(TOKEN, old)
+    old.cancel()  # requested, not yet delivered: the task is not done
+    assert not old.done()
+    new = tasks()
+    assert loops.claim(TOKEN, new) is Claim.STARTED
+    await asyncio.sleep(0)
+    loops.release(TOKEN, old)  # the old loop's finally, late
+    assert loops.owns(TOKEN, new) and loops.running(TOKEN)
 
 
 async def test_an_old_loop_ending_late_does_not_drop_the_new_ones_claim(
@@ -217,8 +248,6 @@ async def test_the_loop_ends_when_the_pages_socket_moves_to_another_instance(
     # the record (Redis's token manager caches it here too).
     here.sockets.token_to_socket[TOKEN] = SocketRecord(instance_id=other.instance_id, sid="sid-on-b")
     await here.rounds(1)
-    assert not loop.done(), "one round without the socket is not the end (the registries churn in a move)"
-    await here.rounds(GRACE_ROUNDS)
     assert loop.done() and loop.exception() is None
     assert not here.loops.running(TOKEN) and len(here.loops) == 0
     applied = page.applied
@@ -232,18 +261,81 @@ async def test_a_page_that_reconnects_here_gets_a_loop_again(tmp_path: Path, mon
     first = here.open_loop(FakePage())
     await here.rounds(1)
     await here.sockets.disconnect_token(TOKEN, "sid-1")
-    await here.rounds(GRACE_ROUNDS)
+    await here.rounds(1)
     assert first.done() and not here.loops.running(TOKEN)
 
     # Back (as a tab that moved from another instance would arrive): on_load starts one.
     await here.sockets.link_token_to_sid(TOKEN, "sid-2")
+    older = here.open_loop(FakePage())
+    await here.rounds(1)
     page = FakePage()
-    second = here.open_loop(page)
-    duplicate = here.open_loop(FakePage())  # on_load again while it runs: no second loop
+    newer = here.open_loop(page)  # on_load again while it runs: the newer one takes over
     await here.rounds(2)
-    assert duplicate.done() and not second.done()
-    assert here.loops.running(TOKEN) and len(here.loops) == 1 and page.applied >= 2
-    second.cancel()
+    assert older.done() and not newer.done()
+    assert here.loops.owns(TOKEN, newer) and len(here.loops) == 1 and page.applied >= 2
+    newer.cancel()
+
+
+async def test_a_loop_whose_cancellation_is_absorbed_below_it_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reflex cancels a page's loop when its socket disconnects; code below the loop can
+    absorb the cancellation. The loop must not live on (it would hold the page's claim
+    and write its state for a socket that is gone)."""
+    here = Instance(tmp_path, monkeypatch)
+    await here.sockets.link_token_to_sid(TOKEN, "sid-1")
+    entered = asyncio.Event()
+
+    async def absorbing_health(runtime: Runtime, *, changed: bool, health_at: float) -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            pass  # a library below the loop that swallows it
+
+    monkeypatch.setattr(state_module, "health_for_round", absorbing_health)
+    page = FakePage()
+    loop = here.open_loop(page)
+    await entered.wait()
+    loop.cancel()  # absorbed; the socket is still here
+    await here.rounds(2)
+    assert loop.done() and len(here.loops) == 0
+    applied = page.applied
+    await here.rounds(2)
+    assert page.applied == applied
+
+
+async def test_a_loop_cancelled_during_its_state_write_still_finishes_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write holds the tab's state lock (in Redis, shared by every instance). Reflex
+    cancels the loop when the socket disconnects, typically right after a push, inside
+    the write: broken off there, the lock stays held until it expires and the tab's next
+    socket, on any instance, waits for it."""
+    here = Instance(tmp_path, monkeypatch)
+    await here.sockets.link_token_to_sid(TOKEN, "sid-1")
+    inside = asyncio.Event()
+
+    class LockedWrite(FakePage):
+        held = False
+
+        async def __aenter__(self) -> FakePage:
+            self.held = True  # the lock is taken
+            inside.set()
+            await asyncio.sleep(0)  # a Redis round trip
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            await asyncio.sleep(0)  # save the state
+            self.held = False  # release the lock
+
+    page = LockedWrite()
+    loop = here.open_loop(page)
+    await inside.wait()
+    loop.cancel()  # the socket disconnected
+    await here.rounds(1)
+    assert loop.done() and len(here.loops) == 0
+    assert not page.held, "the tab's state lock was left held"
 
 
 async def test_without_a_socket_registry_the_loop_ends_after_its_bound(
@@ -273,5 +365,5 @@ async def test_a_failing_state_write_does_not_end_the_loop(tmp_path: Path, monke
     await here.rounds(3)
     assert not loop.done() and here.loops.running(TOKEN)
     await here.sockets.disconnect_token(TOKEN, "sid-1")
-    await here.rounds(GRACE_ROUNDS)
+    await here.rounds(1)
     assert loop.done() and len(here.loops) == 0
