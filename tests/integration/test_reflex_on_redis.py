@@ -42,7 +42,14 @@ class Probe:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.reflex_state_probe"],
             cwd=ROOT,
-            env={**base, "DB_URL": f"sqlite:///{tmp_path / 'status.db'}", **env},
+            # Without Redis, Reflex's dev default keeps states on disk: in this test's
+            # folder, not the checkout's .states/ (a second run would count on from the first).
+            env={
+                **base,
+                "DB_URL": f"sqlite:///{tmp_path / 'status.db'}",
+                "REFLEX_STATES_WORKDIR": str(tmp_path / "states"),
+                **env,
+            },
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
