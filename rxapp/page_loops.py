@@ -183,8 +183,13 @@ class PageLoops:
         """
         task = asyncio.ensure_future(write)
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._write_done)
         return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the loop logged it, or it ended before it could
 
     def running(self, token: str) -> bool:
         task = self._tasks.get(token)
