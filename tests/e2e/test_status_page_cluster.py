@@ -22,6 +22,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.app_process import RunningApp, free_port, start_app, stop_app
 from tests.e2e.conftest import APP_ENV, CHROMIUM, DESKTOP
+from tests.e2e.page_checks import assert_accessible
 from tests.integration.redis_server import RedisServer, redis_server
 
 CONNECT_TIMEOUT_S = 2.0
@@ -150,6 +151,12 @@ def test_a_page_whose_instance_is_killed_is_live_again_from_the_other(
         shown = updated.inner_text()
         expect(updated).not_to_have_text(shown, timeout=LIVE_AGAIN_MS)  # live, from A
         assert proxy.live[instance_a.port] >= 1 and proxy.live[instance_b.port] == 0
+        # The Cluster section names the instance serving the page and its role.
+        serving = page.locator('#cluster [data-cluster="role"]')
+        expect(serving).to_contain_text("Leader", timeout=30_000)
+        expect(page.locator('#cluster [data-cluster="members"]')).to_contain_text("2 live", timeout=30_000)
+        serving_a = serving.inner_text()
+        assert_accessible(page, "clustered, with the Cluster section")
 
         os.killpg(instance_a.process.pid, signal.SIGKILL)  # a crash: no goodbye to anyone
         at_kill = updated.inner_text()
@@ -160,5 +167,8 @@ def test_a_page_whose_instance_is_killed_is_live_again_from_the_other(
         assert proxy.live[instance_b.port] >= 1, "the page's socket did not move to the other instance"
         expect(page.locator("#browser-link")).to_have_attribute("data-state", "connected")
         expect(page.locator("#fallback-region")).to_be_empty()
+        # Served by the other instance now, which has taken the lease (within the TTL).
+        expect(serving).not_to_have_text(serving_a, timeout=30_000)
+        expect(serving).to_contain_text("Leader", timeout=30_000)
     finally:
         context.close()
