@@ -11,7 +11,9 @@ the simulator's control interface for faults:
 * ``down``:     new connections are refused and the link dropped, so the "websocket"
                 breaker opens.
 
-Per phase (three rounds; medians of the rounds' figures): requests, 5xx count, p50/p99
+The load is open-loop at half the healthy server's capacity, measured first with a
+closed loop on the same routes (``capacity_per_s``, ``rate_per_s`` in the result). Per
+phase (three rounds; medians of the rounds' figures): requests, 5xx count, p50/p99
 latency. Goal: p99 with the upstream failing
 within 1.1x of the healthy run, and zero 5xx on these non-WebSocket routes.
 
@@ -43,9 +45,13 @@ sys.path.insert(0, str(ROOT))
 ROUTES = ("/api/v1/ticks/latest", "/health")
 PHASE_TIMEOUT_S = 120.0
 ROUNDS = 3
-# Requests started per second: a steady load well below this machine's saturation, so a
-# slowdown caused by the failing upstream shows instead of the load's own queueing.
-RATE_PER_S = 400.0
+# Requests are started at this share of the healthy server's measured capacity (closed
+# loop, same routes, same connections): a steady load well below saturation on whatever
+# machine runs the bench, so a slowdown caused by the failing upstream shows instead of
+# the load's own queueing (a fixed 400/s saturated this 2-core machine: p50 120 ms).
+CAPACITY_SHARE = 0.5
+# ... and never above this rate.
+MAX_RATE_PER_S = 400.0
 
 
 def free_port() -> int:
@@ -79,10 +85,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def phase(base: str, requests: int, concurrency: int) -> dict[str, float]:
+async def capacity(base: str, requests: int, concurrency: int) -> float:
+    """Requests per second the healthy server answers with ``concurrency`` clients
+    sending back to back (closed loop): what the open-loop rate is a share of."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    sent = 0
+    async with httpx.AsyncClient(base_url=base, timeout=10.0, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < requests:
+                sent += 1
+                await client.get(ROUTES[sent % len(ROUTES)])
+
+        started = time.perf_counter()
+        async with asyncio.timeout(PHASE_TIMEOUT_S):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return sent / (time.perf_counter() - started)
+
+
+async def phase(base: str, requests: int, concurrency: int, rate: float) -> dict[str, float]:
     """ROUNDS rounds of load; p50/p99 are the medians over rounds (one GC pause or
     scheduler hiccup on a shared 2-core machine moves a single round's p99 a lot)."""
-    rounds = [await load(base, requests // ROUNDS, concurrency) for _ in range(ROUNDS)]
+    rounds = [await load(base, requests // ROUNDS, concurrency, rate) for _ in range(ROUNDS)]
     return {
         "requests": sum(r["requests"] for r in rounds),
         "errors_5xx": sum(r["errors_5xx"] for r in rounds),
@@ -94,8 +119,8 @@ async def phase(base: str, requests: int, concurrency: int) -> dict[str, float]:
     }
 
 
-async def load(base: str, requests: int, concurrency: int) -> dict[str, float]:
-    """Open-loop load: requests start at a fixed rate (RATE_PER_S), each on one of
+async def load(base: str, requests: int, concurrency: int, rate: float) -> dict[str, float]:
+    """Open-loop load: requests start at a fixed ``rate`` per second, each on one of
     ``concurrency`` connections, whatever the server's speed. Latency is then what a
     client sees at that load, not the queue a saturating closed loop would build."""
     latencies: list[float] = []
@@ -122,7 +147,7 @@ async def load(base: str, requests: int, concurrency: int) -> dict[str, float]:
             tasks = []
             start = time.perf_counter()
             for i in range(requests):
-                delay = start + i / RATE_PER_S - time.perf_counter()
+                delay = start + i / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(i)))
@@ -204,8 +229,10 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
                     if await state(base) == "connected":
                         break
                 await asyncio.sleep(0.2)
-        await load(base, min(300, requests), concurrency)  # warm-up, not reported
-        results["healthy"] = await phase(base, requests, concurrency)
+        await load(base, min(300, requests), concurrency, MAX_RATE_PER_S / 4)  # warm-up, not reported
+        capacity_per_s = await capacity(base, min(1000, requests), concurrency)
+        rate = min(MAX_RATE_PER_S, CAPACITY_SHARE * capacity_per_s)
+        results["healthy"] = await phase(base, requests, concurrency, rate)
 
         async def flap() -> None:
             while True:
@@ -214,7 +241,7 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
 
         flapper = asyncio.create_task(flap())
         try:
-            results["flapping"] = await phase(base, requests, concurrency)
+            results["flapping"] = await phase(base, requests, concurrency, rate)
         finally:
             flapper.cancel()
             await asyncio.gather(flapper, return_exceptions=True)
@@ -222,14 +249,14 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
 
         await control(sim, "pause_feed", enabled=True)
         await control(sim, "ignore_pings", enabled=True)
-        results["stalled"] = await phase(base, requests, concurrency)
+        results["stalled"] = await phase(base, requests, concurrency, rate)
         await control(sim, "reset")
         await wait_state(base, {"connected"})
 
         await control(sim, "refuse_connections", seconds=600)
         await control(sim, "drop_all", code=None)
         await wait_state(base, {"circuit_open"})
-        results["down"] = await phase(base, requests, concurrency)
+        results["down"] = await phase(base, requests, concurrency, rate)
     finally:
         for process in (child, simulator):
             process.terminate()
@@ -245,6 +272,8 @@ async def run(requests: int, concurrency: int) -> dict[str, object]:
         "bench": "isolation",
         "requests_per_phase": requests,
         "concurrency": concurrency,
+        "capacity_per_s": round(capacity_per_s, 1),
+        "rate_per_s": round(rate, 1),
         **{f"{phase}_{key}": value for phase, r in results.items() for key, value in r.items()},
         "worst_failing_p99_ms": worst_p99,
         "p99_ratio_failing_to_healthy": round(worst_p99 / healthy_p99, 3),
