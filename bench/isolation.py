@@ -66,7 +66,7 @@ def serve(port: int) -> None:
 
     from backend_core.api import create_api
     from backend_core.config import load_settings
-    from backend_core.runtime import Runtime
+    from backend_core.runtime import Runtime, freeze_startup_heap
 
     runtime = Runtime(load_settings())
     api = create_api(runtime)
@@ -74,6 +74,7 @@ def serve(port: int) -> None:
     @contextlib.asynccontextmanager
     async def lifespan(app: object):  # type: ignore[no-untyped-def]
         async with runtime.lifespan():
+            freeze_startup_heap()  # as the app's own lifespan does
             yield
 
     api.router.lifespan_context = lifespan

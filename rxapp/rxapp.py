@@ -8,13 +8,13 @@ after the runtime has started.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import AsyncIterator
 
 import reflex as rx
 
 from backend_core.api import create_api
 from backend_core.logs import configure_logging
+from backend_core.runtime import freeze_startup_heap
 from rxapp.components import page_title
 from rxapp.pages.index import index
 from rxapp.runtime_ref import get_page_loops, get_runtime
@@ -34,11 +34,7 @@ async def runtime_lifespan() -> AsyncIterator[None]:
     """
     async with runtime.lifespan():
         runtime.install_signal_handlers()
-        # Everything built so far lives as long as the process: move it out of the
-        # collector's way so a full collection (e.g. after a burst of relay handshakes)
-        # does not pause the fan-out for ~100 ms scanning it. Once: a process runs one Runtime.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()  # once: a process runs one Runtime
         try:
             yield
         finally:

@@ -21,7 +21,7 @@ from backend_core.api import create_api
 from backend_core.config import load_settings
 from backend_core.logs import configure_logging
 from backend_core.relay.serving import RelayWebSocketProtocol
-from backend_core.runtime import Runtime
+from backend_core.runtime import Runtime, freeze_startup_heap
 
 
 def build_app() -> Any:
@@ -33,6 +33,7 @@ def build_app() -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         async with runtime.lifespan():
+            freeze_startup_heap()  # as the app's own lifespan does
             yield
 
     api.router.lifespan_context = lifespan
