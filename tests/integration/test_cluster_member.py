@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from backend_core.clock import SystemClock
 from backend_core.cluster.coordinator import LeaseTiming, Role
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.member import ClusterMember
+from backend_core.cluster.ticklog import FencedOut
 from backend_core.cluster.wiring import cluster_check
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import Closed, Dropped, InMemoryHub
@@ -194,6 +196,29 @@ async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make
     crashed_at = market.newest()
     await until(lambda: epochs(b)[-1] > crashed_at + 50)
     assert FakeLink.running == {"b"}
+    assert_contiguous(epochs(b))
+
+
+async def test_a_refusal_of_a_write_sent_under_an_older_grant_does_not_demote_the_leader(make_member: Any) -> None:
+    # A flush under way when the member renewed into a new grant (a lease it won again)
+    # comes back refused: that says nothing about the lease it holds now.
+    market, a, b = await leader_and_follower(make_member)
+    send = a.writer.flush
+    refused = asyncio.Event()
+
+    async def refused_after_a_new_grant(token: str) -> Any:
+        assert a._grant is not None
+        a._grant = dataclasses.replace(a._grant)  # the grant it holds by the time the reply comes
+        a.writer.flush = send  # type: ignore[method-assign]
+        refused.set()
+        raise FencedOut("the lease is held by another member")
+
+    a.writer.flush = refused_after_a_new_grant  # type: ignore[method-assign]
+    await asyncio.wait_for(refused.wait(), WAIT_S)
+    refused_at = market.newest()
+    await until(lambda: epochs(b)[-1] > refused_at + 50)
+    assert (a.role, b.role) == (Role.LEADER, Role.FOLLOWER)
+    assert a.snapshot().failovers_total == 1 and FakeLink.running == {"a"}
     assert_contiguous(epochs(b))
 
 
