@@ -158,6 +158,15 @@ def assert_contiguous(seen: list[int]) -> None:
     assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
 
 
+async def takes_over_with_no_tick_lost(b: ClusterMember, market: Market) -> None:
+    """``b`` leads within the TTL (+ slack), runs the only link and has every epoch since."""
+    await until(lambda: b.role is Role.LEADER, TIMING.ttl_s + 2)
+    taken_at = market.newest()
+    await until(lambda: epochs(b)[-1] > taken_at + 50)
+    assert FakeLink.running == {"b"}
+    assert_contiguous(epochs(b))
+
+
 async def test_one_leader_runs_the_only_link_and_followers_get_its_ticks_and_status(make_member: Any) -> None:
     market = Market()
     a = await make_member("a", market)
@@ -176,11 +185,7 @@ async def test_one_leader_runs_the_only_link_and_followers_get_its_ticks_and_sta
 async def test_a_graceful_stop_hands_over_with_no_tick_lost_or_repeated(make_member: Any) -> None:
     market, a, b = await leader_and_follower(make_member)
     await a.stop()
-    await until(lambda: b.role is Role.LEADER, TIMING.ttl_s + 2)
-    handed_over_at = market.newest()
-    await until(lambda: epochs(b)[-1] > handed_over_at + 50)
-    assert FakeLink.running == {"b"}
-    assert_contiguous(epochs(b))
+    await takes_over_with_no_tick_lost(b, market)
 
 
 async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make_member: Any) -> None:
@@ -192,11 +197,7 @@ async def test_a_crashed_leader_is_replaced_after_the_ttl_with_no_tick_lost(make
         task.cancel()
     a._grant = None
     await a._link.stop_link()  # type: ignore[attr-defined]
-    await until(lambda: b.role is Role.LEADER, TIMING.ttl_s + 2)
-    crashed_at = market.newest()
-    await until(lambda: epochs(b)[-1] > crashed_at + 50)
-    assert FakeLink.running == {"b"}
-    assert_contiguous(epochs(b))
+    await takes_over_with_no_tick_lost(b, market)
 
 
 async def test_a_refusal_of_a_write_sent_under_an_older_grant_does_not_demote_the_leader(make_member: Any) -> None:
