@@ -106,14 +106,22 @@ def upstream_state(snap: UpstreamSnapshot | None) -> str:
 
 
 class UpstreamCollector(Collector):
-    """The upstream link. ``manager()`` is None while the runtime is not running."""
+    """The upstream link. ``manager()`` is None while the runtime is not running.
 
-    def __init__(self, manager: Callable[[], Upstream | None]) -> None:
+    ``snapshot()``, when given, is the state to show: on a cluster follower that is the
+    leader's (the follower's own manager is stopped, and ``upstream_state`` would say so).
+    The counters are always this process's own link's.
+    """
+
+    def __init__(
+        self, manager: Callable[[], Upstream | None], snapshot: Callable[[], UpstreamSnapshot | None] | None = None
+    ) -> None:
         self._manager = manager
+        self._snapshot = snapshot or (lambda: m.snapshot() if (m := manager()) is not None else None)
 
     def collect(self) -> Iterator[Metric]:
         manager = self._manager()
-        snap = manager.snapshot() if manager is not None else None
+        snap = self._snapshot()
         stats: Mapping[str, Any] = manager.stats() if manager is not None else {}
 
         g = GaugeMetricFamily(

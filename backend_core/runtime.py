@@ -160,7 +160,7 @@ class Runtime:
         self.metrics = Metrics()
         self.metrics.register(
             RelayCollector(self.relay),
-            UpstreamCollector(lambda: self.manager),
+            UpstreamCollector(lambda: self.manager, self.upstream_snapshot),
             HubCollector(self.hub),
             BreakerCollector(self.breakers),
             HistoryCollector(self.store),

@@ -140,6 +140,8 @@ async def test_one_upstream_link_for_three_members_and_every_hub_gets_the_same_t
     assert isinstance(detailed["checks"]["cluster:followerLag"][0]["observedValue"], int)
     metrics = (await b.client.get("/metrics")).text
     assert 'deriv_status_cluster_role{role="follower"} 1.0' in metrics
+    # The follower's own manager is stopped; the link state it exports is the leader's.
+    assert 'deriv_status_upstream_state{state="connected"} 1.0' in metrics
     assert "deriv_status_cluster_follower_lag_seconds " in metrics
     assert "deriv_status_cluster_lease_renew_seconds " in metrics
     # The page's cluster section reads the same checks.
