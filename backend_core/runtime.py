@@ -512,9 +512,11 @@ class Runtime:
             task.add_done_callback(self._background.discard)
 
     def _on_control(self, entry: dict[str, str]) -> None:
-        """The leader applies a member's control entry."""
+        """A member's control entry: a retry is the leader's (it runs the link); a breaker
+        reset applies on every member but the one it came from (it reset its own at once)."""
         kind, name = entry.get("type"), entry.get("name", "")
-        if kind == "retry" and self.manager is not None:
+        leads = self.cluster is not None and self.cluster.role is Role.LEADER
+        if kind == "retry" and leads and self.manager is not None:
             if self.manager.retry_now().status == "started":
                 self.incidents.manual_retry()
         elif kind == "breaker_reset" and entry.get("from") != self.settings.INSTANCE_ID:

@@ -198,7 +198,8 @@ class ClusterMember:
         self.lease = LeaseClient(redis, keys, instance_id, self.timing.ttl_s, clock)
         self.writer = TickLogWriter(redis, keys, clock, maxlen=ring_size)
         self.reader = TickLogReader(redis, keys, self.symbols, clock, status_key=keys.status, control_key=keys.control)
-        #: Called on the leader with each control entry ({"type": "retry"|"breaker_reset", "name": ...}).
+        #: Called on every member with each control entry ({"type": "retry"|"breaker_reset",
+        #: "name": ..., "from": ...}); what applies where is the caller's to decide.
         self.on_control: Callable[[dict[str, str]], None] | None = None
         #: When this member last saw a status entry from the leader (monotonic), for health.
         self.last_status_at: float | None = None
@@ -568,7 +569,7 @@ class ClusterMember:
                     snapshot = decode_status(batch.statuses[-1].get(b"s", b""))
                     if snapshot is not None:
                         self.hub.publish_status(snapshot)
-                if batch.controls and self.coordinator.role is Role.LEADER and self.on_control is not None:
+                if batch.controls and self.on_control is not None:  # every member: resets are for all
                     for fields in batch.controls:
                         self.on_control({_text(k): _text(v) for k, v in fields.items()})
                 attempt = 0

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from backend_core.api import create_api
+from backend_core.breakers.core import BreakerState
+from backend_core.breakers.registry import API_PREFIX
 from backend_core.cluster.coordinator import Role
 from backend_core.config import load_settings
 from backend_core.deriv.sim.server import DerivSimulator
@@ -180,6 +182,18 @@ async def test_retries_spread_over_three_members_make_one_upstream_attempt(
     await until(lambda: simulator.stats().handshake_attempts > before, timeout=5)
     await asyncio.sleep(1.5)  # any further attempt would come within one XREAD of the leader
     assert simulator.stats().handshake_attempts - before == 1
+
+
+async def test_an_admin_reset_on_one_follower_resets_that_breaker_on_every_member(cluster: Any) -> None:
+    members = await leader_first(cluster, "a", "b", "c")
+    route = "/api/v1/incidents"
+    for member in members:  # each instance's own "api:" breaker, open
+        breaker = member.runtime.breakers.api(route)
+        for _ in range(breaker.config.failure_threshold):
+            breaker.record_failure(breaker.acquire())
+        assert breaker.state is BreakerState.OPEN
+    members[1].runtime.reset_breaker(API_PREFIX + route)
+    await until(lambda: all(m.runtime.breakers.api(route).state is BreakerState.CLOSED for m in members))
 
 
 async def test_without_redis_every_member_degrades_to_its_own_link_and_rejoins_after(
