@@ -192,7 +192,10 @@ class Backfill:
         if fresh:
             state.held[:0] = fresh
             state.oldest = fresh[0].epoch
-        if backfill_gap(state.last, [t.epoch for t in fresh], self.count) is None:
+        # Whether the range is complete is the reply's to say, not the part of it kept: a
+        # full reply of ticks outside the range (an upstream ignoring ``end``) left the
+        # range unfilled, and only paging on, up to its bounds, says so honestly.
+        if backfill_gap(state.last, [t.epoch for t in ticks], self.count) is None:
             return self._release(symbol, state, None)
         if state.pages >= self.max_pages:
             return self._release(symbol, state, f"the outage outlasted {state.pages} pages of {self.count} ticks")

@@ -324,6 +324,22 @@ def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_
     assert (link.stats["backfill_pages"], link.stats["ticks_paged"], link.stats["backfill_gaps"]) == (2, 6, 1)
 
 
+def test_a_full_page_from_outside_the_range_asked_is_no_proof_the_range_is_complete() -> None:
+    # An upstream that ignores ``end`` answers every page with the newest ticks again.
+    link = make(backfill_count=3, backfill_max_pages=2)
+    again = outage(link, last=100)
+    market = range(100, 201)
+    actions = link.frame(answer(again["R_50"], market), 11.0)
+    for _ in range(2):
+        page = page_of(actions)
+        assert page is not None
+        actions = link.frame(history("R_50", [198, 199, 200], page.req_id), 12.0)
+    assert page_of(actions) is None
+    published = ticks_of(actions)
+    assert [(t.epoch, t.gap_from) for t in published] == [(198, 100), (199, None), (200, None)]
+    assert link.stats["backfill_gaps"] == 1
+
+
 @pytest.mark.parametrize("failure", ["InvalidSymbol", "MarketIsClosed", "InputValidationFailed", "no_pip_size"])
 def test_a_page_that_fails_for_good_is_not_retried_and_releases_what_was_received(failure: str) -> None:
     link = make(backfill_count=3)
