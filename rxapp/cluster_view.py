@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from backend_core.health import CheckResult
-from rxapp.ui_logic import TONE_DEGRADED, TONE_DOWN, TONE_LIVE, TONE_NEUTRAL, format_age
+from rxapp.ui_logic import TONE_DEGRADED, TONE_LIVE, TONE_NEUTRAL, format_age, health_look
 
 CLUSTER = "cluster"
 # Members listed by name at most (the count is always given).
@@ -27,12 +27,6 @@ ROLE_LOOK: Mapping[str, tuple[str, str, str]] = {
     "follower": ("Follower", "circle-check", TONE_LIVE),
     "degraded": ("Degraded", "triangle-alert", TONE_DEGRADED),
     "stopping": ("Stopping", "circle-stop", TONE_NEUTRAL),
-}
-# check status -> (word, icon, tone) for the other rows
-STATUS_LOOK: Mapping[str, tuple[str, str, str]] = {
-    "pass": ("OK", "circle-check", TONE_LIVE),
-    "warn": ("Warning", "triangle-alert", TONE_DEGRADED),
-    "fail": ("Failing", "circle-x", TONE_DOWN),
 }
 
 
@@ -51,8 +45,8 @@ def _row(key: str, name: str, look: tuple[str, str, str], status: str, value: st
 
 
 def _status_row(key: str, name: str, check: CheckResult, value: str) -> dict[str, str]:
-    look = STATUS_LOOK.get(check.status, STATUS_LOOK["fail"])
-    return _row(key, name, look, check.status, value, check.output if check.status != "pass" else "")
+    note = check.output if check.status != "pass" else ""
+    return _row(key, name, health_look(check.status), check.status, value, note)
 
 
 def _members_text(count: Any, roles: Any) -> str:

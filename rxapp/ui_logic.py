@@ -715,7 +715,7 @@ def health_view(overall: str, results: Iterable[tuple[str, str, str]]) -> Health
         grouped[key] = (current, note)
     rows = []
     for key, (status, note) in grouped.items():
-        word, icon, tone = _health_look(status)
+        word, icon, tone = health_look(status)
         rows.append(
             {
                 "key": key,
@@ -727,11 +727,12 @@ def health_view(overall: str, results: Iterable[tuple[str, str, str]]) -> Health
                 "note": note if status != "pass" else "",
             }
         )
-    word, icon, tone = _health_look(overall)
+    word, icon, tone = health_look(overall)
     return HealthView(overall, word, icon, tone, rows)
 
 
-def _health_look(status: str) -> tuple[str, str, str]:
+def health_look(status: str) -> tuple[str, str, str]:
+    """A check status's (word, icon, tone), the same in every panel."""
     if status == "pass":
         return "Operational", "circle-check", TONE_LIVE
     if status == "warn":
