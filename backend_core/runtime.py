@@ -34,7 +34,7 @@ from backend_core.clock import Clock, SystemClock
 from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Role
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.member import ClusterMember
+from backend_core.cluster.member import ClusterMember, redis_errors
 from backend_core.cluster.wiring import ManagerLink, build_member, cluster_check
 from backend_core.config import Settings, secret_values
 from backend_core.deriv.manager import MANUAL_RETRY_MIN_INTERVAL_S, DerivManager, RetryOutcome
@@ -488,13 +488,7 @@ class Runtime:
             return RetryOutcome("in_progress", "A connection attempt is already under way.")
         self._retry_asked_at = now
 
-        async def ask() -> None:
-            with contextlib.suppress(Exception):
-                await member.request_retry()
-
-        task = asyncio.create_task(ask(), name="cluster-retry")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._cluster_call(member, "cluster-retry", member.request_retry, "asking the leader to retry")
         return RetryOutcome("started", "Asked the cluster's leader to retry the market feed connection now.")
 
     def reset_breaker(self, name: str) -> None:
@@ -502,14 +496,30 @@ class Runtime:
         self.breakers.reset(name)
         if self.cluster is not None:
             member = self.cluster
+            self._cluster_call(
+                member,
+                "cluster-breaker-reset",
+                lambda: member.send_control("breaker_reset", name),
+                "broadcasting a breaker reset",
+            )
 
-            async def broadcast() -> None:
-                with contextlib.suppress(Exception):
-                    await member.send_control("breaker_reset", name)
+    def _cluster_call(
+        self, member: ClusterMember, task_name: str, call: Callable[[], Awaitable[object]], doing: str
+    ) -> None:
+        """Run ``call`` in the background (a route never waits on Redis); a Redis failure is
+        the member's to count and log, anything else is a bug and logged with its traceback."""
 
-            task = asyncio.create_task(broadcast(), name="cluster-breaker-reset")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        async def run() -> None:
+            try:
+                await call()
+            except redis_errors() as exc:
+                member.note_failure(exc, doing)
+            except Exception:
+                log.exception("cluster: %s failed", doing)
+
+        task = asyncio.create_task(run(), name=task_name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_control(self, entry: dict[str, str]) -> None:
         """A member's control entry: a retry is the leader's (it runs the link); a breaker

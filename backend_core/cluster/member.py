@@ -343,7 +343,7 @@ class ClusterMember:
                 return
             except redis_errors() as exc:
                 _unless_cancelled()
-                self._failed(exc, "reading the tick log at start")
+                self.note_failure(exc, "reading the tick log at start")
                 if self.clock.monotonic() >= deadline:
                     await self._apply(self.coordinator.check(self.clock.monotonic()))
                     return
@@ -381,7 +381,7 @@ class ClusterMember:
                 self._ok()
             except redis_errors() as exc:
                 _unless_cancelled()
-                self._failed(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
+                self.note_failure(exc, "renewing the lease" if plan.step is Step.RENEW else "asking for the lease")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
 
     async def _own_lease(self) -> Grant | None:
@@ -535,7 +535,7 @@ class ClusterMember:
                     await self._apply(self.coordinator.lease_lost(self.clock.monotonic(), "a write was fenced off"))
             except redis_errors() as exc:
                 _unless_cancelled()
-                self._failed(exc, "writing the tick log")
+                self.note_failure(exc, "writing the tick log")
                 attempt += 1
                 await self.clock.sleep(self._backoff.delay(attempt))
                 self._write_wanted.set()
@@ -576,7 +576,7 @@ class ClusterMember:
                 self._ok()
             except redis_errors() as exc:
                 _unless_cancelled()
-                self._failed(exc, "reading the tick log")
+                self.note_failure(exc, "reading the tick log")
                 await self._apply(self.coordinator.redis_failed(self.clock.monotonic()))
                 attempt += 1
                 await self.clock.sleep(self._backoff.delay(attempt))
@@ -622,7 +622,7 @@ class ClusterMember:
                 await store.refresh(self.redis, self.clock)
             except redis_errors() as exc:
                 _unless_cancelled()
-                self._failed(exc, "reading the shared breaker")
+                self.note_failure(exc, "reading the shared breaker")
         # Backfill from the newest epoch this member's own hub has: what its clients saw.
         seed = {}
         for symbol in self.symbols:
@@ -651,7 +651,8 @@ class ClusterMember:
     def _ok(self) -> None:
         self._last_error = None
 
-    def _failed(self, exc: BaseException, doing: str) -> None:
+    def note_failure(self, exc: BaseException, doing: str) -> None:
+        """A Redis call failed: counted, kept as the last error, logged at a bounded rate."""
         self._errors += 1
         self._last_error = f"{type(exc).__name__} while {doing}"
         self._error_log.log(
