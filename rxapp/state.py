@@ -326,8 +326,7 @@ class StatusState(rx.State):
                 # Without the registry a gone page is never noticed: end rather than run forever.
                 log.warning("status page loop ends: no Reflex socket registry for %.0f s", UNWATCHED_LIMIT_S)
             if runtime.shutting_down or verdict is not Verdict.GO_ON:
-                loops.release(token, task)
-                return
+                return  # stream()'s finally releases the claim
             try:
                 report = await health_for_round(runtime, changed=changed, health_at=health_at)
                 if report is not None:

@@ -42,6 +42,8 @@ from typing import IO, Any
 
 import httpx
 
+from tests.app_process import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 MAX_MEMBERS = 5  # servers in the haproxy template (SERVER_1..SERVER_5)
@@ -53,12 +55,6 @@ DEFAULT_SYMBOLS = "R_100,R_50"
 
 class MissingBinary(RuntimeError):
     """redis-server or haproxy is not installed."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def binary(name: str) -> str:

@@ -25,6 +25,7 @@ from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState
 from backend_core.runtime import Runtime
 from rxapp.cluster_view import cluster_rows
+from tests import helpers
 from tests.integration.conftest import ServedApp
 from tests.integration.redis_server import RedisServer, redis_server
 
@@ -95,9 +96,8 @@ async def cluster(
 
 
 async def until(predicate: Callable[[], Any], timeout: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - conditions across several processes' state
-            await asyncio.sleep(0.05)
+    """tests.helpers.until with this file's longer bound (three runtimes on two cores)."""
+    await helpers.until(predicate, timeout)
 
 
 async def leader_first(cluster: Any, leader: str, *others: str, ticks: int = 5, **env: str) -> list[Member]:
