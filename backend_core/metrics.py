@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from backend_core.breakers.core import BreakerState
 from backend_core.breakers.registry import BreakerRegistry
+from backend_core.cluster.coordinator import Role
 from backend_core.events import LinkState, UpstreamSnapshot
 from backend_core.health import LoopLagProbe, Snapshotting
 from backend_core.incidents import upstream_in_maintenance
@@ -157,8 +158,6 @@ class UpstreamCollector(Collector):
 class ClusterCollector(Collector):
     """This member's place in the cluster (nothing without REDIS_URL)."""
 
-    ROLES = ("leader", "follower", "degraded", "stopping")
-
     def __init__(self, snapshot: Callable[[], Any]) -> None:
         self._snapshot = snapshot
 
@@ -169,7 +168,7 @@ class ClusterCollector(Collector):
         g = GaugeMetricFamily(
             f"{PREFIX}_cluster_role", "1 for this member's cluster role, 0 for the others.", labels=["role"]
         )
-        for role in self.ROLES:
+        for role in Role:
             g.add_metric([role], 1.0 if snap.role == role else 0.0)
         yield g
         term = GaugeMetricFamily(f"{PREFIX}_cluster_leader_term", "The leader lease's term (fencing token) last seen.")

@@ -51,7 +51,7 @@ from tenacity.stop import stop_base
 
 from backend_core.backoff import FullJitter
 from backend_core.breakers.breaker import CircuitBreaker
-from backend_core.breakers.core import Permit
+from backend_core.breakers.core import BreakerState, Permit
 from backend_core.clock import Clock, SystemClock, sleep_unless
 from backend_core.config import Settings
 from backend_core.deriv import actions as act
@@ -158,7 +158,7 @@ class _StopWhenOpen(stop_base):
         self._breaker = breaker
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._breaker.state.value == "open"
+        return self._breaker.state is BreakerState.OPEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +519,7 @@ class DerivManager:
             await self._wait_circuit_open(exc.retry_after_s)
             return first
         except _AttemptFailed:
-            if self._breaker.state.value == "open":
+            if self._breaker.state is BreakerState.OPEN:
                 # The last failure of the cycle opened the breaker: say so, and wait for its probe.
                 await self._wait_circuit_open(self._breaker.retry_after_s)
             else:
