@@ -34,7 +34,8 @@ from backend_core.clock import Clock, SystemClock
 from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Role
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.member import ClusterMember, redis_errors
+from backend_core.cluster.member import ClusterMember
+from backend_core.cluster.resp import redis_errors
 from backend_core.cluster.wiring import ManagerLink, build_member, cluster_check
 from backend_core.config import Settings, secret_values
 from backend_core.deriv.manager import MANUAL_RETRY_MIN_INTERVAL_S, DerivManager, RetryOutcome

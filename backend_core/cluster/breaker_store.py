@@ -17,6 +17,7 @@ from backend_core.breakers.core import BreakerState
 from backend_core.breakers.store import BreakerRecord
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.resp import text
 
 # KEYS: leader, breaker hash. ARGV: token, state, opened_at, open_until, level, term.
 SAVE_BREAKER: Final = """
@@ -27,16 +28,12 @@ return 1
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _number(text: str) -> float | None:
     return float(text) if text else None
 
 
 def decode_record(fields: dict[Any, Any]) -> BreakerRecord | None:
-    values = {_text(k): _text(v) for k, v in fields.items()}
+    values = {text(k): text(v) for k, v in fields.items()}
     try:
         return BreakerRecord(
             state=BreakerState(values["state"]),

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.resp import text
 
 ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
@@ -89,6 +90,5 @@ class LeaseClient:
             value = await self._redis.get(self._keys.leader)
         if value is None:
             return None
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        instance_id, _, term = text.rpartition(":")
+        instance_id, _, term = text(value).rpartition(":")
         return (instance_id, int(term)) if term.isascii() and term.isdigit() else None

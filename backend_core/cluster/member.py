@@ -35,6 +35,7 @@ from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Coordinator, LeaseTiming, Role, RoleChange, Step
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.lease import Grant, LeaseClient
+from backend_core.cluster.resp import redis_errors, text
 from backend_core.cluster.status import PUBLISH_STATUS, decode_status, encode_status
 from backend_core.cluster.ticklog import FencedOut, TickLogReader, TickLogWriter
 from backend_core.events import Tick, UpstreamSnapshot
@@ -59,7 +60,6 @@ CONTROL_MAXLEN = 1000
 STOP_TIMEOUT_S = 5.0
 # How often stop() cancels a loop again while it has not ended.
 RECANCEL_EVERY_S = 0.2
-REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
 
 
 class LinkControl(Protocol):
@@ -110,16 +110,6 @@ class _ClusterSink:
     def publish_status(self, snapshot: UpstreamSnapshot) -> None:
         self._member.hub.publish_status(snapshot)
         self._member._offer_status(snapshot)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, *REDIS_ERRORS)
 
 
 def _unless_cancelled() -> None:
@@ -328,17 +318,13 @@ class ClusterMember:
                     latest = self.hub.latest(symbol)
                     if latest is not None:
                         self.reader.resume_from(symbol, latest.epoch)
-                async with self.clock.timeout(2.0):
-                    newest = await self.redis.xrevrange(self.keys.status, count=1)
+                status_id = await self._publish_newest_status()
+                if status_id is not None:
+                    self.reader.status_from(status_id)
                 async with self.clock.timeout(2.0):
                     newest_control = await self.redis.xrevrange(self.keys.control, count=1)
                 for raw_id, _ in newest_control:
-                    self.reader.control_from(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
-                for raw_id, fields in newest:
-                    self.reader.status_from(raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id))
-                    snapshot = decode_status(fields.get(b"s", b""))
-                    if snapshot is not None:
-                        self.hub.publish_status(snapshot)
+                    self.reader.control_from(text(raw_id))
                 self._ok()
                 return
             except redis_errors() as exc:
@@ -434,18 +420,21 @@ class ClusterMember:
             replies = await pipe.execute()
         tops: dict[str, int] = {}
         for symbol, entries in zip(self.symbols, replies, strict=True):
-            epoch = _text(entries[0][0]).partition("-")[0] if entries else ""
+            epoch = text(entries[0][0]).partition("-")[0] if entries else ""
             if epoch.isascii() and epoch.isdigit():
                 tops[symbol] = int(epoch)
         return tops
 
-    async def _publish_newest_status(self) -> None:
+    async def _publish_newest_status(self) -> str | None:
+        """Publish the status stream's newest snapshot; returns that entry's id (None: empty)."""
         async with self.clock.timeout(2.0):
             newest = await self.redis.xrevrange(self.keys.status, count=1)
-        for _, fields in newest:
+        for raw_id, fields in newest:
             snapshot = decode_status(fields.get(b"s", b""))
             if snapshot is not None:
                 self.hub.publish_status(snapshot)
+            return text(raw_id)
+        return None
 
     async def _heartbeat(self) -> None:
         """Every ``HEARTBEAT_EVERY_S``: ``member:<id>`` (PX) and the ``members`` zset."""
@@ -467,7 +456,7 @@ class ClusterMember:
             ids = await self.redis.zrangebyscore(
                 self.keys.members, int(self.clock.wall() * 1000) - MEMBER_TTL_MS, "+inf"
             )
-            names = [_text(i) for i in ids]
+            names = [text(i) for i in ids]
             bodies = await self.redis.mget([self.keys.member(n) for n in names]) if names else []
         out: dict[str, str] = {}
         for name, body in zip(names, bodies, strict=False):
@@ -571,7 +560,7 @@ class ClusterMember:
                         self.hub.publish_status(snapshot)
                 if batch.controls and self.on_control is not None:  # every member: resets are for all
                     for fields in batch.controls:
-                        self.on_control({_text(k): _text(v) for k, v in fields.items()})
+                        self.on_control({text(k): text(v) for k, v in fields.items()})
                 attempt = 0
                 self._ok()
             except redis_errors() as exc:

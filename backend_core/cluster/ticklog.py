@@ -13,7 +13,6 @@ of streams the same write added to (only where more than one: see :meth:`TickLog
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ from typing import Any, Final
 
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
+from backend_core.cluster.resp import HeldConnection, bulk, no_script_error, pack, text
 from backend_core.deriv.protocol import SYMBOL_PATTERN
 from backend_core.events import Tick
 
@@ -78,10 +78,6 @@ def encode(tick: Tick) -> list[str]:
     ]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # Field names as the client returns them: bytes, or str with ``decode_responses``.
 _BYTES_NAMES: Final = (b"q", b"p", b"b", b"a", b"bf", b"g", b"-", b"0", b"1")
 _STR_NAMES: Final = ("q", "p", "b", "a", "bf", "g", "-", "0", "1")
@@ -115,10 +111,6 @@ def decode(symbol: str, raw_id: Any, fields: Mapping[Any, Any]) -> Tick | None:
         return None
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
 def _streams_spanned(fields: Mapping[Any, Any]) -> int:
     """An entry's ``w``: the streams its write added to (1 when absent or not a number)."""
     value = fields.get(b"w", fields.get("w"))
@@ -126,61 +118,6 @@ def _streams_spanned(fields: Mapping[Any, Any]) -> int:
         return 1 if value is None else int(value)
     except ValueError:
         return 1
-
-
-def _no_script_error() -> type[Exception]:
-    from redis.exceptions import NoScriptError  # redis is imported only by clustered processes
-
-    return NoScriptError
-
-
-def pack(*args: bytes | str | int) -> bytes:
-    """One command in RESP (an array of bulk strings), as redis-py's ``pack_command`` makes it."""
-    return b"*%d\r\n" % len(args) + b"".join(
-        _bulk(arg if isinstance(arg, bytes) else str(arg).encode()) for arg in args
-    )
-
-
-class HeldConnection:
-    """One connection of a redis-py client's pool, held for one hot path (a command per tick).
-
-    ``client.execute_command`` costs about 300 us of CPU per call here (pool checkout with
-    a health probe, the retry wrapper, and on Python 3.11 a task per write for the socket
-    timeout's ``asyncio.wait_for``); a held connection costs a fifth of that. So the tick
-    log's reader and writer send their commands through one, already encoded
-    (:func:`pack`), and read the reply raw (hiredis parses it when installed).
-
-    The caller's deadline bounds every call (``clock.timeout`` around :meth:`call`), so the
-    held connection runs without the client's socket timeout. A call that fails or is
-    cancelled leaves the connection closed (redis-py closes it on any error mid-command)
-    and the next call reconnects it; a Redis error reply is raised (``ResponseError``) and
-    leaves it usable. Calls are serialised (a lock: a reply is read by whoever sent its
-    command). The client's ``aclose`` closes the connection too; :meth:`close` gives it back
-    to the pool first.
-    """
-
-    def __init__(self, redis: Any) -> None:
-        self._pool = redis.connection_pool
-        self._conn: Any = None
-        self._socket_timeout: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def call(self, command: bytes) -> Any:
-        async with self._lock:
-            conn = self._conn
-            if conn is None:
-                conn = await self._pool.get_connection()
-                self._conn, self._socket_timeout = conn, conn.socket_timeout
-                conn.socket_timeout = None  # the caller's deadline bounds every call
-            await conn.send_packed_command(command, check_health=False)
-            return await conn.read_response()
-
-    async def close(self) -> None:
-        """Give the connection back to the pool (with its socket timeout restored)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.socket_timeout = self._socket_timeout
-            await self._pool.release(conn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +191,7 @@ class TickLogWriter:
             async with self._clock.timeout(self._timeout_s):
                 try:
                     written = int(await self._connection.call(pack("EVALSHA", self._script.sha, *args)))
-                except _no_script_error():  # a restarted Redis, or another server behind the URL
+                except no_script_error():  # a restarted Redis, or another server behind the URL
                     await self._connection.call(pack("SCRIPT", "LOAD", PUBLISH_TICKS))
                     written = int(await self._connection.call(pack("EVALSHA", self._script.sha, *args)))
         except BaseException:
@@ -318,7 +255,7 @@ class TickLogReader:
         for key in self._last:
             self._key_of[key] = key
             self._key_of[key.encode()] = key
-        self._streams = b"".join(_bulk(key.encode()) for key in self._last)
+        self._streams = b"".join(bulk(key.encode()) for key in self._last)
         self._connection = HeldConnection(redis)
 
     def control_from(self, entry_id: str) -> None:
@@ -342,11 +279,11 @@ class TickLogReader:
 
     def _command(self, block_ms: int | None, count: int) -> bytes:
         """``XREAD COUNT count [BLOCK block_ms] STREAMS <keys> <ids>`` in RESP."""
-        ids = b"".join(_bulk(last.encode()) for last in self._last.values())
-        block = b"" if block_ms is None else b"$5\r\nBLOCK\r\n" + _bulk(b"%d" % block_ms)
+        ids = b"".join(bulk(last.encode()) for last in self._last.values())
+        block = b"" if block_ms is None else b"$5\r\nBLOCK\r\n" + bulk(b"%d" % block_ms)
         head = b"*%d\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n%s%s$7\r\nSTREAMS\r\n" % (
             (4 if block_ms is None else 6) + 2 * len(self._last),
-            _bulk(b"%d" % count),
+            bulk(b"%d" % count),
             block,
         )
         return head + self._streams + ids
@@ -404,7 +341,7 @@ class TickLogReader:
                     batch.statuses.append(fields)
                 else:
                     batch.controls.append(fields)
-            last[key] = _text(entries[-1][0])
+            last[key] = text(entries[-1][0])
             if symbol is not None and fields:
                 spanned = max(spanned, _streams_spanned(fields))
         return served, spanned

@@ -14,7 +14,8 @@ from backend_core.clock import Clock, iso_utc
 from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import LeaseTiming, Role
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.member import ClusterMember, MemberSnapshot, redis_errors
+from backend_core.cluster.member import ClusterMember, MemberSnapshot
+from backend_core.cluster.resp import redis_errors
 from backend_core.health import CheckResult
 
 if TYPE_CHECKING:
