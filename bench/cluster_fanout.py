@@ -21,7 +21,11 @@ them on the same simulator.
   (``hop_latency_loaded_*``, ``direct_skew_loaded_ms_p99``). Beside it, ``direct_skew``:
   ``standalone receipt - leader receipt``, two instances each on its own upstream
   connection, measured the same way: no Redis on that path, so it is what the machine
-  (two cores, shared) and the method alone spread by.
+  (two cores, shared) and the method alone spread by. Run it on an otherwise idle
+  machine: with other work on the two cores (a test suite, another bench) both figures
+  grow together (here: hop p99 1.1 ms idle, 5.5 ms beside a test run, where
+  ``direct_skew_ms_p99`` went from 0.02 to 7.4 ms), and a ``direct_skew_ms_p99`` near the
+  goal says the run measured the machine, not the hop.
 - **CPU per delivered frame**: ``--clients`` relay clients on the follower and as many on
   the standalone instance, for ``--seconds`` (each instance also serves its probe: the
   same clients on both; light clients that only note each tick's arrival, so that this
