@@ -79,6 +79,13 @@ def port_open(port: int) -> bool:
     return False
 
 
+def redis_command(redis_bin: str, port: int, work_dir: Path) -> list[str]:
+    """``redis-server`` on 127.0.0.1:``port`` that persists nothing (a restart comes back
+    empty: no streams, no lease, no term), its files in ``work_dir``."""
+    command = [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return [*command, "--dir", str(work_dir)]
+
+
 @dataclass
 class Proc:
     """One child process in its own process group, its output in ``log_path``."""
@@ -385,11 +392,9 @@ def cluster(
         redis_proc = redis_port = None
         if redis_bin is not None:
             redis_port = free_port()
-            redis_argv = [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-            redis_argv += ["--appendonly", "no", "--dir", str(work_dir)]
             redis_proc = Proc(
                 "redis",
-                redis_argv,
+                redis_command(redis_bin, redis_port, work_dir),
                 base_env,
                 work_dir / "redis.log",
             )

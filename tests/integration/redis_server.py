@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.app_process import free_port
+from tests.cluster_harness import port_open, redis_command
 
 START_TIMEOUT_S = 10.0
 
@@ -46,17 +48,11 @@ class RedisServer:
         self.process = _start(self.command, self.port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        if port_open(port):
             return process
         if time.monotonic() > deadline or process.poll() is not None:
             _stop(process, kill=True)
@@ -85,9 +81,8 @@ def redis_server(work_dir: Path) -> Iterator[RedisServer]:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing: .ci/run installs Debian's redis-server")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port = _free_port()
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    command += ["--dir", str(work_dir)]
+    port = free_port()
+    command = redis_command(binary, port, work_dir)
     server = RedisServer(port, _start(command, port), command)
     try:
         yield server

@@ -21,6 +21,7 @@ import redis
 from backend_core.cluster.keys import ClusterKeys
 from tests.app_process import group_processes
 from tests.cluster_harness import Cluster, Member, MissingBinary, RelayClient, cluster, wait_until
+from tests.helpers import until
 
 WAIT_S = 20.0
 
@@ -45,9 +46,9 @@ async def collect(client: RelayClient, until_ticks: int, timeout_s: float = WAIT
     stop = asyncio.Event()
     task = asyncio.create_task(client.run(stop))
     try:
-        async with asyncio.timeout(timeout_s):
-            while sum(len(t) for t in client.ticks.values()) < until_ticks:  # noqa: ASYNC110 - polling a counter
-                await asyncio.sleep(0.05)
+        await until(
+            lambda: sum(len(t) for t in client.ticks.values()) >= until_ticks, timeout_s, what=f"{until_ticks} ticks"
+        )
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -92,17 +93,18 @@ def test_a_paused_member_loses_its_relay_sessions_and_the_client_resumes_elsewhe
         stop = asyncio.Event()
         task = asyncio.create_task(client.run(stop))
         try:
-            async with asyncio.timeout(WAIT_S):
-                while len(client.ticks.get("R_100", [])) < 2:  # noqa: ASYNC110 - polling a counter
-                    await asyncio.sleep(0.05)
-                first = running.member(client.connections[0][1])
-                first.pause()
-                try:
-                    await asyncio.to_thread(running.wait_server_state, first, "DOWN", WAIT_S)
-                    while len(client.connections) < 2 or len(client.ticks["R_100"]) < 4:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                finally:
-                    first.resume()
+            await until(lambda: len(client.ticks.get("R_100", [])) >= 2, WAIT_S, what="the first ticks")
+            first = running.member(client.connections[0][1])
+            first.pause()
+            try:
+                await asyncio.to_thread(running.wait_server_state, first, "DOWN", WAIT_S)
+                await until(
+                    lambda: len(client.connections) >= 2 and len(client.ticks["R_100"]) >= 4,
+                    WAIT_S,
+                    what="ticks over a second connection",
+                )
+            finally:
+                first.resume()
             await asyncio.to_thread(running.wait_server_state, first, "UP", WAIT_S)
         finally:
             stop.set()
@@ -159,23 +161,19 @@ def test_a_leader_stopped_past_its_lease_is_replaced_and_fenced_off_and_follows_
         stop = asyncio.Event()
         tasks = [asyncio.create_task(c.run(stop)) for c in clients]
         try:
-            async with asyncio.timeout(4 * WAIT_S):
-                while received() < 3:  # noqa: ASYNC110 - polling a counter
-                    await asyncio.sleep(0.05)
-                old.pause()
-                try:
-                    await asyncio.to_thread(
-                        wait_until, lambda: any(m.role() == "leader" for m in others), WAIT_S, "a new leader"
-                    )
-                    before = received()
-                    while received() < before + 10:  # noqa: ASYNC110 - the new leader's ticks arrive
-                        await asyncio.sleep(0.05)
-                finally:
-                    old.resume()
-                await asyncio.to_thread(wait_until, lambda: old.role() == "follower", WAIT_S, "the old leader follows")
-                after = received()
-                while received() < after + 5:  # noqa: ASYNC110 - live on, with the old leader following
-                    await asyncio.sleep(0.05)
+            await until(lambda: received() >= 3, WAIT_S, what="the first ticks")
+            old.pause()
+            try:
+                await asyncio.to_thread(
+                    wait_until, lambda: any(m.role() == "leader" for m in others), WAIT_S, "a new leader"
+                )
+                before = received()
+                await until(lambda: received() >= before + 10, WAIT_S, what="the new leader's ticks")
+            finally:
+                old.resume()
+            await asyncio.to_thread(wait_until, lambda: old.role() == "follower", WAIT_S, "the old leader follows")
+            after = received()
+            await until(lambda: received() >= after + 5, WAIT_S, what="ticks with the old leader following")
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 10)

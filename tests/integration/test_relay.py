@@ -36,6 +36,7 @@ from backend_core.relay.protocol import MAX_FRAME_BYTES, RELAY_PATH
 from backend_core.relay.server import Relay
 from backend_core.relay.serving import RelayWebSocketProtocol
 from tests.app_process import ROOT, free_port
+from tests.helpers import until
 from tests.integration.conftest import ServedApp
 from tests.integration.relay_app import routes
 
@@ -380,9 +381,8 @@ async def test_the_server_refuses_an_oversize_frame_before_buffering_it(start_re
         await subscribe(witness, "R_100")
         assert await announce_oversize_frame(h.served.host, h.served.port, RELAY_PATH) == 1009
         await witness_alive(h, witness)
-        async with asyncio.timeout(WAIT_S):
-            while h.relay.snapshot()["totals"]["closed"].get("message_too_big", 0) == 0:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)  # the relay learns of it from the disconnect event
+        # The relay learns of it from the disconnect event.
+        await until(lambda: h.relay.snapshot()["totals"]["closed"].get("message_too_big", 0) > 0, WAIT_S)
         # A legitimate frame at the limit still passes.
         await witness.send(json.dumps({"action": "ping", "pad": "x" * (MAX_FRAME_BYTES - 40)}))
         assert (await recv_type(witness, "pong"))["type"] == "pong"
@@ -436,9 +436,7 @@ async def test_an_oversize_frame_before_the_app_accepted_drops_the_socket_quietl
     assert transport.closed
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     protocol.connection_lost(None)
-    async with asyncio.timeout(WAIT_S):
-        while protocol.tasks:  # noqa: ASYNC110 - the app task ends on the disconnect event
-            await asyncio.sleep(0.01)
+    await until(lambda: not protocol.tasks, WAIT_S, what="the app task's end on the disconnect event")
 
 
 async def test_production_serving_sets_the_frame_limit_in_uvicorn(tmp_path: Any) -> None:
@@ -753,9 +751,7 @@ async def test_snapshot_counts_subscribers_per_symbol(start_relay: StartRelay) -
         await a.send(json.dumps({"action": "unsubscribe", "symbols": ["R_100"]}))
         await recv_type(a, "unsubscribed")
         assert h.relay.snapshot()["subscribers"] == {"R_50": 2}
-    async with asyncio.timeout(WAIT_S):
-        while h.relay.snapshot()["active"]:  # noqa: ASYNC110 - polling a snapshot, nothing to wait on
-            await asyncio.sleep(0.01)
+    await until(lambda: not h.relay.snapshot()["active"], WAIT_S, what="no active connection")
     snapshot = h.relay.snapshot()
     assert (snapshot["subscribers"], snapshot["subscribed"]) == ({}, 0)
     assert h.relay.connections() == []
@@ -777,9 +773,7 @@ async def test_snapshot_and_logs(start_relay: StartRelay, caplog: pytest.LogCapt
         assert conn["connected_at"].endswith("Z") and conn["last_seen_at"].endswith("Z")
         assert conn["messages_in"] == 1 and conn["messages_out"] == 3  # status, ack, tick
         assert conn["drops"] == 0
-    async with asyncio.timeout(WAIT_S):
-        while h.relay.snapshot()["active"]:  # noqa: ASYNC110 - polling a snapshot, nothing to wait on
-            await asyncio.sleep(0.01)
+    await until(lambda: not h.relay.snapshot()["active"], WAIT_S, what="no active connection")
     totals = h.relay.snapshot()["totals"]
     assert totals["closed"] == {"client_closed": 1}
     assert totals["ticks_sent"] == 1

@@ -28,6 +28,7 @@ from backend_core.deriv.sim import server as server_module
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE
 from backend_core.deriv.sim.market import DEFAULT_SYMBOLS
 from backend_core.deriv.sim.server import DerivSimulator
+from tests.helpers import until
 
 TOKEN = "good-token"
 WAIT_S = 5.0  # upper bound for anything expected to happen
@@ -124,13 +125,6 @@ async def closed_code(ws: ClientConnection) -> int | None:
             pass
         await ws.wait_closed()
     return ws.close_code
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait (bounded) until ``condition()`` holds; for counters the simulator has no event for."""
-    async with asyncio.timeout(WAIT_S * 4):
-        while not condition():  # noqa: ASYNC110 - polling a plain counter
-            await asyncio.sleep(0.01)
 
 
 async def no_frame_within(ws: ClientConnection, seconds: float) -> bool:
@@ -479,7 +473,7 @@ async def test_blackholed_handshake_holds_the_client(sim: DerivSimulator) -> Non
     assert sim.stats().handshake_attempts == attempts + 1  # the request arrived and was never answered
     # A held handshake completes once the blackhole ends.
     pending = asyncio.create_task(_ping_through(sim))
-    await eventually(lambda: sim.stats().handshake_attempts >= attempts + 2)
+    await until(lambda: sim.stats().handshake_attempts >= attempts + 2, 4 * WAIT_S)
     assert not pending.done()
     sim.blackhole_handshakes(False)
     async with asyncio.timeout(WAIT_S):
@@ -497,7 +491,7 @@ async def test_stop_releases_blackholed_handshakes() -> None:
     await simulator.start()
     simulator.blackhole_handshakes(True)
     pending = asyncio.create_task(_ping_through(simulator))
-    await eventually(lambda: simulator.stats().handshake_attempts >= 1)
+    await until(lambda: simulator.stats().handshake_attempts >= 1, 4 * WAIT_S)
     async with asyncio.timeout(WAIT_S):
         await simulator.stop()
         with pytest.raises(InvalidStatus) as info:
@@ -534,7 +528,7 @@ async def test_delay_replies_reorders_and_still_answers(sim: DerivSimulator) -> 
     async with client(sim) as ws:
         sim.delay_replies(0.2)
         await send(ws, {"ping": 1, "req_id": 1})
-        await eventually(lambda: sim.stats().requests_by_type.get("ping") == 1)
+        await until(lambda: sim.stats().requests_by_type.get("ping") == 1, 4 * WAIT_S)
         sim.delay_replies(0)
         await send(ws, {"time": 1, "req_id": 2})
         first = await recv(ws)
@@ -609,7 +603,7 @@ async def test_deploy_pushes_updating_then_closes(sim: DerivSimulator) -> None:
         assert await closed_code(ws) == 1001
     assert push["website_status"]["site_status"] == "updating"
     assert push["website_status"]["message"] == DEPLOY_MESSAGE
-    await eventually(lambda: sim.site.status == "up")
+    await until(lambda: sim.site.status == "up", 4 * WAIT_S)
 
 
 async def test_restart_without_disconnect_invalidates_subscriptions(sim: DerivSimulator) -> None:
@@ -664,7 +658,7 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", simulator.port))
         async with client(simulator, max_queue=1, compression=None, sock=sock) as ws:
             await send(ws, {"ticks": [s.symbol for s in DEFAULT_SYMBOLS], "req_id": 1})
-            await eventually(lambda: simulator.stats().slow_clients_dropped > 0)
+            await until(lambda: simulator.stats().slow_clients_dropped > 0, 4 * WAIT_S)
         assert simulator.stats().connection_count == 0
         # Dropped (and logged) once, however many ticks arrived for it after that.
         assert simulator.stats().slow_clients_dropped == 1

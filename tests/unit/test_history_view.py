@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from backend_core.clock import iso_utc
 from backend_core.history.reader import MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
 from backend_core.incidents import Cause, Recovery
 from rxapp.history_view import (
@@ -33,15 +32,10 @@ from rxapp.history_view import (
     uptime_windows,
 )
 from rxapp.ui_logic import TIPS, breaker_rows
+from tests.helpers import iso
 
 # 2027-01-15 08:00:00 UTC
 NOW = 1_800_000_000.0
-
-
-def iso(wall: float) -> str:
-    text = iso_utc(wall)
-    assert text is not None
-    return text
 
 
 def incident(**changes: Any) -> dict[str, Any]:

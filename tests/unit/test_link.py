@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -305,16 +305,26 @@ def test_a_12000_tick_outage_is_filled_completely_in_three_replies_with_live_tic
     assert [t.epoch for t in ticks_of(link.frame(tick("R_50", 13_002, None), 14.0))] == [13_002]
 
 
-def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_the_rest() -> None:
+MARKET_PAST_THE_BOUND = range(100, 201)
+
+
+def paged_to_the_bound(reply: Callable[[act.Send], messages.Message]) -> tuple[LinkProtocol, list[act.Action]]:
+    """An outage of 100 ticks (``MARKET_PAST_THE_BOUND``) with 3 ticks a reply and 2 pages at
+    most: the first reply is Deriv's, each page is answered with ``reply(page)``. The link and
+    the actions of the last answer, after which no page is asked."""
     link = make(backfill_count=3, backfill_max_pages=2)
     again = outage(link, last=100)
-    market = range(100, 201)
-    actions = link.frame(answer(again["R_50"], market), 11.0)
+    actions = link.frame(answer(again["R_50"], MARKET_PAST_THE_BOUND), 11.0)
     for _ in range(2):
         page = page_of(actions)
         assert page is not None
-        actions = link.frame(answer(page, market), 12.0)
+        actions = link.frame(reply(page), 12.0)
     assert page_of(actions) is None
+    return link, list(actions)
+
+
+def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_the_rest() -> None:
+    link, actions = paged_to_the_bound(lambda page: answer(page, MARKET_PAST_THE_BOUND))
     published = ticks_of(actions)
     assert [(t.epoch, t.gap_from) for t in published][:2] == [(192, 100), (193, None)]
     assert [t.epoch for t in published] == list(range(192, 201))
@@ -326,15 +336,7 @@ def test_an_outage_past_the_page_bound_publishes_what_it_got_and_announces_only_
 
 def test_a_full_page_from_outside_the_range_asked_is_no_proof_the_range_is_complete() -> None:
     # An upstream that ignores ``end`` answers every page with the newest ticks again.
-    link = make(backfill_count=3, backfill_max_pages=2)
-    again = outage(link, last=100)
-    market = range(100, 201)
-    actions = link.frame(answer(again["R_50"], market), 11.0)
-    for _ in range(2):
-        page = page_of(actions)
-        assert page is not None
-        actions = link.frame(history("R_50", [198, 199, 200], page.req_id), 12.0)
-    assert page_of(actions) is None
+    link, actions = paged_to_the_bound(lambda page: history("R_50", [198, 199, 200], page.req_id))
     published = ticks_of(actions)
     assert [(t.epoch, t.gap_from) for t in published] == [(198, 100), (199, None), (200, None)]
     assert link.stats["backfill_gaps"] == 1

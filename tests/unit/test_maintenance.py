@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 
+from backend_core import status_view
 from backend_core import statuspage as sp
+from backend_core.clock import FakeClock
+from backend_core.config import load_settings
 from backend_core.events import ErrorInfo, LinkState, UpstreamSnapshot
 from backend_core.history.minutes import upstream_sample_status
 from backend_core.incidents import upstream_in_maintenance
 from backend_core.metrics import MAINTENANCE, UpstreamCollector, upstream_state
+from backend_core.runtime import Runtime
 from rxapp.ui_logic import banner_for, feed_link_view
 from tests.helpers import statuspage_observation
 
@@ -52,7 +56,7 @@ def test_the_rule() -> None:
 @pytest.mark.parametrize(
     "snapshot", COMBINATIONS, ids=lambda s: f"{s.state.value}-{s.planned_reconnect}-{s.site_status}"
 )
-def test_every_surface_agrees(snapshot: UpstreamSnapshot) -> None:
+def test_every_surface_agrees(snapshot: UpstreamSnapshot, runtime: Runtime) -> None:
     maintenance = upstream_in_maintenance(snapshot)
     sampled = upstream_sample_status(snapshot)
     assert (sampled is not None and sampled[1] == "maintenance") == maintenance
@@ -66,21 +70,23 @@ def test_every_surface_agrees(snapshot: UpstreamSnapshot) -> None:
             planned_drop=snapshot.planned_reconnect,
         )
         assert (sp.feed_status(observation) == "under_maintenance") == maintenance
-    page = status_dict(snapshot)
+    page = page_status(runtime, snapshot)
     assert (banner_for(page, T0).level == "maintenance") == maintenance
     if snapshot.state != LinkState.CONNECTED:
         assert (feed_link_view(page["upstream"], T0).tone == "blue") == maintenance
 
 
-def status_dict(snapshot: UpstreamSnapshot) -> dict[str, Any]:
-    upstream = {
-        "state": snapshot.state.value,
-        "planned_reconnect": snapshot.planned_reconnect,
-        "site_status": snapshot.site_status,
-        "maintenance": upstream_in_maintenance(snapshot),
-        "last_error": {"code": "SiteUpdating", "message": "Deriv is updating its servers; reconnecting."},
-    }
-    return {"upstream": upstream, "ticks": [], "circuit_breakers": []}
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    """A Runtime at ``T0`` (nothing started): one for the module, as building one takes a while."""
+    db = tmp_path_factory.mktemp("maintenance") / "status.db"
+    return Runtime(load_settings({"DB_URL": f"sqlite:///{db}"}), clock=FakeClock(start_wall=T0))
+
+
+def page_status(runtime: Runtime, snapshot: UpstreamSnapshot) -> dict[str, Any]:
+    """The status the page reads (``status_view.status``) while the manager reports ``snapshot``."""
+    runtime.manager = _Manager(snapshot)  # type: ignore[assignment]
+    return status_view.status(runtime)
 
 
 class _Manager:

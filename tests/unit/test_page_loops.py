@@ -11,6 +11,7 @@ on a Runtime with a fake clock. Nothing is started, no sockets, no real sleeps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +26,8 @@ from backend_core.config import load_settings
 from backend_core.runtime import Runtime
 from rxapp import state as state_module
 from rxapp.page_loops import Claim, PageLoops, Verdict, Watch, next_verdict, socket_watch
-from rxapp.state import UNWATCHED_LIMIT_S, StatusState
+from rxapp.state import REFRESH_S, UNWATCHED_LIMIT_S, StatusState
+from tests.helpers import turns_until
 
 TOKEN = "tab-1"
 
@@ -220,17 +222,44 @@ class Instance:
             return None
 
         monkeypatch.setattr(state_module, "health_for_round", no_health)
+        # Where each loop is: how many times it has begun to wait for its next round, and
+        # whether it waits now (the real wait, only watched).
+        self.opened: list[asyncio.Task[None]] = []
+        self.waits: dict[asyncio.Task[Any], int] = {}
+        self.waiting: set[asyncio.Task[Any]] = set()
+        next_round = state_module._next_round
+
+        async def watched_next_round(*args: Any, **kwargs: Any) -> tuple[bool, int]:
+            task = asyncio.current_task()
+            assert task is not None
+            self.waits[task] = self.waits.get(task, 0) + 1
+            self.waiting.add(task)
+            try:
+                return await next_round(*args, **kwargs)
+            finally:
+                self.waiting.discard(task)
+
+        monkeypatch.setattr(state_module, "_next_round", watched_next_round)
 
     def open_loop(self, page: FakePage) -> asyncio.Task[None]:
-        return asyncio.get_running_loop().create_task(StatusState.stream.fn(page))  # type: ignore[attr-defined]
+        task = asyncio.get_running_loop().create_task(StatusState.stream.fn(page))  # type: ignore[attr-defined]
+        self.opened.append(task)
+        return task
+
+    def waiting_since(self, waits: dict[asyncio.Task[Any], int]) -> bool:
+        """Every loop opened here has ended, or waits for a round after its ``waits[task]``-th."""
+        return all(
+            task.done() or (task in self.waiting and self.waits[task] > waits.get(task, 0)) for task in self.opened
+        )
 
     async def rounds(self, count: int) -> None:
+        """Once every loop has ended or waits for its next round, ``count`` times: a refresh
+        period passes and every loop runs its round (and ends, or waits again)."""
+        await turns_until(lambda: self.waiting_since({}), "every loop ended or waiting for its next round")
         for _ in range(count):
-            for _ in range(20):
-                await asyncio.sleep(0)
-            self.clock.advance(1.0)
-        for _ in range(20):
-            await asyncio.sleep(0)
+            waits = dict(self.waits)
+            self.clock.advance(REFRESH_S)
+            await turns_until(functools.partial(self.waiting_since, waits), "every loop ran its round")
 
 
 async def test_the_loop_ends_when_the_pages_socket_moves_to_another_instance(
@@ -335,7 +364,8 @@ async def test_a_loop_cancelled_during_its_state_write_still_finishes_the_write(
     loop.cancel()  # the socket disconnected
     await here.rounds(1)
     assert loop.done() and len(here.loops) == 0
-    assert not page.held, "the tab's state lock was left held"
+    # Broken off by the cancellation, the write would never release the lock.
+    await turns_until(lambda: not page.held, "the tab's state lock released")
 
 
 async def test_without_a_socket_registry_the_loop_ends_after_its_bound(
