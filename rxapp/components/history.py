@@ -297,8 +297,7 @@ def history_section() -> rx.Component:
         uptime_panel(),
         incidents_panel(),
         transitions_panel(),
-        spacing={"initial": "4", "sm": "5"},
-        width="100%",
+        **styles.sections,
         id="history",
         custom_attrs={"data-state": StatusState.history_state},
     )

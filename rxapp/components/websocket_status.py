@@ -72,6 +72,6 @@ def feed_link_card() -> rx.Component:
 def websocket_status() -> rx.Component:
     return open_section(
         section_heading("Connections", "cable", heading_id="connections-heading"),
-        rx.grid(browser_link_card(), feed_link_card(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+        rx.grid(browser_link_card(), feed_link_card(), **styles.card_pair),
         heading_id="connections-heading",
     )
