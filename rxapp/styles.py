@@ -28,6 +28,11 @@ THEME: dict[str, Any] = {
     "has_background": True,
 }
 
+# The page's sections, one above another; the history section's panels stand at the same gap.
+sections: dict[str, Any] = {"spacing": {"initial": "4", "sm": "5"}, "width": "100%"}
+# Two cards side by side from ``sm`` up, one above the other on a phone.
+card_pair: dict[str, Any] = {"columns": TWO_COLUMNS, "spacing": "3", "width": "100%"}
+
 page: dict[str, Any] = {
     "max_width": PAGE_MAX_WIDTH,
     "margin_x": "auto",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import reflex as rx
 from reflex.config import get_config
 
@@ -18,38 +20,38 @@ def page_title() -> rx.Var:
     return rx.cond(browser_link_down(), PAGE_TITLE_OFFLINE, StatusState.page_title)
 
 
-def _server_banner() -> rx.Component:
+def _banner(icon: rx.Component, title: Any, detail: Any, tone: Any, level: Any) -> rx.Component:
+    """The banner in either state (the server's verdict, or the browser's lost link): same ids, same layout."""
     return rx.hstack(
-        state_icon(StatusState.banner_icon, size=28, color=f"var(--{StatusState.banner_tone}-11)", flex_shrink="0"),
+        icon,
         rx.vstack(
-            rx.heading(StatusState.banner_title, as_="h2", size={"initial": "4", "sm": "5"}, id="banner-title"),
-            rx.text(StatusState.banner_detail, size="2", color="var(--gray-12)", id="banner-detail"),
+            rx.heading(title, as_="h2", size={"initial": "4", "sm": "5"}, id="banner-title"),
+            rx.text(detail, size="2", color="var(--gray-12)", id="banner-detail"),
             spacing="1",
         ),
-        **styles.banner(StatusState.banner_tone),
+        **styles.banner(tone),
         id="status-banner",
-        custom_attrs={"data-level": StatusState.banner_level},
+        custom_attrs={"data-level": level},
+    )
+
+
+def _server_banner() -> rx.Component:
+    return _banner(
+        state_icon(StatusState.banner_icon, size=28, color=f"var(--{StatusState.banner_tone}-11)", flex_shrink="0"),
+        StatusState.banner_title,
+        StatusState.banner_detail,
+        StatusState.banner_tone,
+        StatusState.banner_level,
     )
 
 
 def _offline_banner() -> rx.Component:
-    return rx.hstack(
+    return _banner(
         rx.icon("wifi-off", size=28, color="var(--amber-11)", flex_shrink="0", aria_hidden="true"),
-        rx.vstack(
-            rx.heading(
-                "Lost the live link to this server", as_="h2", size={"initial": "4", "sm": "5"}, id="banner-title"
-            ),
-            rx.text(
-                "Dimmed sections may be out of date. The page keeps reconnecting by itself.",
-                size="2",
-                color="var(--gray-12)",
-                id="banner-detail",
-            ),
-            spacing="1",
-        ),
-        **styles.banner("amber"),
-        id="status-banner",
-        custom_attrs={"data-level": "offline"},
+        "Lost the live link to this server",
+        "Dimmed sections may be out of date. The page keeps reconnecting by itself.",
+        "amber",
+        "offline",
     )
 
 

@@ -24,7 +24,7 @@ import reflex as rx
 from reflex_components_core.core.banner import connection_error, connection_errors_count, has_connection_errors
 
 from rxapp import styles
-from rxapp.components.common import card, state_badge
+from rxapp.components.common import card, link_card_head, state_badge
 from rxapp.state import StatusState
 
 
@@ -72,19 +72,12 @@ def _badge() -> rx.Component:
 def browser_link_card() -> rx.Component:
     return card(
         rx.vstack(
-            rx.hstack(
-                rx.vstack(
-                    rx.text("Your browser → this server", weight="medium", size="3"),
-                    rx.text("Live link for this page", **styles.small_muted),
-                    spacing="0",
-                ),
-                rx.vstack(
-                    _badge(),
-                    # Filled in by assets/fallback.js (the server cannot time a link it cannot see).
-                    rx.el.span(id="browser-link-since", class_name="rt-Text rt-r-size-1", color="var(--gray-11)"),
-                    **styles.link_card_state,
-                ),
-                **styles.link_card_head,
+            link_card_head(
+                "Your browser → this server",
+                "Live link for this page",
+                _badge(),
+                # Filled in by assets/fallback.js (the server cannot time a link it cannot see).
+                rx.el.span(id="browser-link-since", class_name="rt-Text rt-r-size-1", color="var(--gray-11)"),
             ),
             _detail(),
             rx.cond(

@@ -79,6 +79,20 @@ def section_heading(text: str, icon: str, *extra: Any, heading_id: str | None = 
     )
 
 
+def link_card_head(title: str, subtitle: Any, badge: rx.Component, since: rx.Component) -> rx.Component:
+    """A link card's first line: which link over ``subtitle`` (said small and muted), and its
+    state's ``badge`` over ``since`` (how long it has held) at the end."""
+    return rx.hstack(
+        rx.vstack(
+            rx.text(title, weight="medium", size="3"),
+            rx.text(subtitle, **styles.small_muted),
+            spacing="0",
+        ),
+        rx.vstack(badge, since, **styles.link_card_state),
+        **styles.link_card_head,
+    )
+
+
 def plain_link(text: str, href: str, **props: Any) -> rx.Component:
     """A link that leaves the single-page app (JSON, health, metrics are not pages)."""
     return rx.el.a(text, href=href, class_name="rt-Text rt-Link rt-r-size-1 rt-underline-auto", **props)

@@ -37,6 +37,16 @@ def _loading(text: str) -> rx.Component:
     return rx.text(text, **styles.muted, padding_y="0.5rem")
 
 
+def _once_read(what: str, ready: rx.Component) -> rx.Component:
+    """``ready`` once history was read; before that, or while it cannot be, a line about ``what``."""
+    return rx.match(
+        StatusState.history_state,
+        ("loading", _loading(f"Loading {what}…")),
+        ("unavailable", _loading(f"{what[0].upper()}{what[1:]} is not available right now.")),
+        ready,
+    )
+
+
 # ---------------------------------------------------------------------------- uptime
 
 
@@ -132,10 +142,8 @@ def uptime_panel() -> rx.Component:
         "uptime",
         "Uptime",
         "calendar-days",
-        rx.match(
-            StatusState.history_state,
-            ("loading", _loading("Loading uptime…")),
-            ("unavailable", _loading("Uptime is not available right now.")),
+        _once_read(
+            "uptime",
             rx.vstack(
                 rx.foreach(StatusState.uptime_rows, _uptime_row),
                 _legend(),
@@ -213,12 +221,7 @@ def _list_panel(
         anchor,
         title,
         icon,
-        rx.match(
-            StatusState.history_state,
-            ("loading", _loading(f"Loading {what}…")),
-            ("unavailable", _loading(f"{what[0].upper()}{what[1:]} is not available right now.")),
-            rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty),
-        ),
+        _once_read(what, rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty)),
         aside=caption,
     )
 
@@ -294,8 +297,7 @@ def history_section() -> rx.Component:
         uptime_panel(),
         incidents_panel(),
         transitions_panel(),
-        spacing={"initial": "4", "sm": "5"},
-        width="100%",
+        **styles.sections,
         id="history",
         custom_attrs={"data-state": StatusState.history_state},
     )

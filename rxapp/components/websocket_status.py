@@ -13,7 +13,15 @@ import reflex as rx
 
 from rxapp import styles
 from rxapp.components.browser_link import browser_link_card
-from rxapp.components.common import card, icon_button, open_section, section_heading, state_badge, state_icon
+from rxapp.components.common import (
+    card,
+    icon_button,
+    link_card_head,
+    open_section,
+    section_heading,
+    state_badge,
+    state_icon,
+)
 from rxapp.components.retry import retry_button
 from rxapp.state import StatusState
 
@@ -22,21 +30,11 @@ def feed_link_card() -> rx.Component:
     feed = StatusState.feed
     return card(
         rx.vstack(
-            rx.hstack(
-                rx.vstack(
-                    rx.text("This server → Deriv market feed", weight="medium", size="3"),
-                    rx.text(
-                        rx.cond(StatusState.simulated, "Simulated Deriv API (no internet needed)", "Deriv API v3"),
-                        **styles.small_muted,
-                    ),
-                    spacing="0",
-                ),
-                rx.vstack(
-                    state_badge(feed["word"], feed["icon"], feed["tone"], id="feed-badge"),
-                    rx.text(feed["since"], id="feed-since", **styles.small_muted),
-                    **styles.link_card_state,
-                ),
-                **styles.link_card_head,
+            link_card_head(
+                "This server → Deriv market feed",
+                rx.cond(StatusState.simulated, "Simulated Deriv API (no internet needed)", "Deriv API v3"),
+                state_badge(feed["word"], feed["icon"], feed["tone"], id="feed-badge"),
+                rx.text(feed["since"], id="feed-since", **styles.small_muted),
             ),
             rx.text(feed["detail"], id="feed-detail", **styles.muted),
             rx.cond(
@@ -74,6 +72,6 @@ def feed_link_card() -> rx.Component:
 def websocket_status() -> rx.Component:
     return open_section(
         section_heading("Connections", "cable", heading_id="connections-heading"),
-        rx.grid(browser_link_card(), feed_link_card(), columns=styles.TWO_COLUMNS, spacing="3", width="100%"),
+        rx.grid(browser_link_card(), feed_link_card(), **styles.card_pair),
         heading_id="connections-heading",
     )
