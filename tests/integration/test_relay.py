@@ -631,8 +631,10 @@ async def test_a_client_that_stops_reading_is_found_and_disconnected(
                 while h.relay.snapshot()["totals"]["closed"].get(watch, 0) == 0:
                     published += h.publish("R_50", 50)
                     await asyncio.sleep(0.001)
-                while len(received) < len(published) or h.relay.snapshot()["active"] > 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)  # polling state filled by the reader and the relay
+            await until(
+                lambda: len(received) >= len(published) and h.relay.snapshot()["active"] <= 1,
+                what="the witness to have every tick and the stalled client to be gone",
+            )
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
