@@ -89,6 +89,8 @@ MAX_RATE_PER_S = 400.0
 SETTLE_S = 1.0
 # While the link is not yet in the state a round wants, a manual Retry is asked this often.
 RETRY_EVERY_S = 1.5
+# ``flapping`` drops the link this often.
+FLAP_EVERY_S = 0.3
 # This process and the two it starts run at this niceness where allowed (root): on a
 # machine shared with other work, the scheduler then gives the bench's processes the CPU
 # first, and the other work's bursts stop showing up as this bench's latency.
@@ -153,6 +155,37 @@ def serve(port: int) -> None:
     uvicorn.run(api, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
+def flap(sim: str) -> None:
+    """Child process: while switched on (a line "1" on stdin; "0" switches off), drop the
+    simulator's links every FLAP_EVERY_S; ends when stdin closes. Its own process, so
+    that sending the drops costs the load generator's event loop nothing."""
+    import threading
+    import urllib.request
+
+    on = threading.Event()
+
+    def switch() -> None:
+        for line in sys.stdin:
+            if line.strip() == "1":
+                on.set()
+            else:
+                on.clear()
+        os._exit(0)
+
+    threading.Thread(target=switch, daemon=True).start()
+    drop = urllib.request.Request(
+        f"{sim}/control/drop_all", data=b'{"code": null}', headers={"content-type": "application/json"}
+    )
+    while True:
+        on.wait()
+        try:
+            with urllib.request.urlopen(drop, timeout=5) as response:
+                response.read()
+        except OSError as exc:  # a missed drop is a shorter flap, not the end of flapping
+            print(f"flapper: drop_all failed: {exc}", file=sys.stderr)
+        time.sleep(FLAP_EVERY_S)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -179,6 +212,7 @@ class Round:
     # Cores' worth of CPU used outside the bench's processes during the round, and stolen.
     other_cpu: float = 0.0
     steal_cpu: float = 0.0
+    handshakes: int = 0  # the API's connection attempts during the round
 
     @property
     def p99_ms(self) -> float:
@@ -247,16 +281,28 @@ async def load(
 @dataclass
 class Upstream:
     """Fault commands to the simulator and the state of the link as the API reports it,
-    through clients made once: building an httpx client (its TLS context) costs
+    through a client made once: building an httpx client (its TLS context) costs
     milliseconds of this process's event loop, which would show up as latency of the load
-    it is measuring."""
+    it is measuring. No command is sent while a round's load runs: ``flapping``'s drops
+    come from the ``flapper`` process (``flap``), switched on and off through its stdin."""
 
     base: str
     sim: str
+    flapper: subprocess.Popen[bytes]
     client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=5))
+
+    def flapping(self, on: bool) -> None:
+        assert self.flapper.stdin is not None
+        self.flapper.stdin.write(b"1\n" if on else b"0\n")
+        self.flapper.stdin.flush()
 
     async def control(self, action: str, **body: object) -> None:
         (await self.client.post(f"{self.sim}/control/{action}", json=body)).raise_for_status()
+
+    async def handshakes(self) -> int:
+        """WebSocket handshakes the simulator has seen: how often the API tried to connect."""
+        stats = (await self.client.get(f"{self.sim}/control/stats")).json()["result"]
+        return int(stats["handshake_attempts"])
 
     async def state(self) -> str:
         return str((await self.client.get(f"{self.base}/api/v1/status")).json()["upstream"]["state"])
@@ -279,15 +325,8 @@ class Upstream:
         if phase == "healthy":
             yield
             return
-        flapper: asyncio.Task[None] | None = None
         if phase == "flapping":
-
-            async def flap() -> None:
-                while True:
-                    await self.control("drop_all", code=None)
-                    await asyncio.sleep(0.3)
-
-            flapper = asyncio.create_task(flap())
+            self.flapping(True)
         elif phase == "stalled":
             await self.control("pause_feed", enabled=True)
             await self.control("ignore_pings", enabled=True)
@@ -298,9 +337,9 @@ class Upstream:
         try:
             yield
         finally:
-            if flapper is not None:
-                flapper.cancel()
-                await asyncio.gather(flapper, return_exceptions=True)
+            if phase == "flapping":
+                self.flapping(False)
+                await asyncio.sleep(FLAP_EVERY_S)  # its last drop, if one was under way, is done
             await self.control("reset")
             await self.wait_state("connected")
             await asyncio.sleep(SETTLE_S)
@@ -316,6 +355,7 @@ def summary(rounds: list[Round], phase: str) -> dict[str, object]:
         "p50_ms": round(statistics.median(pooled) * 1000, 3),
         "p99_ms": round(percentile(pooled, 0.99) * 1000, 3),
         "p99_ms_rounds": [round(r.p99_ms, 2) for r in mine],
+        "upstream_handshakes": sum(r.handshakes for r in mine),
         "other_cpu_cores": round(statistics.mean(r.other_cpu for r in mine), 2),
         "steal_cpu_cores": round(statistics.mean(r.steal_cpu for r in mine), 2),
     }
@@ -368,9 +408,11 @@ async def run(cycles: int, round_s: float, concurrency: int, seed: int) -> dict[
     }
     # Popen returns at once; the child is waited for (bounded) in the finally block.
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env, cwd=ROOT)  # noqa: ASYNC220
-    meter = CpuMeter([os.getpid(), child.pid, simulator.pid])
+    sim = f"http://127.0.0.1:{control_port}"
+    flapper = subprocess.Popen([sys.executable, __file__, "--flap", sim], stdin=subprocess.PIPE, cwd=ROOT)  # noqa: ASYNC220
+    meter = CpuMeter([os.getpid(), child.pid, simulator.pid, flapper.pid])
     base = f"http://127.0.0.1:{port}"
-    upstream = Upstream(base, f"http://127.0.0.1:{control_port}")
+    upstream = Upstream(base, sim, flapper)
     order = schedule(cycles, seed)
     rounds: list[Round] = []
     started = time.perf_counter()
@@ -395,15 +437,17 @@ async def run(cycles: int, round_s: float, concurrency: int, seed: int) -> dict[
             for phase in order:
                 rounds.append(Round(phase))
                 async with upstream.fault(phase):
+                    handshakes = await upstream.handshakes()
                     before = meter.sample()
                     await load(client, rounds[-1], round_requests, concurrency, rate, lead_in)
                     after = meter.sample()
+                    rounds[-1].handshakes = await upstream.handshakes() - handshakes
                 wall = after[0] - before[0]
                 rounds[-1].other_cpu = max(0.0, (after[1] - before[1]) - (after[3] - before[3])) / wall
                 rounds[-1].steal_cpu = (after[2] - before[2]) / wall
     finally:
         await upstream.client.aclose()
-        for process in (child, simulator):
+        for process in (child, simulator, flapper):
             process.terminate()
             try:
                 process.wait(timeout=20)
@@ -441,6 +485,7 @@ async def run(cycles: int, round_s: float, concurrency: int, seed: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--flap", help=argparse.SUPPRESS)
     parser.add_argument("--cycles", type=int, default=5, help="rounds of each failing phase")
     parser.add_argument("--round-seconds", type=float, default=3.0, help="measured seconds of load a round")
     parser.add_argument("--concurrency", type=int, default=32)
@@ -449,6 +494,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
+        return
+    if args.flap:
+        flap(args.flap)
         return
     cycles, round_s = (2, 1.5) if args.quick else (args.cycles, args.round_seconds)
     result = asyncio.run(run(cycles, round_s, args.concurrency, args.seed))
