@@ -6,10 +6,15 @@ open-loop load on ``/api/v1/ticks/latest`` and ``/health`` through four phases, 
 the simulator's control interface for faults:
 
 * ``healthy``:  the upstream is live;
-* ``flapping``: the link is dropped every 0.3 s;
+* ``flapping``: the link is dropped every 0.3 s (by a small process of its own, so that
+                sending the drops costs the load generator nothing); the manager backs
+                off after short sessions, so a round sees a reconnect or none;
 * ``stalled``:  the feed is paused and pings go unanswered (a dead link being detected);
 * ``down``:     new connections are refused and the link dropped, so the "websocket"
-                breaker opens.
+                breaker opens; its rounds start once it is open.
+
+``<phase>_upstream_handshakes`` counts the API's connection attempts the simulator saw
+during a phase's rounds.
 
 The load is open-loop at half the healthy server's capacity, measured first with a
 closed loop on the same routes (``capacity_per_s``, ``rate_per_s`` in the result).
@@ -27,10 +32,12 @@ On a shared 2-core machine one round's p99 can swing 2x between rounds of the sa
   that is up, not its reconnect.
 * Every round starts with a lead-in of the same load whose latencies are not kept (its
   5xx are): the first half second after an idle gap is slower in every phase alike.
-* The bench's processes run at raised priority (nice -10) where that is allowed
-  (``priority_raised``), so other work on the machine comes second; the CPU that other
-  work still took, and what the hypervisor stole, are reported per phase
-  (``<phase>_other_cpu_cores``, ``<phase>_steal_cpu_cores``) to tell noise from effect.
+* The load generator and the API server run at raised priority (nice -10) where that is
+  allowed (``priority_raised``), so other work on the machine comes second; the simulator
+  and the flapper keep ordinary priority, as a remote upstream would not share their CPU.
+  The CPU that other work still took, and what the hypervisor stole, are reported per
+  phase (``<phase>_other_cpu_cores``, ``<phase>_steal_cpu_cores``) to tell noise from
+  effect.
 
 Statistic: each failing round's p99 over the p99 of the pooled samples of the two healthy
 rounds either side of it (``<phase>_p99_ratio_rounds``); a phase's ratio is the median of
@@ -91,16 +98,19 @@ SETTLE_S = 1.0
 RETRY_EVERY_S = 1.5
 # ``flapping`` drops the link this often.
 FLAP_EVERY_S = 0.3
-# This process and the two it starts run at this niceness where allowed (root): on a
-# machine shared with other work, the scheduler then gives the bench's processes the CPU
-# first, and the other work's bursts stop showing up as this bench's latency.
+# The load generator and the API server run at this niceness where allowed (root): on a
+# machine shared with other work, the scheduler then gives them the CPU first, and the
+# other work's bursts stop showing up as this bench's latency. The simulator and the
+# flapper keep ordinary priority: like a remote upstream they must not take the CPU from
+# the two processes being measured (a drop's work in them showed up as the routes' p99).
 NICENESS = -10
 
 
-def raise_priority() -> bool:
-    """Run this process (and so the children it starts) at NICENESS; False if not allowed."""
+def set_priority(niceness: int, pid: int = 0) -> bool:
+    """Run process ``pid`` (0: this one, and so the children it starts) at ``niceness``;
+    False if not allowed."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, NICENESS)
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
     except (OSError, AttributeError):
         return False
     return True
@@ -373,7 +383,7 @@ def paired_ratios(rounds: list[Round], phase: str) -> list[float]:
 
 
 async def run(cycles: int, round_s: float, concurrency: int, seed: int) -> dict[str, object]:
-    prioritized = raise_priority()
+    prioritized = set_priority(NICENESS)
     port, sim_port, control_port = free_port(), free_port(), free_port()
     # The simulator runs in its own process, as the real upstream would be elsewhere: its
     # handshakes and drops must not be billed to the API process under test.
@@ -410,6 +420,8 @@ async def run(cycles: int, round_s: float, concurrency: int, seed: int) -> dict[
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], env=env, cwd=ROOT)  # noqa: ASYNC220
     sim = f"http://127.0.0.1:{control_port}"
     flapper = subprocess.Popen([sys.executable, __file__, "--flap", sim], stdin=subprocess.PIPE, cwd=ROOT)  # noqa: ASYNC220
+    for process in (simulator, flapper):
+        set_priority(0, process.pid)
     meter = CpuMeter([os.getpid(), child.pid, simulator.pid, flapper.pid])
     base = f"http://127.0.0.1:{port}"
     upstream = Upstream(base, sim, flapper)
