@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -57,27 +56,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cluster_harness import Member, RelayClient, cluster  # noqa: E402
+from tests.measure import cpu_seconds, percentile  # noqa: E402
 
 SYMBOLS = ["1HZ100V", "R_100"]
 WARMUP_S = 3.0
 RUN_TIMEOUT_S = 180.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The probe process's longest output line: every tick one probe got (~40 bytes each).
 PROBE_LINE_LIMIT = 64 * 1024 * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (its threads included), from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -150,6 +135,11 @@ def skew_ms(first: list[list[Any]], second: list[list[Any]], start: float, end: 
 
 def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def quantile_ms(deltas: list[float], q: float) -> float | None:
+    """``percentile`` of ``deltas`` (ms), rounded; None when there are none."""
+    return round(percentile(deltas, q), 3) if deltas else None
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,14 +216,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "symbols": SYMBOLS,
         "clients_per_instance": args.clients,
         "seconds": args.seconds,
-        "hop_latency_ms_p50": rounded(percentile(deltas, 0.5)),
-        "hop_latency_ms_p99": rounded(percentile(deltas, 0.99)),
+        "hop_latency_ms_p50": quantile_ms(deltas, 0.5),
+        "hop_latency_ms_p99": quantile_ms(deltas, 0.99),
         "hop_latency_samples": len(deltas),
-        "direct_skew_ms_p50": rounded(percentile(direct, 0.5)),
-        "direct_skew_ms_p99": rounded(percentile(direct, 0.99)),
-        "hop_latency_loaded_ms_p50": rounded(percentile(loaded, 0.5)),
-        "hop_latency_loaded_ms_p99": rounded(percentile(loaded, 0.99)),
-        "direct_skew_loaded_ms_p99": rounded(percentile(loaded_direct, 0.99)),
+        "direct_skew_ms_p50": quantile_ms(direct, 0.5),
+        "direct_skew_ms_p99": quantile_ms(direct, 0.99),
+        "hop_latency_loaded_ms_p50": quantile_ms(loaded, 0.5),
+        "hop_latency_loaded_ms_p99": quantile_ms(loaded, 0.99),
+        "direct_skew_loaded_ms_p99": quantile_ms(loaded_direct, 0.99),
         "frames_follower": frames[follower.server],
         "frames_standalone": frames[standalone.server],
         "cpu_ms_per_1000_frames_follower": rounded(follower_cost),

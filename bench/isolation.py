@@ -66,7 +66,6 @@ import gc
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -80,6 +79,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.app_process import free_port  # noqa: E402
+from tests.measure import CLK_TCK, cpu_seconds, percentile  # noqa: E402
 
 ROUTES = ("/api/v1/ticks/latest", "/health")
 FAILING = ("flapping", "stalled", "down")
@@ -126,7 +128,6 @@ class CpuMeter:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.tick_s = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
 
     def sample(self) -> tuple[float, float, float, float]:
         """(wall s, machine busy s, steal s, this bench's processes' s)."""
@@ -134,18 +135,10 @@ class CpuMeter:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
             # user nice system idle iowait irq softirq steal ...
-            busy = sum(fields[i] for i in (0, 1, 2, 5, 6)) * self.tick_s
-            steal = fields[7] * self.tick_s
-            for pid in self.pids:
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ours += (int(stat[11]) + int(stat[12])) * self.tick_s  # utime, stime
+            busy = sum(fields[i] for i in (0, 1, 2, 5, 6)) / CLK_TCK
+            steal = fields[7] / CLK_TCK
+            ours = sum(map(cpu_seconds, self.pids))
         return time.perf_counter(), busy, steal, ours
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(port: int) -> None:
@@ -198,11 +191,6 @@ def flap(sim: str) -> None:
         except OSError as exc:  # a missed drop is a shorter flap, not the end of flapping
             print(f"flapper: drop_all failed: {exc}", file=sys.stderr)
         time.sleep(FLAP_EVERY_S)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def schedule(cycles: int, seed: int) -> list[str]:

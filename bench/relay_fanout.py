@@ -60,6 +60,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.measure import percentile
+
 SYMBOLS = [f"SYM{i:02d}" for i in range(50)]
 CONTENDERS = ("floor", "relay", "relay_batch")
 CLIENT_PROCESSES = 2
@@ -412,10 +414,6 @@ async def ask(process: asyncio.subprocess.Process, command: str | None, timeout_
     return answer
 
 
-def percentile(values: list[float], pct: float) -> float:
-    return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))] if values else 0.0
-
-
 async def run_one(contender: str, clients: int, seconds: int, deflate: bool) -> dict[str, Any]:
     flag = ["--deflate"] if deflate else []
     server = await spawn("--serve", contender, "--clients", str(clients), *flag)
@@ -460,13 +458,13 @@ async def run_one(contender: str, clients: int, seconds: int, deflate: bool) -> 
                 await child.wait()
     delivered = sum(r["ticks"] for r in results)
     last_rx = max(r["last_rx"] for r in results)
-    latencies = sorted(x for r in results for x in r["latencies_sample"])
+    latencies = [x for r in results for x in r["latencies_sample"]]
     wire = sum(r["wire_bytes"] for r in results)
     payload = sum(r["payload_bytes"] for r in results)
     return {
         "ticks_per_s": delivered / max(1e-9, last_rx - first_publish),
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
+        "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else 0.0,
+        "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else 0.0,
         "delivered": delivered,
         "lost": expect * clients - delivered,
         "dropped_markers": sum(r["dropped_markers"] for r in results),

@@ -34,8 +34,8 @@ The last line of output is one JSON object (DESIGN.md "Testing and measuring").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 from tests.app_process import RunningApp, group_processes, running_app  # noqa: E402
+from tests.measure import cpu_seconds  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -146,23 +147,19 @@ def run_trials(app: RunningApp, page: Page, trials: int) -> list[dict[str, float
     return rows
 
 
-def cpu_seconds(pgid: int) -> float:
-    ticks = 0
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of every process in group ``pgid`` (one that ends meanwhile counts nothing)."""
+    total = 0.0
     for line in group_processes(pgid):
-        pid = line.split()[0]
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(int(line.split()[0]))
+    return total
 
 
 def cpu_percent(pgid: int, seconds: float) -> float:
-    start_cpu, start = cpu_seconds(pgid), time.monotonic()
+    start_cpu, start = group_cpu_seconds(pgid), time.monotonic()
     time.sleep(seconds)
-    return (cpu_seconds(pgid) - start_cpu) / (time.monotonic() - start) * 100
+    return (group_cpu_seconds(pgid) - start_cpu) / (time.monotonic() - start) * 100
 
 
 def main(quick: bool, trials: int | None, pages: int, window_s: float | None) -> dict[str, Any]:

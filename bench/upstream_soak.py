@@ -43,6 +43,7 @@ from backend_core.config import load_settings
 from backend_core.deriv.manager import DerivManager
 from backend_core.deriv.sim.server import DerivSimulator
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
+from tests.measure import percentile
 
 SYMBOLS = ("1HZ100V", "1HZ50V", "R_50", "R_100")
 TIME_SCALE = 10.0
@@ -71,14 +72,6 @@ class Sink:
 
     def publish_status(self, snapshot: UpstreamSnapshot) -> None:
         self.states.append((time.monotonic(), snapshot))
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 async def wait_until(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
