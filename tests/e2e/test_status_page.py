@@ -133,6 +133,11 @@ def test_feed_outage_shows_reconnecting_then_circuit_open_with_countdown_and_tip
     page.get_by_role("button", name="Colour theme: light, dark or system").click()
     page.get_by_role("menuitem", name="Dark").click()
     expect(page.locator("html")).to_have_class(re.compile(r"\bdark\b"), timeout=ms(3))
+    # While open, the (modal) menu hides the rest of the page from assistive technology
+    # (aria-hidden, marked data-aria-hidden) until its closing has run: the check below is
+    # of the page at rest, so it waits for that first (a page left hidden fails here).
+    expect(page.get_by_role("menu")).to_have_count(0, timeout=ms(3))
+    expect(page.locator("[data-aria-hidden]")).to_have_count(0, timeout=ms(3))
     page.locator("#connection-tips summary").click()
     expect(page.locator("#connection-tips li").first).to_be_visible()
     assert_accessible(page, "circuit open, dark mode")
