@@ -31,6 +31,7 @@ from rxapp.ui_logic import (
     TONE_MAINTENANCE,
     TONE_NEUTRAL,
     breaker_name,
+    format_age,
     format_duration,
     parse_iso,
 )
@@ -109,19 +110,9 @@ def format_when_utc(wall: float) -> str:
 
 
 def format_ago(seconds: float | None) -> str:
-    """A coarse relative time that changes at most once a minute: ``"5 min ago"``."""
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    if seconds < 60:
-        return "just now"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes} min ago"
-    hours = minutes // 60
-    if hours < 24:
-        return f"{hours} h ago"
-    days = hours // 24
-    return "1 day ago" if days == 1 else f"{days} days ago"
+    """The history lists' relative time: coarse (:func:`rxapp.ui_logic.format_age`), so a
+    list changes at most once a minute, ``"5 min ago"``; ``""`` when there is no time."""
+    return format_age(seconds, coarse=True, unknown="")
 
 
 def plural(count: int, word: str) -> str:

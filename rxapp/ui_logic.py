@@ -38,21 +38,26 @@ MAINTENANCE_ICON = "wrench"
 # ---------------------------------------------------------------------------- time words
 
 
+def _whole_units(seconds: float) -> tuple[int, int, int, int]:
+    """``(days, hours, minutes, seconds)`` of a finite duration, negatives as zero."""
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return days, hours, minutes, secs
+
+
 def format_duration(seconds: float | None) -> str:
     """A calm, short duration: ``"8 s"``, ``"3 min 5 s"``, ``"2 h 4 min"``, ``"3 d 1 h"``."""
     if seconds is None or not math.isfinite(seconds):
         return "unknown"
-    total = max(0, int(seconds))
-    if total < 60:
-        return f"{total} s"
-    minutes, secs = divmod(total, 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
+    days, hours, minutes, secs = _whole_units(seconds)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
 
 
 def format_countdown(seconds: float | None) -> str:
@@ -64,13 +69,24 @@ def format_countdown(seconds: float | None) -> str:
     return f"in {format_duration(math.ceil(seconds))}"
 
 
-def format_age(seconds: float | None) -> str:
-    """How old something is: ``"just now"``, ``"4 s ago"``, ``"2 min ago"``."""
+def format_age(seconds: float | None, *, coarse: bool = False, unknown: str = "never") -> str:
+    """How long ago something happened: every "... ago" on the page is worded here.
+
+    Fine (the default): ``"just now"`` under a second, then :func:`format_duration`'s words,
+    ``"4 s ago"``, ``"2 min 10 s ago"``. Coarse, for lists that should change at most once a
+    minute: ``"just now"`` under a minute, then the largest whole unit only, ``"5 min ago"``,
+    ``"5 h ago"``, ``"1 day ago"``, ``"40 days ago"``. No age (``None``, infinite) says ``unknown``.
+    """
     if seconds is None or not math.isfinite(seconds):
-        return "never"
-    if seconds < 1:
+        return unknown
+    if seconds < (60 if coarse else 1):
         return "just now"
-    return f"{format_duration(seconds)} ago"
+    if not coarse:
+        return f"{format_duration(seconds)} ago"
+    days, hours, minutes, _ = _whole_units(seconds)
+    if days:
+        return "1 day ago" if days == 1 else f"{days} days ago"
+    return f"{hours} h ago" if hours else f"{minutes} min ago"
 
 
 def parse_iso(text: str | None) -> float | None:
