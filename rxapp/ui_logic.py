@@ -107,17 +107,21 @@ def clock_time_utc(wall: float) -> str:
 # ---------------------------------------------------------------------------- prices
 
 
+def _decimals(pip_size: int) -> int:
+    """Decimals shown for a symbol's pip size, bounded so a bad upstream value cannot blow up a row."""
+    return max(0, min(int(pip_size), 10))
+
+
 def format_price(quote: float, pip_size: int) -> str:
     """The quote with exactly ``pip_size`` decimals and thousands separators."""
-    decimals = max(0, min(int(pip_size), 10))
-    return f"{quote:,.{decimals}f}"
+    return f"{quote:,.{_decimals(pip_size)}f}"
 
 
-def format_change(previous: float | None, current: float, pip_size: int) -> tuple[str, str]:
-    """``(direction, text)``: direction is ``up``, ``down``, ``flat`` or ``none`` (no previous)."""
-    if previous is None:
+def format_change(previous: float | None, current: float | None, pip_size: int) -> tuple[str, str]:
+    """``(direction, text)``: direction is ``up``, ``down``, ``flat`` or ``none`` (no previous or no current)."""
+    if previous is None or current is None:
         return "none", "–"
-    decimals = max(0, min(int(pip_size), 10))
+    decimals = _decimals(pip_size)
     delta = round(current - previous, decimals)
     if delta > 0:
         return "up", f"+{delta:,.{decimals}f}"
@@ -593,49 +597,46 @@ def tick_rows(
     symbols: Sequence[str],
     statuses: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, str]]:
-    """One row a configured symbol: price, change, age, stale mark, sparkline points, lost prices.
+    """One row a configured symbol (:func:`tick_row`), with or without a price yet.
 
     ``statuses`` are the upstream's per-symbol statuses (``status_view.status(...)["upstream"]["symbols"]``).
     """
     by_symbol = {t["symbol"]: t for t in ticks}
     gaps = {s.get("symbol"): gap_sentence(s.get("gap")) for s in statuses}
-    rows = []
-    for symbol in symbols:
-        tick = by_symbol.get(symbol)
-        quotes = list(history.get(symbol, ()))
-        gap = gaps.get(symbol, "")
-        if tick is None:
-            rows.append(
-                {
-                    "symbol": symbol,
-                    "price": "—",
-                    "direction": "none",
-                    "change": "–",
-                    "age": "no price yet",
-                    "stale": "true",
-                    "points": "",
-                    "gap": gap,
-                }
-            )
-            continue
+    return [
+        tick_row(symbol, by_symbol.get(symbol), history.get(symbol, ()), gaps.get(symbol, "")) for symbol in symbols
+    ]
+
+
+def tick_row(symbol: str, tick: Mapping[str, Any] | None, quotes: Sequence[float], gap: str = "") -> dict[str, str]:
+    """A symbol's price, change, age, stale mark, sparkline points and lost prices.
+
+    ``tick`` is its latest tick (``None``: no price yet, shown as a dash and stale);
+    ``quotes`` its recent quotes, oldest first, ending with that tick.
+    """
+    if tick is None:
+        price, age, stale, points = "—", "no price yet", True, ""
+        direction, change = format_change(None, None, 0)
+    else:
         pip = int(tick.get("pip_size") or 0)
         quote = float(tick["quote"])
         # The history ends with this very tick, so the one before it is the previous price.
         previous = quotes[-2] if len(quotes) >= 2 else None
         direction, change = format_change(previous, quote, pip)
-        rows.append(
-            {
-                "symbol": symbol,
-                "price": format_price(quote, pip),
-                "direction": direction,
-                "change": change,
-                "age": format_age(float(tick.get("age_s") or 0.0)),
-                "stale": "true" if tick.get("stale") else "",
-                "points": sparkline_points(quotes),
-                "gap": gap,
-            }
-        )
-    return rows
+        price = format_price(quote, pip)
+        age = format_age(float(tick.get("age_s") or 0.0))
+        stale = bool(tick.get("stale"))
+        points = sparkline_points(quotes)
+    return {
+        "symbol": symbol,
+        "price": price,
+        "direction": direction,
+        "change": change,
+        "age": age,
+        "stale": "true" if stale else "",
+        "points": points,
+        "gap": gap,
+    }
 
 
 # ---------------------------------------------------------------------------- breakers and health
