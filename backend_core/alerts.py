@@ -72,12 +72,12 @@ from backend_core.health import CheckResult
 from backend_core.incident_words import CAUSE_TEXT, recovery_text
 from backend_core.incidents import (
     BREAKER_PREFIX,
-    BREAKER_REASON_WORDS,
     MAX_COMPONENTS,
     IncidentClosed,
     IncidentEvent,
     IncidentOpened,
     Recovery,
+    breaker_reason_words,
     instance_name,
 )
 from backend_core.logs import FaultLog
@@ -123,7 +123,7 @@ def incident_message(incident: IncidentOpened) -> str:
     if incident.kind == "breaker":
         name = incident.component.removeprefix(BREAKER_PREFIX)
         code = incident.error_code or ""
-        return f"Circuit '{name}' opened: {BREAKER_REASON_WORDS.get(code, code.replace('_', ' '))}."
+        return f"Circuit '{name}' opened: {breaker_reason_words(code)}."
     return incident.message or "The market data link is down."
 
 

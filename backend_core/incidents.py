@@ -90,6 +90,11 @@ BREAKER_REASON_WORDS: Final[Mapping[str, str]] = {
 }
 
 
+def breaker_reason_words(code: str) -> str:
+    """A transition reason in :data:`BREAKER_REASON_WORDS`; a code this version has no words for, readable as is."""
+    return BREAKER_REASON_WORDS.get(code, code.replace("_", " "))
+
+
 class Cause(StrEnum):
     """Why an incident began."""
 
@@ -467,6 +472,7 @@ __all__ = [
     "IncidentTracker",
     "Recovery",
     "breaker_component",
+    "breaker_reason_words",
     "clip",
     "instance_name",
     "upstream_in_maintenance",

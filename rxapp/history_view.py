@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from backend_core.history.reader import HISTORY_DAYS, MAX_INCIDENT_ROWS, MAX_TRANSITION_ROWS
-from backend_core.incidents import BREAKER_PREFIX, BREAKER_REASON_WORDS, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery
+from backend_core.incidents import BREAKER_PREFIX, UPSTREAM, UPTIME_WINDOWS, Cause, Recovery, breaker_reason_words
 from rxapp.ui_logic import (
     BREAKER_LOOK,
     MAINTENANCE_ICON,
@@ -216,7 +216,7 @@ def incident_cause(incident: Mapping[str, Any]) -> tuple[str, str]:
     cause = str(incident.get("cause") or "")
     message = str(incident.get("message") or "")
     if incident.get("kind") == "breaker" or str(incident.get("component", "")).startswith(BREAKER_PREFIX):
-        reason = BREAKER_REASON_WORDS.get(code, code.replace("_", " ") or "repeated failures")
+        reason = breaker_reason_words(code) or "repeated failures"
         return f"Opened: {reason}", ""
     message = message or NO_ERROR_MESSAGE
     if is_planned(incident):
@@ -343,7 +343,7 @@ def transition_row(transition: Mapping[str, Any], now: float) -> dict[str, str]:
         "from_word": _breaker_word(from_state),
         "to_word": _breaker_word(to_state),
         "tone": BREAKER_LOOK[to_state][2] if to_state in BREAKER_LOOK else TONE_NEUTRAL,
-        "reason": BREAKER_REASON_WORDS.get(reason, reason.replace("_", " ")),
+        "reason": breaker_reason_words(reason),
         "at": format_when_utc(at) if at is not None else "unknown time",
         "at_iso": str(transition.get("at") or ""),
         "ago": format_ago(now - at) if at is not None else "",
