@@ -43,7 +43,7 @@ being delivered is not in the queue, so every alert is counted once: sent, faile
 dropped). One sender task posts them in order with :class:`httpx.AsyncClient` (connect and
 total timeouts), retrying network errors, 408/425/429 and 5xx with capped full-jitter
 backoff (:class:`~backend_core.backoff.FullJitter` under tenacity; ``Retry-After`` is
-honoured up to the cap) for at most ``ALERT_GIVE_UP_AFTER_S`` on the injected clock; any
+honoured up to the cap) for at most ``AlertLimits.give_up_after_s`` on the injected clock; any
 other 4xx or a redirect is a configuration problem and is not retried. One timer task
 fires the upstream alert when its delay has passed. The webhook URL is a secret: it is
 never logged, and errors name only the exception type and the webhook's host.
@@ -87,21 +87,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backend_core.alerts")
 
-# Alerts waiting to be delivered. Even a link flapping every minute makes a handful an
-# hour; 100 ride out a receiver outage of hours, and the newest state matters most, so
-# the oldest are dropped (and counted) when full.
-ALERT_QUEUE_SIZE: Final = 100
-# A webhook receiver answers in milliseconds; these only stop a dead one from holding the
-# sender (DESIGN.md rule 5).
-ALERT_CONNECT_TIMEOUT_S: Final = 5.0
-ALERT_TIMEOUT_S: Final = 10.0
-# Backoff between delivery attempts: quick for a blip, at most a minute apart.
-ALERT_RETRY_INITIAL_S: Final = 1.0
-ALERT_RETRY_MAX_S: Final = 60.0
-# An alert still undelivered after an hour is stale: give it up (counted, logged).
-ALERT_GIVE_UP_AFTER_S: Final = 3600.0
-# stop() spends at most this long delivering what is queued.
-ALERT_STOP_TIMEOUT_S: Final = 3.0
 # Resolved incident ids remembered to ignore repeats (the tracker never repeats; this only
 # bounds the memory of a defensive check).
 REMEMBERED_RESOLVED: Final = 1000
@@ -336,6 +321,27 @@ class _RefusedDelivery(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class AlertLimits:
+    """How much the sender holds, how long it waits and how it retries (rule 5)."""
+
+    # Alerts waiting to be delivered. Even a link flapping every minute makes a handful an
+    # hour; 100 ride out a receiver outage of hours, and the newest state matters most,
+    # so the oldest are dropped (and counted) when full.
+    queue_size: int = 100
+    # A webhook receiver answers in milliseconds; these only stop a dead one from holding
+    # the sender (DESIGN.md rule 5).
+    connect_timeout_s: float = 5.0
+    timeout_s: float = 10.0
+    # Backoff between delivery attempts: quick for a blip, at most a minute apart.
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    # An alert still undelivered after an hour is stale: give it up (counted, logged).
+    give_up_after_s: float = 3600.0
+    # stop() spends at most this long delivering what is queued.
+    stop_timeout_s: float = 3.0
+
+
 @dataclass(slots=True)
 class _AlertCounters:
     sent: int = 0
@@ -356,11 +362,7 @@ class AlertService:
         url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         instance: str | None = None,
-        queue_size: int = ALERT_QUEUE_SIZE,
-        retry_initial_s: float = ALERT_RETRY_INITIAL_S,
-        retry_max_s: float = ALERT_RETRY_MAX_S,
-        give_up_after_s: float = ALERT_GIVE_UP_AFTER_S,
-        timeout_s: float = ALERT_TIMEOUT_S,
+        limits: AlertLimits = AlertLimits(),
         rng: random.Random | None = None,
     ) -> None:
         secret = settings.ALERT_WEBHOOK_URL
@@ -370,17 +372,14 @@ class AlertService:
         self._transport = transport
         self.instance = instance_name(instance)
         self.alert_after_s = settings.ALERT_AFTER_SECONDS
-        self._backoff = FullJitter(retry_initial_s, retry_max_s, rng)
-        self._retry_max_s = retry_max_s
-        self._give_up_after_s = give_up_after_s
-        self._timeout_s = timeout_s
+        self.limits = limits
+        self._backoff = FullJitter(limits.retry_initial_s, limits.retry_max_s, rng)
         self._host = _host_of(self._url)
         self._decider = AlertDecider(settings.ALERT_AFTER_SECONDS)
         # Alerts not delivered yet: those waiting, and the one being delivered
         # (``_in_flight``, not in the deque). A full queue drops the oldest *waiting*
         # alert, never the one in delivery, so every alert is counted once.
         self._queue: deque[Alert] = deque()
-        self._queue_size = queue_size
         self._in_flight: Alert | None = None
         self._counters = _AlertCounters()
         self._client: httpx.AsyncClient | None = None
@@ -420,7 +419,7 @@ class AlertService:
 
     def _enqueue(self, alerts: Iterable[Alert]) -> None:
         for alert in alerts:
-            if self.pending >= self._queue_size and self._queue:
+            if self.pending >= self.limits.queue_size and self._queue:
                 dropped = self._queue.popleft()
                 self._counters.dropped += 1
                 log.warning(
@@ -437,9 +436,10 @@ class AlertService:
             return
         if self._stopping:
             self._new_run()  # started again after a stop (a lifespan restart)
+        timeout_s = self.limits.timeout_s
         self._client = httpx.AsyncClient(
             transport=self._transport,
-            timeout=httpx.Timeout(self._timeout_s, connect=min(ALERT_CONNECT_TIMEOUT_S, self._timeout_s)),
+            timeout=httpx.Timeout(timeout_s, connect=min(self.limits.connect_timeout_s, timeout_s)),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
             headers={"user-agent": f"deriv-status-alerts/{__version__}"},
@@ -450,13 +450,14 @@ class AlertService:
         ]
         log.info("alerts enabled: webhook set, upstream alert after %.0f s", self.alert_after_s)
 
-    async def stop(self, timeout_s: float = ALERT_STOP_TIMEOUT_S) -> None:
-        """Deliver what is queued within ``timeout_s``, then stop both tasks and the client."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Deliver what is queued within ``timeout_s`` (``limits.stop_timeout_s`` by default),
+        then stop both tasks and the client."""
         if not self._tasks:
             return
         self._stopping = True
         with contextlib.suppress(TimeoutError):
-            async with self._clock.timeout(timeout_s):
+            async with self._clock.timeout(self.limits.stop_timeout_s if timeout_s is None else timeout_s):
                 await self._idle.wait()
         if self._queue:
             log.warning("alerts: %d alerts not delivered before shutdown", len(self._queue))
@@ -503,7 +504,7 @@ class AlertService:
             self._in_flight = None
 
     async def _deliver(self, alert: Alert) -> None:
-        give_up_at = self._clock.monotonic() + self._give_up_after_s
+        give_up_at = self._clock.monotonic() + self.limits.give_up_after_s
         retrying = AsyncRetrying(
             stop=lambda state: self._clock.monotonic() >= give_up_at,
             wait=self._wait,
@@ -561,7 +562,7 @@ class AlertService:
         exc = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(exc, "retry_after_s", None)
         if isinstance(hint, float):
-            return max(backoff, min(hint, self._retry_max_s))
+            return max(backoff, min(hint, self.limits.retry_max_s))
         return backoff
 
     async def _sleep(self, seconds: float) -> None:
@@ -592,7 +593,7 @@ class AlertService:
             "enabled": self.enabled,
             "alert_after_s": self.alert_after_s,
             "pending": self.pending,
-            "max_pending": self._queue_size,
+            "max_pending": self.limits.queue_size,
             "sent_total": c.sent,
             "sent_by_event": dict(c.by_event),
             "failed_total": c.failed,
@@ -626,9 +627,9 @@ def _host_of(url: str | None) -> str:
 
 
 __all__ = [
-    "ALERT_QUEUE_SIZE",
     "Alert",
     "AlertDecider",
+    "AlertLimits",
     "AlertService",
     "delivery_verdict",
     "retry_after_seconds",

@@ -269,7 +269,7 @@ class Runtime:
         await self.store.start()
         on_stop("history store", self.store.stop)  # bounded: STOP_FLUSH_TIMEOUT_S
         await self.alerts.start()
-        on_stop("alerts", self.alerts.stop)  # bounded: ALERT_STOP_TIMEOUT_S
+        on_stop("alerts", self.alerts.stop)  # bounded: AlertLimits.stop_timeout_s
         on_stop("incidents", self.incidents.close_all)  # breaker incidents still open end with the service
         for breaker in self.breakers.snapshots():
             self.store.record_breaker_state(breaker.name, breaker.state)

@@ -363,8 +363,8 @@ class HistoryStore:
             "pending_events": w.pending,
             "pending_records": len(w.records),
             "pending_samples": len(w.samples),
-            "max_pending_records": w.max_records,
-            "max_pending_samples": w.max_samples,
+            "max_pending_records": w.limits.max_pending_records,
+            "max_pending_samples": w.limits.max_pending_samples,
             "written_total": sum(c.written.values()),
             "written_by_kind": dict(c.written),
             "dropped_events_total": w.dropped_total,
@@ -380,7 +380,7 @@ class HistoryStore:
     def health_check(self) -> list[CheckResult]:
         """The ``database`` check for /health (a plain function of the snapshot: no I/O)."""
         pending = self.pending_events
-        capacity = self.writer.max_records + self.writer.max_samples
+        capacity = self.writer.limits.max_pending_records + self.writer.limits.max_pending_samples
         status, output = store_verdict(
             usable_error=self.unusable,
             reachable=self.reachable,

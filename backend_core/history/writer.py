@@ -56,19 +56,6 @@ log = logging.getLogger("backend_core.history")
 
 T = TypeVar("T")
 
-# Incident and transition events waiting for the database. They are rare (a flapping link
-# makes a few a minute), so 2,000 ride out hours of a database outage in well under 1 MB.
-MAX_PENDING_RECORDS: Final = 2_000
-# Per-minute samples waiting for the database: one per tracked component per minute, so
-# 10,000 cover about 2 days of an outage for the usual three components (~2 MB).
-MAX_PENDING_SAMPLES: Final = 10_000
-# Rows per write transaction: big enough that a backlog drains in seconds, small enough
-# that one transaction stays short and a refused row is found quickly.
-WRITE_BATCH_SIZE: Final = 500
-# Backoff between write attempts while the database is down: quick first retries for a
-# blip, then every 30 s at most (full jitter, so several instances do not line up).
-RETRY_INITIAL_S: Final = 0.5
-RETRY_MAX_S: Final = 30.0
 # How much one prune pass deletes per table, in chunks of one transaction each (so a
 # first prune of a large old database never holds a lock for long, and writes go between).
 PRUNE_CHUNK_ROWS: Final = 5_000
@@ -129,11 +116,20 @@ class _Stopping(Exception):
 class WriterLimits:
     """How much the writer holds while the database is away, and how it retries (rule 5)."""
 
-    max_pending_records: int = MAX_PENDING_RECORDS
-    max_pending_samples: int = MAX_PENDING_SAMPLES
-    batch_size: int = WRITE_BATCH_SIZE
-    retry_initial_s: float = RETRY_INITIAL_S
-    retry_max_s: float = RETRY_MAX_S
+    # Incident and transition events waiting for the database. They are rare (a flapping
+    # link makes a few a minute), so 2,000 ride out hours of a database outage in well
+    # under 1 MB.
+    max_pending_records: int = 2_000
+    # Per-minute samples waiting for the database: one per tracked component per minute,
+    # so 10,000 cover about 2 days of an outage for the usual three components (~2 MB).
+    max_pending_samples: int = 10_000
+    # Rows per write transaction: big enough that a backlog drains in seconds, small
+    # enough that one transaction stays short and a refused row is found quickly.
+    batch_size: int = 500
+    # Backoff between write attempts while the database is down: quick first retries for
+    # a blip, then every 30 s at most (full jitter, so several instances do not line up).
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
     db_timeout_s: float = DB_TIMEOUT_S
 
 
@@ -153,12 +149,8 @@ class HistoryWriter:
         self.url = url
         self._clock = clock
         self.instance = instance
-        self.max_records = limits.max_pending_records
-        self.max_samples = limits.max_pending_samples
-        self._batch_size = limits.batch_size
+        self.limits = limits
         self._backoff = FullJitter(limits.retry_initial_s, limits.retry_max_s, rng)
-        self._retry_max_s = limits.retry_max_s
-        self._db_timeout_s = limits.db_timeout_s
         self.records: deque[Record] = deque()
         self.samples: deque[MinuteSample] = deque()
         self.counters = _Counters()
@@ -185,7 +177,7 @@ class HistoryWriter:
     # ------------------------------------------------------------------ producers (never wait)
 
     def put_record(self, record: Record) -> None:
-        if self.stopped or self.unusable is not None or len(self.records) >= self.max_records:
+        if self.stopped or self.unusable is not None or len(self.records) >= self.limits.max_pending_records:
             self._drop("record")
             return
         self.records.append(record)
@@ -193,7 +185,7 @@ class HistoryWriter:
 
     def put_samples(self, samples: Sequence[MinuteSample]) -> None:
         for sample in samples:
-            if self.stopped or self.unusable is not None or len(self.samples) >= self.max_samples:
+            if self.stopped or self.unusable is not None or len(self.samples) >= self.limits.max_pending_samples:
                 self._drop("sample")
                 continue
             self.samples.append(sample)
@@ -252,7 +244,7 @@ class HistoryWriter:
         executor, self._executor = self._executor, None
         if engine is not None and executor is not None:
             with contextlib.suppress(Exception):
-                async with self._clock.timeout(self._db_timeout_s):
+                async with self._clock.timeout(self.limits.db_timeout_s):
                     await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -305,7 +297,7 @@ class HistoryWriter:
                 log.exception("history writer failed; restarting it")
                 if self._stopping:
                     return
-                await self._clock.sleep(self._retry_max_s)
+                await self._clock.sleep(self.limits.retry_max_s)
 
     async def _drain_forever(self) -> None:
         while True:
@@ -317,8 +309,8 @@ class HistoryWriter:
                 await self._wake.wait()
                 continue
             self._idle.clear()
-            records = [self.records[i] for i in range(min(self._batch_size, len(self.records)))]
-            room = self._batch_size - len(records)
+            records = [self.records[i] for i in range(min(self.limits.batch_size, len(self.records)))]
+            room = self.limits.batch_size - len(records)
             samples = [self.samples[i] for i in range(min(room, len(self.samples)))]
             try:
                 async for attempt in self._retrying():
@@ -405,7 +397,7 @@ class HistoryWriter:
             path = sqlite_file(self.url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_db_engine(self.url, timeout_s=self._db_timeout_s, pool_size=1)
+            self.engine = create_db_engine(self.url, timeout_s=self.limits.db_timeout_s, pool_size=1)
         migrate(self.engine)
         with self.engine.begin() as connection:
             closed = connection.execute(
@@ -554,11 +546,10 @@ def prune_blocking(engine: Engine, cutoff_wall: float) -> int:
 
 
 __all__ = [
-    "MAX_PENDING_RECORDS",
-    "MAX_PENDING_SAMPLES",
     "HistoryWriter",
     "Record",
     "TransitionRecord",
     "Unusable",
+    "WriterLimits",
     "prune_blocking",
 ]

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backend_core.alerts import AlertService
+from backend_core.alerts import AlertLimits, AlertService
 from backend_core.breakers.breaker import Transition
 from backend_core.breakers.core import BreakerState
 from backend_core.clock import SystemClock
@@ -68,13 +68,13 @@ def breaker(to_state: BreakerState, reason: str, from_state: BreakerState) -> Tr
 
 
 async def start_service(
-    asgi_server: Callable[..., Awaitable[Any]], receiver: Receiver, after_s: str = "0.3", **kwargs: Any
+    asgi_server: Callable[..., Awaitable[Any]], receiver: Receiver, after_s: str = "0.3", **limits: Any
 ) -> AlertService:
+    """A started service posting to ``receiver``; ``limits`` are :class:`AlertLimits` fields."""
     served = await asgi_server(receiver.app())
     settings = load_settings({"ALERT_WEBHOOK_URL": f"{served.http_url}/hook", "ALERT_AFTER_SECONDS": after_s})
-    options: dict[str, Any] = {"retry_initial_s": 0.05, "retry_max_s": 0.2, "timeout_s": 2.0}
-    options.update(kwargs)
-    service = AlertService(settings, SystemClock(), **options)
+    limits = {"retry_initial_s": 0.05, "retry_max_s": 0.2, "timeout_s": 2.0, **limits}
+    service = AlertService(settings, SystemClock(), limits=AlertLimits(**limits))
     await service.start()
     return service
 
@@ -193,7 +193,7 @@ async def test_stop_is_bounded_while_the_receiver_is_down(asgi_server: Callable[
     feed = fed(service)
     feed.transition(breaker(BreakerState.OPEN, "failure_threshold", BreakerState.CLOSED))
     await until(lambda: len(receiver.attempts) >= 2, DELIVERY_TIMEOUT_S, what="two failed deliveries")
-    await stop_service(service)  # returns (ALERT_STOP_TIMEOUT_S at most) with the alert undelivered
+    await stop_service(service)  # returns (AlertLimits.stop_timeout_s at most) with the alert undelivered
     snapshot = service.snapshot()
     assert snapshot["pending"] == 0 and snapshot["sent_total"] == 0
     assert snapshot["failed_total"] + snapshot["dropped_total"] == 1, "the alert is counted once"

@@ -14,6 +14,7 @@ import pytest
 from backend_core.alerts import (
     Alert,
     AlertDecider,
+    AlertLimits,
     AlertService,
     delivery_verdict,
     retry_after_seconds,
@@ -238,9 +239,12 @@ class Hook:
         return [json.loads(r.content) for r in self.requests]
 
 
-def service(clock: FakeClock, hook: Hook, after_s: str = "60", **kwargs: Any) -> AlertService:
+def service(clock: FakeClock, hook: Hook, after_s: str = "60", **limits: Any) -> AlertService:
+    """A service posting to ``hook``; ``limits`` are :class:`AlertLimits` fields."""
     settings = load_settings({"ALERT_WEBHOOK_URL": URL, "ALERT_AFTER_SECONDS": after_s})
-    return AlertService(settings, clock, transport=httpx.MockTransport(hook), instance="test", **kwargs)
+    return AlertService(
+        settings, clock, transport=httpx.MockTransport(hook), instance="test", limits=AlertLimits(**limits)
+    )
 
 
 def fed(alerts: AlertService, clock: Clock) -> IncidentFeed:
@@ -431,7 +435,8 @@ async def test_transport_errors_are_retried_and_never_leak_the_url() -> None:
         return httpx.Response(204)
 
     settings = load_settings({"ALERT_WEBHOOK_URL": URL})
-    alerts = AlertService(settings, clock, transport=httpx.MockTransport(failing), retry_initial_s=1.0)
+    limits = AlertLimits(retry_initial_s=1.0)
+    alerts = AlertService(settings, clock, transport=httpx.MockTransport(failing), limits=limits)
     feed = fed(alerts, clock)
     await alerts.start()
     try:

@@ -71,8 +71,7 @@ class Spec:
     period: float = 0.0
     period_unknown: bool = False  # just opened: the (jittered) period is read back once
     opened_now: float = 0.0
-    outage_started: float | None = None
-    last_outage_s: float | None = None
+    entered: list[tuple[BreakerState, float]] = field(default_factory=list)  # each state entered, and when
     last_failure: str | None = None
     last_failure_at: float | None = None
     successes_total: int = 0
@@ -127,14 +126,32 @@ class Spec:
         self.state = to_state
         self.epoch += 1
         self.probes = set()
+        self.entered.append((to_state, now))
         if to_state is CLOSED:
             self._clear()
-            if self.outage_started is not None:
-                self.last_outage_s = now - self.outage_started
-            self.outage_started = None
             self.period = 0.0
-        elif to_state is OPEN and self.outage_started is None:
-            self.outage_started = now
+
+    # -- outages, as documented: one runs from the first open after a close (or the start)
+    # until the next close, whatever happens between
+    def _outages(self) -> tuple[float | None, float | None]:
+        """(start of the outage still running, length of the last one that ended)."""
+        started: float | None = None
+        last: float | None = None
+        for state, at in self.entered:
+            if state is OPEN and started is None:
+                started = at
+            elif state is CLOSED and started is not None:
+                last = at - started
+                started = None
+        return started, last
+
+    @property
+    def outage_started(self) -> float | None:
+        return self._outages()[0]
+
+    @property
+    def last_outage_s(self) -> float | None:
+        return self._outages()[1]
 
     def _clear(self) -> None:
         self.failures = 0
