@@ -39,7 +39,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from backend_core.clock import Clock, SystemClock
 from backend_core.events import FeedSink, Tick, UpstreamSnapshot
@@ -193,13 +193,9 @@ class InMemorySubscription:
 
     __slots__ = (
         "_closed",
-        "_delivered",
-        "_dropped",
         "_full_since",
         "_hub",
-        "_id",
         "_maxlen",
-        "_name",
         "_pending_drops",
         "_queue",
         "_symbols",
@@ -207,14 +203,18 @@ class InMemorySubscription:
         "_window_drops",
         "_window_start",
         "_woken",
+        "delivered",
+        "dropped",
+        "id",
+        "name",
     )
 
     def __init__(
         self, hub: InMemoryHub, sub_id: int, symbols: frozenset[str] | None, queue_size: int, name: str
     ) -> None:
         self._hub = hub
-        self._id = sub_id
-        self._name = name
+        self.id: Final = sub_id
+        self.name: Final = name
         self._symbols = symbols
         self._maxlen = queue_size
         # (monotonic time enqueued, event); the time feeds oldest_pending_age_s.
@@ -226,22 +226,17 @@ class InMemorySubscription:
         self._full_since: float | None = None
         self._window_start = hub.clock.monotonic()
         self._window_drops = 0
-        self._delivered = 0
-        self._dropped = 0
+        # Counters for the hub's totals; only the hub and this class move them.
+        self.delivered = 0
+        self.dropped = 0
 
     def __repr__(self) -> str:
-        return f"<InMemorySubscription id={self._id} name={self._name!r} backlog={len(self._queue)}>"
+        return f"<InMemorySubscription id={self.id} name={self.name!r} backlog={len(self._queue)}>"
 
     # --- read side -------------------------------------------------------------------
 
-    @property
-    def id(self) -> int:
-        return self._id
-
-    @property
-    def name(self) -> str:
-        return self._name
-
+    # symbols and closed stay read-only: changing them must go through set_symbols and
+    # _close, which keep the hub's index and totals right.
     @property
     def symbols(self) -> frozenset[str] | None:
         return self._symbols
@@ -259,7 +254,7 @@ class InMemorySubscription:
         queue = self._queue
         if queue:
             event = queue.popleft()[1]
-            self._delivered += 1  # the hub's total adds these up when asked
+            self.delivered += 1  # the hub's total adds these up when asked
             self._full_since = None
             return event
         return self._closed
@@ -296,14 +291,6 @@ class InMemorySubscription:
         return max(0.0, self._hub.clock.monotonic() - self._queue[0][0])
 
     @property
-    def delivered(self) -> int:
-        return self._delivered
-
-    @property
-    def dropped(self) -> int:
-        return self._dropped
-
-    @property
     def closed(self) -> Closed | None:
         return self._closed
 
@@ -329,7 +316,7 @@ class InMemorySubscription:
         if len(queue) >= self._maxlen:
             queue.popleft()
             self._pending_drops += 1
-            self._dropped += 1
+            self.dropped += 1
             self._hub._dropped_total += 1
             if now - self._window_start >= self._hub.drop_window_s:
                 self._window_start = now
@@ -357,12 +344,12 @@ class InMemorySubscription:
         if self._queue:
             # Undelivered events of a closed subscription are lost; count them so the
             # totals add up (published = delivered + dropped + pending).
-            self._dropped += len(self._queue)
+            self.dropped += len(self._queue)
             self._hub._dropped_total += len(self._queue)
             self._queue.clear()
         self._pending_drops = 0
         self._closed = marker
-        self._hub._delivered_by_closed += self._delivered
+        self._hub._delivered_by_closed += self.delivered
         self._hub._forget(self)
         self._notify()
 

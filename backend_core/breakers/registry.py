@@ -100,7 +100,7 @@ class BreakerRegistry:
     ) -> None:
         if max_api_breakers < 1:
             raise ValueError("max_api_breakers must be at least 1")
-        self._enabled = enabled
+        self.enabled: Final = enabled
         self._clock: Clock = clock or SystemClock()
         self._api_store: BreakerStore = api_store if api_store is not None else InMemoryBreakerStore()
         self._rng = rng
@@ -110,7 +110,7 @@ class BreakerRegistry:
         self._listeners: list[Listener] = []
         self._delivery = Delivery()
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._websocket = self._create(
+        self.websocket: Final = self._create(
             WEBSOCKET,
             websocket_config or BreakerConfig(),
             websocket_store if websocket_store is not None else InMemoryBreakerStore(),
@@ -134,14 +134,6 @@ class BreakerRegistry:
             websocket_store=websocket_store,
             rng=rng,
         )
-
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
-
-    @property
-    def websocket(self) -> CircuitBreaker:
-        return self._websocket
 
     def api(self, route_template: str) -> CircuitBreaker:
         """The breaker of one API route template, created on first use.
@@ -215,7 +207,7 @@ class BreakerRegistry:
             clock=self._clock,
             store=store,
             rng=self._rng,
-            enabled=self._enabled,
+            enabled=self.enabled,
             listeners=self._listeners,
             delivery=self._delivery,
         )

@@ -749,6 +749,7 @@ def test_parse_control_accepts(method: str, path: str, body: bytes, expected: co
         ("POST", "/control/stats", b"", 405),
         ("POST", "/control/drop_all", b"{", 400),
         ("POST", "/control/drop_all", b"[1]", 400),
+        ("POST", "/control/pause_feed", b"[]", 400),  # empty, yet not an object: not taken as no body
         ("POST", "/control/drop_all", b"\xff", 400),
         ("POST", "/control/drop_all", b'{"code": 1006}', 400),
         ("POST", "/control/drop_all", b'{"code": "1000"}', 400),
@@ -827,8 +828,10 @@ async def test_control_app_answers_json_errors() -> None:
         elsewhere = await http.get("http://sim/other")
         too_large = await http.post("/drop_all", content=b"x" * (control.CONTROL_MAX_BODY_BYTES + 1))
         wrong_method = await http.delete("/drop_all")
-    assert (elsewhere.status_code, too_large.status_code, wrong_method.status_code) == (404, 413, 405)
-    assert all(r.json()["ok"] is False for r in (elsewhere, too_large, wrong_method))
+        bad_body = await http.post("/drop_all", content=b"{oops")
+    responses = (elsewhere, too_large, wrong_method, bad_body)
+    assert [r.status_code for r in responses] == [404, 413, 405, 400]
+    assert all(r.json()["ok"] is False for r in responses)
     assert target.calls == []
 
 
