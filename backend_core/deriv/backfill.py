@@ -18,9 +18,12 @@ backoff (:class:`~backend_core.backoff.FullJitter`), up to :data:`PAGE_TRIES` tr
 page and only while the retry falls before the deadline; live ticks stay held meanwhile.
 When a bound is hit, or a page fails for good, what was received is released and only
 the part that truly could not be filled is announced: ``gap_from = L`` on the first tick
-released. The driver (:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages,
-matches their replies by ``req_id``, arms a timer at :meth:`Backfill.next_deadline` and
-runs every released tick through :class:`TickSequencer`.
+released. A subscribe's reply whose ticks after ``L`` cannot be published (it came
+without ``pip_size``) fails for good the same way; with no tick after ``L`` received yet
+to carry ``gap_from``, the symbol's live ticks stay held until the first one does. The
+driver (:class:`~backend_core.deriv.link.LinkProtocol`) sends the pages, matches their
+replies by ``req_id``, arms a timer at :meth:`Backfill.next_deadline` and runs every
+released tick through :class:`TickSequencer`.
 """
 
 from __future__ import annotations
@@ -127,6 +130,7 @@ class _Paging:
     failures: int = 0  # transient failures of the current page
     retry_at: float | None = None  # monotonic: the current page is asked again then
     failed: str = ""  # why the current page last failed
+    ended: str = ""  # why it ended with a gap while no tick after ``last`` had come to carry it
 
 
 class Backfill:
@@ -148,13 +152,23 @@ class Backfill:
         self.max_held = max_held
         self.tries = max(1, tries)
         self.sequencer = TickSequencer()
-        #: Symbols being paged: their live ticks go to :meth:`hold`, not to the sink.
+        #: Symbols being paged, or whose gap waits for a tick to carry it: their live ticks
+        #: go to :meth:`hold`, not to the sink.
         self.paging: dict[str, _Paging] = {}
 
-    def replied(self, symbol: str, since: int | None, ticks: Sequence[Tick], now: float) -> Page | Release:
-        """The subscribe's ``ticks_history`` reply, asked from ``since`` (the last published epoch)."""
+    def replied(
+        self, symbol: str, since: int | None, ticks: Sequence[Tick], now: float, unpublished: Sequence[int] = ()
+    ) -> Page | Release:
+        """The subscribe's ``ticks_history`` reply, asked from ``since`` (the last published epoch).
+
+        ``unpublished``: the epochs of a reply whose quotes cannot be published (``ticks`` is
+        then empty); if any comes after ``since``, the reply failed for good, as a page can.
+        """
         self.paging.pop(symbol, None)
         last = since
+        if last is not None and (lost := sum(1 for epoch in unpublished if epoch > last)):
+            state = _Paging(last, now + self.deadline_s, last + 1, list(ticks))
+            return self._release(symbol, state, f"{lost} ticks of the reply could not be published")
         if last is None or backfill_gap(last, [t.epoch for t in ticks], self.count) is None:
             return Release(ticks)
         state = _Paging(last, now + self.deadline_s, ticks[0].epoch, list(ticks))
@@ -213,9 +227,11 @@ class Backfill:
 
     def hold(self, tick: Tick) -> Release | None:
         """A live tick of a symbol being paged (``tick.symbol in paging``): held, or the
-        release when the live buffer is full."""
+        release when the live buffer is full or the tick is the one a gap waited for."""
         state = self.paging[tick.symbol]
         state.live.append(tick)
+        if state.ended:  # the tick the gap waited for, unless it was published before
+            return self._release(tick.symbol, state, state.ended)
         if len(state.live) >= MAX_HELD_LIVE_TICKS:
             return self._release(tick.symbol, state, f"{len(state.live)} live ticks arrived while paging")
         return None
@@ -225,6 +241,8 @@ class Backfill:
         release of a paging whose deadline passed (even while it waited for a retry)."""
         out: list[tuple[str, Page | Release]] = []
         for symbol, state in list(self.paging.items()):
+            if state.ended:
+                continue  # only a live tick ends it
             if state.deadline <= now:
                 why = f" (a page failed: {state.failed})" if state.retry_at is not None else ""
                 reason = f"paging took longer than {self.deadline_s:g} s{why}"
@@ -237,7 +255,11 @@ class Backfill:
     def next_deadline(self) -> float | None:
         """When :meth:`due` has something to do next."""
         return min(
-            (min(s.deadline, s.retry_at) if s.retry_at is not None else s.deadline for s in self.paging.values()),
+            (
+                min(s.deadline, s.retry_at) if s.retry_at is not None else s.deadline
+                for s in self.paging.values()
+                if not s.ended
+            ),
             default=None,
         )
 
@@ -264,7 +286,13 @@ class Backfill:
         if reason is None:
             return Release(ticks, paged=state.paged)
         first = next((i for i, t in enumerate(ticks) if t.epoch > state.last), None)
-        if first is None or ticks[first].epoch == state.last + 1:  # epochs are whole seconds
+        if first is None:
+            # No tick yet to carry gap_from: held on, the next live one does (see hold).
+            # What it holds was published before; the sequencer drops it.
+            state.ended, state.req_id, state.retry_at, state.held, state.live = reason, None, None, [], []
+            self.paging[symbol] = state
+            return Release(ticks)
+        if ticks[first].epoch == state.last + 1:  # epochs are whole seconds
             return Release(ticks, paged=state.paged)
         ticks[first] = replace(ticks[first], gap_from=state.last)
         return Release(ticks, (state.last, ticks[first].epoch), reason, state.paged)

@@ -421,10 +421,20 @@ class LinkProtocol:
         if message.symbol is None:
             message = replace(message, symbol=sym.name)
         sym.last_activity = now
+        ticks = message.to_ticks()
+        unpublished = message.times if len(ticks) != len(message.times) else ()
+        if unpublished:  # no pip_size: its quotes cannot be published (3.4)
+            self._log.log(
+                now,
+                logging.WARNING,
+                f"{sym.name}:pip_size",
+                "%s: a ticks_history reply without pip_size: its %d ticks cannot be published",
+                sym.name,
+                len(unpublished),
+            )
         if entry is not None and entry.kind is _Kind.PAGE:
             assert req_id is not None
-            ticks = message.to_ticks()
-            if len(ticks) != len(message.times):  # no pip_size: its quotes cannot be published
+            if unpublished:
                 release = self._backfill.page_failed(sym.name, req_id, "a page without pip_size", now, transient=False)
                 return [] if release is None else self._release(sym, release, now)
             outcome = self._backfill.page(sym.name, req_id, ticks, now)
@@ -433,13 +443,12 @@ class LinkProtocol:
         if message.subscription_id is not None:
             sym.subscription_id = _forgettable(message.subscription_id)
         if answers_subscribe:
-            actions = self._follow(
-                sym, self._backfill.replied(sym.name, sym.backfill_from, message.to_ticks(), now), now
-            )
+            outcome = self._backfill.replied(sym.name, sym.backfill_from, ticks, now, unpublished)
+            actions = self._follow(sym, outcome, now)
         elif sym.name in self._backfill.paging:
             return []  # a stray reply: the pages cover its range, and their order must hold
         else:
-            actions = self._release(sym, Release(message.to_ticks()), now)
+            actions = self._release(sym, Release(ticks), now)
         if answers_subscribe and sym.state in (SubscriptionState.REQUESTED, SubscriptionState.IDLE):
             actions += self._subscribed(sym, now)
         return actions

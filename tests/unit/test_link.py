@@ -100,17 +100,19 @@ def tick(symbol: str, epoch: int, req_id: int | None, n: int = 1) -> messages.Me
     return parse(frame)
 
 
-def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1) -> messages.Message:
-    return parse(
-        {
-            "msg_type": "history",
-            "echo_req": {"ticks_history": symbol},
-            "history": {"times": list(times), "prices": [float(t) for t in times]},
-            "pip_size": 2,
-            "subscription": {"id": sub_id(n)},
-            "req_id": req_id,
-        }
-    )
+def history(symbol: str, times: Sequence[int], req_id: int, n: int = 1, pip_size: int | None = 2) -> messages.Message:
+    """A ``history`` reply; ``pip_size=None``: without it, as an upstream breaking 3.4 sends it."""
+    frame = {
+        "msg_type": "history",
+        "echo_req": {"ticks_history": symbol},
+        "history": {"times": list(times), "prices": [float(t) for t in times]},
+        "pip_size": pip_size,
+        "subscription": {"id": sub_id(n)},
+        "req_id": req_id,
+    }
+    if pip_size is None:
+        del frame["pip_size"]
+    return parse(frame)
 
 
 def error(msg_type: str, code: str, req_id: int | None, message: str = "nope") -> messages.Message:
@@ -250,12 +252,12 @@ def outage(link: LinkProtocol, last: int) -> dict[str, act.Send]:
     return connect(link, 10.0)
 
 
-def answer(send: act.Send, market: Sequence[int]) -> messages.Message:
+def answer(send: act.Send, market: Sequence[int], pip_size: int | None = 2) -> messages.Message:
     """Deriv's answer to a ``ticks_history``: the latest ``count`` epochs in [start, end] (3.4)."""
     p = send.payload
     end = market[-1] if p["end"] == "latest" else int(p["end"])
     inside = [e for e in market if p["start"] <= e <= end][-p["count"] :]
-    return history(str(p["ticks_history"]), inside, send.req_id)
+    return history(str(p["ticks_history"]), inside, send.req_id, pip_size=pip_size)
 
 
 def page_of(actions: Sequence[act.Action]) -> act.Send | None:
@@ -352,8 +354,7 @@ def test_a_page_that_fails_for_good_is_not_retried_and_releases_what_was_receive
     other = link.frame(history("1HZ100V", [100, 101], again["1HZ100V"].req_id, 2), 11.0)
     assert [t.epoch for t in ticks_of(other)] == [101]  # not held: only R_50 is paging
     if failure == "no_pip_size":
-        frame = {"msg_type": "history", "echo_req": {"ticks_history": "R_50"}, "req_id": page.req_id}
-        actions = link.frame(parse({**frame, "history": {"times": [115, 116, 117], "prices": [1.0, 2.0, 3.0]}}), 12.0)
+        actions = link.frame(answer(page, market, pip_size=None), 12.0)
     else:
         actions = link.frame(error("ticks_history", failure, page.req_id), 12.0)
     assert closed_with(actions) is None and page_of(actions) is None
@@ -365,6 +366,72 @@ def test_a_page_that_fails_for_good_is_not_retried_and_releases_what_was_receive
     assert ticks_of(link.frame(answer(page, market), 30.0)) == []
     assert page_of(link.deadline_reached(act.Timer.HEARTBEAT, 40.0)) is None  # never asked again
     assert (link.stats["backfill_page_retries"], link.stats["backfill_gaps"]) == (0, 1)
+
+
+@pytest.mark.parametrize("missed", [5, 20], ids=["within one reply", "past one reply"])
+def test_a_subscribe_reply_without_pip_size_is_announced_lost_on_the_first_live_tick(missed: int) -> None:
+    # An upstream breaking 3.4: the reply's history cannot be published, but the stream it
+    # subscribed is live. What it held is lost, and the first live tick says so.
+    link = make(backfill_count=10, backfill_deadline_s=5.0)
+    again = outage(link, last=100)
+    subscribe = again["R_50"]
+    actions = link.frame(answer(subscribe, range(100, 101 + missed), pip_size=None), 11.0)
+    assert ticks_of(actions) == [] and page_of(actions) is None and closed_with(actions) is None
+    assert {s.symbol: s.subscribed for s in link.symbol_statuses(0.0)} == {"R_50": True, "1HZ100V": False}
+    assert [t.epoch for t in ticks_of(link.frame(answer(again["1HZ100V"], [100, 101]), 11.0))] == [101]
+    actions = link.deadline_reached(act.Timer.HEARTBEAT, 16.0)  # when a paging would have ended
+    assert ticks_of(actions) == [] and sends(actions) == []
+    first = 101 + missed
+    live = [ticks_of(link.frame(tick("R_50", e, subscribe.req_id), 17.0)) for e in (100, first, first + 1)]
+    assert [[(t.epoch, t.backfill, t.gap_from) for t in ts] for ts in live] == [
+        [],  # already published before the outage
+        [(first, False, 100)],
+        [(first + 1, False, None)],
+    ]
+    statuses = {s.symbol: s for s in link.symbol_statuses(0.0)}
+    assert statuses["R_50"].subscribed and (statuses["R_50"].gap_from, statuses["R_50"].gap_to) == (100, first)
+    assert statuses["1HZ100V"].gap_from is None
+    assert link.stats["backfill_gaps"] == 1 and link.stats["ticks_backfilled"] == 1  # 1HZ100V's 101
+
+
+@given(missed=st.integers(0, 40), count=st.integers(1, 6), live=st.integers(0, 3))
+def test_after_a_reply_without_pip_size_live_ticks_flow_once_and_only_a_real_loss_is_announced(
+    missed: int, count: int, live: int
+) -> None:
+    link = make(backfill_count=count)
+    again = outage(link, last=100)
+    published = ticks_of(link.frame(answer(again["R_50"], range(100, 101 + missed), pip_size=None), 11.0))
+    for epoch in (100, *range(101 + missed, 101 + missed + live)):  # one published before, then live
+        published += ticks_of(link.frame(tick("R_50", epoch, again["R_50"].req_id), 12.0))
+    assert [t.epoch for t in published] == list(range(101 + missed, 101 + missed + live))
+    gaps = [(t.epoch, t.gap_from) for t in published if t.gap_from is not None]
+    assert gaps == ([(101 + missed, 100)] if missed and live else [])  # the reply held ticks after 100
+    assert link.stats["backfill_gaps"] == len(gaps)
+
+
+def test_a_reconnect_before_the_first_live_tick_after_a_reply_without_pip_size_fills_the_outage() -> None:
+    link = make(backfill_count=10)
+    again = outage(link, last=100)
+    assert ticks_of(link.frame(answer(again["R_50"], range(100, 106), pip_size=None), 11.0)) == []
+    assert ticks_of(link.closed("closed", 12.0)) == []
+    third = connect(link, 20.0)
+    assert third["R_50"].payload["start"] == 100  # nothing was published: it starts over
+    market = range(100, 109)
+    published = ticks_of(link.frame(answer(third["R_50"], market), 21.0))
+    published += ticks_of(link.frame(tick("R_50", 109, third["R_50"].req_id), 22.0))
+    assert [(t.epoch, t.gap_from) for t in published] == [(e, None) for e in range(101, 110)]
+    assert link.stats["backfill_gaps"] == 0
+
+
+def test_replies_without_pip_size_are_logged_at_a_bounded_rate(caplog: pytest.LogCaptureFixture) -> None:
+    link = make(backfill_count=10)
+    again = outage(link, last=100)
+    for n in range(3):  # an upstream that keeps breaking 3.4, reconnect after reconnect
+        link.frame(answer(again["R_50"], range(100, 106), pip_size=None), 11.0 + n)
+        link.closed("closed", 11.5 + n)
+        again = connect(link, 11.6 + n)
+    lines = [r.getMessage() for r in caplog.records if "pip_size" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("R_50:")
 
 
 def test_paging_that_outlasts_its_deadline_is_released_when_the_deadline_passes() -> None:
@@ -862,6 +929,23 @@ def test_the_ticks_held_for_all_symbols_paging_at_once_are_bounded() -> None:
     assert set(backfill.paging) == {"A"}
 
 
+def test_a_reply_that_cannot_be_published_waits_for_the_first_live_tick_to_carry_its_gap() -> None:
+    backfill = Backfill(count=3, max_pages=10, deadline_s=5.0, backoff=FullJitter(1.0, 30.0))
+    assert backfill.replied("A", 100, [], 0.0, unpublished=[100, 150, 151]) == Release([])
+    assert set(backfill.paging) == {"A"}  # its live ticks are held, not published
+    assert backfill.next_deadline() is None and backfill.due(1000.0) == []  # nothing to wait for but a tick
+    old = plain_tick("A", 100)
+    assert backfill.hold(old) == Release([old])  # published before (the sequencer drops it): no carrier
+    released = backfill.hold(plain_tick("A", 152))
+    assert isinstance(released, Release) and released.gap == (100, 152) and "2 ticks" in released.reason
+    assert [(t.epoch, t.gap_from) for t in released.ticks] == [(152, 100)]
+    assert backfill.paging == {}
+    # Nothing after the last published epoch, or nothing published before: nothing is lost.
+    assert backfill.replied("B", 100, [], 0.0, unpublished=[99, 100]) == Release([])
+    assert backfill.replied("C", None, [], 0.0, unpublished=[5, 6]) == Release([])
+    assert backfill.paging == {}
+
+
 def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_tick() -> None:
     # Deriv answers the latest `count` ticks of [start, end], start inclusive (3.4).
     assert backfill_gap(100, [100, 101, 102], requested=3) is None  # full, reaches back: no gap
@@ -874,6 +958,7 @@ def test_a_backfill_gap_is_found_only_when_a_full_reply_starts_after_the_last_ti
 _EVENTS = st.one_of(
     st.tuples(st.just("tick"), st.sampled_from(SYMBOLS), st.integers(0, 40)),
     st.tuples(st.just("history"), st.sampled_from(SYMBOLS), st.integers(0, 40)),
+    st.tuples(st.just("history without pip_size"), st.sampled_from(SYMBOLS), st.integers(0, 40)),
     st.tuples(st.just("error"), st.sampled_from(["RateLimit", "InvalidSymbol", "MarketIsClosed", "Weird"]), st.just(0)),
     st.tuples(st.just("garbage"), st.just(""), st.just(0)),
     st.tuples(st.just("advance"), st.just(""), st.integers(1, 40)),
@@ -896,6 +981,8 @@ def test_whatever_arrives_ticks_leave_in_order_once_and_the_pending_map_stays_bo
             actions = link.frame(tick(arg, number, next(req_ids) % 7), now)
         elif kind == "history":
             actions = link.frame(history(arg, sorted({number, number + 1}), next(req_ids) % 7), now)
+        elif kind == "history without pip_size":
+            actions = link.frame(history(arg, [number], next(req_ids) % 7, pip_size=None), now)
         elif kind == "error":
             actions = link.frame(error("tick", arg, next(req_ids) % 7), now)
         elif kind == "garbage":
