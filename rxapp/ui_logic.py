@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from backend_core.errors import ErrorCode
 from backend_core.health import status_rank
 from backend_core.status_view import STALE_TICK_S
 
@@ -145,12 +146,13 @@ class TipGroup:
         return {"key": self.key, "title": self.title, "tips": list(self.tips)}
 
 
-# Keyed by the ``last_error.code`` values DerivManager produces (and a symbol's failed_code).
+# Keyed by the ``last_error.code`` values DerivManager produces (and a symbol's failed_code):
+# backend_core's own ErrorCode members, and Deriv's error codes as Deriv sends them.
 TIPS: Mapping[str, TipGroup] = {
     group.key: group
     for group in (
         TipGroup(
-            "ConnectTimeout",
+            ErrorCode.CONNECT_TIMEOUT,
             "The market data server did not answer in time",
             (
                 "Usually a slow or congested network; the service keeps retrying by itself.",
@@ -159,7 +161,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HandshakeRefused",
+            ErrorCode.HANDSHAKE_REFUSED,
             "The market data server refused the connection",
             (
                 "Deriv may be busy or under maintenance; automatic retries continue.",
@@ -168,7 +170,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HandshakeFailed",
+            ErrorCode.HANDSHAKE_FAILED,
             "The server did not speak WebSocket as expected",
             (
                 "A proxy or firewall may be rewriting the connection; automatic retries continue.",
@@ -176,7 +178,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidURL",
+            ErrorCode.INVALID_URL,
             "The market data address is not a valid WebSocket URL",
             (
                 "Operators: set DERIV_WS_URL to a ws:// or wss:// URL, e.g. wss://ws.derivws.com/websockets/v3.",
@@ -184,7 +186,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ConnectionRefused",
+            ErrorCode.CONNECTION_REFUSED,
             "Nothing is accepting connections at the market data address",
             (
                 "Operators: check the host and port in DERIV_WS_URL.",
@@ -192,7 +194,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "NetworkError",
+            ErrorCode.NETWORK_ERROR,
             "A network error stopped the connection",
             (
                 "Check this server's internet connection and DNS.",
@@ -200,7 +202,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "DNSLookupFailed",
+            ErrorCode.DNS_LOOKUP_FAILED,
             "This server cannot look up the market data host",
             (
                 "The service retries by itself once the name resolves again.",
@@ -209,7 +211,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TLSHandshakeFailed",
+            ErrorCode.TLS_HANDSHAKE_FAILED,
             "The secure (TLS) connection could not be set up",
             (
                 "A wss:// URL needs a server that speaks TLS; for a plain server use ws://.",
@@ -217,7 +219,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TLSCertificateInvalid",
+            ErrorCode.TLS_CERTIFICATE_INVALID,
             "The server's TLS certificate was not accepted",
             (
                 "The certificate may be expired, self-signed, or for another host name.",
@@ -226,7 +228,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidAppID",
+            ErrorCode.INVALID_APP_ID,
             "Deriv does not recognise this app_id",
             (
                 "Operators: set DERIV_APP_ID to the app_id registered for this service.",
@@ -234,7 +236,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "AccessRestricted",
+            ErrorCode.ACCESS_RESTRICTED,
             "Deriv refused access for this app",
             (
                 "The app_id or the origin is blocked; check the app's settings with Deriv.",
@@ -258,7 +260,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HeartbeatTimeout",
+            ErrorCode.HEARTBEAT_TIMEOUT,
             "The link stopped answering pings",
             (
                 "Often a silent network drop; the service has already started reconnecting.",
@@ -266,7 +268,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HeartbeatRejected",
+            ErrorCode.HEARTBEAT_REJECTED,
             "The link answered a ping with an error",
             (
                 "The service treats such a link as broken and has already reconnected.",
@@ -274,7 +276,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "RequestTimeout",
+            ErrorCode.REQUEST_TIMEOUT,
             "The market data server did not answer a request in time",
             (
                 "Deriv may be slow right now; the request is retried by itself.",
@@ -282,7 +284,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TooManyPendingRequests",
+            ErrorCode.TOO_MANY_PENDING_REQUESTS,
             "The market data server stopped answering requests",
             (
                 "The service treats the link as broken and has already reconnected.",
@@ -290,7 +292,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InternalError",
+            ErrorCode.INTERNAL_ERROR,
             "The service hit an internal error on the market feed link",
             (
                 "It has already reconnected by itself; no action is needed if prices flow.",
@@ -298,7 +300,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ConnectionLost",
+            ErrorCode.CONNECTION_LOST,
             "The link to the market data server dropped",
             (
                 "Brief drops are normal: the feed reconnects and fills in missed prices.",
@@ -306,7 +308,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "SiteUpdating",
+            ErrorCode.SITE_UPDATING,
             "Deriv is deploying an update",
             (
                 "No action needed: the feed reconnects when the update is over.",
@@ -314,7 +316,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ProtocolError",
+            ErrorCode.PROTOCOL_ERROR,
             "The server sent data we could not read",
             (
                 "The service dropped the bad message and reconnected.",
@@ -341,7 +343,7 @@ TIPS: Mapping[str, TipGroup] = {
 }
 
 BREAKER_OPEN_TIPS = TipGroup(
-    "CircuitOpen",
+    ErrorCode.CIRCUIT_OPEN,
     "Automatic retries are paused",
     (
         "Repeated failures opened the circuit breaker, giving the server time to recover.",
