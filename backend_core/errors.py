@@ -12,21 +12,64 @@
         └── DerivAPIError            a Deriv error reply (code, message, details)
 
 Every error carries a stable machine-readable ``code`` and a plain-language message
-suitable for an end user; none carries a secret.
+suitable for an end user; none carries a secret. :class:`ErrorCode` lists every code
+backend_core itself produces.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Final
 
 #: How much of a bad frame a :class:`ProtocolError` keeps for logs.
 RAW_EXCERPT_CHARS: Final = 200
 
 
+class ErrorCode(StrEnum):
+    """The stable codes backend_core produces: an error's ``code``, an ``ErrorInfo.code``.
+
+    A member is its string (it compares, hashes, formats and serializes as the value), so
+    the wire shows the same plain codes; the status page chooses its tips by them. Codes
+    from Deriv's error replies (``RateLimit``, ``InvalidSymbol``, ...) are passed on as
+    Deriv sends them and are not listed here.
+    """
+
+    # The exception tree (module docstring).
+    ERROR = "Error"
+    CONFIG_ERROR = "ConfigError"
+    CIRCUIT_OPEN = "CircuitOpen"
+    UPSTREAM_ERROR = "UpstreamError"
+    UPSTREAM_UNAVAILABLE = "UpstreamUnavailable"
+    CONNECTION_LOST = "ConnectionLost"
+    REQUEST_TIMEOUT = "RequestTimeout"
+    TOO_MANY_PENDING_REQUESTS = "TooManyPendingRequests"
+    PROTOCOL_ERROR = "ProtocolError"
+    # Why a connected link was closed (also CONNECTION_LOST, REQUEST_TIMEOUT, PROTOCOL_ERROR
+    # and TOO_MANY_PENDING_REQUESTS): deriv/link.py and deriv/manager.py.
+    HEARTBEAT_TIMEOUT = "HeartbeatTimeout"
+    HEARTBEAT_REJECTED = "HeartbeatRejected"
+    SITE_UPDATING = "SiteUpdating"
+    INTERNAL_ERROR = "InternalError"
+    # Why a connection attempt failed: deriv/manager.py's classify_connect_error. The two
+    # HTTP refusals keep the names Deriv gives them.
+    CONNECT_TIMEOUT = "ConnectTimeout"
+    DNS_LOOKUP_FAILED = "DNSLookupFailed"
+    TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
+    TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
+    INVALID_APP_ID = "InvalidAppID"
+    ACCESS_RESTRICTED = "AccessRestricted"
+    HANDSHAKE_REFUSED = "HandshakeRefused"
+    INVALID_URL = "InvalidURL"
+    HANDSHAKE_FAILED = "HandshakeFailed"
+    CONNECTION_REFUSED = "ConnectionRefused"
+    NETWORK_ERROR = "NetworkError"
+    CONNECT_ERROR = "ConnectError"
+
+
 class BackendCoreError(Exception):
     """Base of every error raised by backend_core."""
 
-    code: str = "Error"
+    code: str = ErrorCode.ERROR
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -36,7 +79,7 @@ class BackendCoreError(Exception):
 class ConfigError(BackendCoreError):
     """An environment variable has a value that cannot be accepted."""
 
-    code = "ConfigError"
+    code = ErrorCode.CONFIG_ERROR
 
     def __init__(self, variable: str, shown: str, rule: str) -> None:
         # ``shown`` is the value as it may be printed: quoted and clipped, or masked for a
@@ -50,7 +93,7 @@ class ConfigError(BackendCoreError):
 class CircuitOpenError(BackendCoreError):
     """A call was rejected because its circuit breaker is open (or half-open and full)."""
 
-    code = "CircuitOpen"
+    code = ErrorCode.CIRCUIT_OPEN
 
     def __init__(self, name: str, retry_after_s: float) -> None:
         self.name = name
@@ -61,29 +104,29 @@ class CircuitOpenError(BackendCoreError):
 class UpstreamError(BackendCoreError):
     """Base of errors about the upstream (Deriv) link."""
 
-    code = "UpstreamError"
+    code: str = ErrorCode.UPSTREAM_ERROR  # a DerivAPIError carries Deriv's own code
 
 
 class UpstreamUnavailable(UpstreamError):
-    code = "UpstreamUnavailable"
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
 
 
 class ConnectionLost(UpstreamError):
-    code = "ConnectionLost"
+    code = ErrorCode.CONNECTION_LOST
 
 
 class RequestTimeout(UpstreamError):
-    code = "RequestTimeout"
+    code = ErrorCode.REQUEST_TIMEOUT
 
 
 class TooManyPendingRequests(UpstreamError):
-    code = "TooManyPendingRequests"
+    code = ErrorCode.TOO_MANY_PENDING_REQUESTS
 
 
 class ProtocolError(UpstreamError):
     """An upstream frame that cannot be understood. ``raw`` is truncated for logs."""
 
-    code = "ProtocolError"
+    code = ErrorCode.PROTOCOL_ERROR
 
     def __init__(self, message: str, raw: str | bytes | None = None) -> None:
         super().__init__(message)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from backend_core.errors import ErrorCode
 from backend_core.health import status_rank
 from backend_core.status_view import STALE_TICK_S
 
@@ -165,12 +166,13 @@ class TipGroup:
         return {"key": self.key, "title": self.title, "tips": list(self.tips)}
 
 
-# Keyed by the ``last_error.code`` values DerivManager produces (and a symbol's failed_code).
+# Keyed by the ``last_error.code`` values DerivManager produces (and a symbol's failed_code):
+# backend_core's own ErrorCode members, and Deriv's error codes as Deriv sends them.
 TIPS: Mapping[str, TipGroup] = {
     group.key: group
     for group in (
         TipGroup(
-            "ConnectTimeout",
+            ErrorCode.CONNECT_TIMEOUT,
             "The market data server did not answer in time",
             (
                 "Usually a slow or congested network; the service keeps retrying by itself.",
@@ -179,7 +181,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HandshakeRefused",
+            ErrorCode.HANDSHAKE_REFUSED,
             "The market data server refused the connection",
             (
                 "Deriv may be busy or under maintenance; automatic retries continue.",
@@ -188,7 +190,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HandshakeFailed",
+            ErrorCode.HANDSHAKE_FAILED,
             "The server did not speak WebSocket as expected",
             (
                 "A proxy or firewall may be rewriting the connection; automatic retries continue.",
@@ -196,7 +198,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidURL",
+            ErrorCode.INVALID_URL,
             "The market data address is not a valid WebSocket URL",
             (
                 "Operators: set DERIV_WS_URL to a ws:// or wss:// URL, e.g. wss://ws.derivws.com/websockets/v3.",
@@ -204,7 +206,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ConnectionRefused",
+            ErrorCode.CONNECTION_REFUSED,
             "Nothing is accepting connections at the market data address",
             (
                 "Operators: check the host and port in DERIV_WS_URL.",
@@ -212,7 +214,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "NetworkError",
+            ErrorCode.NETWORK_ERROR,
             "A network error stopped the connection",
             (
                 "Check this server's internet connection and DNS.",
@@ -220,7 +222,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "DNSLookupFailed",
+            ErrorCode.DNS_LOOKUP_FAILED,
             "This server cannot look up the market data host",
             (
                 "The service retries by itself once the name resolves again.",
@@ -229,7 +231,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TLSHandshakeFailed",
+            ErrorCode.TLS_HANDSHAKE_FAILED,
             "The secure (TLS) connection could not be set up",
             (
                 "A wss:// URL needs a server that speaks TLS; for a plain server use ws://.",
@@ -237,7 +239,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TLSCertificateInvalid",
+            ErrorCode.TLS_CERTIFICATE_INVALID,
             "The server's TLS certificate was not accepted",
             (
                 "The certificate may be expired, self-signed, or for another host name.",
@@ -246,7 +248,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidAppID",
+            ErrorCode.INVALID_APP_ID,
             "Deriv does not recognise this app_id",
             (
                 "Operators: set DERIV_APP_ID to the app_id registered for this service.",
@@ -254,7 +256,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "AccessRestricted",
+            ErrorCode.ACCESS_RESTRICTED,
             "Deriv refused access for this app",
             (
                 "The app_id or the origin is blocked; check the app's settings with Deriv.",
@@ -278,7 +280,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HeartbeatTimeout",
+            ErrorCode.HEARTBEAT_TIMEOUT,
             "The link stopped answering pings",
             (
                 "Often a silent network drop; the service has already started reconnecting.",
@@ -286,7 +288,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "HeartbeatRejected",
+            ErrorCode.HEARTBEAT_REJECTED,
             "The link answered a ping with an error",
             (
                 "The service treats such a link as broken and has already reconnected.",
@@ -294,7 +296,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "RequestTimeout",
+            ErrorCode.REQUEST_TIMEOUT,
             "The market data server did not answer a request in time",
             (
                 "Deriv may be slow right now; the request is retried by itself.",
@@ -302,7 +304,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "TooManyPendingRequests",
+            ErrorCode.TOO_MANY_PENDING_REQUESTS,
             "The market data server stopped answering requests",
             (
                 "The service treats the link as broken and has already reconnected.",
@@ -310,7 +312,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InternalError",
+            ErrorCode.INTERNAL_ERROR,
             "The service hit an internal error on the market feed link",
             (
                 "It has already reconnected by itself; no action is needed if prices flow.",
@@ -318,7 +320,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ConnectionLost",
+            ErrorCode.CONNECTION_LOST,
             "The link to the market data server dropped",
             (
                 "Brief drops are normal: the feed reconnects and fills in missed prices.",
@@ -326,7 +328,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "SiteUpdating",
+            ErrorCode.SITE_UPDATING,
             "Deriv is deploying an update",
             (
                 "No action needed: the feed reconnects when the update is over.",
@@ -334,7 +336,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "ProtocolError",
+            ErrorCode.PROTOCOL_ERROR,
             "The server sent data we could not read",
             (
                 "The service dropped the bad message and reconnected.",
@@ -361,7 +363,7 @@ TIPS: Mapping[str, TipGroup] = {
 }
 
 BREAKER_OPEN_TIPS = TipGroup(
-    "CircuitOpen",
+    ErrorCode.CIRCUIT_OPEN,
     "Automatic retries are paused",
     (
         "Repeated failures opened the circuit breaker, giving the server time to recover.",

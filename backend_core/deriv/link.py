@@ -65,7 +65,7 @@ from backend_core.deriv.actions import (
     Timer,
 )
 from backend_core.deriv.backfill import COUNTERS, DEFAULT_MAX_PAGES, Backfill, Page, Release
-from backend_core.errors import DerivAPIError, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
+from backend_core.errors import DerivAPIError, ErrorCode, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
 from backend_core.events import ErrorInfo, SymbolStatus
 from backend_core.logs import LogThrottle
 
@@ -89,15 +89,6 @@ TRANSIENT_SUBSCRIBE_ERRORS: Final = frozenset({"RateLimit", "WrongResponse", "Ca
 # Deriv's req_id is a plain integer; wrap well inside 2**31 to stay portable.
 _REQ_ID_WRAP: Final = 2_000_000_000
 
-# The causes a link is closed with, as stable codes (the status page chooses tips by them).
-HEARTBEAT_TIMEOUT: Final = "HeartbeatTimeout"
-HEARTBEAT_REJECTED: Final = "HeartbeatRejected"
-PROTOCOL_ERROR: Final = "ProtocolError"
-PENDING_FULL: Final = "TooManyPendingRequests"
-CONNECTION_LOST: Final = "ConnectionLost"
-REQUEST_TIMED_OUT: Final = "RequestTimeout"
-SITE_UPDATING: Final = "SiteUpdating"
-
 
 # --------------------------------------------------------------------------- pure helpers
 
@@ -120,7 +111,7 @@ def retry_policy(code: str) -> RetryPolicy:
         return RetryPolicy.NEVER
     if code == "MarketIsClosed":
         return RetryPolicy.MARKET_CLOSED
-    if code in TRANSIENT_SUBSCRIBE_ERRORS or code == REQUEST_TIMED_OUT:
+    if code in TRANSIENT_SUBSCRIBE_ERRORS or code == ErrorCode.REQUEST_TIMEOUT:
         return RetryPolicy.BACKOFF
     return RetryPolicy.LATER
 
@@ -321,7 +312,7 @@ class LinkProtocol:
         entry = self._pending.pop(req_id, None)
         method = entry.method if entry is not None else "a request"
         return self._close(
-            ErrorInfo(CONNECTION_LOST, f"The market data link dropped while sending {method}: {reason}.", 0)
+            ErrorInfo(ErrorCode.CONNECTION_LOST, f"The market data link dropped while sending {method}: {reason}.", 0)
         )
 
     def deadline_reached(self, timer: Timer, now: float) -> list[Action]:
@@ -350,8 +341,8 @@ class LinkProtocol:
             return []
         if self.planned:
             message = "Deriv is updating its servers; reconnecting."
-            return self._close(ErrorInfo(SITE_UPDATING, message, 0), planned=True)
-        return self._close(ErrorInfo(CONNECTION_LOST, f"The market data link dropped: {reason}.", 0))
+            return self._close(ErrorInfo(ErrorCode.SITE_UPDATING, message, 0), planned=True)
+        return self._close(ErrorInfo(ErrorCode.CONNECTION_LOST, f"The market data link dropped: {reason}.", 0))
 
     def request(self, payload: Mapping[str, Any], now: float, timeout_s: float | None = None) -> list[Action]:
         """Someone else's request, answered by :class:`Resolve` or :class:`Fail` (its ``req_id``).
@@ -492,9 +483,13 @@ class LinkProtocol:
         if entry is not None:
             # A reply we cannot read: whatever the link says next cannot be trusted.
             reason = f"The market data server sent an unreadable reply to {entry.method}: {message.reason}."
-            return self._close(ErrorInfo(PROTOCOL_ERROR, reason, 0))
-        self._log.log(now, logging.WARNING, PROTOCOL_ERROR, "unreadable frame from upstream: %s", message.reason)
-        return [PublishStatus(ErrorInfo(PROTOCOL_ERROR, f"Unreadable frame from upstream: {message.reason}", 0))]
+            return self._close(ErrorInfo(ErrorCode.PROTOCOL_ERROR, reason, 0))
+        self._log.log(
+            now, logging.WARNING, ErrorCode.PROTOCOL_ERROR, "unreadable frame from upstream: %s", message.reason
+        )
+        return [
+            PublishStatus(ErrorInfo(ErrorCode.PROTOCOL_ERROR, f"Unreadable frame from upstream: {message.reason}", 0))
+        ]
 
     def _on_error(self, message: messages.ApiError, now: float) -> list[Action]:
         req_id = message.req_id
@@ -530,7 +525,7 @@ class LinkProtocol:
 
     def _unexpected(self, entry: _Pending, message: messages.Message) -> list[Action]:
         reason = f"The market data server answered {entry.method} with a {message.msg_type} frame."
-        return self._close(ErrorInfo(PROTOCOL_ERROR, reason, 0))
+        return self._close(ErrorInfo(ErrorCode.PROTOCOL_ERROR, reason, 0))
 
     def _on_site_status(self, message: messages.WebsiteStatus) -> list[Action]:
         changed = message.site_status != self.site_status
@@ -539,7 +534,7 @@ class LinkProtocol:
             self.planned = True
             log.info("upstream announced an update: %s", message.message)
             text = message.message or "Deriv is updating its servers; reconnecting."
-            return [PublishStatus(ErrorInfo(SITE_UPDATING, text, 0))]
+            return [PublishStatus(ErrorInfo(ErrorCode.SITE_UPDATING, text, 0))]
         return [PublishStatus()] if changed else []
 
     # ------------------------------------------------------------------ setup
@@ -654,21 +649,25 @@ class LinkProtocol:
     def _failed(self, req_id: int, entry: _Pending, error: DerivAPIError | None, now: float) -> list[Action]:
         """One of the link's requests got an error reply (``error``) or none in time (``None``)."""
         kind = entry.kind
-        code, text = (error.code, error.message) if error is not None else (REQUEST_TIMED_OUT, "no reply in time")
+        code, text = (
+            (error.code, error.message) if error is not None else (ErrorCode.REQUEST_TIMEOUT, "no reply in time")
+        )
         if kind is _Kind.EXTERNAL:
             return [Fail(req_id, error or RequestTimeout(f"no reply to {entry.method} within the deadline"))]
         if kind is _Kind.PING:
             if error is not None:
                 reason = f"The market data server answered a ping with {code}: {text}"
-                return self._close(ErrorInfo(HEARTBEAT_REJECTED, reason, 0))
+                return self._close(ErrorInfo(ErrorCode.HEARTBEAT_REJECTED, reason, 0))
             log.warning("no pong within %.1fs: the link is dead, reconnecting", self.config.pong_deadline_s)
-            return self._close(ErrorInfo(HEARTBEAT_TIMEOUT, "The market data server stopped answering pings.", 0))
+            return self._close(
+                ErrorInfo(ErrorCode.HEARTBEAT_TIMEOUT, "The market data server stopped answering pings.", 0)
+            )
         if kind is _Kind.PROBE:
             if error is None:
                 reason = (
                     f"The market data server did not answer website_status within {self.config.request_timeout_s:g} s."
                 )
-                return self._close(ErrorInfo(REQUEST_TIMED_OUT, reason, 0))
+                return self._close(ErrorInfo(ErrorCode.REQUEST_TIMEOUT, reason, 0))
             # An error reply is still a reply: the link works end to end. The subscribes
             # handle their own errors; the planned-update notice is what is lost.
             self._log.log(now, logging.WARNING, "probe", "website_status answered %s: %s", code, text)
@@ -733,7 +732,7 @@ class LinkProtocol:
         """Track one of the link's own requests; a full map means the upstream stopped answering."""
         if len(self._pending) >= self.config.max_pending:
             reason = f"{len(self._pending)} requests to the market data server are unanswered."
-            return self._close(ErrorInfo(PENDING_FULL, reason, 0))
+            return self._close(ErrorInfo(ErrorCode.TOO_MANY_PENDING_REQUESTS, reason, 0))
         req_id = int(payload["req_id"])
         method = next(iter(payload))
         timeout = self.config.pong_deadline_s if kind is _Kind.PING else self.config.request_timeout_s

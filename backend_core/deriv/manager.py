@@ -58,7 +58,7 @@ from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
 from backend_core.deriv.backfill import DEFAULT_MAX_PAGES
 from backend_core.deriv.link import REQUEST_TIMEOUT_S, LinkConfig, LinkProtocol
-from backend_core.errors import CircuitOpenError, ConnectionLost, UpstreamError, UpstreamUnavailable
+from backend_core.errors import CircuitOpenError, ConnectionLost, ErrorCode, UpstreamError, UpstreamUnavailable
 from backend_core.events import ErrorInfo, FeedSink, LinkState, UpstreamSnapshot
 
 log = logging.getLogger("backend_core.deriv.manager")
@@ -81,7 +81,6 @@ CLOSE_TIMEOUT_S: Final = 2.0
 # Distinct upstream error codes counted apart (codes come from outside); the rest share
 # "other", so the map holds at most 50 keys, the label values metrics.py exports.
 MAX_ERROR_CODES: Final = 49
-INTERNAL_ERROR: Final = "InternalError"
 
 RetryStatus = Literal["started", "in_progress", "already_connected", "too_soon", "stopped"]
 
@@ -192,40 +191,45 @@ def classify_connect_error(exc: BaseException, url: str = "", *, timeout_s: floa
 
     if isinstance(exc, TimeoutError):
         within = f" within {timeout_s:g} s" if timeout_s is not None else " in time"
-        return info("ConnectTimeout", f"{where} did not answer{within}: check the network path to it.")
+        return info(ErrorCode.CONNECT_TIMEOUT, f"{where} did not answer{within}: check the network path to it.")
     if isinstance(exc, socket.gaierror):
-        return info("DNSLookupFailed", f"This server cannot resolve {host}: check its DNS and internet access.")
+        return info(
+            ErrorCode.DNS_LOOKUP_FAILED, f"This server cannot resolve {host}: check its DNS and internet access."
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or detail
-        return info("TLSCertificateInvalid", f"The TLS certificate of {host} was not accepted: {why}.")
+        return info(ErrorCode.TLS_CERTIFICATE_INVALID, f"The TLS certificate of {host} was not accepted: {why}.")
     if isinstance(exc, ssl.SSLError) or (
         parts.scheme == "wss" and isinstance(exc, ConnectionResetError | ConnectionAbortedError | EOFError)
     ):
         # A wss:// URL to a server that does not speak TLS ends the handshake like this.
         why = getattr(exc, "reason", None) or "the server closed the connection"
-        return info("TLSHandshakeFailed", f"The TLS handshake with {where} failed ({why}): does it speak TLS (wss://)?")
+        return info(
+            ErrorCode.TLS_HANDSHAKE_FAILED,
+            f"The TLS handshake with {where} failed ({why}): does it speak TLS (wss://)?",
+        )
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         body = bytes(exc.response.body or b"")[:200].decode("utf-8", "replace")
-        if status == 401 and "InvalidAppID" in body:
-            return info("InvalidAppID", f"{host} refused our app_id (HTTP 401 InvalidAppID).")
+        if status == 401 and ErrorCode.INVALID_APP_ID in body:
+            return info(ErrorCode.INVALID_APP_ID, f"{host} refused our app_id (HTTP 401 InvalidAppID).")
         if status == 403:
-            return info("AccessRestricted", f"{host} refused access for this app or origin (HTTP 403).")
+            return info(ErrorCode.ACCESS_RESTRICTED, f"{host} refused access for this app or origin (HTTP 403).")
         phrase = exc.response.reason_phrase
-        return info("HandshakeRefused", f"{where} answered the WebSocket upgrade with HTTP {status} {phrase}.")
+        return info(ErrorCode.HANDSHAKE_REFUSED, f"{where} answered the WebSocket upgrade with HTTP {status} {phrase}.")
     if isinstance(exc, InvalidURI):
-        return info("InvalidURL", "The configured DERIV_WS_URL is not a valid WebSocket URL.")
+        return info(ErrorCode.INVALID_URL, "The configured DERIV_WS_URL is not a valid WebSocket URL.")
     if isinstance(exc, InvalidHandshake):
-        return info("HandshakeFailed", f"The WebSocket handshake with {where} failed: {detail}.")
+        return info(ErrorCode.HANDSHAKE_FAILED, f"The WebSocket handshake with {where} failed: {detail}.")
     if isinstance(exc, ConnectionRefusedError):
-        return info("ConnectionRefused", f"{where} refused the connection: nothing is listening there.")
+        return info(ErrorCode.CONNECTION_REFUSED, f"{where} refused the connection: nothing is listening there.")
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            return info("NetworkError", f"This server has no route to {host}: {detail}.")
-        return info("NetworkError", f"Network error while connecting to {where}: {detail}.")
+            return info(ErrorCode.NETWORK_ERROR, f"This server has no route to {host}: {detail}.")
+        return info(ErrorCode.NETWORK_ERROR, f"Network error while connecting to {where}: {detail}.")
     if isinstance(exc, UpstreamError):  # DerivAPIError included
         return info(exc.code, exc.message)
-    return info("ConnectError", f"{type(exc).__name__}: {exc}"[:200])
+    return info(ErrorCode.CONNECT_ERROR, f"{type(exc).__name__}: {exc}"[:200])
 
 
 def _words(exc: BaseException) -> str:
@@ -507,7 +511,7 @@ class DerivManager:
             except Exception as exc:
                 failures += 1
                 log.exception("upstream manager error; recovering")
-                self._record_error(ErrorInfo(INTERNAL_ERROR, f"Unexpected error: {type(exc).__name__}", 0))
+                self._record_error(ErrorInfo(ErrorCode.INTERNAL_ERROR, f"Unexpected error: {type(exc).__name__}", 0))
                 # A small floor keeps a failing round from spinning when the jitter draws ~0.
                 await self._pause(self._backoff.delay(failures) + 0.05, LinkState.RECONNECTING)
 
@@ -613,7 +617,7 @@ class DerivManager:
         """Serve one connected link until its session ends; say why it ended."""
         session = _Session(ws, permit)
         self._session = session
-        end = _SessionEnd(ErrorInfo("ConnectionLost", "The market data link dropped.", 0))
+        end = _SessionEnd(ErrorInfo(ErrorCode.CONNECTION_LOST, "The market data link dropped.", 0))
         try:
             async with asyncio.TaskGroup() as tasks:
                 # Setup first: it tells the protocol a session began before any frame is read.
@@ -660,7 +664,7 @@ class DerivManager:
             others = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             log.error("upstream %s task failed%s: ending the session and reconnecting", task, others, exc_info=error)
             message = f"Internal error in the upstream {task} task ({type(error).__name__}); reconnecting."
-            return _SessionEnd(ErrorInfo(INTERNAL_ERROR, message, 0), internal=True)
+            return _SessionEnd(ErrorInfo(ErrorCode.INTERNAL_ERROR, message, 0), internal=True)
         assert over is not None
         close = next(e for e in _leaves(over) if isinstance(e, _SessionOver)).close
         return _SessionEnd(close.cause, close.planned)
@@ -696,7 +700,9 @@ class DerivManager:
             reason = _describe_close_code(ws.close_code, ws.close_reason)
         await self._execute(session, link.closed(reason, clock.monotonic()))
         # The protocol always answers a close with CloseLink; should it not, end anyway.
-        raise _SessionOver(act.CloseLink(ErrorInfo("ConnectionLost", f"The market data link dropped: {reason}.", 0)))
+        raise _SessionOver(
+            act.CloseLink(ErrorInfo(ErrorCode.CONNECTION_LOST, f"The market data link dropped: {reason}.", 0))
+        )
 
     async def _timer(self, session: _Session, timer: act.Timer) -> None:
         """Wait for the deadline the protocol armed for ``timer`` (on the clock), then tell it."""
