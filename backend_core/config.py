@@ -45,7 +45,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from backend_core.cluster.keys import CLUSTER_NAME_PATTERN
-from backend_core.deriv.protocol import APP_ID_PATTERN, SYMBOL_PATTERN, TOKEN_PATTERN
+from backend_core.deriv.protocol import APP_ID_PATTERN, STREAM_TIMEOUT_S, SYMBOL_PATTERN, TOKEN_PATTERN
 from backend_core.deriv.sim.server import is_loopback_host
 from backend_core.errors import ConfigError
 
@@ -244,7 +244,10 @@ class Settings(BaseSettings):
         ("R_50", "R_100", "1HZ100V"), min_length=1, max_length=50, description="comma-separated symbols to stream"
     )
     DERIV_PING_INTERVAL: float = Field(
-        30.0, gt=0, lt=120, description="seconds between pings upstream; Deriv drops a link idle for 120 s"
+        30.0,
+        gt=0,
+        lt=STREAM_TIMEOUT_S,
+        description=f"seconds between pings upstream; Deriv drops a link idle for {STREAM_TIMEOUT_S:g} s",
     )
     # Declared before the host: the host's check reads it.
     DERIV_SIMULATOR_ALLOW_REMOTE: bool = Field(

@@ -30,8 +30,8 @@ class ErrorCode(StrEnum):
 
     A member is its string (it compares, hashes, formats and serializes as the value), so
     the wire shows the same plain codes; the status page chooses its tips by them. Codes
-    from Deriv's error replies (``RateLimit``, ``InvalidSymbol``, ...) are passed on as
-    Deriv sends them and are not listed here.
+    Deriv sends (``RateLimit``, ``InvalidSymbol``, ...) are passed on as sent; they are
+    :class:`backend_core.deriv.protocol.DerivCode`.
     """
 
     # The exception tree (module docstring).
@@ -50,14 +50,12 @@ class ErrorCode(StrEnum):
     HEARTBEAT_REJECTED = "HeartbeatRejected"
     SITE_UPDATING = "SiteUpdating"
     INTERNAL_ERROR = "InternalError"
-    # Why a connection attempt failed: deriv/manager.py's classify_connect_error. The two
-    # HTTP refusals keep the names Deriv gives them.
+    # Why a connection attempt failed: deriv/manager.py's classify_connect_error (Deriv's
+    # own two HTTP refusals keep its names: protocol.DerivCode).
     CONNECT_TIMEOUT = "ConnectTimeout"
     DNS_LOOKUP_FAILED = "DNSLookupFailed"
     TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
     TLS_HANDSHAKE_FAILED = "TLSHandshakeFailed"
-    INVALID_APP_ID = "InvalidAppID"
-    ACCESS_RESTRICTED = "AccessRestricted"
     HANDSHAKE_REFUSED = "HandshakeRefused"
     INVALID_URL = "InvalidURL"
     HANDSHAKE_FAILED = "HandshakeFailed"

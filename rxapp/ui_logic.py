@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from backend_core.deriv.protocol import DerivCode
 from backend_core.errors import ErrorCode
 from backend_core.health import status_rank
 from backend_core.status_view import STALE_TICK_S
@@ -248,7 +249,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            ErrorCode.INVALID_APP_ID,
+            DerivCode.INVALID_APP_ID,
             "Deriv does not recognise this app_id",
             (
                 "Operators: set DERIV_APP_ID to the app_id registered for this service.",
@@ -256,7 +257,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            ErrorCode.ACCESS_RESTRICTED,
+            DerivCode.ACCESS_RESTRICTED,
             "Deriv refused access for this app",
             (
                 "The app_id or the origin is blocked; check the app's settings with Deriv.",
@@ -264,7 +265,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidToken",
+            DerivCode.INVALID_TOKEN,
             "The API token was rejected",
             (
                 "Operators: create a new token and set DERIV_API_TOKEN.",
@@ -272,7 +273,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "RateLimit",
+            DerivCode.RATE_LIMIT,
             "Deriv is limiting how fast we may ask",
             (
                 "The service slows down by itself; it recovers within a minute.",
@@ -344,7 +345,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "InvalidSymbol",
+            DerivCode.INVALID_SYMBOL,
             "A configured symbol does not exist",
             (
                 "Operators: check the names in DERIV_SYMBOLS.",
@@ -352,7 +353,7 @@ TIPS: Mapping[str, TipGroup] = {
             ),
         ),
         TipGroup(
-            "MarketIsClosed",
+            DerivCode.MARKET_IS_CLOSED,
             "A market is closed right now",
             (
                 "Prices resume when the market opens; it is checked again every few minutes.",

@@ -65,6 +65,7 @@ from backend_core.deriv.actions import (
     Timer,
 )
 from backend_core.deriv.backfill import COUNTERS, DEFAULT_MAX_PAGES, Backfill, Page, Release
+from backend_core.deriv.protocol import DerivCode
 from backend_core.errors import DerivAPIError, ErrorCode, RequestTimeout, TooManyPendingRequests, UpstreamUnavailable
 from backend_core.events import ErrorInfo, SymbolStatus
 from backend_core.logs import LogThrottle
@@ -78,14 +79,15 @@ MAX_PENDING_REQUESTS: Final = 256
 # out the link's own requests: a full map then always means the upstream stopped answering.
 OWN_REQUEST_RESERVE: Final = 128
 # Deriv answers any request within 15 s or sends a Timeout error (deriv-protocol.md 1).
-REQUEST_TIMEOUT_S: Final = 15.0
+REQUEST_TIMEOUT_S: Final = protocol.PROCESSING_TIMEOUT_S
 # MarketIsClosed: look again this often (synthetic indices are open 24/7; others are not).
 MARKET_CLOSED_RECHECK_S: Final = 300.0
 # A subscribed symbol silent for this many ping intervals while the link answers pings is
 # subscribed again (with backfill).
 STALE_STREAM_PINGS: Final = 3
-# Deriv's backend errors that say nothing about the request (deriv-protocol.md 1 and 4).
-TRANSIENT_SUBSCRIBE_ERRORS: Final = frozenset({"RateLimit", "WrongResponse", "CallError", "Timeout"})
+# A rate limit, and Deriv's backend errors that say nothing about the request
+# (deriv-protocol.md 1 and 4).
+TRANSIENT_SUBSCRIBE_ERRORS: Final = frozenset({DerivCode.RATE_LIMIT, *protocol.BACKEND_ERRORS})
 # Deriv's req_id is a plain integer; wrap well inside 2**31 to stay portable.
 _REQ_ID_WRAP: Final = 2_000_000_000
 
@@ -105,11 +107,11 @@ class RetryPolicy(Enum):
 
 def retry_policy(code: str) -> RetryPolicy:
     """The policy for a subscribe that failed with ``code`` (deriv-protocol.md 3.3 and 4). Pure."""
-    if code == "AlreadySubscribed":
+    if code == DerivCode.ALREADY_SUBSCRIBED:
         return RetryPolicy.SUBSCRIBED
-    if code == "InvalidSymbol":
+    if code == DerivCode.INVALID_SYMBOL:
         return RetryPolicy.NEVER
-    if code == "MarketIsClosed":
+    if code == DerivCode.MARKET_IS_CLOSED:
         return RetryPolicy.MARKET_CLOSED
     if code in TRANSIENT_SUBSCRIBE_ERRORS or code == ErrorCode.REQUEST_TIMEOUT:
         return RetryPolicy.BACKOFF
@@ -600,7 +602,7 @@ class LinkProtocol:
         elif policy is RetryPolicy.BACKOFF:
             sym.attempts += 1
             sym.retry_at = now + self._backoff.delay(sym.attempts)
-            if code == "RateLimit":
+            if code == DerivCode.RATE_LIMIT:
                 reason = f"Rate limited while subscribing to {sym.name}; retrying."
             else:
                 reason = f"Deriv could not subscribe {sym.name} ({message}); retrying."

@@ -58,6 +58,7 @@ from backend_core.deriv import actions as act
 from backend_core.deriv import messages, protocol
 from backend_core.deriv.backfill import DEFAULT_MAX_PAGES
 from backend_core.deriv.link import REQUEST_TIMEOUT_S, LinkConfig, LinkProtocol
+from backend_core.deriv.protocol import DerivCode
 from backend_core.errors import CircuitOpenError, ConnectionLost, ErrorCode, UpstreamError, UpstreamUnavailable
 from backend_core.events import ErrorInfo, FeedSink, LinkState, UpstreamSnapshot
 
@@ -211,10 +212,10 @@ def classify_connect_error(exc: BaseException, url: str = "", *, timeout_s: floa
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         body = bytes(exc.response.body or b"")[:200].decode("utf-8", "replace")
-        if status == 401 and ErrorCode.INVALID_APP_ID in body:
-            return info(ErrorCode.INVALID_APP_ID, f"{host} refused our app_id (HTTP 401 InvalidAppID).")
+        if status == 401 and DerivCode.INVALID_APP_ID in body:
+            return info(DerivCode.INVALID_APP_ID, f"{host} refused our app_id (HTTP 401 InvalidAppID).")
         if status == 403:
-            return info(ErrorCode.ACCESS_RESTRICTED, f"{host} refused access for this app or origin (HTTP 403).")
+            return info(DerivCode.ACCESS_RESTRICTED, f"{host} refused access for this app or origin (HTTP 403).")
         phrase = exc.response.reason_phrase
         return info(ErrorCode.HANDSHAKE_REFUSED, f"{where} answered the WebSocket upgrade with HTTP {status} {phrase}.")
     if isinstance(exc, InvalidURI):

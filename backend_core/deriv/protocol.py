@@ -20,16 +20,24 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any, Final, Literal
 
 __all__ = [
     "APP_ID_PATTERN",
+    "BACKEND_ERRORS",
     "FORGET_ALL_TYPES",
     "GRANULARITIES",
     "MAX_HISTORY_COUNT",
+    "MAX_RESPONSE_BYTES",
+    "PING_TIME_LIMIT",
+    "PING_TIME_WINDOW_S",
+    "PROCESSING_TIMEOUT_S",
+    "STREAM_TIMEOUT_S",
     "SUBSCRIPTION_ID_PATTERN",
     "SYMBOL_PATTERN",
     "TOKEN_PATTERN",
+    "DerivCode",
     "active_symbols",
     "authorize",
     "clip_code",
@@ -43,6 +51,58 @@ __all__ = [
     "time",
     "website_status",
 ]
+
+# --- the server's limits (sections 1 and 5) -----------------------------------------
+
+#: A request without a result within 15 s gets a ``Timeout`` error (section 1).
+PROCESSING_TIMEOUT_S: Final = 15.0
+#: A connection with no frame either way for 120 s is dropped: ``stream_timeout`` (5.1).
+STREAM_TIMEOUT_S: Final = 120.0
+#: ``ping`` and ``time`` share one per-connection counter: at most 10 per ~1 s (5.2).
+PING_TIME_LIMIT: Final = 10
+PING_TIME_WINDOW_S: Final = 1.0
+#: Responses above this size are replaced by ``ResponseTooLarge`` (section 1).
+MAX_RESPONSE_BYTES: Final = 600_000
+
+
+class DerivCode(StrEnum):
+    """The error codes Deriv sends (section 4), and the two of its HTTP refusals (section 1).
+
+    A member is its string, so it compares equal to the ``code`` of a parsed error reply.
+    """
+
+    INPUT_VALIDATION_FAILED = "InputValidationFailed"
+    ALREADY_SUBSCRIBED = "AlreadySubscribed"
+    INVALID_SYMBOL = "InvalidSymbol"
+    MARKET_IS_CLOSED = "MarketIsClosed"
+    NO_REALTIME_QUOTES = "NoRealtimeQuotes"
+    STREAMING_NOT_ALLOWED = "StreamingNotAllowed"
+    INVALID_START_END = "InvalidStartEnd"
+    INVALID_STYLE = "InvalidStyle"
+    INVALID_GRANULARITY = "InvalidGranularity"
+    INVALID_TOKEN = "InvalidToken"
+    AUTHORIZATION_REQUIRED = "AuthorizationRequired"
+    PERMISSION_DENIED = "PermissionDenied"
+    RATE_LIMIT = "RateLimit"
+    UNRECOGNISED_REQUEST = "UnrecognisedRequest"
+    BAD_REQUEST = "BadRequest"
+    SANITY_CHECK_FAILED = "SanityCheckFailed"
+    RESPONSE_TOO_LARGE = "ResponseTooLarge"
+    # Backend problems: they say nothing about the request (section 1).
+    TIMEOUT = "Timeout"
+    WRONG_RESPONSE = "WrongResponse"
+    CALL_ERROR = "CallError"
+    # The HTTP refusals of the WebSocket handshake: 401 and 403 (section 1).
+    INVALID_APP_ID = "InvalidAppID"
+    ACCESS_RESTRICTED = "AccessRestricted"
+
+
+#: The codes of a server-side failure, and the message each comes with (section 1).
+BACKEND_ERRORS: Final[Mapping[str, str]] = {
+    DerivCode.TIMEOUT: "Timeout",
+    DerivCode.WRONG_RESPONSE: "Sorry, an error occurred while processing your request.",
+    DerivCode.CALL_ERROR: "Sorry, an error occurred while processing your request.",
+}
 
 # --- send-schema rules (section 3) -------------------------------------------------
 

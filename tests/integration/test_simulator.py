@@ -649,7 +649,7 @@ async def test_slow_client_is_dropped_not_buffered(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(server_module, "OUTBOUND_QUEUE_FRAMES", 16)
     # Fast ticks fill the buffers soon; the idle timeout (scaled too: 0.12 s real) must
     # not end the stalled connection first on a loaded machine.
-    monkeypatch.setattr(server_module, "IDLE_TIMEOUT_S", 120_000)
+    monkeypatch.setattr(server_module, "STREAM_TIMEOUT_S", 120_000)
     async with make_sim(time_scale=1000) as simulator:
         # A small fixed receive window and no compression, so the kernel buffers fill soon.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

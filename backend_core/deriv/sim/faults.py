@@ -13,16 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from backend_core.deriv.protocol import BACKEND_ERRORS, DerivCode
+
 #: Section 3.9 / 5.3: the banner pushed before a deploy.
 DEPLOY_MESSAGE: Final = "We're updating our site in a short while. Some services may be temporarily unavailable."
 #: Section 3.9: the values of ``website_status.site_status``.
 SITE_STATUSES: Final = ("up", "down", "updating")
 #: Section 1 / 4: what ``inject_error`` can produce, and their messages.
 INJECTABLE_ERRORS: Final[Mapping[str, str]] = {
-    "RateLimit": "You have reached the rate limit for {action}.",
-    "WrongResponse": "Sorry, an error occurred while processing your request.",
-    "CallError": "Sorry, an error occurred while processing your request.",
-    "Timeout": "Timeout",
+    DerivCode.RATE_LIMIT: "You have reached the rate limit for {action}.",
+    **BACKEND_ERRORS,
 }
 
 
@@ -64,7 +64,7 @@ class FaultPlan:
     drop_count: int = 0
     #: The next ``inject_count`` requests get ``inject_code`` (only history pages: ``ticks_history``
     #: without ``subscribe``, while ``inject_pages_only``).
-    inject_code: str = "RateLimit"
+    inject_code: str = DerivCode.RATE_LIMIT
     inject_count: int = 0
     inject_pages_only: bool = False
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from backend_core.clock import Clock
-from backend_core.deriv.protocol import GRANULARITIES, MAX_HISTORY_COUNT, SYMBOL_PATTERN
+from backend_core.deriv.protocol import GRANULARITIES, MAX_HISTORY_COUNT, SYMBOL_PATTERN, DerivCode
 from backend_core.events import Tick
 
 #: Section 3.4: the schema default of ``count``.
@@ -351,12 +351,12 @@ def history_window(params: Mapping[str, Any], now: float) -> HistoryWindow | His
     if style is None:
         style = "candles" if isinstance(granularity, int) and granularity > 0 else "ticks"
     if style not in ("ticks", "candles"):
-        return HistoryRefusal("InvalidStyle", f"Style {style} invalid.")
+        return HistoryRefusal(DerivCode.INVALID_STYLE, f"Style {style} invalid.")
     if style == "candles":
         if granularity is None:
             granularity = 60
         if granularity not in GRANULARITIES:
-            return HistoryRefusal("InvalidGranularity", "Granularity is not valid")
+            return HistoryRefusal(DerivCode.INVALID_GRANULARITY, "Granularity is not valid")
     else:
         granularity = 0
     end_text = params["end"]
@@ -364,7 +364,9 @@ def history_window(params: Mapping[str, Any], now: float) -> HistoryWindow | His
     end = int(end_text) if end_given else now_epoch
     start_given = "start" in params
     if start_given and end_given and params["start"] > end:
-        return HistoryRefusal("InvalidStartEnd", f"Start time {params['start']} must be before end time {end}")
+        return HistoryRefusal(
+            DerivCode.INVALID_START_END, f"Start time {params['start']} must be before end time {end}"
+        )
     if end > now_epoch:
         end = now_epoch
     count = params.get("count", DEFAULT_HISTORY_COUNT)

@@ -67,15 +67,19 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from backend_core.clock import Clock, SystemClock
-from backend_core.deriv.protocol import APP_ID_PATTERN, TOKEN_PATTERN
+from backend_core.deriv.protocol import (
+    APP_ID_PATTERN,
+    PING_TIME_LIMIT,
+    PING_TIME_WINDOW_S,
+    PROCESSING_TIMEOUT_S,
+    STREAM_TIMEOUT_S,
+    TOKEN_PATTERN,
+    DerivCode,
+)
 from backend_core.deriv.sim.control import ControlServer, Listening
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE, SITE_STATUSES, FaultPlan, valid_close_code
 from backend_core.deriv.sim.market import DEFAULT_SYMBOLS, MAX_JUMP_S, Market, SimulatedTime, SymbolSpec
 from backend_core.deriv.sim.session import (
-    IDLE_TIMEOUT_S,
-    PING_TIME_LIMIT,
-    PING_TIME_WINDOW_S,
-    PROCESSING_TIMEOUT_S,
     CallRequest,
     CloseDirective,
     IdleDeadline,
@@ -248,7 +252,7 @@ class DerivSimulator(Listening):
         self._prefill_s = history_prefill_s
         self.blocked_app_ids = frozenset(blocked_app_ids)
         self.max_connections = max_connections
-        self._idle_timeout_clock_s = self._time.to_clock_seconds(IDLE_TIMEOUT_S)
+        self._idle_timeout_clock_s = self._time.to_clock_seconds(STREAM_TIMEOUT_S)
         self.market = Market(self._symbols, start_epoch=int(self._time.now()), seed=seed, prefill_s=history_prefill_s)
         self.site = SiteState()
 
@@ -432,7 +436,7 @@ class DerivSimulator(Listening):
         """Drop requests unanswered: all while True, none when False, or the next ``count``."""
         self.faults.set_drop_replies(enabled_or_count)
 
-    def inject_error(self, code: str = "RateLimit", count: int = 1, pages_only: bool = False) -> None:
+    def inject_error(self, code: str = DerivCode.RATE_LIMIT, count: int = 1, pages_only: bool = False) -> None:
         """Answer the next ``count`` requests (any connection) with error ``code``; with
         ``pages_only``, the next ``count`` history pages (``ticks_history`` without ``subscribe``)."""
         self.faults.set_inject(code, count, pages_only)
@@ -540,9 +544,9 @@ class DerivSimulator(Listening):
         app_ids = parse_qs(target.query).get("app_id", [])
         app_id = app_ids[0] if len(app_ids) == 1 else ""
         if not APP_ID_PATTERN.match(app_id):
-            return self._refuse(connection, 401, '{"error":"InvalidAppID"}', json_body=True)
+            return self._refuse(connection, 401, f'{{"error":"{DerivCode.INVALID_APP_ID}"}}', json_body=True)
         if app_id in self.blocked_app_ids:
-            return self._refuse(connection, 403, '{"error":"AccessRestricted"}', json_body=True)
+            return self._refuse(connection, 403, f'{{"error":"{DerivCode.ACCESS_RESTRICTED}"}}', json_body=True)
         if len(self._clients) >= self.max_connections:
             return self._refuse(connection, 503, "Service Unavailable")
         return None
@@ -603,7 +607,7 @@ class DerivSimulator(Listening):
             return
         if fate.kind == "delay":
             if len(client.delayed) >= MAX_DELAYED_REQUESTS:
-                self._enqueue(client, client.session.error_reply(request, "Timeout"))
+                self._enqueue(client, client.session.error_reply(request, DerivCode.TIMEOUT))
                 return
             task = asyncio.create_task(self._delayed_reply(client, request, fate.delay_s))
             client.delayed.add(task)
@@ -616,7 +620,7 @@ class DerivSimulator(Listening):
         timeout_s = self._time.to_clock_seconds(PROCESSING_TIMEOUT_S)
         if delay_s >= timeout_s:
             await self._clock.sleep(timeout_s)
-            self._enqueue(client, client.session.error_reply(request, "Timeout"))
+            self._enqueue(client, client.session.error_reply(request, DerivCode.TIMEOUT))
             return
         await self._clock.sleep(delay_s)
         for frame in client.session.execute(request, self._time.now()):

@@ -20,9 +20,15 @@ import math
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
-from backend_core.deriv.protocol import MAX_HISTORY_COUNT
+from backend_core.deriv.protocol import (
+    MAX_HISTORY_COUNT,
+    MAX_RESPONSE_BYTES,
+    PING_TIME_LIMIT,
+    PING_TIME_WINDOW_S,
+    DerivCode,
+)
 from backend_core.deriv.sim.faults import INJECTABLE_ERRORS
 from backend_core.deriv.sim.market import (
     DAY_S,
@@ -35,18 +41,6 @@ from backend_core.deriv.sim.market import (
 )
 from backend_core.deriv.sim.schema import coerce_int, find_action, redact, sanity_check, validate
 from backend_core.events import Tick
-
-# --- protocol facts (simulated seconds) ---------------------------------------------
-
-#: Section 5.1: ``stream_timeout => 120``.
-IDLE_TIMEOUT_S: Final = 120.0
-#: Section 1: a request without a result within 15 s gets ``Timeout``.
-PROCESSING_TIMEOUT_S: Final = 15.0
-#: Section 5.2: ping and time share one per-connection counter.
-PING_TIME_LIMIT: Final = 10
-PING_TIME_WINDOW_S: Final = 1.0
-#: Section 1: responses above this size are replaced by ResponseTooLarge.
-MAX_RESPONSE_BYTES: Final = 600_000
 
 # --- limits ---------------------------------------------------------------------------
 
@@ -324,7 +318,7 @@ class Session:
         if type(body) is not dict:
             bad_request = {
                 "msg_type": "error",
-                "error": {"code": "BadRequest", "message": "The application sent an invalid request."},
+                "error": {"code": DerivCode.BAD_REQUEST, "message": "The application sent an invalid request."},
             }
             return Received("(bad_request)", frames=(_dumps(bad_request),))
         req_id = coerce_int(body.get("req_id"))
@@ -332,23 +326,25 @@ class Session:
         if not sanity_check(body):
             request = CallRequest("", body, req_id, passthrough)
             frame = self._error_frame(
-                request, "error", "SanityCheckFailed", "Parameters sanity check failed.", echo=redact(body)
+                request, "error", DerivCode.SANITY_CHECK_FAILED, "Parameters sanity check failed.", echo=redact(body)
             )
             return Received("(insane)", frames=(frame,))
         action = find_action(body)
         request = CallRequest(action or "", body, req_id, passthrough)
         if action is None:
-            frame = self._error_frame(request, "error", "UnrecognisedRequest", "Unrecognised request")
+            frame = self._error_frame(request, "error", DerivCode.UNRECOGNISED_REQUEST, "Unrecognised request")
             return Received("(unrecognised)", frames=(frame,))
         if action in ("ping", "time") and not self.rate_window.hit(now):
-            frame = self._error_frame(request, action, "RateLimit", f"You have reached the rate limit for {action}.")
+            frame = self._error_frame(
+                request, action, DerivCode.RATE_LIMIT, f"You have reached the rate limit for {action}."
+            )
             return Received(action, frames=(frame,), close=CloseDirective(1008))
         return Received(action, request=request)
 
     def error_reply(self, request: CallRequest, code: str) -> str:
         """An injected or timeout error for ``request`` (sections 1 and 4)."""
         template = INJECTABLE_ERRORS[code]
-        msg_type = request.action if code == "RateLimit" else error_msg_type(request.action)
+        msg_type = request.action if code == DerivCode.RATE_LIMIT else error_msg_type(request.action)
         return self._error_frame(request, msg_type, code, template.format(action=request.action))
 
     # -- executing ------------------------------------------------------------------
@@ -362,7 +358,7 @@ class Session:
                 self._error_frame(
                     request,
                     request.action,
-                    "InputValidationFailed",
+                    DerivCode.INPUT_VALIDATION_FAILED,
                     "Input validation failed: " + ", ".join(fields),
                     details=details or None,
                     echo=dict(request.body),  # section 2: this error echoes the raw request
@@ -384,12 +380,14 @@ class Session:
         frames = []
         for symbol in symbols:
             if symbol not in self.market.specs:
-                frames.append(self._error_frame(request, "tick", "InvalidSymbol", f"Symbol {symbol} invalid."))
+                frames.append(self._error_frame(request, "tick", DerivCode.INVALID_SYMBOL, f"Symbol {symbol} invalid."))
                 continue
             key = (symbol, "ticks", 0, "tick")
             if key in self._keys:
                 frames.append(
-                    self._error_frame(request, "tick", "AlreadySubscribed", f"You are already subscribed to {symbol}")
+                    self._error_frame(
+                        request, "tick", DerivCode.ALREADY_SUBSCRIBED, f"You are already subscribed to {symbol}"
+                    )
                 )
                 continue
             self._subscribe("tick", key, symbol, 0, request)
@@ -398,7 +396,7 @@ class Session:
     def _call_ticks_history(self, request: CallRequest, params: dict[str, Any], now: float) -> list[str]:
         symbol = params["ticks_history"]
         if symbol not in self.market.specs:
-            return [self._error_frame(request, "ticks_history", "InvalidSymbol", f"Symbol {symbol} invalid.")]
+            return [self._error_frame(request, "ticks_history", DerivCode.INVALID_SYMBOL, f"Symbol {symbol} invalid.")]
         window = history_window(params, now)
         if isinstance(window, HistoryRefusal):
             return [self._error_frame(request, "ticks_history", window.code, window.message)]
@@ -408,7 +406,7 @@ class Session:
         if subscribe and key in self._keys:
             return [
                 self._error_frame(
-                    request, "ticks_history", "AlreadySubscribed", f"You are already subscribed to {symbol}"
+                    request, "ticks_history", DerivCode.ALREADY_SUBSCRIBED, f"You are already subscribed to {symbol}"
                 )
             ]
         history = self.market.history(symbol)
@@ -471,12 +469,12 @@ class Session:
         if "tokens" in params and token != "MULTI":
             return [
                 self._error_frame(
-                    request, "authorize", "InvalidToken", "When using multiple tokens, set authorize to MULTI."
+                    request, "authorize", DerivCode.INVALID_TOKEN, "When using multiple tokens, set authorize to MULTI."
                 )
             ]
         tokens = params.get("tokens", []) if token == "MULTI" else [token]
         if not tokens or any(t not in self.accepted_tokens for t in tokens):
-            return [self._error_frame(request, "authorize", "InvalidToken", "The token is invalid.")]
+            return [self._error_frame(request, "authorize", DerivCode.INVALID_TOKEN, "The token is invalid.")]
         self.authorized = True
         return [self._reply(request, "authorize", {"authorize": authorize_payload()})]
 
@@ -487,7 +485,10 @@ class Session:
             if key in self._keys:
                 return [
                     self._error_frame(
-                        request, "website_status", "AlreadySubscribed", "You are already subscribed to website_status"
+                        request,
+                        "website_status",
+                        DerivCode.ALREADY_SUBSCRIBED,
+                        "You are already subscribed to website_status",
                     )
                 ]
             sub_id = self._subscribe("website_status", key, "", 0, request).id
@@ -633,7 +634,7 @@ class Session:
     def _limit_size(self, request: CallRequest, frame: str) -> str:
         if len(frame) <= MAX_RESPONSE_BYTES:
             return frame
-        return self._error_frame(request, "error", "ResponseTooLarge", "Response too large.")
+        return self._error_frame(request, "error", DerivCode.RESPONSE_TOO_LARGE, "Response too large.")
 
 
 def _reject_json_constant(name: str) -> Any:
