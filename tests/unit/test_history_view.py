@@ -311,38 +311,60 @@ def test_the_incident_list_is_bounded_and_keeps_the_stores_order() -> None:
 # ---------------------------------------------------------------------------- breaker log
 
 
-def test_a_transition_says_which_breaker_from_to_why_and_when() -> None:
-    row = transition_row(
-        {
-            "name": "websocket",
-            "from_state": "closed",
-            "to_state": "open",
-            "reason": "failure_threshold",
-            "at": iso(NOW),
-        },
-        NOW + 90,
-    )
-    assert (row["breaker"], row["from_word"], row["to_word"], row["tone"]) == (
-        "Market feed link",
-        "Closed",
-        "Open",
-        "red",
-    )
-    assert row["reason"] == "too many failures in a row"
-    assert (row["at"], row["ago"]) == ("15 Jan, 08:00:00 UTC", "1 min ago")
-    probe = transition_row(
-        {"name": "websocket", "from_state": "half_open", "to_state": "closed", "reason": "probe_succeeded", "at": ""},
-        NOW,
-    )
-    assert (probe["from_word"], probe["to_word"], probe["tone"], probe["reason"]) == (
-        "Half-open",
-        "Closed",
-        "grass",
-        "the test call succeeded",
-    )
-    assert probe["at"] == "unknown time"
-    odd = transition_row({"name": "x", "from_state": "weird", "to_state": "", "reason": "new_reason"}, NOW)
-    assert (odd["from_word"], odd["to_word"], odd["reason"]) == ("weird", "?", "new reason")
+@pytest.mark.parametrize(
+    ("transition", "now", "shown"),
+    [
+        pytest.param(
+            {
+                "name": "websocket",
+                "from_state": "closed",
+                "to_state": "open",
+                "reason": "failure_threshold",
+                "at": iso(NOW),
+            },
+            NOW + 90,
+            {
+                "breaker": "Market feed link",
+                "from_word": "Closed",
+                "to_word": "Open",
+                "tone": "red",
+                "reason": "too many failures in a row",
+                "at": "15 Jan, 08:00:00 UTC",
+                "ago": "1 min ago",
+            },
+            id="opened",
+        ),
+        pytest.param(
+            {
+                "name": "websocket",
+                "from_state": "half_open",
+                "to_state": "closed",
+                "reason": "probe_succeeded",
+                "at": "",
+            },
+            NOW,
+            {
+                "from_word": "Half-open",
+                "to_word": "Closed",
+                "tone": "grass",
+                "reason": "the test call succeeded",
+                "at": "unknown time",
+            },
+            id="closed by a probe, time unknown",
+        ),
+        pytest.param(
+            {"name": "x", "from_state": "weird", "to_state": "", "reason": "new_reason"},
+            NOW,
+            {"from_word": "weird", "to_word": "?", "reason": "new reason"},
+            id="words it does not know",
+        ),
+    ],
+)
+def test_a_transition_says_which_breaker_from_to_why_and_when(
+    transition: dict[str, str], now: float, shown: dict[str, str]
+) -> None:
+    row = transition_row(transition, now)
+    assert {key: row[key] for key in shown} == shown
 
 
 @pytest.mark.parametrize("state", ["closed", "open", "half_open", "disabled"])
