@@ -224,7 +224,7 @@ class HistoryStore:
         if self.unusable is not None:
             log.error("history disabled: the database is unusable (%s)", self.unusable)
         elif not self.schema_ready:
-            log.warning("history database not ready at start (%s); continuing without it", self.last_error)
+            log.warning("history database not ready at start (%s); continuing without it", self.writer.last_error)
 
     async def stop(self, timeout_s: float = STOP_FLUSH_TIMEOUT_S) -> None:
         """Flush the queue within ``timeout_s``, stop every task and both thread pools.
@@ -329,20 +329,8 @@ class HistoryStore:
         return self.writer.unusable
 
     @property
-    def last_error(self) -> str | None:
-        return self.writer.last_error
-
-    @property
     def schema_ready(self) -> bool:
         return self.writer.schema_ready.is_set()
-
-    @property
-    def pending_events(self) -> int:
-        return self.writer.pending
-
-    @property
-    def dropped_events_total(self) -> int:
-        return self.writer.dropped_total
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until everything queued so far is written (for tests and tools)."""
@@ -379,19 +367,19 @@ class HistoryStore:
 
     def health_check(self) -> list[CheckResult]:
         """The ``database`` check for /health (a plain function of the snapshot: no I/O)."""
-        pending = self.pending_events
-        capacity = self.writer.limits.max_pending_records + self.writer.limits.max_pending_samples
+        snap = self.snapshot()
+        pending, reachable = snap["pending_events"], snap["reachable"]
         status, output = store_verdict(
-            usable_error=self.unusable,
-            reachable=self.reachable,
+            usable_error=snap["unusable"],
+            reachable=reachable,
             pending=pending,
-            capacity=capacity,
-            last_error=self.last_error,
+            capacity=snap["max_pending_records"] + snap["max_pending_samples"],
+            last_error=snap["last_error"],
         )
         return [
-            CheckResult("database", "datastore", "reachable", status, self.reachable, None, output),
+            CheckResult("database", "datastore", "reachable", status, reachable, None, output),
             CheckResult("database", "datastore", "pendingEvents", status, pending),
-            CheckResult("database", "datastore", "droppedEvents", "pass", self.dropped_events_total),
+            CheckResult("database", "datastore", "droppedEvents", "pass", snap["dropped_events_total"]),
         ]
 
 

@@ -257,7 +257,7 @@ def test_producers_never_wait_and_overflow_is_counted() -> None:
     # 5 opened + 4 closed incidents; 3 fit, 6 are counted as dropped.
     assert snapshot["pending_records"] == 3
     assert snapshot["dropped_by_kind"]["record"] == 6
-    assert store.dropped_events_total == 6
+    assert store.snapshot()["dropped_events_total"] == 6
     assert snapshot["schema_ready"] is False and snapshot["reachable"] is None
     [reachable, pending, dropped] = store.health_check()
     assert reachable.status == "warn" and reachable.component_id == "database"
@@ -268,7 +268,7 @@ def test_a_bad_db_url_makes_the_store_unusable_not_the_app() -> None:
     store = HistoryStore(load_settings({}), FakeClock(start_wall=T0), db_url="::not a url::")
     assert store.unusable is not None
     fed(store).status(snap(LinkState.RECONNECTING, error="X"))
-    assert store.dropped_events_total == 1
+    assert store.snapshot()["dropped_events_total"] == 1
     assert store.health_check()[0].status == "warn"
 
 
