@@ -310,9 +310,6 @@ class DerivManager:
         self._url = build_url(url, settings.DERIV_APP_ID)
         self._public_url = redact_url(url)
         self._connect = connect
-        self._connect_timeout_s = settings.WEBSOCKET_CONNECTION_TIMEOUT
-        self._max_attempts = settings.WEBSOCKET_MAX_RETRY_ATTEMPTS
-        self._request_timeout_s = request_timeout_s
         self._manual_retry_min_interval_s = manual_retry_min_interval_s
         self._stable_session_s = stable_session_s
         # One backoff for every retry loop here: connect, subscribe and the supervisor.
@@ -346,7 +343,7 @@ class DerivManager:
             since=self._clock.wall(),
             url=self._public_url,
             simulated=simulated,
-            max_attempts=self._max_attempts,
+            max_attempts=settings.WEBSOCKET_MAX_RETRY_ATTEMPTS,
         )
 
     # ------------------------------------------------------------------ public surface
@@ -549,7 +546,7 @@ class DerivManager:
             # A failure that opened the breaker (its threshold, or a half-open probe that
             # failed) ends the cycle at once: the next attempt is the breaker's probe, and
             # the status shows that wait, not a backoff no attempt would follow.
-            stop=stop_after_attempt(self._max_attempts) | _StopWhenOpen(self._breaker),
+            stop=stop_after_attempt(self._settings.WEBSOCKET_MAX_RETRY_ATTEMPTS) | _StopWhenOpen(self._breaker),
             wait=self._backoff,
             retry=retry_if_exception_type(_AttemptFailed),
             sleep=self._backoff_sleep,
@@ -572,15 +569,17 @@ class DerivManager:
         permit = self._breaker.acquire()  # CircuitOpenError propagates: tenacity does not retry it
         shown_state = LinkState.CONNECTING if state == LinkState.CONNECTING else LinkState.RECONNECTING
         self._set_state(shown_state, attempt=number, next_attempt_at=None, retry_in_progress=True)
-        log.info("connecting to %s (attempt %d of %d)", self._public_url, number, self._max_attempts)
+        settings = self._settings
+        log.info("connecting to %s (attempt %d of %d)", self._public_url, number, settings.WEBSOCKET_MAX_RETRY_ATTEMPTS)
+        timeout_s = settings.WEBSOCKET_CONNECTION_TIMEOUT
         try:
-            async with self._clock.timeout(self._connect_timeout_s):
+            async with self._clock.timeout(timeout_s):
                 ws = await self._connect(self._url)
         except asyncio.CancelledError:
             self._breaker.release(permit)
             raise
         except Exception as exc:
-            info = self._record_error(classify_connect_error(exc, self._public_url, timeout_s=self._connect_timeout_s))
+            info = self._record_error(classify_connect_error(exc, self._public_url, timeout_s=timeout_s))
             self._breaker.record_failure(permit, exc)
             log.warning("connect attempt %d failed: %s: %s", number, info.code, info.message)
             self._set_state(shown_state, retry_in_progress=False)
