@@ -132,16 +132,12 @@ class HistoryReader:
         breakers: Callable[[], Iterable[Mapping[str, str]]],
         status_version: Callable[[], int],
         shutting_down: Callable[[], bool] = lambda: False,
-        read_gap_s: float = READ_GAP_S,
-        timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self._store = store
         self._clock = clock
         self._breakers = breakers
         self._status_version = status_version
         self._shutting_down = shutting_down
-        self._read_gap_s = read_gap_s
-        self._timeout_s = timeout_s
         self.snapshot = HistorySnapshot()
         self.reads_total = 0
         self._started_at = -math.inf  # monotonic start of the running or last read
@@ -193,7 +189,7 @@ class HistoryReader:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            start = max(self._wanted_after, self._started_at + self._read_gap_s)
+            start = max(self._wanted_after, self._started_at + READ_GAP_S)
             delay = start - clock.monotonic()
             if delay > 0:
                 await clock.sleep(delay)
@@ -208,7 +204,7 @@ class HistoryReader:
         store = self._store
         previous = self.snapshot
         try:
-            async with self._clock.timeout(self._timeout_s):
+            async with self._clock.timeout(READ_TIMEOUT_S):
                 # One query at a time: the page holds at most one of the store's read slots.
                 incidents = await store.incidents(MAX_INCIDENT_ROWS)
                 transitions = await store.transitions(MAX_TRANSITION_ROWS)
@@ -226,7 +222,7 @@ class HistoryReader:
             snapshot = replace(
                 previous, version=previous.version + 1, error="the history database did not answer in time"
             )
-            self._log_failure("history for the status page: no answer within %.0f s", self._timeout_s)
+            self._log_failure("history for the status page: no answer within %.0f s", READ_TIMEOUT_S)
         except Exception as exc:  # a bug must not end the reader; the page says history is unavailable
             snapshot = replace(previous, version=previous.version + 1, error="history could not be read")
             self._log_failure("history for the status page could not be read: %r", exc, exc_info=True)
