@@ -17,7 +17,7 @@ from backend_core.breakers.core import BreakerState
 from backend_core.breakers.store import BreakerRecord
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.resp import text
+from backend_core.cluster.resp import CALL_TIMEOUT_S, text
 
 # KEYS: leader, breaker hash. ARGV: token, state, opened_at, open_until, level, term.
 SAVE_BREAKER: Final = """
@@ -81,7 +81,7 @@ class RedisBreakerStore:
         pending, self._pending = self._pending, {}
         try:
             for name, record in pending.items():
-                async with clock.timeout(2.0):
+                async with clock.timeout(CALL_TIMEOUT_S):
                     result = await script(
                         keys=[self._keys.leader, self._keys.breaker(name)],
                         args=[
@@ -104,7 +104,7 @@ class RedisBreakerStore:
     async def refresh(self, redis: Any, clock: Clock) -> None:
         """Mirror what Redis holds (at promotion, and on followers for display)."""
         for name in self._names:
-            async with clock.timeout(2.0):
+            async with clock.timeout(CALL_TIMEOUT_S):
                 fields = await redis.hgetall(self._keys.breaker(name))
             record = decode_record(fields) if fields else None
             if record is not None:

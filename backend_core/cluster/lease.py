@@ -8,7 +8,8 @@ every write to shared state checks the same token in its own script (see
 :mod:`.ticklog`), which is what makes a paused or partitioned ex-leader harmless.
 
 Every call is bounded by the client's socket timeouts (set where the client is made) and,
-here, by ``call_timeout_s`` on the injected clock, so no caller ever waits on a hung Redis.
+here, by :data:`~backend_core.cluster.resp.CALL_TIMEOUT_S` on the injected clock, so no
+caller ever waits on a hung Redis.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.resp import text
+from backend_core.cluster.resp import CALL_TIMEOUT_S, text
 
 ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
@@ -51,9 +52,7 @@ class Grant:
 class LeaseClient:
     """Acquire, renew and release the lease of one cluster for one member."""
 
-    def __init__(
-        self, redis: Any, keys: ClusterKeys, instance_id: str, ttl_s: float, clock: Clock, call_timeout_s: float = 2.0
-    ) -> None:
+    def __init__(self, redis: Any, keys: ClusterKeys, instance_id: str, ttl_s: float, clock: Clock) -> None:
         if ":" in instance_id or not instance_id:
             raise ValueError("an instance id is a non-empty string without ':'")
         self._redis = redis
@@ -61,32 +60,31 @@ class LeaseClient:
         self.instance_id = instance_id
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._clock = clock
-        self._timeout_s = call_timeout_s
         self._acquire = redis.register_script(ACQUIRE)
         self._renew = redis.register_script(RENEW)
         self._release = redis.register_script(RELEASE)
 
     async def acquire(self) -> Grant | None:
         """The grant when the lease was free, else None (someone holds it)."""
-        async with self._clock.timeout(self._timeout_s):
+        async with self._clock.timeout(CALL_TIMEOUT_S):
             term = await self._acquire(keys=[self._keys.leader, self._keys.term], args=[self.instance_id, self._ttl_ms])
         return Grant(self.instance_id, int(term)) if term else None
 
     async def renew(self, grant: Grant) -> bool:
         """True when the lease was still ours and now runs a full TTL again."""
-        async with self._clock.timeout(self._timeout_s):
+        async with self._clock.timeout(CALL_TIMEOUT_S):
             renewed = await self._renew(keys=[self._keys.leader], args=[grant.token, self._ttl_ms])
         return bool(renewed)
 
     async def release(self, grant: Grant) -> bool:
         """Give the lease up at once (a graceful stop); False when it was not ours any more."""
-        async with self._clock.timeout(self._timeout_s):
+        async with self._clock.timeout(CALL_TIMEOUT_S):
             released = await self._release(keys=[self._keys.leader], args=[grant.token])
         return bool(released)
 
     async def holder(self) -> tuple[str, int] | None:
         """Who holds the lease now, as (instance_id, term)."""
-        async with self._clock.timeout(self._timeout_s):
+        async with self._clock.timeout(CALL_TIMEOUT_S):
             value = await self._redis.get(self._keys.leader)
         if value is None:
             return None

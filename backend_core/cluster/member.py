@@ -35,7 +35,7 @@ from backend_core.cluster.breaker_store import RedisBreakerStore
 from backend_core.cluster.coordinator import Coordinator, LeaseTiming, Role, RoleChange, Step
 from backend_core.cluster.keys import ClusterKeys
 from backend_core.cluster.lease import Grant, LeaseClient
-from backend_core.cluster.resp import redis_errors, text
+from backend_core.cluster.resp import CALL_TIMEOUT_S, redis_errors, text
 from backend_core.cluster.status import PUBLISH_STATUS, decode_status, encode_status
 from backend_core.cluster.ticklog import FencedOut, TickLogReader, TickLogWriter
 from backend_core.events import Tick, UpstreamSnapshot
@@ -321,7 +321,7 @@ class ClusterMember:
                 status_id = await self._publish_newest_status()
                 if status_id is not None:
                     self.reader.status_from(status_id)
-                async with self.clock.timeout(2.0):
+                async with self.clock.timeout(CALL_TIMEOUT_S):
                     newest_control = await self.redis.xrevrange(self.keys.control, count=1)
                 for raw_id, _ in newest_control:
                     self.reader.control_from(text(raw_id))
@@ -414,7 +414,7 @@ class ClusterMember:
 
     async def _log_tops(self) -> dict[str, int]:
         """The newest epoch in each symbol's stream (absent: the stream is empty)."""
-        async with self.clock.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+        async with self.clock.timeout(CALL_TIMEOUT_S), self.redis.pipeline(transaction=False) as pipe:
             for symbol in self.symbols:
                 pipe.xrevrange(self.keys.ticks(symbol), count=1)
             replies = await pipe.execute()
@@ -427,7 +427,7 @@ class ClusterMember:
 
     async def _publish_newest_status(self) -> str | None:
         """Publish the status stream's newest snapshot; returns that entry's id (None: empty)."""
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             newest = await self.redis.xrevrange(self.keys.status, count=1)
         for raw_id, fields in newest:
             snapshot = decode_status(fields.get(b"s", b""))
@@ -444,7 +444,7 @@ class ClusterMember:
         self._heartbeat_at = now
         wall_ms = int(self.clock.wall() * 1000)
         body = json.dumps({"role": self.coordinator.role.value, "at": wall_ms})
-        async with self.clock.timeout(2.0), self.redis.pipeline(transaction=False) as pipe:
+        async with self.clock.timeout(CALL_TIMEOUT_S), self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.member(self.instance_id), body, px=MEMBER_TTL_MS)
             pipe.zadd(self.keys.members, {self.instance_id: wall_ms})
             pipe.zremrangebyscore(self.keys.members, "-inf", wall_ms - MEMBER_TTL_MS)
@@ -452,7 +452,7 @@ class ClusterMember:
 
     async def members(self) -> dict[str, str]:
         """The live members and their roles (from their heartbeats)."""
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             ids = await self.redis.zrangebyscore(
                 self.keys.members, int(self.clock.wall() * 1000) - MEMBER_TTL_MS, "+inf"
             )
@@ -468,14 +468,14 @@ class ClusterMember:
     async def ping_ms(self) -> float:
         """One round trip to Redis, in milliseconds."""
         started = self.clock.monotonic()
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             await self.redis.ping()
         return (self.clock.monotonic() - started) * 1000
 
     async def request_retry(self) -> bool:
         """Ask the leader for a retry, coalesced cluster-wide: False when one was asked
         for in the last ``RETRY_GATE_MS`` (by any member)."""
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             if not await self.redis.set(self.keys.retry_gate, self.instance_id, nx=True, px=RETRY_GATE_MS):
                 return False
             await self.send_control("retry", "")
@@ -483,7 +483,7 @@ class ClusterMember:
 
     async def send_control(self, kind: str, name: str) -> None:
         """Append to the control stream (the leader applies it)."""
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             await self.redis.xadd(
                 self.keys.control,
                 {"type": kind, "name": name, "from": self.instance_id},
@@ -530,7 +530,7 @@ class ClusterMember:
                 self._write_wanted.set()
 
     async def _write_status(self, grant: Grant, snapshot: UpstreamSnapshot) -> None:
-        async with self.clock.timeout(2.0):
+        async with self.clock.timeout(CALL_TIMEOUT_S):
             result = await self._status_script(
                 keys=[self.keys.leader, self.keys.status],
                 args=[grant.token, STATUS_MAXLEN, grant.term, encode_status(snapshot)],

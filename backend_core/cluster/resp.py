@@ -9,7 +9,11 @@ a process without ``REDIS_URL`` never loads it.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final
+
+# One Redis round trip (a command, a script, a pipeline) gets this long on the injected
+# clock, besides the client's socket timeouts: a hung Redis costs a caller at most this.
+CALL_TIMEOUT_S: Final = 2.0
 
 # Errors a Redis call raises besides redis-py's own RedisError (a reset socket, a deadline).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from backend_core.clock import Clock
 from backend_core.cluster.keys import ClusterKeys
-from backend_core.cluster.resp import HeldConnection, bulk, no_script_error, pack, text
+from backend_core.cluster.resp import CALL_TIMEOUT_S, HeldConnection, bulk, no_script_error, pack, text
 from backend_core.deriv.protocol import SYMBOL_PATTERN
 from backend_core.events import Tick
 
@@ -55,6 +55,9 @@ return written
 
 #: Entries one script call writes at most (bounds the script's run time on the server).
 MAX_BATCH: Final = 200
+#: Ticks the leader holds for Redis: minutes of the fastest feed. When Redis is slower, the
+#: oldest go first (counted); the coordinator steps down when that goes on.
+WRITE_QUEUE_SIZE: Final = 10_000
 
 
 class FencedOut(Exception):
@@ -140,15 +143,12 @@ class TickLogWriter:
         clock: Clock,
         *,
         maxlen: int = 1000,
-        queue_size: int = 10_000,
-        call_timeout_s: float = 2.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._clock = clock
         self._maxlen = maxlen
-        self._timeout_s = call_timeout_s
-        self._queue: collections.deque[Tick] = collections.deque(maxlen=queue_size)
+        self._queue: collections.deque[Tick] = collections.deque(maxlen=WRITE_QUEUE_SIZE)
         self._script = redis.register_script(PUBLISH_TICKS)
         self._connection = HeldConnection(redis)
         self.dropped = 0
@@ -188,7 +188,7 @@ class TickLogWriter:
             for tick in ticks:
                 args.extend(encode(tick))
         try:
-            async with self._clock.timeout(self._timeout_s):
+            async with self._clock.timeout(CALL_TIMEOUT_S):
                 try:
                     written = int(await self._connection.call(pack("EVALSHA", self._script.sha, *args)))
                 except no_script_error():  # a restarted Redis, or another server behind the URL
@@ -305,7 +305,7 @@ class TickLogReader:
         batch = ReadBatch([], [], [])
         positions = dict(self._last)
         try:
-            async with self._clock.timeout(block_ms / 1000 + 2.0):
+            async with self._clock.timeout(block_ms / 1000 + CALL_TIMEOUT_S):
                 served, spanned = self._take(await self._connection.call(self._command(block_ms, count)), batch)
                 if spanned > served:
                     self._take(await self._connection.call(self._command(None, count)), batch)
