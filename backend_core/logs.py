@@ -18,8 +18,9 @@ from typing import Any, Final
 
 from backend_core.clock import Clock, iso_utc
 
-# A swallowed internal error is logged at most this often: it would repeat for every event.
-FAULT_LOG_INTERVAL_S: Final = 60.0
+# The house's log rate: a line that would repeat (a swallowed internal error, a failing
+# dependency, dropped events) is let through at most this often, with a count of the rest.
+LOG_INTERVAL_S: Final = 60.0
 # Distinct keys one LogThrottle tells apart (keys may come from outside, e.g. upstream
 # error codes); later keys share one "other" slot, so the map stays bounded.
 MAX_THROTTLE_KEYS: Final = 64
@@ -132,7 +133,7 @@ class LogThrottle:
     __slots__ = ("_interval_s", "_logger", "_max_keys", "_seen")
 
     def __init__(
-        self, logger: logging.Logger, interval_s: float = FAULT_LOG_INTERVAL_S, max_keys: int = MAX_THROTTLE_KEYS
+        self, logger: logging.Logger, interval_s: float = LOG_INTERVAL_S, max_keys: int = MAX_THROTTLE_KEYS
     ) -> None:
         self._logger = logger
         self._interval_s = interval_s
@@ -180,7 +181,7 @@ class FaultLog:
     as "<label>: <step> failed; the event is lost (<count> so far)".
     """
 
-    def __init__(self, logger: logging.Logger, label: str, clock: Clock, interval_s: float = FAULT_LOG_INTERVAL_S):
+    def __init__(self, logger: logging.Logger, label: str, clock: Clock, interval_s: float = LOG_INTERVAL_S):
         self._logger = logger
         self._label = label
         self._clock = clock

@@ -40,8 +40,6 @@ READ_GAP_S: Final = 2.0
 SETTLE_S: Final = 0.5
 # One whole read (a handful of queries, each bounded by the store's own 10 s timeout).
 READ_TIMEOUT_S: Final = 15.0
-# A read that keeps failing is logged once, then at most this often.
-ERROR_LOG_INTERVAL_S: Final = 60.0
 
 # What one read fetches. The bars cover the history the store keeps by default
 # (HISTORY_RETENTION_DAYS=90); the newest few incidents and breaker transitions are what
@@ -145,7 +143,7 @@ class HistoryReader:
         self._wanted_after = -math.inf  # the freshest start any page asked for
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._failure_log = LogThrottle(log, ERROR_LOG_INTERVAL_S, max_keys=1)
+        self._failure_log = LogThrottle(log, max_keys=1)  # a read that keeps failing: once, then at the house's rate
         self._closed = True  # until start()
 
     def request(self, fresh_after: float, status_version: int | None = None) -> None:

@@ -60,8 +60,6 @@ T = TypeVar("T")
 # first prune of a large old database never holds a lock for long, and writes go between).
 PRUNE_CHUNK_ROWS: Final = 5_000
 PRUNE_MAX_CHUNKS: Final = 100
-# Drop warnings are logged at most this often.
-DROP_LOG_INTERVAL_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +160,7 @@ class HistoryWriter:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.down_since: float | None = None
-        self._drop_log = LogThrottle(log, DROP_LOG_INTERVAL_S, max_keys=1)
+        self._drop_log = LogThrottle(log, max_keys=1)
         self._new_run()
 
     def _new_run(self) -> None:

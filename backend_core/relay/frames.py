@@ -23,9 +23,6 @@ logger = logging.getLogger("backend_core.relay")
 # is called once per change, not once per client).
 STATUS_CACHE_S = 0.25
 
-# A failing status_provider is logged at most this often.
-PROVIDER_ERROR_LOG_INTERVAL_S = 60.0
-
 # Encoded tick frames kept for re-use across connections (the same tick goes to every
 # client); cleared whenever it reaches this size.
 TICK_TEXT_CACHE_SIZE = 256
@@ -39,7 +36,7 @@ class FrameCache:
         self._status_provider = status_provider
         self._tick_text: dict[int, tuple[Tick, str, dict[str, Any], bytes, bytes]] = {}
         self._status_cache: tuple[UpstreamSnapshot | None, float, str] | None = None
-        self._provider_error_log = LogThrottle(logger, PROVIDER_ERROR_LOG_INTERVAL_S, max_keys=1)
+        self._provider_error_log = LogThrottle(logger, max_keys=1)
 
     def tick(self, tick: Tick) -> tuple[str, dict[str, Any], bytes, bytes]:
         """The frame of ``tick`` as text, as an ASGI message, as UTF-8 and as an unmasked
