@@ -35,8 +35,9 @@ log = logging.getLogger("backend_core.history.reader")
 # Reads start at most this often, whatever the number of pages asking: a flapping feed
 # that changes state every second costs one read per gap, not one per page per change.
 READ_GAP_S: Final = 2.0
-# A read for a status change starts this long after it: the store writes the change
-# within milliseconds of the signal, so the read finds it.
+# A read for a status change starts this long after it, whoever asks (a page's schedule or
+# a page passing the status version): the store writes the change within milliseconds of
+# the signal, so the read finds it.
 SETTLE_S: Final = 0.5
 # One whole read (a handful of queries, each bounded by the store's own 10 s timeout).
 READ_TIMEOUT_S: Final = 15.0
@@ -52,12 +53,10 @@ MAX_TRANSITION_ROWS: Final = 20
 MAX_UPTIME_ROWS: Final = 6
 
 # When a page asks for history again (see history_schedule): after a status change at
-# most every HISTORY_MIN_INTERVAL_S (the latest change counts), HISTORY_SETTLE_S after it
-# (the store writes the change within milliseconds of the signal), and every
+# most every HISTORY_MIN_INTERVAL_S (the latest change counts), SETTLE_S after it, and every
 # HISTORY_IDLE_S when nothing changes (today's bar moves on); while reads fail, every
 # HISTORY_MIN_INTERVAL_S, so history is back soon after the database.
 HISTORY_MIN_INTERVAL_S: Final = 10.0
-HISTORY_SETTLE_S: Final = 0.5
 HISTORY_IDLE_S: Final = 60.0
 # A page that loads shows history another page read this recently, without a new read.
 HISTORY_LOAD_MAX_AGE_S: Final = 10.0
@@ -264,7 +263,7 @@ def history_schedule(
     if version != seen:
         seen, change_at = version, now
     if change_at is not None and now - schedule.asked_at >= HISTORY_MIN_INTERVAL_S:
-        return HistorySchedule(now, seen, None), change_at + HISTORY_SETTLE_S
+        return HistorySchedule(now, seen, None), change_at + SETTLE_S
     idle_s = HISTORY_MIN_INTERVAL_S if failing else HISTORY_IDLE_S
     if now - schedule.asked_at >= idle_s:
         return HistorySchedule(now, seen, change_at), now - idle_s

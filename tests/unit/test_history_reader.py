@@ -15,7 +15,6 @@ import pytest
 from backend_core.clock import FakeClock
 from backend_core.history.queries import StoreUnavailable
 from backend_core.history.reader import (
-    HISTORY_SETTLE_S,
     MAX_UPTIME_ROWS,
     READ_GAP_S,
     READ_TIMEOUT_S,
@@ -318,7 +317,7 @@ def test_a_page_asks_after_a_status_change_at_most_every_10_s_and_just_after_the
     schedule, ask = history_schedule(schedule, 3, 105.0, failing=False)  # another: the latest counts
     assert ask is None and schedule.change_at == 105.0
     schedule, ask = history_schedule(schedule, 3, 110.0, failing=False)
-    assert ask == 105.0 + HISTORY_SETTLE_S
+    assert ask == 105.0 + SETTLE_S
     assert schedule == HistorySchedule(asked_at=110.0, seen_version=3, change_at=None)
     schedule, ask = history_schedule(schedule, 3, 150.0, failing=False)  # nothing changed
     assert ask is None
