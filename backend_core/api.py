@@ -41,8 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from backend_core import __version__, status_view
-from backend_core.history.queries import MAX_HISTORY_DAYS, MAX_INCIDENTS_LIMIT, MAX_TRANSITIONS_LIMIT
-from backend_core.history_api import history_routes
+from backend_core.history_api import BOUNDS, history_routes
 from backend_core.http_input import (
     BadParameter,
     error_response,
@@ -288,7 +287,7 @@ def create_api(runtime: Runtime) -> Starlette:
         __version__,
         max_ticks=MAX_TICKS_PER_REQUEST,
         max_epoch=MAX_EPOCH,
-        limits={"days": MAX_HISTORY_DAYS, "incidents": MAX_INCIDENTS_LIMIT, "transitions": MAX_TRANSITIONS_LIMIT},
+        bounds=BOUNDS,
     )
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -17,8 +17,8 @@ and ``recovery`` are codes (:class:`~backend_core.incidents.Cause`,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeAlias
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,9 +36,22 @@ from backend_core.incidents import UPSTREAM
 
 # How long a client should wait before asking again when the database is down.
 RETRY_AFTER_S: Final = 10
-DEFAULT_DAYS: Final = 90
-DEFAULT_INCIDENTS: Final = 50
-DEFAULT_TRANSITIONS: Final = 100
+
+
+class Bound(NamedTuple):
+    """A numeric query parameter's default and its largest value (the smallest is 1)."""
+
+    default: int
+    most: int
+
+
+#: ``?days=`` of /history, ``?limit=`` of /incidents and /transitions: what the handlers
+#: accept and what /openapi.json documents.
+BOUNDS: Final[Mapping[str, Bound]] = {
+    "days": Bound(90, MAX_HISTORY_DAYS),
+    "incidents": Bound(50, MAX_INCIDENTS_LIMIT),
+    "transitions": Bound(100, MAX_TRANSITIONS_LIMIT),
+}
 
 
 def _unavailable(exc: StoreUnavailable) -> JSONResponse:
@@ -52,14 +65,13 @@ def _json(body: object) -> JSONResponse:
 _Fetch: TypeAlias = Callable[[int, str | None], Awaitable[list[dict[str, Any]]]]
 
 
-def _listing(
-    key: str, name_param: str, default: int, high: int, fetch: _Fetch
-) -> Callable[[Request], Awaitable[Response]]:
-    """A route listing ``key`` rows, newest first: ``?limit=`` (1 to ``high``) and an optional ``?<name_param>=``."""
+def _listing(key: str, name_param: str, fetch: _Fetch) -> Callable[[Request], Awaitable[Response]]:
+    """A route listing ``key`` rows, newest first: ``?limit=`` (``BOUNDS[key]``) and an optional ``?<name_param>=``."""
+    bound = BOUNDS[key]
 
     async def route(request: Request) -> Response:
         try:
-            limit = parse_int(request.query_params.get("limit"), "limit", default=default, low=1, high=high)
+            limit = parse_int(request.query_params.get("limit"), "limit", default=bound.default, low=1, high=bound.most)
             name = parse_name(request.query_params.get(name_param), name_param, default=None)
         except BadParameter as exc:
             return exc.response()
@@ -78,9 +90,8 @@ def history_routes(store: HistoryStore) -> list[Route]:
     async def history(request: Request) -> Response:
         try:
             component = parse_name(request.query_params.get("component"), "component", default=UPSTREAM) or UPSTREAM
-            days = parse_int(
-                request.query_params.get("days"), "days", default=DEFAULT_DAYS, low=1, high=MAX_HISTORY_DAYS
-            )
+            bound = BOUNDS["days"]
+            days = parse_int(request.query_params.get("days"), "days", default=bound.default, low=1, high=bound.most)
         except BadParameter as exc:
             return exc.response()
         try:
@@ -88,8 +99,8 @@ def history_routes(store: HistoryStore) -> list[Route]:
         except StoreUnavailable as exc:
             return _unavailable(exc)
 
-    incidents = _listing("incidents", "component", DEFAULT_INCIDENTS, MAX_INCIDENTS_LIMIT, store.incidents)
-    transitions = _listing("transitions", "name", DEFAULT_TRANSITIONS, MAX_TRANSITIONS_LIMIT, store.transitions)
+    incidents = _listing("incidents", "component", store.incidents)
+    transitions = _listing("transitions", "name", store.transitions)
 
     return [
         Route("/api/v1/history", history, methods=["GET"]),

@@ -12,6 +12,7 @@ open), so adding a field is never a breaking change.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 from backend_core.http_input import MAX_SYMBOLS_PER_REQUEST, NAME_PATTERN
@@ -83,6 +84,11 @@ def _query(name: str, description: str, schema: Schema) -> Schema:
 def _digits(low: int, high: int, default: int) -> Schema:
     # Sent as text: the server reads ASCII digits only, so the contract says so too.
     return {"type": "integer", "minimum": low, "maximum": high, "default": default}
+
+
+def _bounded(name: str, bounds: Mapping[str, tuple[int, int]]) -> Schema:
+    default, most = bounds[name]
+    return _digits(1, most, default)
 
 
 def _name_schema() -> Schema:
@@ -230,7 +236,9 @@ def _get(summary: str, responses: dict[str, Schema], **extra: Any) -> Schema:
     return {"get": {"summary": summary, "responses": responses, **extra}}
 
 
-def _paths(symbols: tuple[str, ...], max_ticks: int, max_epoch: int, limits: dict[str, int]) -> dict[str, Schema]:
+def _paths(
+    symbols: tuple[str, ...], max_ticks: int, max_epoch: int, bounds: Mapping[str, tuple[int, int]]
+) -> dict[str, Schema]:
     health = {"200": _json("pass or warn", _ref("HealthSummary")), "503": _json("fail", _ref("HealthSummary"))}
     detailed = {
         "200": _json("pass or warn", _ref("HealthDetailed"), HEALTH_JSON),
@@ -330,18 +338,18 @@ def _paths(symbols: tuple[str, ...], max_ticks: int, max_epoch: int, limits: dic
         "/api/v1/history": _get(
             "per-day uptime bars and 24h/7d/30d/90d uptime",
             {"200": _json("ok", _ref("History")), **history_ok},
-            parameters=[component, _query("days", "days of bars", _digits(1, limits["days"], 90))],
+            parameters=[component, _query("days", "days of bars", _bounded("days", bounds))],
         ),
         "/api/v1/incidents": _get(
             "newest incidents first",
             {"200": _json("ok", _ref("Incidents")), **history_ok},
-            parameters=[_query("limit", "at most this many", _digits(1, limits["incidents"], 50)), component],
+            parameters=[_query("limit", "at most this many", _bounded("incidents", bounds)), component],
         ),
         "/api/v1/transitions": _get(
             "newest breaker transitions first",
             {"200": _json("ok", _ref("Transitions")), **history_ok},
             parameters=[
-                _query("limit", "at most this many", _digits(1, limits["transitions"], 100)),
+                _query("limit", "at most this many", _bounded("transitions", bounds)),
                 _query("name", "a breaker name", _name_schema()),
             ],
         ),
@@ -375,9 +383,10 @@ def _statuspage_paths() -> dict[str, Schema]:
 
 
 def openapi_document(
-    symbols: tuple[str, ...], version: str, *, max_ticks: int, max_epoch: int, limits: dict[str, int]
+    symbols: tuple[str, ...], version: str, *, max_ticks: int, max_epoch: int, bounds: Mapping[str, tuple[int, int]]
 ) -> dict[str, Any]:
-    """The whole document; ``limits`` holds the history bounds (``days``, ``incidents``, ``transitions``)."""
+    """The whole document; ``bounds`` holds the history API's ``(default, most)`` for ``days``,
+    ``incidents`` and ``transitions``."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -387,7 +396,7 @@ def openapi_document(
             "The tick stream is the WebSocket /api/v1/ws (docs/websocket-api.md). Every error is JSON: "
             '{"error": <code>, "message": <sentence>}.',
         },
-        "paths": _paths(symbols, max_ticks, max_epoch, limits),
+        "paths": _paths(symbols, max_ticks, max_epoch, bounds),
         "components": {
             "schemas": _schemas(symbols),
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN"}},

@@ -348,6 +348,24 @@ async def test_openapi_describes_exactly_the_http_routes(asgi_server: Callable[.
             assert operation["responses"], (path, method)
 
 
+async def test_the_history_routes_do_what_openapi_documents_of_their_bounds(
+    asgi_server: Callable[..., Awaitable[ServedApp]],
+) -> None:
+    async with serve_runtime(asgi_server) as (runtime, client):
+        spec = (await client.get("/openapi.json")).json()
+        for path, param, echoed in (
+            ("/api/v1/history", "days", "days"),
+            ("/api/v1/incidents", "limit", "limit"),
+            ("/api/v1/transitions", "limit", "limit"),
+        ):
+            [schema] = [p["schema"] for p in spec["paths"][path]["get"]["parameters"] if p["name"] == param]
+            assert (await client.get(path)).json()[echoed] == schema["default"], path
+            assert (await client.get(path, params={param: schema["maximum"]})).status_code == 200, path
+            too_many = await client.get(path, params={param: schema["maximum"] + 1})
+            assert too_many.status_code == 400 and param in too_many.text, path
+            assert (await client.get(path, params={param: schema["minimum"] - 1})).status_code == 400, path
+
+
 async def test_one_client_over_its_rate_gets_429_and_health_stays_open(
     asgi_server: Callable[..., Awaitable[ServedApp]],
 ) -> None:
