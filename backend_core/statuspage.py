@@ -35,7 +35,6 @@ PAGE_NAME: Final = "Market feed status"
 TIME_ZONE: Final = "Etc/UTC"
 # Statuspage's incidents.json lists "the 50 most recent incidents".
 INCIDENTS_LIMIT: Final = 50
-UNRESOLVED: Final = frozenset({"investigating", "identified", "monitoring"})
 
 
 @dataclass(frozen=True, slots=True)
