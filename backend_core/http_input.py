@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from backend_core.breakers.registry import NAME_CHARACTERS
 from backend_core.deriv.protocol import SYMBOL_PATTERN
+from backend_core.incidents import COMPONENT_CHARS
 
 # ASCII digits only: str.isdigit() accepts '²' and '١', which int() then refuses or reads.
 _DIGITS: Final = re.compile(r"[0-9]+")
@@ -24,8 +25,8 @@ _DIGITS: Final = re.compile(r"[0-9]+")
 ECHO_CHARS: Final = 40
 # Breaker and component names: what breakers.py can produce ("websocket", "api:<route
 # template>", "api:*"), optionally with the "breaker:" prefix; at most as long as the
-# store keeps a component name (incidents.COMPONENT_CHARS).
-NAME_CHARS: Final = 255
+# store keeps a component name.
+NAME_CHARS: Final = COMPONENT_CHARS
 NAME_PATTERN: Final = re.compile(rf"{NAME_CHARACTERS}{{1,{NAME_CHARS}}}")
 # At most this many symbols in one ?symbols= list (config allows 50 streamed symbols).
 MAX_SYMBOLS_PER_REQUEST: Final = 50
