@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 __all__ = [
     "APP_ID_PATTERN",
     "BACKEND_ERRORS",
+    "DEFAULT_HISTORY_COUNT",
     "FORGET_ALL_TYPES",
     "GRANULARITIES",
     "MAX_HISTORY_COUNT",
@@ -120,7 +121,9 @@ GRANULARITIES: Final = frozenset({60, 120, 180, 300, 600, 900, 1800, 3600, 7200,
 FORGET_ALL_TYPES: Final = frozenset(
     {"ticks", "candles", "proposal", "proposal_open_contract", "balance", "transaction", "website_status"}
 )
-#: ``ticks_history`` clamps ``count`` to this (section 3.4).
+#: ``ticks_history``'s ``count`` when the request has none (the schema default), and what
+#: it clamps ``count`` to (section 3.4).
+DEFAULT_HISTORY_COUNT: Final = 1000
 MAX_HISTORY_COUNT: Final = 5000
 
 # --- upstream strings (DESIGN.md rules 5 and 6) ------------------------------------

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from backend_core.clock import Clock
-from backend_core.deriv.protocol import GRANULARITIES, MAX_HISTORY_COUNT, SYMBOL_PATTERN, DerivCode
+from backend_core.deriv.protocol import (
+    DEFAULT_HISTORY_COUNT,
+    GRANULARITIES,
+    MAX_HISTORY_COUNT,
+    SYMBOL_PATTERN,
+    DerivCode,
+)
 from backend_core.events import Tick
 
-#: Section 3.4: the schema default of ``count``.
-DEFAULT_HISTORY_COUNT: Final = 1000
 DAY_S: Final = 86_400
 YEAR_S: Final = 365 * DAY_S
 #: Ticks generated in one feed step after a stall; a longer stall leaves a gap rather
