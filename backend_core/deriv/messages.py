@@ -627,17 +627,18 @@ def _parse_error(frame: dict[str, Any], msg_type: str, req_id: int | None) -> Ap
     )
 
 
+# Keyed by each message class's own msg_type (``tick`` is parsed first, on the hot path).
 _PARSERS: Final[dict[str, Any]] = {
-    "history": _parse_history,
-    "candles": _parse_candles,
-    "ohlc": _parse_ohlc,
-    "ping": _parse_ping,
-    "time": _parse_time,
-    "active_symbols": _parse_active_symbols,
-    "authorize": _parse_authorize,
-    "website_status": _parse_website_status,
-    "forget": _parse_forget,
-    "forget_all": _parse_forget_all,
+    History.msg_type: _parse_history,
+    Candles.msg_type: _parse_candles,
+    Ohlc.msg_type: _parse_ohlc,
+    Pong.msg_type: _parse_ping,
+    Time.msg_type: _parse_time,
+    ActiveSymbols.msg_type: _parse_active_symbols,
+    Authorize.msg_type: _parse_authorize,
+    WebsiteStatus.msg_type: _parse_website_status,
+    Forget.msg_type: _parse_forget,
+    ForgetAll.msg_type: _parse_forget_all,
 }
 
 
@@ -667,7 +668,7 @@ def parse(raw: str | bytes) -> Message:
     try:
         if "error" in frame:
             return _parse_error(frame, msg_type, req_id)
-        if msg_type == "tick":
+        if msg_type == TickMessage.msg_type:
             return _parse_tick(frame, req_id)
         parser = _PARSERS.get(msg_type)
         if parser is None:
