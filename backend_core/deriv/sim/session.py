@@ -384,11 +384,7 @@ class Session:
                 continue
             key = (symbol, "ticks", 0, "tick")
             if key in self._keys:
-                frames.append(
-                    self._error_frame(
-                        request, "tick", DerivCode.ALREADY_SUBSCRIBED, f"You are already subscribed to {symbol}"
-                    )
-                )
+                frames.append(self._already_subscribed(request, "tick", symbol))
                 continue
             self._subscribe("tick", key, symbol, 0, request)
         return frames
@@ -404,11 +400,7 @@ class Session:
         subscribe = params.get("subscribe") == 1
         key = (symbol, window.style, window.granularity, "ticks_history")
         if subscribe and key in self._keys:
-            return [
-                self._error_frame(
-                    request, "ticks_history", DerivCode.ALREADY_SUBSCRIBED, f"You are already subscribed to {symbol}"
-                )
-            ]
+            return [self._already_subscribed(request, "ticks_history", symbol)]
         history = self.market.history(symbol)
         if window.style == "ticks":
             epochs, quotes = history.window(window.start, window.end, window.count)
@@ -483,14 +475,7 @@ class Session:
         if params.get("subscribe") == 1:
             key = ("", "website_status", 0, "website_status")
             if key in self._keys:
-                return [
-                    self._error_frame(
-                        request,
-                        "website_status",
-                        DerivCode.ALREADY_SUBSCRIBED,
-                        "You are already subscribed to website_status",
-                    )
-                ]
+                return [self._already_subscribed(request, "website_status", "website_status")]
             sub_id = self._subscribe("website_status", key, "", 0, request).id
         payload = website_status_payload(self.site.status, self.site.message)
         return [self._reply(request, "website_status", {"website_status": payload}, sub_id=sub_id)]
@@ -606,6 +591,11 @@ class Session:
         if sub_id is not None:
             frame["subscription"] = {"id": sub_id}
         return _dumps(frame)
+
+    def _already_subscribed(self, request: CallRequest, msg_type: str, stream: str) -> str:
+        """A second stream of the same kind on this connection (sections 3.3, 3.4, 3.9)."""
+        message = f"You are already subscribed to {stream}"
+        return self._error_frame(request, msg_type, DerivCode.ALREADY_SUBSCRIBED, message)
 
     def _error_frame(
         self,
