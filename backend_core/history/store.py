@@ -366,20 +366,20 @@ class HistoryStore:
         }
 
     def health_check(self) -> list[CheckResult]:
-        """The ``database`` check for /health (a plain function of the snapshot: no I/O)."""
-        snap = self.snapshot()
-        pending, reachable = snap["pending_events"], snap["reachable"]
+        """The ``database`` check for /health (a plain function of the writer's state: no I/O)."""
+        w = self.writer
+        pending = w.pending
         status, output = store_verdict(
-            usable_error=snap["unusable"],
-            reachable=reachable,
+            usable_error=w.unusable,
+            reachable=w.reachable,
             pending=pending,
-            capacity=snap["max_pending_records"] + snap["max_pending_samples"],
-            last_error=snap["last_error"],
+            capacity=w.limits.max_pending_records + w.limits.max_pending_samples,
+            last_error=w.last_error,
         )
         return [
-            CheckResult("database", "datastore", "reachable", status, reachable, None, output),
+            CheckResult("database", "datastore", "reachable", status, w.reachable, None, output),
             CheckResult("database", "datastore", "pendingEvents", status, pending),
-            CheckResult("database", "datastore", "droppedEvents", "pass", snap["dropped_events_total"]),
+            CheckResult("database", "datastore", "droppedEvents", "pass", w.dropped_total),
         ]
 
 
