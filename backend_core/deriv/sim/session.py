@@ -335,14 +335,12 @@ class Session:
             frame = self._error_frame(request, "error", DerivCode.UNRECOGNISED_REQUEST, "Unrecognised request")
             return Received("(unrecognised)", frames=(frame,))
         if action in ("ping", "time") and not self.rate_window.hit(now):
-            frame = self._error_frame(
-                request, action, DerivCode.RATE_LIMIT, f"You have reached the rate limit for {action}."
-            )
+            frame = self.error_reply(request, DerivCode.RATE_LIMIT)
             return Received(action, frames=(frame,), close=CloseDirective(1008))
         return Received(action, request=request)
 
     def error_reply(self, request: CallRequest, code: str) -> str:
-        """An injected or timeout error for ``request`` (sections 1 and 4)."""
+        """An injected, rate-limit or timeout error for ``request`` (sections 1, 4 and 5.2)."""
         template = INJECTABLE_ERRORS[code]
         msg_type = request.action if code == DerivCode.RATE_LIMIT else error_msg_type(request.action)
         return self._error_frame(request, msg_type, code, template.format(action=request.action))
