@@ -87,11 +87,14 @@ def _listing(key: str, name_param: str, fetch: _Fetch) -> Callable[[Request], Aw
 def history_routes(store: HistoryStore) -> list[Route]:
     """The three routes, for ``create_api`` to add to its route list."""
 
+    days_bound = BOUNDS["days"]
+
     async def history(request: Request) -> Response:
         try:
             component = parse_name(request.query_params.get("component"), "component", default=UPSTREAM) or UPSTREAM
-            bound = BOUNDS["days"]
-            days = parse_int(request.query_params.get("days"), "days", default=bound.default, low=1, high=bound.most)
+            days = parse_int(
+                request.query_params.get("days"), "days", default=days_bound.default, low=1, high=days_bound.most
+            )
         except BadParameter as exc:
             return exc.response()
         try:
