@@ -55,8 +55,7 @@ return written
 
 #: Entries one script call writes at most (bounds the script's run time on the server).
 MAX_BATCH: Final = 200
-#: Ticks the leader holds for Redis: minutes of the fastest feed. When Redis is slower, the
-#: oldest go first (counted); the coordinator steps down when that goes on.
+#: Ticks the leader holds for Redis: over 3 minutes of 50 symbols ticking every second.
 WRITE_QUEUE_SIZE: Final = 10_000
 
 
