@@ -32,13 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 from backend_core.breakers.core import (
-    FAILURE,
-    RELEASED,
-    SUCCESS,
     BreakerConfig,
     BreakerCore,
     BreakerState,
     Change,
+    Outcome,
     Permit,
     Rejection,
 )
@@ -290,7 +288,7 @@ class CircuitBreaker:
             permit.settled = True
             self._fast_successes += 1
             return
-        change = core.settle(permit, SUCCESS, self._monotonic())
+        change = core.settle(permit, Outcome.SUCCESS, self._monotonic())
         if change is not None:
             self._publish(change)
 
@@ -298,13 +296,13 @@ class CircuitBreaker:
         """The call of ``permit`` failed, whatever ``exc`` is (the caller classifies)."""
         if permit.settled:
             return
-        change = self._core.settle(permit, FAILURE, self._monotonic(), describe(exc))
+        change = self._core.settle(permit, Outcome.FAILURE, self._monotonic(), describe(exc))
         if change is not None:
             self._publish(change)
 
     def release(self, permit: Permit) -> None:
         """The call of ``permit`` ended with no verdict (e.g. cancelled): give its slot back."""
-        self._core.settle(permit, RELEASED, self._monotonic())
+        self._core.settle(permit, Outcome.RELEASED, self._monotonic())
 
     # ----------------------------------------------------------------- controls
 

@@ -44,9 +44,6 @@ from typing import Any, Final, Literal
 from backend_core.backoff import Growth
 
 __all__ = [
-    "FAILURE",
-    "RELEASED",
-    "SUCCESS",
     "BreakerConfig",
     "BreakerCore",
     "BreakerState",
@@ -99,10 +96,6 @@ class Outcome(Enum):
     # No verdict (cancelled, shutting down): a probe slot is given back.
     RELEASED = "released"
 
-
-SUCCESS: Final = Outcome.SUCCESS
-FAILURE: Final = Outcome.FAILURE
-RELEASED: Final = Outcome.RELEASED
 
 _CLOSED: Final = BreakerState.CLOSED
 _OPEN: Final = BreakerState.OPEN
@@ -414,7 +407,7 @@ class BreakerCore:
         if permit.settled:
             return None
         permit.settled = True
-        if outcome is SUCCESS:
+        if outcome is Outcome.SUCCESS:
             slow_s = self._slow_s
             if slow_s is None or now - permit.admitted_at_monotonic < slow_s:
                 self.successes_total += 1
@@ -425,7 +418,7 @@ class BreakerCore:
                     return None
                 return self._succeeded(now)
             detail = f"SlowCall: took {now - permit.admitted_at_monotonic:.3f}s (limit {slow_s:.3f}s)"
-        elif outcome is RELEASED:
+        elif outcome is Outcome.RELEASED:
             if permit.probe and permit.generation == self.generation and self.probes_in_flight:
                 self.probes_in_flight -= 1
             return None

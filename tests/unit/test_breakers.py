@@ -15,12 +15,10 @@ import pytest
 
 from backend_core.breakers.breaker import LAST_FAILURE_MAX_CHARS, CircuitBreaker, Transition
 from backend_core.breakers.core import (
-    FAILURE,
-    RELEASED,
-    SUCCESS,
     BreakerConfig,
     BreakerCore,
     BreakerState,
+    Outcome,
     Permit,
     Reason,
     Rejection,
@@ -140,10 +138,10 @@ def test_the_core_decides_with_the_time_it_is_given() -> None:
     core = BreakerCore(BreakerConfig(failure_threshold=2, recovery_timeout_s=10))
     first = core.admit(100.0)
     assert isinstance(first, Permit) and not first.probe
-    assert core.settle(first, FAILURE, 100.0, "Boom: x") is None
+    assert core.settle(first, Outcome.FAILURE, 100.0, "Boom: x") is None
     second = core.admit(101.0)
     assert isinstance(second, Permit)
-    change = core.settle(second, FAILURE, 101.0)
+    change = core.settle(second, Outcome.FAILURE, 101.0)
     assert change is not None
     assert (change.from_state, change.to_state, change.reason) == ("closed", "open", "failure_threshold")
     assert change.at == 101.0
@@ -152,7 +150,7 @@ def test_the_core_decides_with_the_time_it_is_given() -> None:
     probe = core.admit(111.0)
     assert isinstance(probe, Permit) and probe.probe
     assert probe.change is not None and probe.change.reason is Reason.RECOVERY_TIMEOUT
-    closed = core.settle(probe, SUCCESS, 111.5)
+    closed = core.settle(probe, Outcome.SUCCESS, 111.5)
     assert closed is not None and closed.reason is Reason.PROBE_SUCCEEDED
     assert core.state is BreakerState.CLOSED and core.last_outage_s == 10.5
 
@@ -162,13 +160,13 @@ def test_the_core_settles_a_permit_once_and_never_one_of_an_older_generation() -
     old = core.admit(0.0)
     tripping = core.admit(0.0)
     assert isinstance(old, Permit) and isinstance(tripping, Permit)
-    assert core.settle(tripping, FAILURE, 0.0) is not None
-    assert core.settle(tripping, FAILURE, 0.0) is None  # settled already
-    assert core.settle(old, SUCCESS, 0.5) is None  # older generation: counted, not decisive
+    assert core.settle(tripping, Outcome.FAILURE, 0.0) is not None
+    assert core.settle(tripping, Outcome.FAILURE, 0.0) is None  # settled already
+    assert core.settle(old, Outcome.SUCCESS, 0.5) is None  # older generation: counted, not decisive
     assert core.state is BreakerState.OPEN and core.successes_total == 1
     probe = core.admit(1.0)
     assert isinstance(probe, Permit)
-    assert core.settle(probe, RELEASED, 1.0) is None
+    assert core.settle(probe, Outcome.RELEASED, 1.0) is None
     assert core.probes_in_flight == 0 and core.state is BreakerState.HALF_OPEN
 
 
