@@ -8,8 +8,11 @@ a cancelled request never move it towards open.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,7 +26,24 @@ from backend_core.config import load_settings
 from backend_core.middleware import BreakerMiddleware
 
 
-def build() -> tuple[httpx.AsyncClient, BreakerRegistry, FakeClock, dict[str, int], Starlette]:
+@dataclass(frozen=True)
+class Served:
+    """An app with guarded and unguarded routes, a client for it, and what it counts."""
+
+    client: httpx.AsyncClient
+    registry: BreakerRegistry
+    clock: FakeClock
+    calls: dict[str, int]
+
+    def state(self, template: str) -> str:
+        return self.registry.get(f"api:{template}").snapshot().state
+
+    async def status(self, path: str) -> int:
+        return (await self.client.get(path)).status_code
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
     clock = FakeClock()
     settings = load_settings({"API_CB_FAILURE_THRESHOLD": "2", "API_CB_RECOVERY_TIMEOUT": "10"})
     registry = BreakerRegistry.from_settings(settings, clock=clock)
@@ -71,52 +91,41 @@ def build() -> tuple[httpx.AsyncClient, BreakerRegistry, FakeClock, dict[str, in
         middleware=[Middleware(BreakerMiddleware, registry=registry, routes=guarded)],
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://test"), registry, clock, calls, app
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield Served(client, registry, clock, calls)
 
 
-def state(registry: BreakerRegistry, template: str) -> str:
-    return registry.get(f"api:{template}").snapshot().state
+async def test_a_failing_dependency_opens_the_route_breaker_and_it_answers_503_at_once(served: Served) -> None:
+    assert await served.status("/api/database") == 503
+    assert await served.status("/api/database") == 503
+    response = await served.client.get("/api/database")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "10"
+    body = response.json()
+    assert body["error"] == "circuit_open" and body["breaker"] == "api:/api/database" and body["message"]
+    assert served.calls["database"] == 2, "the handler ran while the breaker was open"
+    served.clock.advance(10)
+    assert await served.status("/api/database") == 503  # the half-open probe ran
+    assert served.calls["database"] == 3
 
 
-async def test_a_failing_dependency_opens_the_route_breaker_and_it_answers_503_at_once() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        assert (await client.get("/api/database")).status_code == 503
-        assert (await client.get("/api/database")).status_code == 503
-        response = await client.get("/api/database")
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "10"
-        body = response.json()
-        assert body["error"] == "circuit_open" and body["breaker"] == "api:/api/database" and body["message"]
-        assert calls["database"] == 2, "the handler ran while the breaker was open"
-        clock.advance(10)
-        assert (await client.get("/api/database")).status_code == 503  # the half-open probe ran
-        assert calls["database"] == 3
+async def test_timeouts_count_as_failures(served: Served) -> None:
+    assert [await served.status("/api/timeout") for _ in range(2)] == [500, 500]
+    assert served.state("/api/timeout") == "open"
 
 
-async def test_timeouts_count_as_failures() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        for _ in range(2):
-            assert (await client.get("/api/timeout")).status_code == 500
-        assert state(registry, "/api/timeout") == "open"
+async def test_bugs_and_client_errors_never_open_a_breaker(served: Served) -> None:
+    for _ in range(10):
+        assert await served.status("/api/buggy") == 500
+        assert await served.status("/api/error") == 500
+        assert await served.status("/api/missing") == 404
+    assert served.state("/api/buggy") == "closed"
+    assert served.state("/api/error") == "closed"
+    assert served.state("/api/missing") == "closed"
+    assert served.registry.get("api:/api/missing").snapshot().successes_total == 10
 
 
-async def test_bugs_and_client_errors_never_open_a_breaker() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        for _ in range(10):
-            assert (await client.get("/api/buggy")).status_code == 500
-            assert (await client.get("/api/error")).status_code == 500
-            assert (await client.get("/api/missing")).status_code == 404
-        assert state(registry, "/api/buggy") == "closed"
-        assert state(registry, "/api/error") == "closed"
-        assert state(registry, "/api/missing") == "closed"
-        assert registry.get("api:/api/missing").snapshot().successes_total == 10
-
-
-async def test_a_cancelled_request_is_neither_success_nor_failure() -> None:
-    _, registry, clock, calls, _ = build()
+async def test_a_cancelled_request_is_neither_success_nor_failure(served: Served) -> None:
     started = asyncio.Event()
 
     async def receive() -> Message:
@@ -143,41 +152,35 @@ async def test_a_cancelled_request_is_neither_success_nor_failure() -> None:
         started.set()
         await asyncio.Event().wait()  # a slow query; the client goes away meanwhile
 
-    middleware = BreakerMiddleware(hang, registry=registry, routes=[Route("/api/database", hang)])
+    middleware = BreakerMiddleware(hang, registry=served.registry, routes=[Route("/api/database", hang)])
     for _ in range(5):
         started.clear()
         task = asyncio.create_task(middleware(scope, receive, send))
         await started.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    snap = registry.get("api:/api/database").snapshot()
+    snap = served.registry.get("api:/api/database").snapshot()
     assert snap.state == "closed" and snap.failures_total == 0 and snap.in_flight_probes == 0
 
 
-async def test_one_broken_route_never_takes_others_down() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        for _ in range(3):
-            await client.get("/api/database")
-        assert state(registry, "/api/database") == "open"
-        assert (await client.get("/api/items/fine")).text == "ok"
-        assert state(registry, "/api/items/{name}") == "closed"
+async def test_one_broken_route_never_takes_others_down(served: Served) -> None:
+    for _ in range(3):
+        await served.client.get("/api/database")
+    assert served.state("/api/database") == "open"
+    assert (await served.client.get("/api/items/fine")).text == "ok"
+    assert served.state("/api/items/{name}") == "closed"
 
 
-async def test_breakers_are_per_route_template_not_per_path() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        await client.get("/api/items/bad")
-        await client.get("/api/items/bad")
-        assert (await client.get("/api/items/fine")).status_code == 503
-        assert "api:/api/items/bad" not in registry.names()
+async def test_breakers_are_per_route_template_not_per_path(served: Served) -> None:
+    await served.client.get("/api/items/bad")
+    await served.client.get("/api/items/bad")
+    assert await served.status("/api/items/fine") == 503
+    assert "api:/api/items/bad" not in served.registry.names()
 
 
-async def test_routes_not_given_to_it_pass_untouched() -> None:
-    client, registry, clock, calls, _ = build()
-    async with client:
-        for _ in range(5):
-            assert (await client.get("/api/unguarded")).status_code == 503
-            assert (await client.get("/some/reflex/page")).status_code == 503
-        assert calls["other"] == 5
-        assert registry.names() == ["websocket"]
+async def test_routes_not_given_to_it_pass_untouched(served: Served) -> None:
+    for _ in range(5):
+        assert await served.status("/api/unguarded") == 503
+        assert await served.status("/some/reflex/page") == 503
+    assert served.calls["other"] == 5
+    assert served.registry.names() == ["websocket"]
