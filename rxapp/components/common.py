@@ -118,6 +118,14 @@ def panel(anchor: str, title: str, icon: str, *body: Any, aside: Any = None, liv
     )
 
 
+def rows_panel(
+    anchor: str, title: str, icon: str, blurb: tuple[Any, ...], rows: Any, row: Any, **props: Any
+) -> rx.Component:
+    """A live :func:`panel` listing ``rows`` (each drawn by ``row``) under a small line saying what they are."""
+    line = rx.text(*blurb, **styles.small_muted, margin_bottom="0.25rem")
+    return panel(anchor, title, icon, line, rx.foreach(rows, row), live=True, **props)
+
+
 def row_head(title: rx.Component, row: Any) -> rx.Component:
     """A list row's first line: its title, and its state's badge (``row`` has word, icon, tone) at the end."""
     return rx.hstack(
@@ -128,6 +136,17 @@ def row_head(title: rx.Component, row: Any) -> rx.Component:
         spacing="2",
         width="100%",
     )
+
+
+def state_row(title: rx.Component, row: Any, *body: Any, data: dict[str, Any]) -> rx.Component:
+    """A panel's row for one thing with a state: :func:`row_head` over ``body``, divided
+    from the next row, with ``data`` as its ``data-*`` attributes (what tests and scripts read)."""
+    return rx.box(row_head(title, row), *body, **styles.panel_row, custom_attrs=data)
+
+
+def muted_line(value: Any, *before: Any, **props: Any) -> rx.Component:
+    """A small muted line holding ``before`` and ``value``, shown only when ``value`` is not empty."""
+    return rx.cond(value != "", rx.text(*before, value, **styles.small_muted, **props))
 
 
 def open_section(heading: rx.Component, *body: Any, heading_id: str, **props: Any) -> rx.Component:

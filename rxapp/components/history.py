@@ -206,23 +206,23 @@ def _incident(row: Any) -> rx.Component:
 
 
 def _list_panel(
-    *,
-    anchor: str,
-    title: str,
-    icon: str,
-    caption: str,
-    what: str,
-    rows: Any,
-    item: Any,
-    empty: rx.Component,
+    *, anchor: str, title: str, icon: str, what: str, rows: Any, item: Any, most: int, none: str
 ) -> rx.Component:
-    """A history list card: loading, unavailable, the rows newest first, or an empty state."""
+    """A history list card: loading, unavailable, the rows newest first (``most`` of them
+    at the most), or "No ``none`` in the last N days" under the id ``<anchor>-empty``."""
+    empty = rx.hstack(
+        rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
+        rx.text(f"No {none} in the last {history_view.HISTORY_DAYS} days.", size="2", id=f"{anchor}-empty"),
+        spacing="2",
+        align="center",
+        padding_y="0.5rem",
+    )
     return panel(
         anchor,
         title,
         icon,
         _once_read(what, rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty)),
-        aside=caption,
+        aside=f"newest first, the last {most}",
     )
 
 
@@ -231,17 +231,11 @@ def incidents_panel() -> rx.Component:
         anchor="incidents",
         title="Incidents",
         icon="history",
-        caption=f"newest first, the last {history_view.MAX_INCIDENT_ROWS}",
         what="the incident list",
         rows=StatusState.incident_rows,
         item=_incident,
-        empty=rx.hstack(
-            rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
-            rx.text(f"No incidents in the last {history_view.HISTORY_DAYS} days.", size="2", id="incidents-empty"),
-            spacing="2",
-            align="center",
-            padding_y="0.5rem",
-        ),
+        most=history_view.MAX_INCIDENT_ROWS,
+        none="incidents",
     )
 
 
@@ -277,16 +271,11 @@ def transitions_panel() -> rx.Component:
         anchor="transitions",
         title="Circuit breaker log",
         icon="scroll-text",
-        caption=f"newest first, the last {history_view.MAX_TRANSITION_ROWS}",
         what="the circuit breaker log",
         rows=StatusState.transition_rows,
         item=_transition,
-        empty=rx.text(
-            f"No circuit breaker changes in the last {history_view.HISTORY_DAYS} days.",
-            size="2",
-            padding_y="0.5rem",
-            id="transitions-empty",
-        ),
+        most=history_view.MAX_TRANSITION_ROWS,
+        none="circuit breaker changes",
     )
 
 
