@@ -43,6 +43,7 @@ from typing import IO, Any
 import httpx
 
 from tests.app_process import free_port
+from tests.helpers import blocking_until
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -50,6 +51,8 @@ MAX_MEMBERS = 5  # servers in the haproxy template (SERVER_1..SERVER_5)
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 CONTROL_TIMEOUT_S = 5.0
+# How often a wait looks again (each look asks a process: a port, haproxy's socket).
+POLL_S = 0.05
 DEFAULT_SYMBOLS = "R_100,R_50"
 
 
@@ -63,14 +66,6 @@ def binary(name: str) -> str:
     if found is None:
         raise MissingBinary(f"{name} is not installed (apt-get install {name}; .ci/run installs it)")
     return found
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s}s")
-        time.sleep(interval_s)
 
 
 def port_open(port: int) -> bool:
@@ -294,10 +289,11 @@ class Cluster:
     def wait_server_state(self, member: Member, state: str, timeout_s: float = 10.0) -> None:
         """Until haproxy reports exactly ``state`` (``UP``: passed ``rise`` checks in a row;
         ``DOWN``: failed ``fall``) for ``member``."""
-        wait_until(
+        blocking_until(
             lambda: self.server_states().get(member.server) == state,
             timeout_s,
-            f"haproxy marking {member.server} {state}",
+            what=f"haproxy marking {member.server} {state}",
+            poll_s=POLL_S,
         )
 
     # ------------------------------------------------------------------ members
@@ -330,7 +326,9 @@ class Cluster:
     def redis_start(self) -> None:
         assert self.redis is not None and self.redis_port is not None, "started without redis"
         self.redis.start()
-        wait_until(lambda: port_open(self.redis_port or 0), START_TIMEOUT_S, "redis-server listening")
+        blocking_until(
+            lambda: port_open(self.redis_port or 0), START_TIMEOUT_S, what="redis-server listening", poll_s=POLL_S
+        )
 
     def close(self) -> None:
         """Stop everything: members first (their graceful stop), then haproxy, simulator, redis."""
@@ -447,8 +445,12 @@ def cluster(
         }
         haproxy = Proc("haproxy", [haproxy_bin, "-db", "-f", str(HAPROXY_CFG)], haproxy_env, work_dir / "haproxy.log")
         if redis_proc is not None:
-            wait_until(lambda: port_open(redis_port or 0), START_TIMEOUT_S, "redis-server listening")
-        wait_until(lambda: port_open(control_port), START_TIMEOUT_S, "the simulator's control port")
+            blocking_until(
+                lambda: port_open(redis_port or 0), START_TIMEOUT_S, what="redis-server listening", poll_s=POLL_S
+            )
+        blocking_until(
+            lambda: port_open(control_port), START_TIMEOUT_S, what="the simulator's control port", poll_s=POLL_S
+        )
         # The first member creates the shared database's tables; the others start once it has.
         member_list[0].start()
         started.append(member_list[0])
@@ -473,7 +475,7 @@ def cluster(
             redis_port,
             shared,
         )
-        wait_until(lambda: stats_socket.exists(), START_TIMEOUT_S, "haproxy's stats socket")
+        blocking_until(lambda: stats_socket.exists(), START_TIMEOUT_S, what="haproxy's stats socket", poll_s=POLL_S)
         for member in member_list:
             made.wait_server_state(member, "UP", START_TIMEOUT_S)
         yield made

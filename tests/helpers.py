@@ -2,6 +2,8 @@
 
 - ``until``: integration tests (real sockets, real time). Poll a condition every 20 ms,
   bounded in real time; the bound only stops a broken test from hanging the run.
+  ``blocking_until`` is the same for code with no event loop (process harnesses), and
+  may poll less often where each look costs (reading a log, asking haproxy).
 - ``turns_until``: unit tests (FakeClock, no real time). Let the event loop run until a
   condition holds, bounded in loop turns. Wait on the condition the test is about (a
   listener was told, a task is parked on the FakeClock: ``clock.sleepers``,
@@ -53,6 +55,17 @@ async def until(predicate: Callable[[], object], timeout_s: float = WAIT_S, *, w
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(POLL_S)
+
+
+def blocking_until(
+    predicate: Callable[[], object], timeout_s: float = WAIT_S, *, what: str = "the condition", poll_s: float = POLL_S
+) -> None:
+    """:func:`until` for a thread with no event loop: it blocks while it waits."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll_s)
 
 
 async def turns_until(predicate: Callable[[], object], what: str = "the condition", turns: int = MAX_TURNS) -> None:

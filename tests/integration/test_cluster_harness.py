@@ -20,8 +20,8 @@ import redis
 
 from backend_core.cluster.keys import ClusterKeys
 from tests.app_process import group_processes
-from tests.cluster_harness import Cluster, Member, MissingBinary, RelayClient, cluster, wait_until
-from tests.helpers import until
+from tests.cluster_harness import Cluster, Member, MissingBinary, RelayClient, cluster
+from tests.helpers import blocking_until, until
 
 WAIT_S = 20.0
 
@@ -146,11 +146,11 @@ def test_a_leader_stopped_past_its_lease_is_replaced_and_fenced_off_and_follows_
     # SIGSTOP the leader process: a follower takes the lease (a new term); when the stopped
     # one runs again it writes nothing more into the cluster's log and follows, and relay
     # clients on the other members see every upstream tick once.
-    wait_until(lambda: running.leader() is not None, WAIT_S, "a leader")
+    blocking_until(lambda: running.leader() is not None, WAIT_S, what="a leader")
     old = running.leader()
     assert old is not None
     others = [m for m in running.members if m is not old and m.alive]
-    wait_until(lambda: all(m.role() == "follower" for m in others), WAIT_S, "the others follow")
+    blocking_until(lambda: all(m.role() == "follower" for m in others), WAIT_S, what="the others follow")
     old_term = leader_term(old)
     clients = [RelayClient(f"ws://127.0.0.1:{m.port}/api/v1/ws", ["R_100"]) for m in others]
 
@@ -165,13 +165,15 @@ def test_a_leader_stopped_past_its_lease_is_replaced_and_fenced_off_and_follows_
             old.pause()
             try:
                 await asyncio.to_thread(
-                    wait_until, lambda: any(m.role() == "leader" for m in others), WAIT_S, "a new leader"
+                    blocking_until, lambda: any(m.role() == "leader" for m in others), WAIT_S, what="a new leader"
                 )
                 before = received()
                 await until(lambda: received() >= before + 10, WAIT_S, what="the new leader's ticks")
             finally:
                 old.resume()
-            await asyncio.to_thread(wait_until, lambda: old.role() == "follower", WAIT_S, "the old leader follows")
+            await asyncio.to_thread(
+                blocking_until, lambda: old.role() == "follower", WAIT_S, what="the old leader follows"
+            )
             after = received()
             await until(lambda: received() >= after + 5, WAIT_S, what="ticks with the old leader following")
         finally:

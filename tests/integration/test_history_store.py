@@ -58,6 +58,7 @@ from backend_core.history.store import HistoryStore
 from backend_core.history.writer import WriterLimits
 from backend_core.history_api import history_routes
 from backend_core.incidents import IncidentFeed, Recovery
+from tests.helpers import until
 
 # Every wait in these tests is bounded by one of these.
 WRITE_TIMEOUT_S = 15.0
@@ -93,14 +94,6 @@ def transition(
 ) -> Any:
     previous = from_state or (BreakerState.OPEN if to_state != BreakerState.OPEN else BreakerState.CLOSED)
     return Transition(name, previous, to_state, reason, time.monotonic(), at)
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = STATE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------- databases
@@ -617,7 +610,7 @@ async def test_events_wait_while_the_database_is_down_and_are_written_when_it_is
             store.record_status(snap(LinkState.CONNECTED))
             store.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
             store.record_transition(transition("websocket", BreakerState.OPEN, "failure_threshold", time.time()))
-            await eventually(lambda: store.reachable is False, "the store to notice the outage")
+            await until(lambda: store.reachable is False, STATE_TIMEOUT_S, what="the store to notice the outage")
             [reachable, pending, dropped] = store.health_check()
             assert reachable.status == "warn" and "unreachable" in reachable.output
             assert pending.observed_value == 3 and dropped.observed_value == 0
@@ -642,7 +635,7 @@ async def test_the_database_down_at_start_does_not_stop_the_start(db: Database) 
         await store.start()  # returns (after start_timeout_s at most) with the database down
         store.record_status(snap(LinkState.CONNECTED))
         store.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
-        await eventually(lambda: store.reachable is False, "the start to see the database down")
+        await until(lambda: store.reachable is False, STATE_TIMEOUT_S, what="the start to see the database down")
         assert not store.schema_ready
         assert store.health_check()[0].status == "warn"
         with pytest.raises(StoreUnavailable):
@@ -650,7 +643,7 @@ async def test_the_database_down_at_start_does_not_stop_the_start(db: Database) 
     finally:
         await db.end_outage()
     try:
-        await eventually(lambda: store.schema_ready, "the schema once the database is back", WRITE_TIMEOUT_S)
+        await until(lambda: store.schema_ready, WRITE_TIMEOUT_S, what="the schema once the database is back")
         assert await store.wait_idle(WRITE_TIMEOUT_S)
         assert [i["cause"] for i in await store.incidents()] == ["connection_lost"]
     finally:
@@ -682,7 +675,7 @@ async def test_stop_flushes_within_its_bound_even_when_the_database_is_down(db: 
     try:
         store.record_status(snap(LinkState.CONNECTED))
         store.record_status(snap(LinkState.RECONNECTING, "ConnectionLost"))
-        await eventually(lambda: store.reachable is False, "the outage")
+        await until(lambda: store.reachable is False, STATE_TIMEOUT_S, what="the outage")
         await store.stop(timeout_s=1.0)  # returns although nothing can be written
         assert store.snapshot()["dropped_by_kind"]["shutdown"] >= 2
         assert not store.writer.records and not store.writer.samples
@@ -740,7 +733,7 @@ async def test_reads_that_hang_never_delay_writes(db: Database) -> None:
                 await store.incidents()
         finally:
             release.set()
-        await eventually(lambda: store.queries.running == 0, "the stuck reads to finish")
+        await until(lambda: store.queries.running == 0, STATE_TIMEOUT_S, what="the stuck reads to finish")
         sa.event.remove(engine, "before_cursor_execute", hang_selects)
         assert {i["component"] for i in await store.incidents()} == {"upstream", "breaker:websocket"}
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.app_process import ROOT, START_TIMEOUT_S, free_port, start_app, stop_app
+from tests.helpers import blocking_until
 
 pytestmark = pytest.mark.timeout(START_TIMEOUT_S + 240)
 
@@ -25,15 +26,8 @@ STOPPED = "runtime stopped"
 # Granian polls for changes every 100 ms; a restart caused by a write shows within a second.
 RELOAD_WATCH_S = 3.0
 WAIT_S = 60.0
-
-
-def wait_for(predicate: object, what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+# Each look reads the whole log.
+LOG_POLL_S = 0.2
 
 
 def test_make_dev_backend_starts_once_and_reloads_cleanly(tmp_path: Path) -> None:
@@ -46,7 +40,7 @@ def test_make_dev_backend_starts_once_and_reloads_cleanly(tmp_path: Path) -> Non
         {"DB_URL": f"sqlite:///data/{database.name}", "DERIV_SIMULATOR_TIME_SCALE": "5"},
     )
     try:
-        wait_for(lambda: STARTED in app.log(), "the runtime to start")
+        blocking_until(lambda: STARTED in app.log(), WAIT_S, what="the runtime to start", poll_s=LOG_POLL_S)
         # An outage is recorded in the history database: the app writes into the tree.
         app.control("drop_all")
         incidents = f"{app.base_url}/api/v1/incidents"
@@ -58,7 +52,7 @@ def test_make_dev_backend_starts_once_and_reloads_cleanly(tmp_path: Path) -> Non
             except httpx.HTTPError:
                 return False
 
-        wait_for(written, "the incident to be written")
+        blocking_until(written, WAIT_S, what="the incident to be written", poll_s=LOG_POLL_S)
         deadline = time.monotonic() + RELOAD_WATCH_S
         while time.monotonic() < deadline:
             assert app.log().count(STARTED) == 1, "a database write restarted the dev backend"
@@ -66,7 +60,9 @@ def test_make_dev_backend_starts_once_and_reloads_cleanly(tmp_path: Path) -> Non
 
         # A code change reloads: the old runtime stops within the grace, then a new one starts.
         (ROOT / "rxapp" / "styles.py").touch()
-        wait_for(lambda: app.log().count(STARTED) == 2, "the reload to start a new runtime", 120)
+        blocking_until(
+            lambda: app.log().count(STARTED) == 2, 120, what="the reload to start a new runtime", poll_s=LOG_POLL_S
+        )
         log = app.log()
         assert log.count(STOPPED) >= 1 and log.index(STOPPED) < log.rindex(STARTED)
         assert "refused to gracefully stop" not in log
