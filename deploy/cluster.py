@@ -53,51 +53,122 @@ STOP_TIMEOUT_S = 30.0
 POLL_S = 0.5
 
 
+class MissingBinary(RuntimeError):
+    """redis-server or haproxy is not installed."""
+
+
 class Child:
-    """One started process, in its own process group, its output in a log file."""
+    """One process in its own process group, its output appended to ``log_path``.
+
+    ``start`` may be called again once it has stopped (a restart, on the same log). Every
+    signal goes to the whole group; ``stop`` and ``kill`` also end whatever the group left
+    behind, and reap it, each bounded in time. The test harness (tests/cluster_harness.py)
+    starts its cluster with this class too.
+    """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
+        self.argv = argv
+        self.env = env
         self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("ab")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            argv,
+            self.argv,
             cwd=ROOT,
-            env=env,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    def exited(self) -> int | None:
-        return self.process.poll()
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process.pid
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the group, wait up to ``timeout_s``, then SIGKILL it."""
-        if self.process.poll() is None:
+    def exited(self) -> int | None:
+        """Its exit code once it has ended; None while it runs or before it started."""
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                print(f"  {self.name} did not stop within {timeout_s:.0f}s: killed", flush=True)
+                os.killpg(self.pid, sig)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGCONT (a paused child could not act) and SIGTERM, wait up to ``timeout_s``,
+        then SIGKILL; returns the exit code (None if it never started)."""
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        return self._reap(timeout_s)
+
+    def kill(self) -> int | None:
+        """SIGKILL (kill -9) the group and reap it."""
+        self.signal(signal.SIGKILL)
+        return self._reap(STOP_TIMEOUT_S)
+
+    def _reap(self, timeout_s: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"  {self.name} did not stop within {timeout_s:.0f}s: killed", file=sys.stderr, flush=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever the group left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(self.log().splitlines()[-lines:])
 
 
-def find(name: str) -> str:
+def binary(name: str) -> str:
+    """The path of ``name`` (also looked up in /usr/sbin, where Debian puts haproxy)."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if found is None:
-        raise SystemExit(f"make cluster: {name} is not installed (on Debian: apt-get install {name})")
+        raise MissingBinary(f"{name} is not installed (on Debian: apt-get install {name}; .ci/run installs it)")
     return found
+
+
+def redis_command(redis_bin: str, port: int, work_dir: Path) -> list[str]:
+    """``redis-server`` on 127.0.0.1:``port`` that persists nothing (a restart comes back
+    empty: no streams, no lease, no term), its files in ``work_dir``."""
+    command = [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return [*command, "--dir", str(work_dir)]
+
+
+def simulator_command(python: str, port: int, control_port: int, time_scale: float) -> list[str]:
+    """The standalone Deriv simulator on ``port``, its control interface on ``control_port``."""
+    command = [python, "-m", "backend_core.deriv.sim", "--port", str(port), "--control-port", str(control_port)]
+    return [*command, "--time-scale", str(time_scale)]
+
+
+def haproxy_env(base: dict[str, str], port: int, stats_socket: Path, servers: Sequence[int]) -> dict[str, str]:
+    """What deploy/haproxy/haproxy.cfg reads: its port, its stats socket, and the instances'
+    ports as SERVER_1, SERVER_2, ... (a server the template has but is not given stays unused)."""
+    return {
+        **base,
+        "HAPROXY_BIND": f"127.0.0.1:{port}",
+        "HAPROXY_STATS": str(stats_socket),
+        **{f"SERVER_{i}": f"127.0.0.1:{server}" for i, server in enumerate(servers, 1)},
+    }
 
 
 def port_free(port: int) -> bool:
@@ -197,7 +268,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    redis_bin, haproxy_bin = find("redis-server"), find("haproxy")
+    try:
+        redis_bin, haproxy_bin = binary("redis-server"), binary("haproxy")
+    except MissingBinary as exc:
+        raise SystemExit(f"make cluster: {exc}") from None
     ports = [args.port, args.redis_port, args.simulator_port, args.control_port, *args.instance_ports]
     taken = [p for p in ports if not port_free(p)]
     if taken:
@@ -235,14 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     code = 1
     try:
-        redis_argv = [redis_bin, "--port", str(args.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        redis_argv += ["--appendonly", "no", "--dir", str(work)]
-        redis = Child("redis-server", redis_argv, base, work / "redis.log")
-        children.append(redis)
-        simulator_argv = [python, "-m", "backend_core.deriv.sim", "--port", str(args.simulator_port)]
-        simulator_argv += ["--control-port", str(args.control_port), "--time-scale", str(args.time_scale)]
+        redis = Child("redis-server", redis_command(redis_bin, args.redis_port, work), base, work / "redis.log")
+        simulator_argv = simulator_command(python, args.simulator_port, args.control_port, args.time_scale)
         simulator = Child("simulator", simulator_argv, {**base, "PYTHONUNBUFFERED": "1"}, work / "simulator.log")
-        children.append(simulator)
+        for child in (redis, simulator):
+            children.append(child)
+            child.start()
         if not wait_for("redis-server", lambda: port_open(args.redis_port), [redis]):
             return 1
         if not wait_for("the simulator", lambda: port_open(args.simulator_port), [simulator]):
@@ -258,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gunicorn += ["--bind", f"127.0.0.1:{port}", "rxapp.rxapp:app()"]
             child = Child(f"instance {number} (:{port})", gunicorn, env, work / f"instance-{number}.log")
             children.append(child)
+            child.start()
             instances.append((child, port))
             # The first creates the shared database's tables; the others start once it has.
             if number == 1 and not wait_for(child.name, functools.partial(ready, port), [child, redis, simulator]):
@@ -265,14 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for child, port in instances[1:]:
             if not wait_for(child.name, functools.partial(ready, port), [child, redis, simulator]):
                 return 1
-        haproxy_env = {
-            **base,
-            "HAPROXY_BIND": f"127.0.0.1:{args.port}",
-            "HAPROXY_STATS": str(work / "haproxy.sock"),
-            **{f"SERVER_{i}": f"127.0.0.1:{port}" for i, (_, port) in enumerate(instances, 1)},
-        }
-        haproxy = Child("haproxy", [haproxy_bin, "-db", "-f", str(HAPROXY_CFG)], haproxy_env, work / "haproxy.log")
+        balancer_env = haproxy_env(base, args.port, work / "haproxy.sock", [port for _, port in instances])
+        haproxy = Child("haproxy", [haproxy_bin, "-db", "-f", str(HAPROXY_CFG)], balancer_env, work / "haproxy.log")
         children.append(haproxy)
+        haproxy.start()
         if not wait_for("haproxy", lambda: ready(args.port), [haproxy]):
             return 1
         print(f"\ndeployed: {api_url}  ({args.instances} instances behind haproxy; Ctrl-C stops everything)")
@@ -300,9 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Instances first (graceful: relay clients get 1001, history flushed), in parallel.
         instance_children = [c for c in children if c.name.startswith("instance")]
         for child in instance_children:
-            if child.exited() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.process.pid, signal.SIGTERM)
+            child.signal(signal.SIGTERM)
         for child in instance_children:
             child.stop()
         for child in reversed([c for c in children if c not in instance_children]):

@@ -15,8 +15,9 @@ each with its own upstream connection: the harness works the same either way, an
 :meth:`Cluster.roles` says which it is.
 
 Every child runs in its own process group; :meth:`Member.kill` (SIGKILL),
-:meth:`Member.pause` (SIGSTOP), :meth:`Member.resume` (SIGCONT) and :meth:`Member.terminate`
-(SIGTERM, bounded wait) act on one of them, and leaving the ``with`` block stops them all,
+:meth:`Member.pause` (SIGSTOP), :meth:`Member.resume` (SIGCONT) and :meth:`Member.stop`
+(SIGTERM, bounded wait) act on one of them (``deploy/cluster.py``'s ``Child``, which
+``make cluster`` starts its processes with), and leaving the ``with`` block stops them all,
 bounded in time. Without ``redis-server`` or ``haproxy`` the caller is skipped with the
 reason (failed in CI, where ``.ci/run`` installs both).
 """
@@ -29,99 +30,40 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
+from deploy.cluster import (
+    HAPROXY_CFG,
+    Child,
+    binary,
+    haproxy_env,
+    port_open,
+    redis_command,
+    simulator_command,
+)
 from tests.app_process import free_port
 from tests.helpers import blocking_until
 
 ROOT = Path(__file__).resolve().parents[1]
-HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 MAX_MEMBERS = 5  # servers in the haproxy template (SERVER_1..SERVER_5)
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
 CONTROL_TIMEOUT_S = 5.0
 # How often a wait looks again (each look asks a process: a port, haproxy's socket).
 POLL_S = 0.05
 DEFAULT_SYMBOLS = "R_100,R_50"
 
 
-class MissingBinary(RuntimeError):
-    """redis-server or haproxy is not installed."""
-
-
-def binary(name: str) -> str:
-    """The path of ``name`` (also looked up in /usr/sbin, where Debian puts haproxy)."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
-    if found is None:
-        raise MissingBinary(f"{name} is not installed (apt-get install {name}; .ci/run installs it)")
-    return found
-
-
-def port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
-def redis_command(redis_bin: str, port: int, work_dir: Path) -> list[str]:
-    """``redis-server`` on 127.0.0.1:``port`` that persists nothing (a restart comes back
-    empty: no streams, no lease, no term), its files in ``work_dir``."""
-    command = [redis_bin, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return [*command, "--dir", str(work_dir)]
-
-
-@dataclass
-class Proc:
-    """One child process in its own process group, its output in ``log_path``."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None, f"{self.name} was never started"
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL (kill -9) the process group and reap it."""
-        self.signal(signal.SIGKILL)
-        self._reap(STOP_TIMEOUT_S)
+class Proc(Child):
+    """A :class:`deploy.cluster.Child` that a test can also pause (SIGSTOP) and resume."""
 
     def pause(self) -> None:
         self.signal(signal.SIGSTOP)
@@ -129,41 +71,28 @@ class Proc:
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
 
-    def terminate(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGCONT + SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
-        if self.process is None:
-            return None
-        self.resume()
-        self.signal(signal.SIGTERM)
-        return self._reap(timeout_s)
-
-    def _reap(self, timeout_s: float) -> int | None:
-        if self.process is None:
-            return None
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def failure(self, what: str) -> RuntimeError:
-        code = self.process.poll() if self.process is not None else None
-        return RuntimeError(f"{self.name} {what} (exit code {code}):\n{self.log()[-3000:]}")
+        return RuntimeError(f"{self.name} {what} (exit code {self.exited()}):\n{self.log()[-3000:]}")
 
 
-@dataclass
 class Member(Proc):
-    port: int = 0
-    instance_id: str = ""
-    server: str = ""  # its name in haproxy (s1, s2, ...)
+    """One app instance: ``server`` is its name in haproxy (s1, s2, ...)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        port: int,
+        instance_id: str,
+        server: str,
+    ) -> None:
+        super().__init__(name, argv, env, log_path)
+        self.port = port
+        self.instance_id = instance_id
+        self.server = server
 
     @property
     def url(self) -> str:
@@ -312,7 +241,7 @@ class Cluster:
     def restart(self, member: Member, wait: bool = True) -> None:
         """Start a stopped or killed member again (same port and settings, new INSTANCE_ID)."""
         if member.alive:
-            member.terminate()
+            member.stop()
         member.instance_id = f"{member.server}-{os.urandom(3).hex()}"
         member.env["INSTANCE_ID"] = member.instance_id
         member.start()
@@ -321,7 +250,7 @@ class Cluster:
 
     def redis_stop(self) -> None:
         assert self.redis is not None, "started without redis"
-        self.redis.terminate()
+        self.redis.stop()
 
     def redis_start(self) -> None:
         assert self.redis is not None and self.redis_port is not None, "started without redis"
@@ -334,7 +263,7 @@ class Cluster:
         """Stop everything: members first (their graceful stop), then haproxy, simulator, redis."""
         for proc in (*self.members, self.haproxy, self.simulator, *([self.redis] if self.redis else [])):
             with contextlib.suppress(Exception):
-                proc.terminate()
+                proc.stop()
 
 
 def _python() -> str:
@@ -399,8 +328,7 @@ def cluster(
             redis_proc.start()
             started.append(redis_proc)
         simulator_port, control_port = free_port(), free_port()
-        simulator_argv = [_python(), "-m", "backend_core.deriv.sim", "--port", str(simulator_port)]
-        simulator_argv += ["--control-port", str(control_port), "--time-scale", str(time_scale)]
+        simulator_argv = simulator_command(_python(), simulator_port, control_port, time_scale)
         simulator_argv += ["--seed", str(seed), "--log-level", "WARNING"]
         simulator = Proc(
             "simulator",
@@ -437,13 +365,8 @@ def cluster(
             )
         stats_socket = work_dir / "haproxy.sock"
         haproxy_port = free_port()
-        haproxy_env = {
-            **base_env,
-            "HAPROXY_BIND": f"127.0.0.1:{haproxy_port}",
-            "HAPROXY_STATS": str(stats_socket),
-            **{f"SERVER_{i + 1}": f"127.0.0.1:{m.port}" for i, m in enumerate(member_list)},
-        }
-        haproxy = Proc("haproxy", [haproxy_bin, "-db", "-f", str(HAPROXY_CFG)], haproxy_env, work_dir / "haproxy.log")
+        balancer_env = haproxy_env(base_env, haproxy_port, stats_socket, [m.port for m in member_list])
+        haproxy = Proc("haproxy", [haproxy_bin, "-db", "-f", str(HAPROXY_CFG)], balancer_env, work_dir / "haproxy.log")
         if redis_proc is not None:
             blocking_until(
                 lambda: port_open(redis_port or 0), START_TIMEOUT_S, what="redis-server listening", poll_s=POLL_S
@@ -485,7 +408,7 @@ def cluster(
         else:
             for proc in reversed(started):
                 with contextlib.suppress(Exception):
-                    proc.terminate()
+                    proc.stop()
 
 
 # ---------------------------------------------------------------------------- relay client

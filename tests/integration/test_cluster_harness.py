@@ -19,8 +19,9 @@ import pytest
 import redis
 
 from backend_core.cluster.keys import ClusterKeys
+from deploy.cluster import MissingBinary
 from tests.app_process import group_processes
-from tests.cluster_harness import Cluster, Member, MissingBinary, RelayClient, cluster
+from tests.cluster_harness import Cluster, Member, RelayClient, cluster
 from tests.helpers import blocking_until, until
 
 WAIT_S = 20.0
