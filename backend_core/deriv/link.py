@@ -706,7 +706,9 @@ class LinkProtocol:
             return []
         actions: list[Action] = []
         for sym in self._symbols.values():
-            if sym.state is not SubscriptionState.SUBSCRIBED or now - sym.last_activity <= self._stale_s:
+            # Stale from the moment the watchdog was armed for (>=, as every deadline): at that
+            # very instant it acts, rather than arming itself for the same instant again.
+            if sym.state is not SubscriptionState.SUBSCRIBED or now < sym.last_activity + self._stale_s:
                 continue
             text = f"no tick for {sym.name} in {self._stale_s:.0f}s on a live link: re-subscribing"
             self._log.log(now, logging.WARNING, f"silent:{sym.name}", "%s", text)

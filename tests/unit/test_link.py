@@ -801,8 +801,8 @@ def test_a_silent_stream_on_a_live_link_is_forgotten_then_subscribed_again_with_
     subs = connect(link)
     stream(link, subs, 1, 1.0)
     now = 1.0
-    for epoch in range(2, 5):  # 1HZ100V keeps ticking, R_50 falls silent after epoch 1
-        now += PING_S
+    for epoch in range(2, 4):  # 1HZ100V keeps ticking, R_50 falls silent after epoch 1
+        now += PING_S  # the second pong comes 60 s after R_50's tick: silent for stale_stream_s
         link.frame(tick("1HZ100V", epoch, None, 2), now - 1)
         actions = link.frame(pong(ping_due(link, now).req_id), now)
     forget = one_send(actions, "forget")
@@ -825,7 +825,7 @@ def test_an_unforgettable_subscription_id_is_renewed_by_subscribing_again() -> N
     )
     link.frame(odd, 1.0)
     now = 1.0
-    for _ in range(3):
+    for _ in range(2):  # silent for stale_stream_s at the second pong
         now += PING_S
         actions = link.frame(pong(ping_due(link, now).req_id), now)
     assert not sends(actions, "forget") and one_send(actions, "ticks_history").payload["ticks_history"] == "R_50"
@@ -841,6 +841,20 @@ def test_the_watchdog_waits_while_a_ping_is_in_flight() -> None:
     in_flight = link.deadline_reached(act.Timer.HEARTBEAT, 2 * PING_S)
     assert sends(in_flight, "ping") and armed(in_flight, act.Timer.WATCHDOG) is None  # disarmed: the pong decides
     assert link.deadline_reached(act.Timer.WATCHDOG, 2 * PING_S) == []
+
+
+def test_the_watchdog_acts_at_the_moment_it_armed_itself_for() -> None:
+    """A deadline fires once its time is reached, not after: at exactly that moment the
+    stream is stale, so the watchdog acts instead of arming itself for the same instant
+    again (which a driver would wake for at once, again and again, until time moved)."""
+    link = make(stale_stream_s=40.0)
+    subs = connect(link)
+    stream(link, subs, 1, 1.0)
+    watchdog_at = armed(link.frame(pong(ping_due(link, PING_S).req_id), PING_S), act.Timer.WATCHDOG)
+    assert watchdog_at is not None
+    actions = link.deadline_reached(act.Timer.WATCHDOG, watchdog_at)
+    assert sends(actions, "forget"), "the silent stream is renewed at its deadline"
+    assert act.ArmDeadline(act.Timer.WATCHDOG, watchdog_at) not in actions
 
 
 # --------------------------------------------------------------------------- someone else's requests
