@@ -7,7 +7,8 @@
 - ``turns_until``: unit tests (FakeClock, no real time). Let the event loop run until a
   condition holds, bounded in loop turns. Wait on the condition the test is about (a
   listener was told, a task is parked on the FakeClock: ``clock.sleepers``,
-  ``clock.deadlines``), never on a count of ``sleep(0)`` turns.
+  ``clock.deadlines``), never on a count of ``sleep(0)`` turns. ``loop_idle``: let the
+  loop run until every task waits (after moving a FakeClock, say).
 - ``callbacks_ran``: wait until what is already scheduled with ``call_soon`` has run
   (breaker listener deliveries), also before asserting that nothing was delivered.
 - ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
@@ -75,6 +76,18 @@ async def turns_until(predicate: Callable[[], object], what: str = "the conditio
             return
         await asyncio.sleep(0)
     raise AssertionError(f"{what} never came true")
+
+
+async def loop_idle(turns: int = MAX_TURNS) -> None:
+    """Let the loop run until nothing but the caller is ready to run: every other task waits
+    on a future (the FakeClock, a queue, an event). For tests with no real I/O; it reads
+    CPython's ready queue (``_ready``), which asyncio has no public way to ask about."""
+    loop = asyncio.get_running_loop()
+    for _ in range(turns):
+        await asyncio.sleep(0)
+        if not loop._ready:  # type: ignore[attr-defined]
+            return
+    raise AssertionError(f"the event loop was still busy after {turns} turns")
 
 
 async def callbacks_ran() -> None:

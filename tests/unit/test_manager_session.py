@@ -29,7 +29,7 @@ from backend_core.deriv.link import LinkProtocol
 from backend_core.deriv.manager import DerivManager
 from backend_core.errors import RequestTimeout
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
-from tests.helpers import turns_until
+from tests.helpers import loop_idle, turns_until
 
 SYMBOLS = ("R_50", "1HZ100V")
 PING_S = 30.0
@@ -176,12 +176,11 @@ class Harness:
         return self.connected() and all(s.subscribed for s in self.manager.snapshot().symbols)
 
     async def advance(self, seconds: float) -> None:
-        """Move fake time in small steps, letting the loop run between them."""
+        """Move fake time in small steps; after each, the loop runs until every task waits."""
         step = 0.5
         for _ in range(int(seconds / step)):
             self.clock.advance(step)
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await loop_idle()
 
     async def reconnected(self, connections: int = 2) -> None:
         """Wait (advancing fake time for any backoff) until connection ``connections`` streams."""
