@@ -11,6 +11,8 @@
   loop run until every task waits (after moving a FakeClock, say).
 - ``callbacks_ran``: wait until what is already scheduled with ``call_soon`` has run
   (breaker listener deliveries), also before asserting that nothing was delivered.
+- ``closed_code``: a WebSocket client's view of how the server closed it.
+- ``assert_contiguous``: a tick stream has no gap and no repeat.
 - ``run_to_end``: one subprocess run, bounded, killed and reaped on the way out.
 - ``iso``: a wall time as the API writes it.
 - ``upstream_snapshot``, ``counting_keys``: the inputs of the incident and history logic.
@@ -28,6 +30,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from backend_core import statuspage
 from backend_core.clock import FakeClock, iso_utc
@@ -88,6 +93,24 @@ async def loop_idle(turns: int = MAX_TURNS) -> None:
         if not loop._ready:  # type: ignore[attr-defined]
             return
     raise AssertionError(f"the event loop was still busy after {turns} turns")
+
+
+async def closed_code(ws: ClientConnection, timeout_s: float = WAIT_S) -> int | None:
+    """Read until the WebSocket closes; the close code the client saw (1006: no close frame)."""
+    async with asyncio.timeout(timeout_s):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+        await ws.wait_closed()
+    return ws.close_code
+
+
+def assert_contiguous(epochs: Sequence[int]) -> None:
+    """``epochs`` (a stream's ticks, in order) run one by one: no gap, no repeat."""
+    assert epochs, "no ticks"
+    assert list(epochs) == list(range(epochs[0], epochs[-1] + 1)), "a gap or a duplicate"
 
 
 async def callbacks_ran() -> None:

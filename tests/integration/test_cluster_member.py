@@ -28,7 +28,7 @@ from backend_core.cluster.ticklog import FencedOut
 from backend_core.cluster.wiring import cluster_check
 from backend_core.events import LinkState, Tick, UpstreamSnapshot
 from backend_core.hub import Closed, Dropped, InMemoryHub
-from tests.helpers import WAIT_S, until
+from tests.helpers import WAIT_S, assert_contiguous, until
 from tests.integration.redis_server import RedisServer, redis_server
 
 SYMBOL = "R_50"
@@ -151,11 +151,6 @@ async def leader_and_follower(make_member: Any) -> tuple[Market, ClusterMember, 
 
 async def both_degraded(a: ClusterMember, b: ClusterMember) -> None:
     await until(lambda: (a.role, b.role) == (Role.DEGRADED, Role.DEGRADED), TIMING.degrade_after_s + 5)
-
-
-def assert_contiguous(seen: list[int]) -> None:
-    assert seen, "no ticks"
-    assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
 
 
 async def takes_over_with_no_tick_lost(b: ClusterMember, market: Market) -> None:

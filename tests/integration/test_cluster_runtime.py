@@ -26,6 +26,7 @@ from backend_core.events import LinkState
 from backend_core.runtime import Runtime
 from rxapp.cluster_view import cluster_rows
 from tests import helpers
+from tests.helpers import assert_contiguous
 from tests.integration.conftest import ServedApp
 from tests.integration.redis_server import RedisServer, redis_server
 
@@ -107,11 +108,6 @@ async def leader_first(cluster: Any, leader: str, *others: str, ticks: int = 5, 
     members = [first, *[await cluster(name, **env) for name in others]]
     await until(lambda: all(len(m.epochs()) > ticks for m in members))
     return members
-
-
-def assert_contiguous(seen: list[int]) -> None:
-    assert seen, "no ticks"
-    assert seen == list(range(seen[0], seen[-1] + 1)), "a gap or a duplicate"
 
 
 async def test_one_upstream_link_for_three_members_and_every_hub_gets_the_same_ticks(

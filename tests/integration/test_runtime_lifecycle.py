@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from backend_core.api import create_api
 from backend_core.config import load_settings
 from backend_core.deriv.manager import DerivManager
 from backend_core.runtime import Runtime
+from tests.helpers import closed_code
 from tests.integration.conftest import ServedApp
 from tests.integration.test_alerts import Receiver
 
@@ -106,15 +106,6 @@ async def first_tick(client: ClientConnection) -> None:
     async with asyncio.timeout(WAIT_S):
         while json.loads(await client.recv()).get("type") != "tick":
             pass
-
-
-async def closed_code(client: ClientConnection) -> int | None:
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                await client.recv()
-    except ConnectionClosed as exc:
-        return exc.rcvd.code if exc.rcvd else None
 
 
 async def test_a_whole_runtime_leaves_no_task_and_no_thread_behind(

@@ -28,7 +28,7 @@ from backend_core.deriv.sim import server as server_module
 from backend_core.deriv.sim.faults import DEPLOY_MESSAGE
 from backend_core.deriv.sim.market import DEFAULT_SYMBOLS
 from backend_core.deriv.sim.server import DerivSimulator
-from tests.helpers import until
+from tests.helpers import closed_code, until
 
 TOKEN = "good-token"
 WAIT_S = 5.0  # upper bound for anything expected to happen
@@ -113,18 +113,6 @@ async def ticks(ws: ClientConnection, n: int, symbol: str | None = None) -> list
         if symbol is None or frame["tick"]["symbol"] == symbol:
             out.append(frame)
     return out
-
-
-async def closed_code(ws: ClientConnection) -> int | None:
-    """Read until the connection closes; the close code the client saw."""
-    async with asyncio.timeout(WAIT_S):
-        try:
-            while True:
-                await ws.recv()
-        except ConnectionClosed:
-            pass
-        await ws.wait_closed()
-    return ws.close_code
 
 
 async def no_frame_within(ws: ClientConnection, seconds: float) -> bool:
