@@ -73,9 +73,13 @@ class Child:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        # Once reaped, its pid (and process group id) may belong to someone else: nothing
+        # more is sent to it until the next start.
+        self._reaped = False
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
+        self._reaped = False
         self.process = subprocess.Popen(
             self.argv,
             cwd=ROOT,
@@ -119,6 +123,8 @@ class Child:
     def _reap(self, timeout_s: float) -> int | None:
         if self.process is None:
             return None
+        if self._reaped:
+            return self.process.returncode
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -130,6 +136,7 @@ class Child:
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._reaped = True
         return self.process.returncode
 
     def log(self) -> str:
