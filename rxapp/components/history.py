@@ -10,7 +10,7 @@ width; below 30em only the newest 30 days are shown (CSS on ``data-older``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, NamedTuple
 
 import reflex as rx
 
@@ -205,38 +205,46 @@ def _incident(row: Any) -> rx.Component:
     )
 
 
-def _list_panel(
-    *, anchor: str, title: str, icon: str, what: str, rows: Any, item: Any, most: int, none: str
-) -> rx.Component:
-    """A history list card: loading, unavailable, the rows newest first (``most`` of them
-    at the most), or "No ``none`` in the last N days" under the id ``<anchor>-empty``."""
+class _HistoryList(NamedTuple):
+    """How a history list card is named: its anchor (``#incidents``), title and icon, what
+    it holds (as in "Loading the incident list…"), what an empty one had none of (as in
+    "No incidents in the last 90 days.") and how many rows it shows at the most."""
+
+    anchor: str
+    title: str
+    icon: str
+    what: str
+    none: str
+    most: int
+
+
+_INCIDENTS: Final = _HistoryList(
+    "incidents", "Incidents", "history", "the incident list", "incidents", history_view.MAX_INCIDENT_ROWS
+)
+
+
+def _list_panel(names: _HistoryList, rows: Any, item: Any) -> rx.Component:
+    """A history list card: loading, unavailable, the rows newest first, or "No ... in the
+    last N days" under the id ``<anchor>-empty``."""
     empty = rx.hstack(
         rx.icon("circle-check", size=16, color="var(--grass-11)", aria_hidden="true"),
-        rx.text(f"No {none} in the last {history_view.HISTORY_DAYS} days.", size="2", id=f"{anchor}-empty"),
+        rx.text(f"No {names.none} in the last {history_view.HISTORY_DAYS} days.", size="2", id=f"{names.anchor}-empty"),
         spacing="2",
         align="center",
         padding_y="0.5rem",
     )
+    listed = rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty)
     return panel(
-        anchor,
-        title,
-        icon,
-        _once_read(what, rx.cond(rows.length() > 0, rx.el.ol(rx.foreach(rows, item), **styles.history_list), empty)),
-        aside=f"newest first, the last {most}",
+        names.anchor,
+        names.title,
+        names.icon,
+        _once_read(names.what, listed),
+        aside=f"newest first, the last {names.most}",
     )
 
 
 def incidents_panel() -> rx.Component:
-    return _list_panel(
-        anchor="incidents",
-        title="Incidents",
-        icon="history",
-        what="the incident list",
-        rows=StatusState.incident_rows,
-        item=_incident,
-        most=history_view.MAX_INCIDENT_ROWS,
-        none="incidents",
-    )
+    return _list_panel(_INCIDENTS, StatusState.incident_rows, _incident)
 
 
 # ---------------------------------------------------------------------------- breaker log
@@ -266,17 +274,18 @@ def _transition(row: Any) -> rx.Component:
     )
 
 
+_TRANSITIONS: Final = _HistoryList(
+    "transitions",
+    "Circuit breaker log",
+    "scroll-text",
+    "the circuit breaker log",
+    "circuit breaker changes",
+    history_view.MAX_TRANSITION_ROWS,
+)
+
+
 def transitions_panel() -> rx.Component:
-    return _list_panel(
-        anchor="transitions",
-        title="Circuit breaker log",
-        icon="scroll-text",
-        what="the circuit breaker log",
-        rows=StatusState.transition_rows,
-        item=_transition,
-        most=history_view.MAX_TRANSITION_ROWS,
-        none="circuit breaker changes",
-    )
+    return _list_panel(_TRANSITIONS, StatusState.transition_rows, _transition)
 
 
 def history_section() -> rx.Component:
