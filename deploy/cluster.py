@@ -72,23 +72,26 @@ class Child:
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        # Open exactly while a started process is not yet reaped. Once reaped, its pid (and
+        # process group id) may belong to someone else: nothing more is sent to it.
         self._log: IO[bytes] | None = None
-        # Once reaped, its pid (and process group id) may belong to someone else: nothing
-        # more is sent to it until the next start.
-        self._reaped = False
 
     def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self._reaped = False
-        self.process = subprocess.Popen(
-            self.argv,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        log = self.log_path.open("ab")
+        try:
+            process = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            log.close()  # nothing started: the previous run, if any, stays reaped
+            raise
+        self._log, self.process = log, process
 
     @property
     def pid(self) -> int:
@@ -123,20 +126,18 @@ class Child:
     def _reap(self, timeout_s: float) -> int | None:
         if self.process is None:
             return None
-        if self._reaped:
+        if self._log is None:  # reaped already
             return self.process.returncode
         try:
             self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            print(f"  {self.name} did not stop within {timeout_s:.0f}s: killed", file=sys.stderr, flush=True)
+            print(f"  {self.name} did not stop within {timeout_s:g}s: killed", file=sys.stderr, flush=True)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)  # whatever the group left behind
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self._reaped = True
+        self._log.close()
+        self._log = None
         return self.process.returncode
 
     def log(self) -> str:

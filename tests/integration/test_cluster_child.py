@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy import cluster
 from deploy.cluster import Child
 from tests.helpers import blocking_until
 
 # Prints "ready" once its SIGTERM handler is in place, then sleeps until signalled.
-SLEEPER = "import signal, sys, time\n{handler}\nprint('ready', flush=True)\ntime.sleep(60)\n"
+SLEEPER = "import signal, time\n{handler}\nprint('ready', flush=True)\ntime.sleep(60)\n"
 IGNORES_TERM = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"
 
 
@@ -42,7 +41,7 @@ def signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
         sent.append((pgid, sig))
         real(pgid, sig)
 
-    monkeypatch.setattr(cluster.os, "killpg", record)
+    monkeypatch.setattr(os, "killpg", record)
     return sent
 
 
@@ -90,3 +89,17 @@ def test_a_child_never_started_has_no_exit_code(tmp_path: Path, signals: list[tu
     assert proc.exited() is None
     assert proc.stop() is None
     assert signals == []
+
+
+def test_a_restart_that_cannot_start_leaves_the_reaped_child_alone(
+    tmp_path: Path, signals: list[tuple[int, int]]
+) -> None:
+    proc = started(child(tmp_path))
+    code = proc.stop()
+    sent_by_first_stop = list(signals)
+
+    proc.argv = [str(tmp_path / "no-such-program")]
+    with pytest.raises(FileNotFoundError):
+        proc.start()
+    assert proc.stop() == code
+    assert signals == sent_by_first_stop, "signalled the old run's pid after a failed restart"
